@@ -1,0 +1,49 @@
+# Everything a fresh Debian 12 machine (as root) needs is installed by `setup`;
+# every other target depends on it and is quick once installed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd
+BENCH ?= all
+PYTEST_ARGS ?=
+
+.PHONY: setup apt demo test bench proto check-proto lab-up lab-down clean
+
+setup: $(STAMP)
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  if [ "$$(id -u)" -ne 0 ]; then echo "make setup: run as root to install $$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): requirements.lock pyproject.toml | apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+proto: setup
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/mesh/v1/*.proto
+
+demo: setup
+	$(PY) -m meshctl.demo
+
+test: setup
+	MESH_REQUIRE_NETNS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench $(BENCH)
+
+lab-up: setup
+	$(PY) -m tests.e2e.lab up
+
+lab-down: setup
+	$(PY) -m tests.e2e.lab down
+
+clean:
+	rm -rf $(VENV) bench/out/*.json bench/out/*.png

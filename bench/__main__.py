@@ -1,0 +1,44 @@
+"""Run benchmarks: python -m bench [all|control|gossip|dataplane|integrations|infra|ha]."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+from bench.common import show, write
+
+ALL = ["control", "gossip", "dataplane", "integrations", "infra", "ha"]
+
+
+def main(argv: list[str]) -> int:
+    names = ALL if not argv or argv[0] == "all" else argv[0].split(",")
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(unknown)}: choose from {', '.join(ALL)} or all", file=sys.stderr)
+        return 2
+    failed = []
+    for name in names:
+        try:
+            module = importlib.import_module(f"bench.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"bench.{name}":
+                print(f"== {name}: not built yet")
+                continue
+            raise
+        print(f"== {name}")
+        t0 = time.monotonic()
+        try:
+            records = module.run()
+        except Exception as e:  # a benchmark failing must not hide the others' results
+            print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        path = write(name, records)
+        show(records)
+        print(f"-- {name}: {len(records)} records in {time.monotonic() - t0:.1f}s -> {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

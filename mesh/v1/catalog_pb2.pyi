@@ -1,0 +1,54 @@
+from mesh.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExposeRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: _types_pb2.Service
+    def __init__(self, service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ...) -> None: ...
+
+class ExposeResponse(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: _types_pb2.Service
+    def __init__(self, service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ...) -> None: ...
+
+class UnexposeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnexposeResponse(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: _types_pb2.Service
+    def __init__(self, service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services", "revision")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[_types_pb2.Service]
+    revision: int
+    def __init__(self, services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ServiceEvent(_message.Message):
+    __slots__ = ("type", "service", "revision")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    type: _types_pb2.EventType
+    service: _types_pb2.Service
+    revision: int
+    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...

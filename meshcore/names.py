@@ -1,0 +1,77 @@
+"""Names: RFC 1123 labels, ports and the default service name.
+
+A mesh name is one DNS label: 1-63 characters, lowercase letters, digits and
+'-', starting and ending with a letter or digit. That is the rule of
+Kubernetes Service names (RFC 1123 label), so every mesh name is also a valid
+`<name>.default.svc.cluster.local`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Mapping
+
+from meshcore.errors import InvalidArgument
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RULE = "a name must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit (RFC 1123 label)"
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return `name` if it is a valid RFC 1123 label, else raise InvalidArgument naming the rule."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"invalid {what} '': {NAME_RULE}")
+    if len(name) > 63:
+        raise InvalidArgument(f"invalid {what} '{name[:20]}…': longer than 63 characters; {NAME_RULE}")
+    if not _LABEL.match(name):
+        if name.lower() != name:
+            why = "uppercase letters are not allowed"
+        elif name[0] == "-" or name[-1] == "-":
+            why = "must not start or end with '-'"
+        else:
+            bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c == "-"))})
+            why = f"character(s) {''.join(bad)!r} not allowed" if bad else "not a valid label"
+        raise InvalidArgument(f"invalid {what} '{name}': {why}; {NAME_RULE}")
+    return name
+
+
+def is_name(name: str) -> bool:
+    return bool(isinstance(name, str) and _LABEL.match(name))
+
+
+def normalize_name(raw: str) -> str:
+    """Turn a host or cluster name into a valid label: lowercase, '_' and '.' to '-',
+    anything else dropped, trimmed to 63. Raises InvalidArgument if nothing is left."""
+    s = raw.strip().lower().split(".")[0] if "." in raw and not raw.strip().startswith(".") else raw.strip().lower()
+    s = re.sub(r"[_\s.]+", "-", s)
+    s = re.sub(r"[^a-z0-9-]", "", s)
+    s = re.sub(r"-{2,}", "-", s).strip("-")[:63].strip("-")
+    if not s:
+        raise InvalidArgument(f"cannot derive a name from '{raw}': {NAME_RULE}")
+    return s
+
+
+def check_port(port: int) -> int:
+    """Return `port` if it is 1-65535, else raise InvalidArgument naming the rule."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgument(f"invalid port {port!r}: a port must be between 1 and 65535")
+    return port
+
+
+def default_service_name(env: Mapping[str, str], hostname: str | None = None) -> str:
+    """The VM's SkyPilot cluster name when launched by SkyPilot, else the host name.
+
+    SkyPilot gives its tasks SKYPILOT_CLUSTER_INFO, a JSON object whose
+    `cluster_name` is the `sky launch -c` name.
+    """
+    info = env.get("SKYPILOT_CLUSTER_INFO")
+    if info:
+        try:
+            name = json.loads(info).get("cluster_name")
+        except (ValueError, AttributeError):
+            name = None
+        if isinstance(name, str) and name:
+            return normalize_name(name)
+    return normalize_name(hostname if hostname is not None else socket.gethostname())

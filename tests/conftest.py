@@ -1,0 +1,52 @@
+"""Shared test set-up: uvloop for every asyncio test, and the netns capability rule.
+
+Tests that need root and network namespaces call `require_netns()`. Without
+the capability they are skipped with the reason, except under
+MESH_REQUIRE_NETNS=1 (set by `make test`), where a missing capability is a
+failure: CI runs as root, so nothing that should run there is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def _netns_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    if not shutil.which("ip"):
+        return "needs iproute2 (ip)"
+    probe = f"meshprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def require_netns(*tools: str) -> None:
+    """Skip (or fail under MESH_REQUIRE_NETNS=1) unless root, netns and `tools` are available."""
+    why = _netns_missing()
+    if why is None:
+        missing = [t for t in tools if not shutil.which(t)]
+        if missing:
+            why = f"needs {', '.join(missing)} (make setup installs them)"
+    if why is None:
+        return
+    if os.environ.get("MESH_REQUIRE_NETNS") == "1":
+        pytest.fail(f"MESH_REQUIRE_NETNS=1 but {why}")
+    pytest.skip(why)
