@@ -140,3 +140,15 @@ class IssueAdminCertResponse(_message.Message):
     certificate_pem: str
     ca_pem: str
     def __init__(self, certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ...) -> None: ...
+
+class K3sJoinRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class K3sJoinResponse(_message.Message):
+    __slots__ = ("server_url", "token")
+    SERVER_URL_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    server_url: str
+    token: str
+    def __init__(self, server_url: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...

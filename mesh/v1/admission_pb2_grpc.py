@@ -72,6 +72,11 @@ class AdmissionServiceStub:
                 request_serializer=mesh_dot_v1_dot_admission__pb2.IssueAdminCertRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admission__pb2.IssueAdminCertResponse.FromString,
                 _registered_method=True)
+        self.K3sJoin = channel.unary_unary(
+                '/mesh.v1.AdmissionService/K3sJoin',
+                request_serializer=mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.FromString,
+                _registered_method=True)
 
 
 class AdmissionServiceServicer:
@@ -129,6 +134,15 @@ class AdmissionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def K3sJoin(self, request, context):
+        """What the calling node needs to join the K3s cluster as an agent: the
+        server URL (at the main node's mesh address) and the agent join token.
+        FAILED_PRECONDITION when meshd was started without K3s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +180,11 @@ def add_AdmissionServiceServicer_to_server(servicer, server):
                     servicer.IssueAdminCert,
                     request_deserializer=mesh_dot_v1_dot_admission__pb2.IssueAdminCertRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admission__pb2.IssueAdminCertResponse.SerializeToString,
+            ),
+            'K3sJoin': grpc.unary_unary_rpc_method_handler(
+                    servicer.K3sJoin,
+                    request_deserializer=mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +379,33 @@ class AdmissionService:
             '/mesh.v1.AdmissionService/IssueAdminCert',
             mesh_dot_v1_dot_admission__pb2.IssueAdminCertRequest.SerializeToString,
             mesh_dot_v1_dot_admission__pb2.IssueAdminCertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def K3sJoin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AdmissionService/K3sJoin',
+            mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.SerializeToString,
+            mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
