@@ -1,0 +1,25 @@
+"""meshd's store: the revisioned key-value interface (base) and its backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshcore.errors import ConfigError
+from meshd.store.base import Store
+
+
+def open_store(spec: str, state_dir: Path) -> Store:
+    """`sqlite` (state_dir/state.db), `sqlite:///path/to.db` or `etcd://host:2379,host:2379`."""
+    if spec in ("", "sqlite"):
+        from meshd.store.sqlite import SQLiteStore
+        return SQLiteStore(state_dir / "state.db")
+    if spec.startswith("sqlite://"):
+        from meshd.store.sqlite import SQLiteStore
+        return SQLiteStore(Path(spec[len("sqlite://"):]))
+    if spec.startswith("etcd://"):
+        try:
+            from meshd.store.etcd import EtcdStore
+        except ImportError as e:
+            raise ConfigError(f"--store {spec}: the etcd backend is not available ({e})") from e
+        return EtcdStore.from_url(spec)
+    raise ConfigError(f"invalid --store {spec!r}: use sqlite, sqlite:///path/state.db or etcd://host:2379[,host:2379...]")

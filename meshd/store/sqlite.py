@@ -1,0 +1,272 @@
+"""SQLite backend of the store (the embedded default).
+
+One database file in WAL mode, written by one thread (a single-worker
+executor) so the event loop never blocks on disk and writes are serialized.
+`synchronous=FULL`: a write is acknowledged only once it is on disk, so
+nothing acknowledged is lost when meshd is killed, or the machine loses power.
+
+Tables: `kv` (current values), `log` (every change, for watch-from-revision;
+trimmed to the last `retain` revisions), `leases`, `meta` (revision and
+compaction point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from meshcore.errors import NotFound, StateError
+from meshd.store.base import (
+    Compacted, Compare, Delete, DeletePrefix, Event, KeyValue, Op, Put, Store, TxnResult,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL,
+                               mod_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS log (rev INTEGER NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, key TEXT NOT NULL,
+                                value BLOB NOT NULL, create_rev INTEGER NOT NULL, version INTEGER NOT NULL,
+                                lease INTEGER NOT NULL, PRIMARY KEY (rev, seq));
+CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0), ('schema', 1);
+"""
+
+
+def _row(r: tuple) -> KeyValue:
+    return KeyValue(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    # Keys are text; every key starting with prefix sorts in [prefix, prefix + U+10FFFF).
+    return prefix, prefix + "\U0010ffff"
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time, retain: int = 10_000) -> None:
+        self.path = Path(path)
+        self.describe = f"sqlite:{self.path}"
+        self._clock = clock
+        self._retain = retain
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._subs: set[tuple[str, asyncio.Queue[list[Event]]]] = set()
+        self._db = self._open()
+
+    # -- opening --------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            db.executescript(SCHEMA)
+        except (sqlite3.DatabaseError, OSError) as e:
+            raise StateError(
+                f"state database {self.path} cannot be used: {e}. meshd never overwrites it: "
+                f"restore it from a backup, or move it aside to start a new mesh") from e
+        return db
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
+
+    # -- reads ----------------------------------------------------------------
+    def _rev(self) -> int:
+        return self._db.execute("SELECT v FROM meta WHERE k='revision'").fetchone()[0]
+
+    def _get(self, key: str) -> KeyValue | None:
+        r = self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key=?", (key,)).fetchone()
+        return _row(r) if r else None
+
+    def _range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        lo, hi = _prefix_bounds(prefix)
+        self._db.execute("BEGIN")
+        try:
+            rows = self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv "
+                                    "WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)).fetchall()
+            return [_row(r) for r in rows], self._rev()
+        finally:
+            self._db.execute("COMMIT")
+
+    async def get(self, key: str) -> KeyValue | None:
+        return await self._run(self._get, key)
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self._run(self._range, prefix)
+
+    async def revision(self) -> int:
+        return await self._run(self._rev)
+
+    # -- writes ---------------------------------------------------------------
+    def _apply(self, rev: int, ops: Sequence[Op]) -> list[Event]:
+        db = self._db
+        events: list[Event] = []
+        for op in ops:
+            if isinstance(op, Put):
+                if op.lease and not db.execute("SELECT 1 FROM leases WHERE id=?", (op.lease,)).fetchone():
+                    raise NotFound(f"lease {op.lease:x} not found (expired or revoked)")
+                old = self._get(op.key)
+                kv = KeyValue(op.key, op.value, old.create_revision if old else rev, rev,
+                              (old.version if old else 0) + 1, op.lease)
+                db.execute("INSERT OR REPLACE INTO kv VALUES (?,?,?,?,?,?)",
+                           (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease))
+                events.append(Event("put", kv, rev))
+            else:
+                if isinstance(op, Delete):
+                    olds = [o for o in [self._get(op.key)] if o]
+                else:
+                    olds = self._range_nolock(op.prefix)
+                for old in olds:
+                    db.execute("DELETE FROM kv WHERE key=?", (old.key,))
+                    events.append(Event("delete", KeyValue(old.key, old.value, old.create_revision, rev,
+                                                           old.version, old.lease), rev))
+        for seq, e in enumerate(events):
+            db.execute("INSERT INTO log VALUES (?,?,?,?,?,?,?,?)", (rev, seq, e.type, e.kv.key, e.kv.value,
+                                                                   e.kv.create_revision, e.kv.version, e.kv.lease))
+        return events
+
+    def _range_nolock(self, prefix: str) -> list[KeyValue]:
+        lo, hi = _prefix_bounds(prefix)
+        rows = self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv "
+                                "WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)).fetchall()
+        return [_row(r) for r in rows]
+
+    def _txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> TxnResult:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ok = all(c.holds(self._get(c.key)) for c in compares)
+            ops = success if ok else failure
+            rev = self._rev()
+            events = self._apply(rev + 1, ops) if ops else []
+            if events:
+                rev += 1
+                db.execute("UPDATE meta SET v=? WHERE k='revision'", (rev,))
+                if rev % 1000 == 0:
+                    self._compact_nolock(rev - self._retain)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return TxnResult(ok, rev, events)
+
+    async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        result = await self._run(self._txn, list(compares), list(success), list(failure))
+        self._publish(result.events)
+        return result
+
+    def _publish(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for prefix, q in list(self._subs):
+            mine = [e for e in events if e.kv.key.startswith(prefix)]
+            if mine:
+                q.put_nowait(mine)
+
+    # -- leases ---------------------------------------------------------------
+    def _lease_grant(self, ttl: float) -> int:
+        import secrets
+        lease = secrets.randbits(62) or 1
+        self._db.execute("INSERT INTO leases VALUES (?,?,?)", (lease, ttl, self._clock() + ttl))
+        return lease
+
+    def _lease_keepalive(self, lease: int) -> float:
+        r = self._db.execute("SELECT ttl, expires_at FROM leases WHERE id=?", (lease,)).fetchone()
+        if not r or r[1] <= self._clock():
+            raise NotFound(f"lease {lease:x} not found (expired or revoked)")
+        self._db.execute("UPDATE leases SET expires_at=? WHERE id=?", (self._clock() + r[0], lease))
+        return r[0]
+
+    def _lease_revoke(self, leases: Sequence[int]) -> TxnResult:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            keys = [k for lease in leases for (k,) in db.execute("SELECT key FROM kv WHERE lease=?", (lease,))]
+            db.executemany("DELETE FROM leases WHERE id=?", [(lease,) for lease in leases])
+            rev = self._rev()
+            events = self._apply(rev + 1, [Delete(k) for k in keys]) if keys else []
+            if events:
+                rev += 1
+                db.execute("UPDATE meta SET v=? WHERE k='revision'", (rev,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return TxnResult(True, rev, events)
+
+    async def lease_grant(self, ttl: float) -> int:
+        return await self._run(self._lease_grant, ttl)
+
+    async def lease_keepalive(self, lease: int) -> float:
+        return await self._run(self._lease_keepalive, lease)
+
+    async def lease_revoke(self, lease: int) -> None:
+        self._publish((await self._run(self._lease_revoke, [lease])).events)
+
+    async def expire_leases(self) -> int:
+        """Revoke every lease past its expiry (call periodically); returns how many."""
+        now = self._clock()
+        ids = await self._run(lambda: [i for (i,) in self._db.execute("SELECT id FROM leases WHERE expires_at <= ?", (now,))])
+        if ids:
+            self._publish((await self._run(self._lease_revoke, ids)).events)
+        return len(ids)
+
+    # -- watch ----------------------------------------------------------------
+    def _history(self, prefix: str, after: int) -> tuple[list[Event], int]:
+        compacted = self._db.execute("SELECT v FROM meta WHERE k='compacted'").fetchone()[0]
+        if after < compacted:
+            raise Compacted(after, compacted)
+        lo, hi = _prefix_bounds(prefix)
+        rows = self._db.execute("SELECT rev, type, key, value, create_rev, version, lease FROM log "
+                                "WHERE rev > ? AND key >= ? AND key < ? ORDER BY rev, seq", (after, lo, hi)).fetchall()
+        events = [Event(t, KeyValue(k, bytes(v), c, rev, ver, lease), rev) for rev, t, k, v, c, ver, lease in rows]
+        return events, self._rev()
+
+    async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
+        q: asyncio.Queue[list[Event]] = asyncio.Queue()
+        sub = (prefix, q)
+        self._subs.add(sub)
+        try:
+            history, _ = await self._run(self._history, prefix, from_revision)
+            last = from_revision
+            batch: list[Event] = []
+            for e in history:  # one batch per revision
+                if batch and e.revision != batch[0].revision:
+                    yield batch
+                    batch = []
+                batch.append(e)
+                last = e.revision
+            if batch:
+                yield batch
+            while True:
+                fresh = [e for e in await q.get() if e.revision > last]
+                if fresh:
+                    last = fresh[-1].revision
+                    yield fresh
+        finally:
+            self._subs.discard(sub)
+
+    def _compact_nolock(self, revision: int) -> None:
+        if revision <= 0:
+            return
+        cur = self._db.execute("SELECT v FROM meta WHERE k='compacted'").fetchone()[0]
+        if revision > cur:
+            self._db.execute("DELETE FROM log WHERE rev <= ?", (revision,))
+            self._db.execute("UPDATE meta SET v=? WHERE k='compacted'", (revision,))
+
+    async def compact(self, revision: int) -> None:
+        def go() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._compact_nolock(min(revision, self._rev()))
+            self._db.execute("COMMIT")
+        await self._run(go)
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._ex.shutdown(wait=True)
