@@ -11,6 +11,8 @@ Model (as etcd v3):
   is revoked. Expiry is driven by `expire_leases(now)` so the clock is injected.
 - `watch(prefix, from_revision)` yields every change after `from_revision`
   (history first, then live), in revision order, with no gap and no repeat.
+  Right after the history it yields one empty batch: the watcher is caught
+  up (meshd uses it to tell a resuming agent it is in sync).
   History older than the compaction point raises `Compacted`, and the caller
   falls back to a fresh read (meshd sends a RESET and the current set).
 
@@ -158,7 +160,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
-        """Batches of events after `from_revision` (history, then live). Raises Compacted."""
+        """Batches of events after `from_revision`: history, one empty batch, then live.
+
+        Raises Compacted (at the first iteration) if `from_revision` is older than the history."""
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None: ...

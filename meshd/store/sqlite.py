@@ -244,6 +244,7 @@ class SQLiteStore(Store):
                 last = e.revision
             if batch:
                 yield batch
+            yield []  # caught up
             while True:
                 fresh = [e for e in await q.get() if e.revision > last]
                 if fresh:

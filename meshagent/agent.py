@@ -1,0 +1,291 @@
+"""meshagent: the daemon on every VM.
+
+Start-up: load the identity from the state directory, or join with the
+token (retrying with backoff while meshd is unreachable). Then, at once:
+- the local API on a unix socket (meshctl on this VM),
+- the DNS responder, answering from the live catalog copy,
+- two watch streams (services, nodes) that resume from the last revision
+  after any disconnect, with capped, jittered backoff,
+- lease renewal every third of the lease TTL,
+- anti-entropy: the services this node exposed are kept in the state
+  directory and re-asserted whenever the catalog lacks them (meshd restarted
+  on an old backup, or removed them while the node was unreachable).
+The connection to meshd is logged once per change of state, not per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from mesh.v1 import (admission_pb2, admission_pb2_grpc, agent_pb2_grpc, catalog_pb2, catalog_pb2_grpc,
+                     nodes_pb2_grpc, types_pb2)
+from meshagent.config import AgentConfig
+from meshagent.identity import Identity, fetch_pinned_ca
+from meshagent.localapi import AgentServicer
+from meshagent.view import Catalog
+from meshcore import pki
+from meshcore.errors import MeshError, StateError, Unauthenticated, Unavailable
+from meshd.admission import parse_token
+
+log = logging.getLogger("meshagent")
+
+# Codes after which retrying the same request cannot help.
+FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+
+
+def channel_options() -> list[tuple[str, object]]:
+    return [("grpc.ssl_target_name_override", pki.SERVER_NAME),
+            ("grpc.keepalive_time_ms", 15000), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.max_reconnect_backoff_ms", 5000)]
+
+
+def mtls_channel(target: str, ident: Identity) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(ident.ca_pem, ident.key_pem, ident.cert_pem)
+    return grpc.aio.secure_channel(target, creds, options=channel_options())
+
+
+class Backoff:
+    def __init__(self, lo: float, hi: float, rng: random.Random) -> None:
+        self.lo, self.hi, self.rng, self.cur = lo, hi, rng, lo
+
+    def next(self) -> float:
+        delay = self.cur * (0.5 + self.rng.random())  # jitter: reconnecting agents do not stampede
+        self.cur = min(self.hi, self.cur * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.cur = self.lo
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, rng: random.Random | None = None) -> None:
+        self.config = config.validate()
+        self.rng = rng or random.Random()
+        self.catalog = Catalog()
+        self.identity: Identity | None = None
+        self.connected = False
+        self.last_contact = 0.0
+        self.dns_address = ""
+        self.dns = None
+        self._channel: grpc.aio.Channel | None = None
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._reconnects = 0
+        self._desired: dict[str, types_pb2.Service] = {}
+        self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
+
+    # -- identity -------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.state_dir)
+
+    def facts(self) -> types_pb2.Node:
+        c = self.config
+        return types_pb2.Node(name=c.name, hostname=c.name, cloud=c.cloud, region=c.region, vpc_id=c.vpc_id,
+                              vpc_cidr=c.vpc_cidr, private_address=c.private_address,
+                              public_address=c.public_address, labels=c.labels)
+
+    async def _join(self) -> Identity:
+        token = self.config.token
+        if not token:
+            raise StateError(f"no identity in {self.state_dir} and no join token: "
+                             f"start meshagent once with --token (from `meshctl token create` on the main node)")
+        _, _, pin = parse_token(token)
+        if pin is None:
+            raise Unauthenticated("the join token has no CA pin: use the full token printed by `meshctl token create`")
+        host, port = self.config.join_target()
+        backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s, self.rng)
+        warned = False
+        while True:
+            try:
+                ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, port, pin)
+                key = pki.new_key()
+                csr = pki.make_csr(key, self.config.name)
+                creds = grpc.ssl_channel_credentials(ca_pem)
+                async with grpc.aio.secure_channel(f"{host}:{port}", creds, options=channel_options()) as ch:
+                    resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
+                        admission_pb2.JoinRequest(token=token, node=self.facts(), csr_pem=csr.decode()), timeout=10)
+                break
+            except (Unavailable, grpc.aio.AioRpcError) as e:
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
+                    raise Unauthenticated(f"join refused by meshd: {e.details()}") from None
+                if not warned:
+                    log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
+                                e if isinstance(e, Unavailable) else e.code().name)
+                    warned = True
+                await asyncio.sleep(backoff.next())
+        ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,
+                         pki.key_pem(key), resp.certificate_pem.encode(), resp.ca_pem.encode())
+        ident.save(self.state_dir)
+        log.info("joined the mesh as %s (%s), mesh address %s", ident.name, ident.node_id, ident.mesh_address)
+        return ident
+
+    # -- desired services (anti-entropy) -----------------------------------------
+    def _services_file(self) -> Path:
+        return self.state_dir / "services.json"
+
+    def _load_desired(self) -> None:
+        path = self._services_file()
+        if not path.exists():
+            return
+        try:
+            items = json.loads(path.read_text())
+            self._desired = {d["name"]: json_format.ParseDict(d, types_pb2.Service()) for d in items}
+        except (OSError, ValueError, KeyError, json_format.ParseError) as e:
+            raise StateError(f"{path} is unreadable ({e}): fix or remove it, then expose the services again") from e
+
+    def _save_desired(self) -> None:
+        data = [json_format.MessageToDict(s) for s in self._desired.values()]
+        pki.write_file(self._services_file(), json.dumps(data, indent=2).encode(), private=True)
+
+    def remember(self, svc: types_pb2.Service) -> None:
+        want = types_pb2.Service(name=svc.name, port=svc.port, protocol=svc.protocol, tags=svc.tags)
+        want.health.CopyFrom(svc.health)
+        self._desired[svc.name] = want
+        self._save_desired()
+
+    def forget(self, name: str) -> None:
+        if self._desired.pop(name, None) is not None:
+            self._save_desired()
+
+    async def reassert(self) -> None:
+        """Expose again every desired service the catalog lacks or holds differently."""
+        for name, want in list(self._desired.items()):
+            have = self.catalog.services.items.get(name)
+            if have is not None and have.node_id == self.identity.node_id and have.port == want.port \
+                    and have.protocol == (want.protocol or types_pb2.PROTOCOL_TCP) and have.health == want.health:
+                continue
+            try:
+                await self.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=want), timeout=10)
+                log.info("re-asserted service %s", name)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    log.error("cannot re-assert service %s: %s", name, e.details())
+                else:
+                    raise
+
+    # -- connection state -----------------------------------------------------------
+    def _set_connected(self, up: bool, why: str = "") -> None:
+        if up:
+            self.last_contact = time.time()
+        if up != self.connected:
+            self.connected = up
+            if up:
+                log.info("connected to meshd at %s", self.config.coordinator)
+            else:
+                self._reconnects += 1
+                log.warning("lost meshd at %s (%s); serving names from the local copy and reconnecting",
+                            self.config.coordinator, why)
+
+    async def _watch(self, kind: str) -> None:
+        view = self.catalog.services if kind == "services" else self.catalog.nodes
+        backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s, self.rng)
+        while True:
+            try:
+                if kind == "services":
+                    stream = self.catalog_stub.WatchServices(types_pb2.WatchRequest(from_revision=view.revision))
+                else:
+                    stream = self.node_stub.WatchNodes(types_pb2.WatchRequest(from_revision=view.revision))
+                async for ev in stream:
+                    self._set_connected(True)
+                    backoff.reset()
+                    obj = ev.service if kind == "services" else ev.node
+                    view.apply(ev.type, obj, ev.revision)
+                    if kind == "services" and ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                        await self.reassert()
+                why = "stream ended"
+            except grpc.aio.AioRpcError as e:
+                why = f"{e.code().name}: {e.details()}"
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("meshd refuses this node: %s", e.details())
+            self._set_connected(False, why)
+            await asyncio.sleep(backoff.next())
+
+    async def _renew(self) -> None:
+        interval = 5.0
+        while True:
+            try:
+                resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self.facts()), timeout=10)
+                interval = max(0.2, resp.lease_ttl_s / 3)
+                self.last_contact = time.time()
+            except grpc.aio.AioRpcError as e:
+                log.debug("renew failed: %s", e.code().name)
+                interval = min(interval, 2.0)
+            await asyncio.sleep(interval)
+
+    def counters(self) -> dict[str, int]:
+        out = {"meshd_reconnects": self._reconnects, "desired_services": len(self._desired)}
+        return out
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        if Identity.exists(self.state_dir):
+            self.identity = Identity.load(self.state_dir)
+            if self.config.token:
+                log.info("identity found in %s: the join token is not needed and was ignored", self.state_dir)
+        else:
+            self.identity = await self._join()
+        self._load_desired()
+        self._channel = mtls_channel(self.config.coordinator, self.identity)
+        self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self._channel)
+        self.node_stub = nodes_pb2_grpc.NodeServiceStub(self._channel)
+        self.admission_stub = admission_pb2_grpc.AdmissionServiceStub(self._channel)
+        await self._start_local_api()
+        await self._start_dns()
+        if self.config.metrics:
+            from meshcore.metrics import serve_metrics
+            serve_metrics(self.config.metrics)
+        self._tasks = [asyncio.create_task(self._watch("services"), name="watch-services"),
+                       asyncio.create_task(self._watch("nodes"), name="watch-nodes"),
+                       asyncio.create_task(self._renew(), name="renew")]
+
+    async def _start_local_api(self) -> None:
+        import os
+        sock = Path(self.config.socket)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        if sock.exists():
+            sock.unlink()
+        server = grpc.aio.server()
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self), server)
+        server.add_insecure_port(f"unix:{sock}")
+        old = os.umask(0o117)
+        try:
+            await server.start()
+        finally:
+            os.umask(old)
+        self._server = server
+
+    async def _start_dns(self) -> None:
+        if not self.config.dns:
+            return
+        from meshagent.dns import DnsConfig, DnsServer
+        from meshcore.metrics import split_hostport
+        host, port = split_hostport(self.config.dns, "DNS address")
+        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=self.config.dns_upstreams), self.catalog.lookup)
+        await self.dns.start()
+        self.dns_address = f"{host}:{self.dns.port}"
+        self.catalog.services.listeners.append(self.dns.invalidate)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.dns:
+            await self.dns.stop()
+        if self._server:
+            await self._server.stop(0.5)
+        if self._channel:
+            await self._channel.close()
+
+    async def leave(self) -> None:
+        """Leave gracefully: this node's services leave the catalog at once."""
+        await self.admission_stub.Leave(admission_pb2.LeaveRequest(), timeout=5)

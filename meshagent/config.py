@@ -1,0 +1,59 @@
+"""meshagent's configuration: one dataclass, defaults documented."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshcore.errors import ConfigError
+from meshcore.metrics import split_hostport
+
+
+@dataclass
+class AgentConfig:
+    #: identity (key, certificate, node id) and the services this node exposes
+    state_dir: Path = Path("/var/lib/meshagent")
+    #: meshd's mTLS API, host:port
+    coordinator: str = "127.0.0.1:7443"
+    #: meshd's join listener; "" means the coordinator's host and port + 1
+    join_address: str = ""
+    #: join token, needed only on the first start
+    token: str = ""
+    #: the local API for meshctl on this VM
+    socket: str = "/run/meshagent/agent.sock"
+    #: DNS responder address ("" disables); 127.0.0.77 leaves 127.0.0.53 to systemd-resolved
+    dns: str = "127.0.0.77:53"
+    #: upstream resolvers for other names (None: from /etc/resolv.conf)
+    dns_upstreams: tuple[str, ...] | None = None
+    #: Prometheus metrics ("" disables)
+    metrics: str = "127.0.0.1:9465"
+    #: node facts sent at join
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
+    cloud: str = ""
+    region: str = ""
+    vpc_id: str = ""
+    vpc_cidr: str = ""
+    private_address: str = ""
+    public_address: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    #: reconnect backoff bounds, seconds
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 5.0
+
+    def join_target(self) -> tuple[str, int]:
+        if self.join_address:
+            return split_hostport(self.join_address, "join address")
+        host, port = split_hostport(self.coordinator, "coordinator address")
+        return host, port + 1
+
+    def validate(self) -> AgentConfig:
+        split_hostport(self.coordinator, "coordinator address")
+        self.join_target()
+        if self.dns:
+            split_hostport(self.dns, "DNS address")
+        if self.metrics:
+            split_hostport(self.metrics, "metrics address")
+        if self.backoff_min_s <= 0 or self.backoff_max_s < self.backoff_min_s:
+            raise ConfigError("backoff bounds must satisfy 0 < min <= max")
+        return self

@@ -1,0 +1,96 @@
+"""meshagent: the mesh daemon on every VM. `meshagent --help` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from meshagent.agent import Agent
+from meshagent.config import AgentConfig
+from meshcore.errors import MeshError
+
+
+def parse_args(argv: list[str]) -> AgentConfig:
+    d = AgentConfig()
+    p = argparse.ArgumentParser(prog="meshagent", description="Mesh agent: identity, catalog copy, DNS.")
+    p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"identity and state (default {d.state_dir})")
+    p.add_argument("--coordinator", default=os.environ.get("MESH_COORDINATOR", d.coordinator),
+                   help="meshd's API as host:port (env MESH_COORDINATOR)")
+    p.add_argument("--join-address", default=d.join_address, help="meshd's join listener (default: coordinator port + 1)")
+    p.add_argument("--token", default=os.environ.get("MESH_JOIN_TOKEN", ""),
+                   help="join token, first start only (env MESH_JOIN_TOKEN)")
+    p.add_argument("--name", default=d.name, help=f"node name (default: host name, {d.name})")
+    p.add_argument("--socket", default=d.socket, help=f"local API socket (default {d.socket})")
+    p.add_argument("--dns", default=d.dns, help=f"DNS responder address (default {d.dns}; '' disables)")
+    p.add_argument("--dns-upstream", action="append", default=None, help="upstream resolver (repeatable; default: resolv.conf)")
+    p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
+    p.add_argument("--cloud", default="", help="aws, gcp, azure, lambda, onprem, ...")
+    p.add_argument("--region", default="")
+    p.add_argument("--vpc-id", default="")
+    p.add_argument("--vpc-cidr", default="")
+    p.add_argument("--private-address", default="")
+    p.add_argument("--public-address", default="")
+    p.add_argument("--label", action="append", default=[], help="key=value (repeatable), e.g. gpu.model=L4")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    labels = {}
+    for item in a.label:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            p.error(f"invalid --label {item!r}: expected key=value")
+        labels[k] = v
+    return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=a.token,
+                       name=a.name, socket=a.socket, dns=a.dns,
+                       dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
+                       cloud=a.cloud, region=a.region, vpc_id=a.vpc_id, vpc_cidr=a.vpc_cidr,
+                       private_address=a.private_address, public_address=a.public_address, labels=labels)
+
+
+async def run(config: AgentConfig) -> None:
+    agent = Agent(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(agent.start())
+    done, _ = await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if starting not in done:
+        starting.cancel()
+        return
+    starting.result()
+    print(f"meshagent ready node={agent.identity.name} address={agent.identity.mesh_address} "
+          f"dns={agent.dns_address or '-'} socket={config.socket}", flush=True)
+    from meshcore import sdnotify
+    sdnotify.notify("READY=1")
+    watchdog = sdnotify.start_watchdog()
+    try:
+        await stop.wait()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        if watchdog:
+            watchdog.cancel()
+        await agent.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        uvloop.run(run(config))
+    except MeshError as e:
+        print(f"meshagent: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The agent's live copy of the catalog and the node list.
+
+Fed by meshd's watch streams (and, later, gossip). Events are applied in
+revision order; RESET starts a fresh copy that replaces the old one only at
+SYNCED, so lookups never see a half-loaded catalog. `revision` is what the
+agent resumes from after a reconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mesh.v1 import types_pb2
+from meshagent.dns import Target
+
+PROTO = {types_pb2.PROTOCOL_UDP: "udp"}
+
+
+class View:
+    """Objects keyed by a field (name for services, id for nodes) at a revision."""
+
+    def __init__(self, key: Callable[[object], str]) -> None:
+        self._key = key
+        self.items: dict[str, object] = {}
+        self.revision = 0
+        self.synced = False
+        self._staging: dict[str, object] | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    def apply(self, event_type: int, obj, revision: int) -> None:
+        if event_type == types_pb2.EVENT_TYPE_RESET:
+            self._staging = {}
+            return
+        if event_type == types_pb2.EVENT_TYPE_SYNCED:
+            if self._staging is not None:
+                self.items, self._staging = self._staging, None
+            self.revision = max(self.revision, revision)
+            self.synced = True
+            self._changed()
+            return
+        target = self._staging if self._staging is not None else self.items
+        if event_type == types_pb2.EVENT_TYPE_PUT:
+            target[self._key(obj)] = obj
+        elif event_type == types_pb2.EVENT_TYPE_DELETE:
+            target.pop(self._key(obj), None)
+        if self._staging is None:
+            self.revision = max(self.revision, revision)
+            self._changed()
+
+    def reset_revision(self) -> None:
+        """Forget the revision (meshd's store was replaced): the next watch starts from a full copy."""
+        self.revision = 0
+
+    def _changed(self) -> None:
+        for fn in self.listeners:
+            fn()
+
+
+def strip_zone(name: str, namespace: str = "default") -> str:
+    """'qwen.mesh' / 'qwen.default.svc.cluster.local' / 'qwen' -> 'qwen'."""
+    n = name.rstrip(".").lower()
+    for suffix in (".mesh", f".{namespace}.svc.cluster.local"):
+        if n.endswith(suffix):
+            return n[: -len(suffix)]
+    return n
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self.services = View(lambda s: s.name)
+        self.nodes = View(lambda n: n.id)
+
+    def lookup(self, name: str) -> list[Target]:
+        """DNS lookup callback: the targets of a service name."""
+        svc = self.services.items.get(name)
+        if svc is None:
+            return []
+        return [Target(svc.address, svc.port, PROTO.get(svc.protocol, "tcp"), svc.node_name)]

@@ -1,0 +1,66 @@
+"""Connections from meshctl: the agent's local socket and meshd's admin socket.
+
+On a VM, meshctl talks to its agent (which forwards writes to meshd with the
+node's certificate). On the main node, admin commands go to meshd's root-only
+unix socket. gRPC errors become one clear line; an unreachable socket says
+which daemon to check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from mesh.v1 import admission_pb2_grpc, agent_pb2_grpc, catalog_pb2_grpc, nodes_pb2_grpc
+from meshctl.output import fail
+
+AGENT_SOCKET = "/run/meshagent/agent.sock"
+ADMIN_SOCKET = "/run/meshd/admin.sock"
+T = TypeVar("T")
+
+
+@dataclass
+class Endpoints:
+    agent_socket: str = os.environ.get("MESH_AGENT_SOCKET", AGENT_SOCKET)
+    admin_socket: str = os.environ.get("MESHD_ADMIN_SOCKET", ADMIN_SOCKET)
+    timeout: float = 10.0
+
+    def agent(self) -> agent_pb2_grpc.AgentServiceStub:
+        return agent_pb2_grpc.AgentServiceStub(self._channel(self.agent_socket, "meshagent"))
+
+    def admission(self) -> admission_pb2_grpc.AdmissionServiceStub:
+        return admission_pb2_grpc.AdmissionServiceStub(self._channel(self.admin_socket, "meshd"))
+
+    def nodes(self) -> nodes_pb2_grpc.NodeServiceStub:
+        return nodes_pb2_grpc.NodeServiceStub(self._channel(self.admin_socket, "meshd"))
+
+    def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self._channel(self.admin_socket, "meshd"))
+
+    def has_agent(self) -> bool:
+        return os.path.exists(self.agent_socket)
+
+    def _channel(self, path: str, daemon: str) -> grpc.Channel:
+        if not os.path.exists(path):
+            hint = "meshagent (on this VM)" if daemon == "meshagent" else "meshd (on the main node, as root)"
+            env = "MESH_AGENT_SOCKET" if daemon == "meshagent" else "MESHD_ADMIN_SOCKET"
+            fail(f"no {daemon} socket at {path}: is {hint} running? (or set {env})")
+        if not os.access(path, os.R_OK | os.W_OK):
+            fail(f"permission denied on {path}: run meshctl as root (sudo)")
+        return grpc.insecure_channel(f"unix:{path}")
+
+
+def call(fn: Callable[..., T], request, timeout: float = 10.0) -> T:
+    """Make one RPC; a gRPC error becomes `error: <message> (<CODE>)` and exit code 1."""
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as e:
+        code = e.code()
+        details = e.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
+            details = f"the daemon is not answering ({details})"
+        fail(f"{details} ({code.name})")

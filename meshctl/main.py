@@ -1,0 +1,265 @@
+"""meshctl: the command line of the mesh.
+
+On a VM it talks to the local meshagent; on the main node, admin commands
+(tokens, node removal) go to meshd's admin socket. Every read command has
+`--output json`. Failures print one `error:` line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import socket
+from typing import Optional
+
+import typer
+from google.protobuf import json_format
+
+from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2, nodes_pb2, types_pb2
+from meshcore.errors import MeshError
+from meshcore.names import check_name, check_port, default_service_name
+from meshctl.client import Endpoints, call
+from meshctl.output import OUTPUT_OPTION, Output, emit, fail
+
+app = typer.Typer(help="Control the mesh: expose ports by name, list services and nodes, admit nodes.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Join tokens (on the main node).", no_args_is_help=True)
+node_app = typer.Typer(help="Drain or remove nodes (on the main node).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(node_app, name="node")
+
+ENDPOINTS = Endpoints()
+PROTOCOLS = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
+STATES = {0: "-", 1: "ready", 2: "unreachable", 3: "left"}
+
+
+def _dict(msg) -> dict:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def _ago(ts: int) -> str:
+    if not ts:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _checked(fn, *args):
+    try:
+        return fn(*args)
+    except MeshError as e:
+        fail(str(e))
+
+
+@app.callback()
+def _globals(agent_socket: Optional[str] = typer.Option(None, "--agent-socket", envvar="MESH_AGENT_SOCKET",
+                                                        help="meshagent's local socket"),
+             admin_socket: Optional[str] = typer.Option(None, "--admin-socket", envvar="MESHD_ADMIN_SOCKET",
+                                                        help="meshd's admin socket")) -> None:
+    if agent_socket:
+        ENDPOINTS.agent_socket = agent_socket
+    if admin_socket:
+        ENDPOINTS.admin_socket = admin_socket
+
+
+# -- services -----------------------------------------------------------------
+def _service_row(s: types_pb2.Service) -> dict:
+    health = s.health.WhichOneof("kind")
+    return {"NAME": s.name, "NODE": s.node_name, "ADDRESS": s.address, "PORT": s.port,
+            "PROTOCOL": "udp" if s.protocol == types_pb2.PROTOCOL_UDP else "tcp",
+            "HEALTH": f"http {s.health.http_path}" if health == "http_path" else ("tcp" if health else "-"),
+            "DNS": f"{s.name}.mesh, {s.name}.default.svc.cluster.local"}
+
+
+@app.command()
+def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (1-65535)"),
+           name: Optional[str] = typer.Option(None, "--name", "-n",
+                                              help="service name (default: SkyPilot cluster name, else host name)"),
+           protocol: str = typer.Option("tcp", "--protocol", help="tcp or udp"),
+           health_http: Optional[str] = typer.Option(None, "--health-http", help="HTTP health check path, e.g. /health"),
+           health_tcp: bool = typer.Option(False, "--health-tcp", help="TCP connect health check"),
+           tag: list[str] = typer.Option([], "--tag", help="tag copied to Consul (repeatable)"),
+           output: Output = OUTPUT_OPTION) -> None:
+    """Make a port of this VM reachable from every node under a name."""
+    _checked(check_port, port)
+    if name is None:
+        name = _checked(default_service_name, os.environ, socket.gethostname())
+    _checked(check_name, name, "service name")
+    if protocol not in PROTOCOLS:
+        fail(f"invalid protocol {protocol!r}: must be tcp or udp")
+    if health_http and health_tcp:
+        fail("choose one health check: --health-http PATH or --health-tcp")
+    svc = types_pb2.Service(name=name, port=port, protocol=PROTOCOLS[protocol], tags=tag)
+    if health_http:
+        if not health_http.startswith("/"):
+            fail(f"invalid --health-http {health_http!r}: a path must start with '/'")
+        svc.health.http_path = health_http
+    elif health_tcp:
+        svc.health.tcp = True
+    resp = call(ENDPOINTS.agent().Expose, catalog_pb2.ExposeRequest(service=svc))
+    emit([_service_row(resp.service)], ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "DNS"], output,
+         raw=_dict(resp.service))
+
+
+@app.command()
+def unexpose(name: str = typer.Argument(..., help="service name"), output: Output = OUTPUT_OPTION) -> None:
+    """Remove one of this VM's services from the mesh."""
+    _checked(check_name, name, "service name")
+    if ENDPOINTS.has_agent():
+        resp = call(ENDPOINTS.agent().Unexpose, catalog_pb2.UnexposeRequest(name=name))
+    else:  # an admin on the main node may remove any service
+        resp = call(ENDPOINTS.catalog().Unexpose, catalog_pb2.UnexposeRequest(name=name))
+    emit([_service_row(resp.service)], ["NAME", "NODE", "ADDRESS", "PORT"], output, raw=_dict(resp.service))
+
+
+@app.command()
+def services(output: Output = OUTPUT_OPTION) -> None:
+    """The services in the mesh."""
+    if ENDPOINTS.has_agent():
+        resp = call(ENDPOINTS.agent().ListServices, catalog_pb2.ListServicesRequest())
+    else:
+        resp = call(ENDPOINTS.catalog().ListServices, catalog_pb2.ListServicesRequest())
+    rows = [_service_row(s) for s in resp.services]
+    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH", "DNS"], output,
+         title=f"services (revision {resp.revision})", raw=_dict(resp))
+
+
+@app.command()
+def nodes(output: Output = OUTPUT_OPTION) -> None:
+    """The nodes in the mesh."""
+    if ENDPOINTS.has_agent():
+        resp = call(ENDPOINTS.agent().ListNodes, nodes_pb2.ListNodesRequest())
+    else:
+        resp = call(ENDPOINTS.nodes().ListNodes, nodes_pb2.ListNodesRequest())
+    rows = [{"NAME": n.name, "ID": n.id, "MESH ADDRESS": n.mesh_address, "STATE": STATES.get(n.state, "?")
+             + (" (drained)" if n.drained else ""), "CLOUD": n.cloud or "-", "REGION": n.region or "-",
+             "GPU": " x".join(filter(None, [n.labels.get("gpu.model", ""), n.labels.get("gpu.count", "")])) or "-",
+             "JOINED": _ago(n.joined_at)} for n in resp.nodes]
+    emit(rows, ["NAME", "ID", "MESH ADDRESS", "STATE", "CLOUD", "REGION", "GPU", "JOINED"], output,
+         title=f"nodes (revision {resp.revision})", raw=_dict(resp))
+
+
+@app.command()
+def resolve(name: str = typer.Argument(..., help="name, name.mesh or name.default.svc.cluster.local"),
+            output: Output = OUTPUT_OPTION) -> None:
+    """What a name resolves to from this VM."""
+    resp = call(ENDPOINTS.agent().Resolve, agent_pb2.ResolveRequest(name=name))
+    emit([_service_row(s) for s in resp.services], ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL"], output,
+         raw=_dict(resp))
+
+
+@app.command()
+def status(output: Output = OUTPUT_OPTION) -> None:
+    """The agent's (or, on the main node, meshd's) status."""
+    if ENDPOINTS.has_agent():
+        s = call(ENDPOINTS.agent().Status, agent_pb2.AgentStatusRequest())
+        rows = [{"KEY": k, "VALUE": v} for k, v in [
+            ("node", f"{s.node.name} ({s.node.id})" if s.node.id else "-"), ("mesh address", s.node.mesh_address or "-"),
+            ("coordinator", s.coordinator), ("connected", "yes" if s.connected else "no (serving the local copy)"),
+            ("last contact", _ago(s.last_contact)), ("catalog revision", s.catalog_revision),
+            ("services", s.services), ("nodes", s.nodes), ("dns", s.dns_address or "-"),
+            *sorted(s.counters.items())]]
+    else:
+        s = call(ENDPOINTS.nodes().Status, nodes_pb2.StatusRequest())
+        rows = [{"KEY": k, "VALUE": v} for k, v in [
+            ("meshd version", s.version), ("store", s.store), ("revision", s.revision), ("nodes", s.nodes),
+            ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller)]]
+    emit(rows, ["KEY", "VALUE"], output, raw=_dict(s))
+
+
+# -- tokens -------------------------------------------------------------------
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_duration(text: str) -> int:
+    m = _DURATION.match(text.strip())
+    if not m:
+        fail(f"invalid duration {text!r}: use a number and s, m, h or d (e.g. 30m, 2h, 7d)")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _token_row(t: admission_pb2.Token) -> dict:
+    return {"ID": t.id, "USES": f"{t.uses}/{t.max_uses or '∞'}", "EXPIRES": _ago(t.expires_at),
+            "REVOKED": "yes" if t.revoked else "no", "LABELS": ",".join(f"{k}={v}" for k, v in t.labels.items()) or "-",
+            "DESCRIPTION": t.description or "-"}
+
+
+@token_app.command("create")
+def token_create(ttl: str = typer.Option("1h", "--ttl", help="lifetime, e.g. 30m, 2h, 7d (at most 30d)"),
+                 uses: int = typer.Option(1, "--uses", help="joins allowed (0: unlimited until expiry)"),
+                 label: list[str] = typer.Option([], "--label", help="key=value given to joining nodes (repeatable)"),
+                 description: str = typer.Option("", "--description"),
+                 output: Output = OUTPUT_OPTION) -> None:
+    """Create a join token; the full token is printed once."""
+    labels = {}
+    for item in label:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            fail(f"invalid --label {item!r}: expected key=value")
+        labels[k] = v
+    if uses < 0:
+        fail("invalid --uses: must be 0 (unlimited) or more")
+    resp = call(ENDPOINTS.admission().CreateToken, admission_pb2.CreateTokenRequest(
+        ttl_s=parse_duration(ttl), max_uses=uses, labels=labels, description=description))
+    if output == Output.json:
+        emit([], [], output, raw={"token": _dict(resp.token), "secret": resp.secret})
+    else:
+        print(resp.secret)
+
+
+@token_app.command("list")
+def token_list(output: Output = OUTPUT_OPTION) -> None:
+    """Join tokens (secrets are never shown again)."""
+    resp = call(ENDPOINTS.admission().ListTokens, admission_pb2.ListTokensRequest())
+    emit([_token_row(t) for t in resp.tokens], ["ID", "USES", "EXPIRES", "REVOKED", "LABELS", "DESCRIPTION"], output,
+         raw=_dict(resp))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str = typer.Argument(..., help="token id, e.g. t1a2b3c4d"), output: Output = OUTPUT_OPTION) -> None:
+    """Revoke a token: it admits no more nodes."""
+    resp = call(ENDPOINTS.admission().RevokeToken, admission_pb2.RevokeTokenRequest(id=token_id))
+    emit([_token_row(resp.token)], ["ID", "USES", "EXPIRES", "REVOKED"], output, raw=_dict(resp.token))
+
+
+# -- nodes --------------------------------------------------------------------
+@node_app.command("drain")
+def node_drain(node: str = typer.Argument(..., help="node name or id"),
+               undo: bool = typer.Option(False, "--undo", help="undrain"), output: Output = OUTPUT_OPTION) -> None:
+    """Mark a node drained: it keeps its services but may expose no new ones."""
+    resp = call(ENDPOINTS.nodes().DrainNode, nodes_pb2.DrainNodeRequest(id_or_name=node, drain=not undo))
+    emit([{"NAME": resp.node.name, "ID": resp.node.id, "DRAINED": resp.node.drained}], ["NAME", "ID", "DRAINED"],
+         output, raw=_dict(resp.node))
+
+
+@node_app.command("remove")
+def node_remove(node: str = typer.Argument(..., help="node name or id"), output: Output = OUTPUT_OPTION) -> None:
+    """Remove a node: its services, name, address and certificate stop working."""
+    resp = call(ENDPOINTS.nodes().RemoveNode, nodes_pb2.RemoveNodeRequest(id_or_name=node))
+    emit([{"NAME": resp.node.name, "ID": resp.node.id, "MESH ADDRESS": resp.node.mesh_address}],
+         ["NAME", "ID", "MESH ADDRESS"], output, raw=_dict(resp.node))
+
+
+def _mount() -> None:
+    """Feature command groups, each in its own module (cloud SDKs are imported only when a command runs)."""
+    from meshctl.stack import dns_app, install_app, k3s_app
+    app.add_typer(install_app, name="install")
+    app.add_typer(dns_app, name="dns")
+    app.add_typer(k3s_app, name="k3s")
+    try:
+        from infra.cli import infra_app, quotas_app
+    except ImportError:  # the AWS builder is optional
+        return
+    app.add_typer(infra_app, name="infra")
+    app.add_typer(quotas_app, name="quotas")
+
+
+_mount()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Join tokens.
+
+A token is created by an admin with a TTL, a number of uses (1 by default, 0
+for unlimited until expiry) and optional labels for the nodes it admits. The
+secret is shown once: meshd stores only its SHA-256. What a user hands to
+`meshagent --token` is the join string `<id>.<secret>.<ca-pin>`; the pin (the
+CA certificate's SHA-256) lets the new node trust meshd before it has a
+certificate.
+
+Consuming a token (one use) happens in the same store transaction that
+creates the node, guarded by a compare on the token's revision, so a
+single-use token admits exactly one node even under concurrent joins, and a
+refused join changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
+from meshd.store.base import Compare, KeyValue, Op, Put, Store
+
+PREFIX = "/tokens/"
+MAX_TTL_S = 30 * 24 * 3600
+TOKEN_RE = re.compile(r"^(t[0-9a-f]{8})\.([0-9a-f]{32})(?:\.([0-9a-f]{64}))?$")
+TOKEN_RULE = "a join token looks like t1a2b3c4d.<32 hex>.<64 hex>, as printed by `meshctl token create`"
+
+
+@dataclass
+class TokenRecord:
+    id: str
+    hash: str
+    expires_at: float
+    max_uses: int
+    uses: int = 0
+    revoked: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: float = 0.0
+    description: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> TokenRecord:
+        return cls(**json.loads(raw))
+
+
+def parse_token(token: str) -> tuple[str, str, str | None]:
+    """(id, secret, ca pin or None) of a join string; InvalidArgument naming the format."""
+    m = TOKEN_RE.match(token.strip()) if isinstance(token, str) else None
+    if not m:
+        raise InvalidArgument(f"malformed join token: {TOKEN_RULE}")
+    return m.group(1), m.group(2), m.group(3)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Admission:
+    def __init__(self, store: Store, ca_pin: str, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.ca_pin = ca_pin
+        self.clock = clock
+
+    async def create(self, ttl_s: int = 3600, max_uses: int = 1, labels: dict[str, str] | None = None,
+                     description: str = "") -> tuple[TokenRecord, str]:
+        ttl_s = ttl_s or 3600
+        if not 1 <= ttl_s <= MAX_TTL_S:
+            raise InvalidArgument(f"invalid token TTL {ttl_s}s: must be between 1 second and 30 days")
+        if max_uses < 0:
+            raise InvalidArgument("invalid max uses: must be 0 (unlimited) or more")
+        for k in (labels or {}):
+            if not re.match(r"^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$", k):
+                raise InvalidArgument(f"invalid label key {k!r}: lowercase letters, digits, '.', '_', '/', '-'")
+        token_id = "t" + secrets.token_hex(4)
+        secret = secrets.token_hex(16)
+        now = self.clock()
+        rec = TokenRecord(token_id, _hash(secret), now + ttl_s, max_uses, labels=dict(labels or {}),
+                          created_at=now, description=description)
+        await self.store.put(PREFIX + token_id, rec.encode())
+        return rec, f"{token_id}.{secret}.{self.ca_pin}"
+
+    async def list(self) -> list[TokenRecord]:
+        kvs, _ = await self.store.range(PREFIX)
+        return [TokenRecord.decode(kv.value) for kv in kvs]
+
+    async def revoke(self, token_id: str) -> TokenRecord:
+        kv = await self.store.get(PREFIX + token_id)
+        if kv is None:
+            raise NotFound(f"token {token_id} not found")
+        rec = TokenRecord.decode(kv.value)
+        rec.revoked = True
+        await self.store.put(kv.key, rec.encode())
+        return rec
+
+    async def check(self, token: str) -> tuple[TokenRecord, list[Compare], list[Op]]:
+        """Validate a join string. Returns the token and the compare/op that consume one use;
+        the caller commits them in its own transaction."""
+        token_id, secret, pin = parse_token(token)
+        if pin is not None and pin != self.ca_pin:
+            raise Unauthenticated("join token is for another mesh: its CA pin does not match this meshd's CA")
+        kv: KeyValue | None = await self.store.get(PREFIX + token_id)
+        if kv is None:
+            raise Unauthenticated(f"join token {token_id} is unknown (never created, or meshd's state was reset)")
+        rec = TokenRecord.decode(kv.value)
+        if not hmac.compare_digest(rec.hash, _hash(secret)):
+            raise Unauthenticated(f"join token {token_id}: wrong secret")
+        if rec.revoked:
+            raise Unauthenticated(f"join token {token_id} was revoked")
+        if self.clock() >= rec.expires_at:
+            raise Unauthenticated(f"join token {token_id} expired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(rec.expires_at))}")
+        if rec.max_uses and rec.uses >= rec.max_uses:
+            raise Unauthenticated(f"join token {token_id} is used up ({rec.uses} of {rec.max_uses} joins)")
+        rec.uses += 1
+        return rec, [Compare(kv.key, "mod", "=", kv.mod_revision)], [Put(kv.key, rec.encode())]

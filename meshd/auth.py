@@ -1,0 +1,123 @@
+"""Who is calling, and the one place typed errors become gRPC statuses.
+
+Callers:
+- "local": came in on meshd's unix admin socket (root-owned, 0600): admin.
+- "admin": mTLS client certificate from the mesh CA with O=mesh-admin.
+- "node":  mTLS client certificate with O=mesh-node; CN is the node id.
+- "anonymous": the join port (server TLS only): may only call Join.
+
+The TCP listener requires a client certificate from the mesh CA (the TLS
+handshake refuses any other); the join listener asks for none. Both share
+the servicers, which ask `caller_of(context)`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+
+from meshcore import pki
+from meshcore.errors import MeshError, PermissionDenied, Unauthenticated
+from meshd import metrics
+
+
+@dataclass(frozen=True)
+class Caller:
+    kind: str  # local | admin | node | anonymous
+    id: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind in ("local", "admin")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}" if self.id else self.kind
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller:
+    if context.peer().startswith("unix:"):
+        return Caller("local")
+    pem = (context.auth_context() or {}).get("x509_pem_cert")
+    if not pem:
+        return Caller("anonymous")
+    kind, cn = pki.identity(x509.load_pem_x509_certificate(pem[0]))
+    if kind == pki.KIND_NODE:
+        return Caller("node", cn)
+    if kind == pki.KIND_ADMIN:
+        return Caller("admin", cn)
+    raise Unauthenticated(f"certificate kind {kind!r} may not call meshd")
+
+
+def require_admin(caller: Caller) -> None:
+    if caller.kind == "anonymous":
+        raise Unauthenticated("this call needs a mesh certificate: use meshd's admin socket or an admin certificate")
+    if not caller.is_admin:
+        raise PermissionDenied(f"{caller} is not an admin: use meshd's admin socket (as root on the main node) "
+                               f"or an admin certificate (meshctl admin-cert)")
+
+
+def require_node(caller: Caller) -> str:
+    if caller.kind == "anonymous":
+        raise Unauthenticated("this call needs the node's mesh certificate (join first)")
+    if caller.kind != "node":
+        raise PermissionDenied(f"{caller} is not a node: only a node can call this for itself")
+    return caller.id
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps MeshError to its gRPC status (message = the rule broken) and records RPC metrics."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request, context):
+                t0 = time.perf_counter()
+                code = "OK"
+                try:
+                    return await inner(request, context)
+                except MeshError as e:
+                    code = e.code
+                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                except Exception:
+                    code = "INTERNAL" if code == "OK" else code
+                    raise
+                finally:
+                    code = _code(context, code)
+                    metrics.RPCS.labels(method, code).inc()
+                    metrics.RPC_SECONDS.labels(method).observe(time.perf_counter() - t0)
+
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
+                                                       response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            inner_s = handler.unary_stream
+
+            async def stream(request, context):
+                code = "OK"
+                try:
+                    async for item in inner_s(request, context):
+                        yield item
+                except MeshError as e:
+                    code = e.code
+                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                finally:
+                    metrics.RPCS.labels(method, _code(context, code)).inc()
+
+            return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
+                                                        response_serializer=handler.response_serializer)
+        return handler
+
+
+def _code(context, fallback: str) -> str:
+    try:
+        c = context.code()
+    except Exception:  # not set yet
+        c = None
+    return c.name if isinstance(c, grpc.StatusCode) else fallback

@@ -1,0 +1,139 @@
+"""The service catalog: mesh-wide unique names mapped to a node's port.
+
+`/services/<name>` holds a Service message. A name belongs to one node at a
+time: exposing a name held by another node is refused with ALREADY_EXISTS
+naming the holder; the holder may re-expose it (port, protocol, health
+change). Only the owning node (or an admin) may unexpose it.
+
+Watch resumes from a revision: the store replays exactly the changes after
+it. If that history was compacted, the stream starts with RESET, the full
+current set, then SYNCED, and goes on live; a reconnecting agent is never
+left with a stale or partial copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from mesh.v1 import types_pb2
+from meshcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from meshcore.names import check_name, check_port
+from meshd.store.base import Compacted, Delete, Event, KeyValue, Put, Store, absent, unchanged
+
+PREFIX = "/services/"
+
+
+def decode(kv: KeyValue) -> types_pb2.Service:
+    s = types_pb2.Service.FromString(kv.value)
+    s.revision = kv.mod_revision
+    return s
+
+
+def check_service(svc: types_pb2.Service) -> None:
+    check_name(svc.name, "service name")
+    check_port(svc.port)
+    if svc.protocol not in (types_pb2.PROTOCOL_UNSPECIFIED, types_pb2.PROTOCOL_TCP, types_pb2.PROTOCOL_UDP):
+        raise InvalidArgument(f"invalid protocol {svc.protocol}: must be tcp or udp")
+    if svc.health.WhichOneof("kind") == "http_path" and not svc.health.http_path.startswith("/"):
+        raise InvalidArgument(f"invalid HTTP health check path {svc.health.http_path!r}: must start with '/'")
+    if svc.health.WhichOneof("kind") and svc.protocol == types_pb2.PROTOCOL_UDP:
+        raise InvalidArgument("health checks are HTTP or TCP: a UDP service cannot have one")
+    for t in svc.tags:
+        if not t or len(t) > 128:
+            raise InvalidArgument(f"invalid tag {t!r}: 1-128 characters")
+
+
+class Catalog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def expose(self, node: types_pb2.Node, svc: types_pb2.Service) -> types_pb2.Service:
+        check_service(svc)
+        if node.drained:
+            raise FailedPrecondition(f"node {node.name} is drained: it cannot expose new services")
+        want = types_pb2.Service()
+        want.CopyFrom(svc)
+        want.protocol = svc.protocol or types_pb2.PROTOCOL_TCP
+        want.node_id, want.node_name, want.address, want.revision = node.id, node.name, node.mesh_address, 0
+        key = PREFIX + svc.name
+        for _ in range(8):
+            kv = await self.store.get(key)
+            if kv is not None:
+                held = decode(kv)
+                if held.node_id != node.id:
+                    raise AlreadyExists(f"service name {svc.name!r} is held by node {held.node_name!r}",
+                                        holder=held.node_name)
+                held.revision = 0
+                if held.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True):
+                    return decode(kv)  # already exactly so: no write
+            res = await self.store.txn([unchanged(kv) if kv else absent(key)],
+                                       [Put(key, want.SerializeToString(deterministic=True))])
+            if res.succeeded:
+                want.revision = res.revision
+                return want
+        raise AlreadyExists(f"service name {svc.name!r} is being claimed concurrently")
+
+    async def unexpose(self, name: str, node_id: str | None) -> types_pb2.Service:
+        """Remove a service; `node_id` None means an admin (may remove any)."""
+        check_name(name, "service name")
+        kv = await self.store.get(PREFIX + name)
+        if kv is None:
+            raise NotFound(f"service {name!r} not found")
+        svc = decode(kv)
+        if node_id is not None and svc.node_id != node_id:
+            raise PermissionDenied(f"service {name!r} belongs to node {svc.node_name!r}: a node can only unexpose its own services")
+        res = await self.store.txn([unchanged(kv)], [Delete(kv.key)])
+        if not res.succeeded:
+            raise NotFound(f"service {name!r} changed concurrently; retry")
+        return svc
+
+    async def list(self) -> tuple[list[types_pb2.Service], int]:
+        kvs, rev = await self.store.range(PREFIX)
+        return [decode(kv) for kv in kvs], rev
+
+    async def remove_node_services(self, node_id: str) -> list[types_pb2.Service]:
+        services, _ = await self.list()
+        mine = [s for s in services if s.node_id == node_id]
+        if mine:
+            await self.store.txn([], [Delete(PREFIX + s.name) for s in mine])
+        return mine
+
+    def watch(self, from_revision: int) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
+        return watch_prefix(self.store, PREFIX, from_revision, decode)
+
+
+async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn) -> AsyncIterator[tuple]:
+    """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
+
+    Resuming after `from_revision` replays exactly what was missed, then
+    "synced". From 0, or a compacted revision: "reset", the current set,
+    "synced". Then live changes."""
+    if from_revision > 0:
+        stream = store.watch(prefix, from_revision)
+        try:
+            first = await anext(stream)
+        except Compacted:
+            await stream.aclose()
+        else:
+            batch, last = first, from_revision
+            while True:
+                if not batch:
+                    yield ("synced", None, last)
+                for e in batch:
+                    last = e.revision
+                    yield (e.type, _decoded(decode_fn, e), e.revision)
+                batch = await anext(stream)
+    kvs, rev = await store.range(prefix)
+    yield ("reset", None, rev)
+    for kv in kvs:
+        yield ("put", decode_fn(kv), kv.mod_revision)
+    yield ("synced", None, rev)
+    async for batch in store.watch(prefix, rev):
+        for e in batch:
+            yield (e.type, _decoded(decode_fn, e), e.revision)
+
+
+def _decoded(decode_fn, e: Event):
+    obj = decode_fn(e.kv)
+    obj.revision = e.revision
+    return obj

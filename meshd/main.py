@@ -1,0 +1,76 @@
+"""meshd: the mesh coordinator. `meshd --help` lists the options."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+
+from meshcore.errors import MeshError
+from meshd.server import Coordinator, MeshdConfig
+
+
+def parse_args(argv: list[str]) -> MeshdConfig:
+    d = MeshdConfig()
+    p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog.")
+    p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"CA and state (default {d.state_dir})")
+    p.add_argument("--listen", default=d.listen, help=f"mTLS API address (default {d.listen})")
+    p.add_argument("--join-listen", default=d.join_listen, help=f"TLS address for Join (default {d.join_listen}; '' disables)")
+    p.add_argument("--admin-socket", default=d.admin_socket, help=f"root-only unix socket (default {d.admin_socket}; '' disables)")
+    p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
+    p.add_argument("--store", default=d.store, help="sqlite (default), sqlite:///path.db or etcd://host:2379,...")
+    p.add_argument("--overlay-pool", default=d.overlay_pool, help=f"mesh addresses for non-AWS nodes (default {d.overlay_pool})")
+    p.add_argument("--lease-ttl", type=float, default=d.lease_ttl_s, help=f"seconds a node may go without renewing (default {d.lease_ttl_s})")
+    p.add_argument("--grace", type=float, default=d.grace_s, help=f"seconds an unreachable node keeps its services (default {d.grace_s})")
+    p.add_argument("--advertise", action="append", default=[], help="extra name or address for meshd's certificate (repeatable)")
+    p.add_argument("--k3s-server-url", default="", help="K3s server URL handed to agents")
+    p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
+                       metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool, lease_ttl_s=a.lease_ttl,
+                       grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
+                       k3s_token_file=a.k3s_token_file)
+
+
+async def run(config: MeshdConfig) -> None:
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # One machine-readable line for scripts and tests that start meshd on port 0.
+    print("meshd ready " + " ".join(f"{k}={v}" for k, v in coordinator.ports.items()), flush=True)
+    from meshcore import sdnotify
+    sdnotify.notify("READY=1")
+    watchdog = sdnotify.start_watchdog()
+    try:
+        await stop.wait()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        if watchdog:
+            watchdog.cancel()
+        await coordinator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        uvloop.run(run(config))
+    except MeshError as e:
+        print(f"meshd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Nodes: joining, leases, drain and removal.
+
+Stored: `/nodes/<id>` (the Node message without liveness), `/nodenames/<name>`
+(the id holding the name). Liveness is kept in memory, as etcd keeps lease
+deadlines: a renewal is not a disk write. A node whose lease is not renewed
+within `lease_ttl_s` is marked UNREACHABLE (one write); after a further
+`grace_s` its services leave the catalog, so no stale name resolves. When it
+renews again it is READY, and its agent re-asserts its services. After a
+meshd restart every node gets a fresh lease period.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.v1 import types_pb2
+from meshcore import pki
+from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from meshcore.names import check_name, check_port
+from meshd.addresses import AddressPool
+from meshd.admission import Admission
+from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
+
+PREFIX = "/nodes/"
+NAMES = "/nodenames/"
+SERVICES = "/services/"
+
+
+@dataclass
+class NodesConfig:
+    #: seconds within which a node must renew (agents renew every third of it)
+    lease_ttl_s: float = 15.0
+    #: seconds an unreachable node keeps its services before they leave the catalog
+    grace_s: float = 30.0
+
+
+def check_wireguard_key(key: str) -> str:
+    if not key:
+        return key
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidArgument(f"invalid WireGuard public key {key[:12]!r}…: must be 32 bytes in base64 (as `wg pubkey` prints)")
+    return key
+
+
+def check_address(addr: str, what: str) -> str:
+    if not addr:
+        return addr
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        raise InvalidArgument(f"invalid {what} {addr!r}: must be an IPv4 or IPv6 address") from None
+    if ip.is_multicast or ip.is_unspecified:
+        raise InvalidArgument(f"invalid {what} {addr}: must be a unicast address")
+    return str(ip)
+
+
+def check_facts(node: types_pb2.Node) -> None:
+    """Refuse facts no honest node would send; they are never stored or applied."""
+    check_name(node.name, "node name")
+    check_wireguard_key(node.wireguard_public_key)
+    check_address(node.private_address, "private address")
+    check_address(node.public_address, "public address")
+    if node.wireguard_port:
+        check_port(node.wireguard_port)
+    if node.vpc_cidr:
+        try:
+            ipaddress.ip_network(node.vpc_cidr)
+        except ValueError:
+            raise InvalidArgument(f"invalid VPC CIDR {node.vpc_cidr!r}") from None
+    for k, v in node.labels.items():
+        if len(k) > 63 or len(v) > 253:
+            raise InvalidArgument(f"invalid label {k!r}: keys up to 63 and values up to 253 characters")
+
+
+def decode(kv: KeyValue) -> types_pb2.Node:
+    node = types_pb2.Node.FromString(kv.value)
+    node.revision = kv.mod_revision
+    return node
+
+
+class Nodes:
+    def __init__(self, store: Store, admission: Admission, addresses: AddressPool, ca: pki.CertificateAuthority,
+                 config: NodesConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.admission = admission
+        self.addresses = addresses
+        self.ca = ca
+        self.config = config or NodesConfig()
+        self.clock = clock
+        self.last_seen: dict[str, float] = {}
+
+    # -- reads ----------------------------------------------------------------
+    def _live(self, node: types_pb2.Node) -> types_pb2.Node:
+        seen = self.last_seen.get(node.id)
+        if seen is not None:
+            node.last_seen = int(seen)
+        return node
+
+    async def list(self) -> tuple[list[types_pb2.Node], int]:
+        kvs, rev = await self.store.range(PREFIX)
+        return [self._live(decode(kv)) for kv in kvs], rev
+
+    async def _find(self, id_or_name: str) -> KeyValue:
+        kv = await self.store.get(PREFIX + id_or_name)
+        if kv is None:
+            ref = await self.store.get(NAMES + id_or_name)
+            if ref is not None:
+                kv = await self.store.get(PREFIX + ref.value.decode())
+        if kv is None:
+            raise NotFound(f"node {id_or_name!r} not found")
+        return kv
+
+    async def get(self, id_or_name: str) -> types_pb2.Node:
+        return self._live(decode(await self._find(id_or_name)))
+
+    # -- join -----------------------------------------------------------------
+    async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
+        """Admit a node: one transaction consumes a token use, claims the name and an address."""
+        check_facts(facts)
+        for _ in range(8):  # bounded retries when a concurrent join wins a compare
+            tok, tok_cmp, tok_ops = await self.admission.check(token)
+            holder = await self.store.get(NAMES + facts.name)
+            if holder is not None:
+                raise AlreadyExists(f"node name {facts.name!r} is already held by node {holder.value.decode()}; "
+                                    f"remove it with `meshctl node remove {facts.name}` or pick another name")
+            node_id = "n" + secrets.token_hex(8)
+            fixed = facts.private_address if facts.cloud == "aws" and facts.private_address else None
+            alloc = await self.addresses.plan(node_id, fixed)
+            node = types_pb2.Node()
+            node.CopyFrom(facts)
+            node.id = node_id
+            node.mesh_address = alloc.address
+            node.state = types_pb2.NODE_STATE_READY
+            node.joined_at = int(self.clock())
+            node.last_seen = 0
+            node.revision = 0
+            for k, v in tok.labels.items():
+                node.labels.setdefault(k, v)
+            # Sign first: a CSR refused here leaves nothing behind.
+            cert = self.ca.sign_csr(csr_pem, node_id, pki.KIND_NODE)
+            res = await self.store.txn(
+                [*tok_cmp, absent(NAMES + node.name), *alloc.compares],
+                [*tok_ops, Put(PREFIX + node_id, _stored(node)), Put(NAMES + node.name, node_id.encode()),
+                 *alloc.ops])
+            if res.succeeded:
+                node.revision = res.revision
+                self.last_seen[node_id] = self.clock()
+                return node, cert
+        raise Conflict("join lost too many races with concurrent joins; retry")
+
+    # -- updates --------------------------------------------------------------
+    async def _update(self, id_or_name: str, change: Callable[[types_pb2.Node], None]) -> types_pb2.Node:
+        for _ in range(8):
+            kv = await self._find(id_or_name)
+            node = decode(kv)
+            change(node)
+            res = await self.store.txn([unchanged(kv)], [Put(kv.key, _stored(node))])
+            if res.succeeded:
+                node.revision = res.revision
+                return self._live(node)
+        raise Conflict(f"node {id_or_name} changed concurrently; retry")
+
+    async def renew(self, node_id: str, facts: types_pb2.Node) -> types_pb2.Node:
+        """Renew the lease; update changing facts (public address, WireGuard key/port, labels)."""
+        check_wireguard_key(facts.wireguard_public_key)
+        check_address(facts.public_address, "public address")
+        if facts.wireguard_port:
+            check_port(facts.wireguard_port)
+        self.last_seen[node_id] = self.clock()
+        current = await self.get(node_id)
+        wanted = types_pb2.Node()
+        wanted.CopyFrom(current)
+        wanted.state = types_pb2.NODE_STATE_READY
+        for f in ("public_address", "wireguard_public_key", "wireguard_port", "hostname"):
+            if getattr(facts, f):
+                setattr(wanted, f, getattr(facts, f))
+        if facts.labels:
+            wanted.labels.clear()
+            wanted.labels.update(facts.labels)
+        if _stored(wanted) == _stored(current):
+            return current  # nothing changed: no write
+        return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
+
+    async def set_state(self, node_id: str, state: int) -> types_pb2.Node:
+        def change(n: types_pb2.Node) -> None:
+            n.state = state
+        return await self._update(node_id, change)
+
+    async def drain(self, id_or_name: str, drain: bool) -> types_pb2.Node:
+        def change(n: types_pb2.Node) -> None:
+            n.drained = drain
+        return await self._update(id_or_name, change)
+
+    async def remove(self, id_or_name: str, services: list[types_pb2.Service]) -> types_pb2.Node:
+        """Remove a node with its services, name and address, in one transaction."""
+        kv = await self._find(id_or_name)
+        node = decode(kv)
+        ops = [Delete(kv.key), Delete(NAMES + node.name), self.addresses.release(node.mesh_address)]
+        ops += [Delete(SERVICES + s.name) for s in services if s.node_id == node.id]
+        res = await self.store.txn([unchanged(kv)], ops)
+        if not res.succeeded:
+            raise Conflict(f"node {id_or_name} changed concurrently; retry")
+        self.last_seen.pop(node.id, None)
+        node.state = types_pb2.NODE_STATE_LEFT
+        return node
+
+    # -- liveness -------------------------------------------------------------
+    def overdue(self, nodes: list[types_pb2.Node]) -> tuple[list[types_pb2.Node], list[types_pb2.Node]]:
+        """(READY nodes whose lease expired, UNREACHABLE nodes past the grace period)."""
+        now = self.clock()
+        expired, gone = [], []
+        for n in nodes:
+            seen = self.last_seen.setdefault(n.id, now)  # unknown (after a restart): a fresh lease
+            age = now - seen
+            if n.state == types_pb2.NODE_STATE_READY and age > self.config.lease_ttl_s:
+                expired.append(n)
+            elif n.state in (types_pb2.NODE_STATE_UNREACHABLE, types_pb2.NODE_STATE_LEFT) \
+                    and age > self.config.lease_ttl_s + self.config.grace_s:
+                gone.append(n)
+        return expired, gone
+
+
+def _stored(node: types_pb2.Node) -> bytes:
+    n = types_pb2.Node()
+    n.CopyFrom(node)
+    n.revision = 0
+    n.last_seen = 0
+    return n.SerializeToString(deterministic=True)
+
+
+def _with_revision(node: types_pb2.Node, revision: int) -> types_pb2.Node:
+    n = types_pb2.Node()
+    n.CopyFrom(node)
+    n.revision = revision
+    return n

@@ -1,0 +1,153 @@
+"""gRPC servicers: thin translations between protobuf and the domain objects."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
+from meshcore import __version__, pki
+from meshcore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from meshd import metrics
+from meshd.admission import TokenRecord
+from meshd.auth import caller_of, require_admin, require_node
+
+if TYPE_CHECKING:
+    from meshd.server import Coordinator
+
+EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
+         "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
+
+
+def token_pb(rec: TokenRecord) -> admission_pb2.Token:
+    return admission_pb2.Token(id=rec.id, expires_at=int(rec.expires_at), max_uses=rec.max_uses, uses=rec.uses,
+                               revoked=rec.revoked, labels=rec.labels, created_at=int(rec.created_at),
+                               description=rec.description)
+
+
+class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    async def CreateToken(self, request, context):
+        require_admin(caller_of(context))
+        max_uses = request.max_uses if request.HasField("max_uses") else 1
+        rec, secret = await self.c.admission.create(request.ttl_s, max_uses, dict(request.labels), request.description)
+        return admission_pb2.CreateTokenResponse(token=token_pb(rec), secret=secret)
+
+    async def ListTokens(self, request, context):
+        require_admin(caller_of(context))
+        return admission_pb2.ListTokensResponse(tokens=[token_pb(t) for t in await self.c.admission.list()])
+
+    async def RevokeToken(self, request, context):
+        require_admin(caller_of(context))
+        return admission_pb2.RevokeTokenResponse(token=token_pb(await self.c.admission.revoke(request.id)))
+
+    async def Join(self, request, context):
+        try:
+            node, cert = await self.c.nodes.join(request.token, request.node, request.csr_pem)
+        except Exception as e:
+            metrics.JOINS.labels(getattr(e, "code", "INTERNAL").lower()).inc()
+            raise
+        metrics.JOINS.labels("ok").inc()
+        return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.c.ca.pem.decode(),
+                                          lease_ttl_s=int(self.c.config.lease_ttl_s))
+
+    async def Renew(self, request, context):
+        node_id = await self.c.node_caller(context)
+        node = await self.c.nodes.renew(node_id, request.node)
+        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.c.config.lease_ttl_s))
+
+    async def Leave(self, request, context):
+        node_id = await self.c.node_caller(context)
+        await self.c.leave(node_id)
+        return admission_pb2.LeaveResponse()
+
+    async def IssueAdminCert(self, request, context):
+        require_admin(caller_of(context))
+        from cryptography import x509
+        try:
+            csr = x509.load_pem_x509_csr(request.csr_pem.encode())
+            name = csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+        except (ValueError, IndexError) as e:
+            raise InvalidArgument(f"invalid CSR: a PEM CSR with a common name is needed ({e})") from e
+        cert = self.c.ca.sign_csr(request.csr_pem, str(name), pki.KIND_ADMIN, days=90)
+        return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.c.ca.pem.decode())
+
+    async def K3sJoin(self, request, context):
+        await self.c.node_caller(context)
+        k3s = self.c.k3s_join()
+        if k3s is None:
+            raise FailedPrecondition("meshd runs without K3s: start it with --k3s-server-url and --k3s-token-file")
+        return admission_pb2.K3sJoinResponse(server_url=k3s[0], token=k3s[1])
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    async def Expose(self, request, context):
+        node_id = await self.c.node_caller(context)
+        node = await self.c.nodes.get(node_id)
+        return catalog_pb2.ExposeResponse(service=await self.c.catalog.expose(node, request.service))
+
+    async def Unexpose(self, request, context):
+        caller = caller_of(context)
+        node_id = None if caller.is_admin else await self.c.node_caller(context)
+        return catalog_pb2.UnexposeResponse(service=await self.c.catalog.unexpose(request.name, node_id))
+
+    async def ListServices(self, request, context):
+        await self.c.any_member(context)
+        services, rev = await self.c.catalog.list()
+        return catalog_pb2.ListServicesResponse(services=services, revision=rev)
+
+    async def WatchServices(self, request, context):
+        await self.c.any_member(context)
+        metrics.WATCH_STREAMS.labels("services").inc()
+        try:
+            async for kind, svc, rev in self.c.catalog.watch(request.from_revision):
+                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev)
+        finally:
+            metrics.WATCH_STREAMS.labels("services").dec()
+
+
+class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+
+    async def ListNodes(self, request, context):
+        await self.c.any_member(context)
+        nodes, rev = await self.c.nodes.list()
+        return nodes_pb2.ListNodesResponse(nodes=nodes, revision=rev)
+
+    async def GetNode(self, request, context):
+        await self.c.any_member(context)
+        return nodes_pb2.GetNodeResponse(node=await self.c.nodes.get(request.id_or_name))
+
+    async def DrainNode(self, request, context):
+        require_admin(caller_of(context))
+        return nodes_pb2.DrainNodeResponse(node=await self.c.nodes.drain(request.id_or_name, request.drain))
+
+    async def RemoveNode(self, request, context):
+        require_admin(caller_of(context))
+        return nodes_pb2.RemoveNodeResponse(node=await self.c.remove_node(request.id_or_name))
+
+    async def WatchNodes(self, request, context):
+        await self.c.any_member(context)
+        from meshd.catalog import watch_prefix
+        from meshd.nodes import PREFIX, decode
+        metrics.WATCH_STREAMS.labels("nodes").inc()
+        try:
+            async for kind, node, rev in watch_prefix(self.c.store, PREFIX, request.from_revision, decode):
+                yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev)
+        finally:
+            metrics.WATCH_STREAMS.labels("nodes").dec()
+
+    async def Status(self, request, context):
+        caller = caller_of(context)
+        if caller.kind == "anonymous":
+            raise Unauthenticated("Status needs a mesh certificate or meshd's admin socket")
+        nodes, rev = await self.c.nodes.list()
+        services, _ = await self.c.catalog.list()
+        return nodes_pb2.StatusResponse(version=__version__, revision=rev, nodes=len(nodes), services=len(services),
+                                        caller=str(caller), store=self.c.store.describe,
+                                        overlay_pool=str(self.c.addresses.network))
