@@ -94,7 +94,7 @@ class Agent:
                               vpc_cidr=c.vpc_cidr, private_address=c.private_address,
                               public_address=c.public_address, labels=c.labels)
 
-    async def _join(self) -> Identity:
+    async def join(self) -> Identity:
         token = self.config.token
         if not token:
             raise StateError(f"no identity in {self.state_dir} and no join token: "
@@ -233,7 +233,7 @@ class Agent:
             if self.config.token:
                 log.info("identity found in %s: the join token is not needed and was ignored", self.state_dir)
         else:
-            self.identity = await self._join()
+            self.identity = await self.join()
         self._load_desired()
         self._channel = mtls_channel(self.config.coordinator, self.identity)
         self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self._channel)

@@ -35,7 +35,7 @@ STATES = {0: "-", 1: "ready", 2: "unreachable", 3: "left"}
 
 
 def _dict(msg) -> dict:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def _ago(ts: int) -> str:
@@ -67,8 +67,7 @@ def _service_row(s: types_pb2.Service) -> dict:
     health = s.health.WhichOneof("kind")
     return {"NAME": s.name, "NODE": s.node_name, "ADDRESS": s.address, "PORT": s.port,
             "PROTOCOL": "udp" if s.protocol == types_pb2.PROTOCOL_UDP else "tcp",
-            "HEALTH": f"http {s.health.http_path}" if health == "http_path" else ("tcp" if health else "-"),
-            "DNS": f"{s.name}.mesh, {s.name}.default.svc.cluster.local"}
+            "HEALTH": f"http {s.health.http_path}" if health == "http_path" else ("tcp" if health else "-")}
 
 
 @app.command()
@@ -97,8 +96,8 @@ def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (
     elif health_tcp:
         svc.health.tcp = True
     resp = call(ENDPOINTS.agent().Expose, catalog_pb2.ExposeRequest(service=svc))
-    emit([_service_row(resp.service)], ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "DNS"], output,
-         raw=_dict(resp.service))
+    emit([_service_row(resp.service)], ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL"], output,
+         title=f"{name}.mesh, {name}.default.svc.cluster.local", raw=_dict(resp.service))
 
 
 @app.command()
@@ -120,7 +119,7 @@ def services(output: Output = OUTPUT_OPTION) -> None:
     else:
         resp = call(ENDPOINTS.catalog().ListServices, catalog_pb2.ListServicesRequest())
     rows = [_service_row(s) for s in resp.services]
-    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH", "DNS"], output,
+    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH"], output,
          title=f"services (revision {resp.revision})", raw=_dict(resp))
 
 
@@ -135,7 +134,7 @@ def nodes(output: Output = OUTPUT_OPTION) -> None:
              + (" (drained)" if n.drained else ""), "CLOUD": n.cloud or "-", "REGION": n.region or "-",
              "GPU": " x".join(filter(None, [n.labels.get("gpu.model", ""), n.labels.get("gpu.count", "")])) or "-",
              "JOINED": _ago(n.joined_at)} for n in resp.nodes]
-    emit(rows, ["NAME", "ID", "MESH ADDRESS", "STATE", "CLOUD", "REGION", "GPU", "JOINED"], output,
+    emit(rows, ["NAME", "MESH ADDRESS", "STATE", "CLOUD", "REGION", "GPU", "JOINED"], output,
          title=f"nodes (revision {resp.revision})", raw=_dict(resp))
 
 

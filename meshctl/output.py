@@ -44,4 +44,4 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], output: Output,
         table.add_column(c)
     for r in rows:
         table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    Console(width=max(100, Console().width)).print(table)
+    Console().print(table)

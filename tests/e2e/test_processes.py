@@ -1,0 +1,119 @@
+"""End to end with real processes on loopback: meshd, meshagents and the meshctl CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from meshctl.localmesh import BIN, LocalMesh, resolve
+
+
+def wait_for(fn, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not true within {timeout}s")
+
+
+@pytest.fixture
+def local_mesh(tmp_path):
+    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=3, grace_s=3)
+    mesh.root.mkdir()
+    try:
+        mesh.start_meshd()
+        yield mesh
+    finally:
+        mesh.close()
+
+
+def test_demo_runs_and_fetches_the_page():
+    r = subprocess.run([sys.executable, "-m", "meshctl.demo"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "200 'hello from qwen-coder on alpha'" in r.stdout and "demo ok" in r.stdout
+
+
+def test_meshd_sigkill_loses_nothing_acknowledged_and_names_keep_resolving(local_mesh):
+    token = local_mesh.token(uses=2)
+    local_mesh.start_agent("server", token)
+    local_mesh.start_agent("client", token)
+    exposed = json.loads(local_mesh.meshctl("expose", "--port", "8000", "--name", "api", "-o", "json",
+                                            agent="server").stdout)
+    assert exposed["name"] == "api" and exposed["node_name"] == "server"
+    local_mesh.stop(local_mesh.meshd, signal.SIGKILL)
+    # meshd is gone: the client still answers from its copy
+    assert resolve("api.mesh", local_mesh.dns("client")) == [exposed["address"]]
+    status = json.loads(local_mesh.meshctl("status", "-o", "json", agent="client").stdout)
+    wait_for(lambda: not json.loads(local_mesh.meshctl("status", "-o", "json", agent="client").stdout)["connected"])
+    local_mesh.restart_meshd()
+    listed = json.loads(local_mesh.meshctl("services", "-o", "json").stdout)
+    assert [s["name"] for s in listed["services"]] == ["api"]  # acknowledged before the kill: kept
+    wait_for(lambda: json.loads(local_mesh.meshctl("status", "-o", "json", agent="client").stdout)["connected"])
+    log = local_mesh.agents["client"].log.read_text()
+    assert log.count("lost meshd") == 1 and status["nodes"] == 2
+
+
+def test_user_mistakes_get_one_clear_line_and_a_non_zero_exit(local_mesh):
+    token = local_mesh.token()
+    local_mesh.start_agent("vm", token)
+    cases = [
+        (["expose", "--port", "8000", "--name", "Bad_Name"], "RFC 1123"),
+        (["expose", "--port", "70000", "--name", "ok"], "between 1 and 65535"),
+        (["expose", "--port", "0", "--name", "ok"], "between 1 and 65535"),
+        (["unexpose", "missing"], "not found"),
+        (["resolve", "nothing-here"], "no service named"),
+    ]
+    for args, rule in cases:
+        r = local_mesh.meshctl(*args, agent="vm", check=False)
+        assert r.returncode != 0 and rule in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    r = local_mesh.meshctl("token", "create", "--ttl", "soon", check=False)
+    assert r.returncode != 0 and "invalid duration" in r.stderr
+    r = subprocess.run([str(BIN / "meshctl"), "--agent-socket", "/nonexistent.sock", "services"],
+                       capture_output=True, text=True, env={**local_mesh.env, "MESHD_ADMIN_SOCKET": "/nope.sock"})
+    assert r.returncode != 0 and "is meshd (on the main node, as root) running" in r.stderr
+
+
+def test_bad_token_and_corrupted_state_are_clear_errors(local_mesh, tmp_path):
+    p = subprocess.run([str(BIN / "meshagent"), "--state-dir", str(tmp_path / "a"), "--coordinator",
+                        local_mesh.coordinator, "--join-address", local_mesh.join_address, "--token", "garbage",
+                        "--socket", str(tmp_path / "a.sock"), "--dns", "", "--metrics", ""],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "malformed join token" in p.stderr and "Traceback" not in p.stderr
+    bad = tmp_path / "bad-meshd"
+    bad.mkdir()
+    (bad / "ca.key").write_text("not a key")
+    (bad / "ca.crt").write_text("not a cert")
+    p = subprocess.run([str(BIN / "meshd"), "--state-dir", str(bad), "--listen", "127.0.0.1:0", "--join-listen",
+                        "127.0.0.1:0", "--admin-socket", str(tmp_path / "x.sock"), "--metrics", ""],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "not a PEM private key" in p.stderr and "Traceback" not in p.stderr
+    assert (bad / "ca.key").read_text() == "not a key"  # never overwritten
+    (tmp_path / "agent-state").mkdir()
+    (tmp_path / "agent-state" / "node.json").write_text("{broken")
+    p = subprocess.run([str(BIN / "meshagent"), "--state-dir", str(tmp_path / "agent-state"), "--coordinator",
+                        local_mesh.coordinator, "--dns", "", "--metrics", "", "--socket", str(tmp_path / "b.sock")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "unreadable" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_node_remove_and_lease_expiry_take_names_away(local_mesh):
+    token = local_mesh.token(uses=3)
+    for n in ("a", "b", "c"):
+        local_mesh.start_agent(n, token)
+    local_mesh.meshctl("expose", "--port", "9000", "--name", "from-a", agent="a")
+    local_mesh.meshctl("expose", "--port", "9000", "--name", "from-b", agent="b")
+    wait_for(lambda: resolve("from-b.mesh", local_mesh.dns("c")) and resolve("from-a.mesh", local_mesh.dns("c")))
+    local_mesh.meshctl("node", "remove", "a")
+    wait_for(lambda: not resolve("from-a.mesh", local_mesh.dns("c")))
+    local_mesh.stop(local_mesh.agents["b"], signal.SIGKILL)  # b dies without a word: lease 3 s + grace 3 s
+    wait_for(lambda: not resolve("from-b.mesh", local_mesh.dns("c")), timeout=20)
+    nodes = json.loads(local_mesh.meshctl("nodes", "-o", "json").stdout)["nodes"]
+    assert {n["name"]: n.get("state") for n in nodes} == {"b": "NODE_STATE_UNREACHABLE", "c": "NODE_STATE_READY"}

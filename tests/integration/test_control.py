@@ -1,0 +1,240 @@
+"""meshd over real gRPC (port 0, mTLS, unix admin socket) with real agents in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, types_pb2
+from meshagent.agent import Agent, channel_options, mtls_channel
+from meshcore import pki
+from meshcore.errors import Unauthenticated
+from tests.meshfix import FakeClock, Mesh, mesh, until  # noqa: F401  (fixture)
+
+
+def svc(name: str, port: int = 8000, **kw) -> catalog_pb2.ExposeRequest:
+    return catalog_pb2.ExposeRequest(service=types_pb2.Service(name=name, port=port, **kw))
+
+
+async def code_of(coro) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await coro
+    return err.value.code(), err.value.details()
+
+
+async def test_join_expose_and_resolve_through_another_agents_dns(mesh):
+    a = await mesh.agent("alpha")
+    b = await mesh.agent("beta")
+    assert a.identity.mesh_address != b.identity.mesh_address
+    await a.catalog_stub.Expose(svc("qwen-coder"))
+    await until(lambda: "qwen-coder" in b.catalog.services.items)
+    targets = b.catalog.lookup("qwen-coder")
+    assert [(t.address, t.port) for t in targets] == [(a.identity.mesh_address, 8000)]
+    import dnslib
+    q = dnslib.DNSRecord.question("qwen-coder.default.svc.cluster.local")
+    reply = dnslib.DNSRecord.parse(await asyncio.to_thread(q.send, "127.0.0.1", b.dns.port, timeout=2))
+    assert [str(r.rdata) for r in reply.rr] == [a.identity.mesh_address]
+
+
+async def test_tokens_are_checked_and_refused_joins_persist_nothing(tmp_path):
+    clock = FakeClock()
+    m = await Mesh(tmp_path, clock=clock).start()
+    try:
+        good = await m.token(uses=1, ttl_s=60)
+        rev0 = await m.coordinator.store.revision()
+        bad = {
+            "malformed": "not-a-token",
+            "wrong secret": good.split(".")[0] + "." + "0" * 32 + "." + good.split(".")[2],
+            "other mesh": ".".join(good.split(".")[:2]) + "." + "f" * 64,
+        }
+        for why, token in bad.items():
+            agent = Agent(m.agent_config(f"bad-{why.replace(' ', '-')}", token))
+            with pytest.raises(Exception) as err:
+                await asyncio.wait_for(agent.join(), 10)
+            assert "token" in str(err.value), why
+        assert await m.coordinator.store.revision() == rev0  # nothing persisted
+
+        # expired
+        clock.now += 61
+        with pytest.raises(Unauthenticated, match="expired"):
+            await Agent(m.agent_config("late", good)).join()
+        clock.now -= 61
+        # revoked
+        revoked = await m.token()
+        await m.admission().RevokeToken(admission_pb2.RevokeTokenRequest(id=revoked.split(".")[0]))
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await Agent(m.agent_config("rev", revoked)).join()
+        # used up
+        await Agent(m.agent_config("first", good)).join()
+        with pytest.raises(Unauthenticated, match="used up"):
+            await Agent(m.agent_config("second", good)).join()
+        listed = (await m.admission().ListTokens(admission_pb2.ListTokensRequest())).tokens
+        assert {t.id: t.uses for t in listed}[good.split(".")[0]] == 1
+    finally:
+        await m.close()
+
+
+async def test_invalid_node_name_is_refused_without_using_the_token(mesh):
+    token = await mesh.token(uses=1)
+    for name in ["Upper", "under_score", "-lead", "x" * 64]:
+        with pytest.raises(Unauthenticated, match="RFC 1123"):
+            await Agent(mesh.agent_config(name, token)).join()
+    await Agent(mesh.agent_config("fine", token)).join()  # the token is still unused
+
+
+@pytest.mark.parametrize("name,port,rule", [
+    ("Qwen", 8000, "uppercase"), ("qwen_coder", 8000, "'_'"), ("x" * 64, 8000, "longer than 63"),
+    ("-qwen", 8000, "start or end with '-'"), ("qwen", 0, "between 1 and 65535"),
+    ("qwen", 65536, "between 1 and 65535"),
+])
+async def test_expose_refuses_bad_names_and_ports(mesh, name, port, rule):
+    a = await mesh.agent()
+    rev = await mesh.coordinator.store.revision()
+    code, details = await code_of(a.catalog_stub.Expose(svc(name, port)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and rule in details
+    assert await mesh.coordinator.store.revision() == rev
+
+
+async def test_names_belong_to_one_node(mesh):
+    a = await mesh.agent("holder")
+    b = await mesh.agent("intruder")
+    await a.catalog_stub.Expose(svc("llm"))
+    code, details = await code_of(b.catalog_stub.Expose(svc("llm", 9000)))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "holder" in details
+    code, details = await code_of(b.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name="llm")))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "holder" in details
+    await a.catalog_stub.Expose(svc("llm", 8001))  # the holder may change it
+    listed = (await mesh.catalog().ListServices(catalog_pb2.ListServicesRequest())).services
+    assert [(s.name, s.port, s.node_name) for s in listed] == [("llm", 8001, "holder")]
+
+
+async def test_nodes_cannot_call_admin_rpcs_and_anonymous_callers_only_join(mesh):
+    a = await mesh.agent()
+    node_admission = admission_pb2_grpc.AdmissionServiceStub(a._channel)
+    code, _ = await code_of(node_admission.CreateToken(admission_pb2.CreateTokenRequest()))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    creds = grpc.ssl_channel_credentials(mesh.coordinator.ca.pem)
+    async with grpc.aio.secure_channel(mesh.join_address, creds, options=channel_options()) as ch:
+        code, _ = await code_of(catalog_pb2_grpc.CatalogServiceStub(ch).ListServices(catalog_pb2.ListServicesRequest()))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_client_certificate_from_another_ca_is_refused(mesh, tmp_path):
+    a = await mesh.agent()
+    other = pki.CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    key = pki.new_key()
+    cert = other.sign_csr(pki.make_csr(key, "x"), a.identity.node_id, pki.KIND_NODE)
+    creds = grpc.ssl_channel_credentials(mesh.coordinator.ca.pem, pki.key_pem(key), cert)
+    async with grpc.aio.secure_channel(mesh.address, creds, options=channel_options()) as ch:
+        code, _ = await code_of(catalog_pb2_grpc.CatalogServiceStub(ch).ListServices(
+            catalog_pb2.ListServicesRequest(), timeout=5))
+        assert code == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
+
+
+async def test_admin_certificate_works_over_mtls(mesh):
+    key = pki.new_key()
+    resp = await mesh.admission().IssueAdminCert(
+        admission_pb2.IssueAdminCertRequest(csr_pem=pki.make_csr(key, "alice").decode()))
+    creds = grpc.ssl_channel_credentials(resp.ca_pem.encode(), pki.key_pem(key), resp.certificate_pem.encode())
+    async with grpc.aio.secure_channel(mesh.address, creds, options=channel_options()) as ch:
+        created = await admission_pb2_grpc.AdmissionServiceStub(ch).CreateToken(admission_pb2.CreateTokenRequest())
+        status = await __import__("mesh.v1.nodes_pb2_grpc", fromlist=["x"]).NodeServiceStub(ch).Status(
+            nodes_pb2.StatusRequest())
+    assert created.secret.count(".") == 2 and status.caller == "admin:alice"
+
+
+async def test_addresses_are_unique_survive_restarts_and_free_only_on_removal(mesh):
+    first = [await mesh.agent() for _ in range(3)]
+    addrs = [a.identity.mesh_address for a in first]
+    assert len(set(addrs)) == 3
+    await mesh.restart()
+    later = await mesh.agent()
+    assert later.identity.mesh_address not in addrs
+    await mesh.nodes().RemoveNode(nodes_pb2.RemoveNodeRequest(id_or_name=first[0].identity.name))
+    kvs, _ = await mesh.coordinator.store.range("/addresses/")
+    assert first[0].identity.mesh_address not in {kv.key.rsplit("/", 1)[1] for kv in kvs}
+    # the removed node's certificate no longer works
+    code, details = await code_of(first[0].catalog_stub.Expose(svc("ghost")))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "removed" in details
+
+
+async def test_watch_resumes_with_exactly_what_was_missed(mesh):
+    a = await mesh.agent()
+    await a.catalog_stub.Expose(svc("one"))
+    listed = await mesh.catalog().ListServices(catalog_pb2.ListServicesRequest())
+    await a.catalog_stub.Expose(svc("two"))
+    await a.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name="one"))
+    events = []
+    stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(from_revision=listed.revision))
+    async for ev in stream:
+        events.append((types_pb2.EventType.Name(ev.type), ev.service.name))
+        if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+            break
+    stream.cancel()
+    assert events == [("EVENT_TYPE_PUT", "two"), ("EVENT_TYPE_DELETE", "one"), ("EVENT_TYPE_SYNCED", "")]
+
+
+async def test_agent_restarts_without_token_and_reasserts_services(mesh):
+    a = await mesh.agent("keeper")
+    await mesh.agents[-1].stop()
+    mesh.agents.pop()
+    from meshagent.localapi import AgentServicer  # noqa: F401 - the local API path is exercised by e2e
+    # restart with no token: identity comes from the state directory
+    cfg = mesh.agent_config("keeper", token="")
+    again = Agent(cfg)
+    mesh.agents.append(again)
+    await again.start()
+    assert again.identity.node_id == a.identity.node_id
+    resp = await again.catalog_stub.Expose(svc("kept"))
+    again.remember(resp.service)
+    # an admin removes it behind the agent's back: anti-entropy puts it back on the next resync
+    await mesh.catalog().Unexpose(catalog_pb2.UnexposeRequest(name="kept"))
+    await mesh.restart()  # the agent reconnects, gets SYNCED, re-asserts
+    await until(lambda: "kept" in again.catalog.services.items, timeout=15)
+
+
+async def test_lease_expiry_marks_unreachable_then_removes_services(tmp_path):
+    clock = FakeClock()
+    m = await Mesh(tmp_path, clock=clock, lease_ttl_s=10, grace_s=20).start()
+    try:
+        a = await m.agent("sleepy")
+        await a.catalog_stub.Expose(svc("nap"))
+        for t in a._tasks:  # the agent stops renewing
+            t.cancel()
+        clock.now += 11
+        await m.coordinator.check_leases()
+        node = (await m.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="sleepy"))).node
+        assert node.state == types_pb2.NODE_STATE_UNREACHABLE
+        assert (await m.catalog().ListServices(catalog_pb2.ListServicesRequest())).services  # still in grace
+        clock.now += 20
+        await m.coordinator.check_leases()
+        assert not (await m.catalog().ListServices(catalog_pb2.ListServicesRequest())).services
+    finally:
+        await m.close()
+
+
+async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path, caplog):
+    m = await Mesh(tmp_path).start()
+    try:
+        token = await m.token()
+        await m.stop_coordinator()
+        m.config.listen = f"127.0.0.1:{m.ports['listen']}"
+        m.config.join_listen = f"127.0.0.1:{m.ports['join']}"
+        cfg = m.agent_config("patient", token)
+        cfg.coordinator, cfg.join_address = m.config.listen, m.config.join_listen
+        agent = Agent(cfg)
+        m.agents.append(agent)
+        starting = asyncio.create_task(agent.start())
+        await asyncio.sleep(0.5)
+        assert not starting.done()
+        assert sum("unreachable" in r.message for r in caplog.records) == 1  # said once, not per retry
+        await m.start()
+        await asyncio.wait_for(starting, 15)
+        assert agent.identity.name == "patient"
+    finally:
+        await m.close()

@@ -1,0 +1,118 @@
+"""Fixtures for control-plane tests: a real meshd (grpc.aio on port 0) and real agents, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2_grpc, nodes_pb2_grpc
+from meshagent.agent import Agent
+from meshagent.config import AgentConfig
+from meshd.server import Coordinator, MeshdConfig
+
+_names = itertools.count()
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Mesh:
+    """A coordinator plus the agents a test starts; everything is stopped at the end."""
+
+    def __init__(self, tmp: Path, clock=None, **config) -> None:
+        self.tmp = tmp
+        self.clock = clock
+        self.config = MeshdConfig(state_dir=tmp / "meshd", listen="127.0.0.1:0", join_listen="127.0.0.1:0",
+                                  admin_socket=str(tmp / "admin.sock"), metrics="", overlay_pool="127.77.0.0/24",
+                                  **config)
+        self.coordinator: Coordinator | None = None
+        self.agents: list[Agent] = []
+        self._admin: grpc.aio.Channel | None = None
+
+    async def start(self) -> Mesh:
+        self.coordinator = Coordinator(self.config, clock=self.clock) if self.clock else Coordinator(self.config)
+        await self.coordinator.start()
+        self._admin = grpc.aio.insecure_channel(f"unix:{self.config.admin_socket}")
+        return self
+
+    async def restart(self) -> None:
+        await self.stop_coordinator()
+        self.config.listen = f"127.0.0.1:{self.ports['listen']}"
+        self.config.join_listen = f"127.0.0.1:{self.ports['join']}"
+        await self.start()
+
+    async def stop_coordinator(self) -> None:
+        self.ports = dict(self.coordinator.ports)
+        if self._admin:
+            await self._admin.close()
+        await self.coordinator.stop(0)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.coordinator.ports['listen']}"
+
+    @property
+    def join_address(self) -> str:
+        return f"127.0.0.1:{self.coordinator.ports['join']}"
+
+    def admission(self) -> admission_pb2_grpc.AdmissionServiceStub:
+        return admission_pb2_grpc.AdmissionServiceStub(self._admin)
+
+    def nodes(self) -> nodes_pb2_grpc.NodeServiceStub:
+        return nodes_pb2_grpc.NodeServiceStub(self._admin)
+
+    def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self._admin)
+
+    async def token(self, uses: int = 1, ttl_s: int = 3600, **labels: str) -> str:
+        resp = await self.admission().CreateToken(admission_pb2.CreateTokenRequest(ttl_s=ttl_s, max_uses=uses,
+                                                                                   labels=labels))
+        return resp.secret
+
+    def agent_config(self, name: str | None = None, token: str = "", **kw) -> AgentConfig:
+        name = name or f"node-{next(_names)}"
+        return AgentConfig(state_dir=self.tmp / f"agent-{name}", coordinator=self.address,
+                           join_address=self.join_address, token=token, name=name,
+                           socket=str(self.tmp / f"{name}.sock"), dns="127.0.0.1:0", dns_upstreams=(),
+                           metrics="", backoff_min_s=0.05, backoff_max_s=0.5, **kw)
+
+    async def agent(self, name: str | None = None, token: str | None = None, **kw) -> Agent:
+        cfg = self.agent_config(name, token if token is not None else await self.token(), **kw)
+        a = Agent(cfg)
+        self.agents.append(a)
+        await asyncio.wait_for(a.start(), 20)
+        return a
+
+    async def close(self) -> None:
+        for a in self.agents:
+            await a.stop()
+        if self.coordinator and self.coordinator.server:
+            await self.stop_coordinator()
+
+
+async def until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until predicate() is true; bounded in time (fails the test on timeout)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def mesh(tmp_path):
+    m = await Mesh(tmp_path).start()
+    try:
+        yield m
+    finally:
+        await m.close()
