@@ -32,7 +32,7 @@ from meshagent.identity import Identity, fetch_pinned_ca
 from meshagent.localapi import AgentServicer
 from meshagent.view import Catalog
 from meshcore import pki
-from meshcore.errors import MeshError, StateError, Unauthenticated, Unavailable
+from meshcore.errors import StateError, Unauthenticated, Unavailable, from_code
 from meshd.admission import parse_token
 
 log = logging.getLogger("meshagent")
@@ -117,7 +117,7 @@ class Agent:
                 break
             except (Unavailable, grpc.aio.AioRpcError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
-                    raise Unauthenticated(f"join refused by meshd: {e.details()}") from None
+                    raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
                 if not warned:
                     log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
                                 e if isinstance(e, Unavailable) else e.code().name)

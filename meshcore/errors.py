@@ -77,3 +77,12 @@ class ConfigError(InvalidArgument):
 
 class PeerError(Exception):
     """Something a remote peer sent could not be accepted (bad datagram, bad record)."""
+
+
+_BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, PermissionDenied, Unauthenticated,
+                                      FailedPrecondition, Unavailable, ResourceExhausted, Conflict, StateError)}
+
+
+def from_code(code: str, message: str) -> MeshError:
+    """The typed error for a gRPC status name (e.g. from a refused call to meshd)."""
+    return _BY_CODE.get(code, MeshError)(message)

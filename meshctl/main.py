@@ -7,8 +7,11 @@ On a VM it talks to the local meshagent; on the main node, admin commands
 
 from __future__ import annotations
 
-import datetime as dt
 import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
+
+import datetime as dt
 import re
 import socket
 from typing import Optional

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
+
 import argparse
 import asyncio
 import logging

@@ -18,6 +18,7 @@ import pytest
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 sys.path.insert(0, str(ROOT))
 
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, types_pb2
 from meshagent.agent import Agent, channel_options, mtls_channel
 from meshcore import pki
-from meshcore.errors import Unauthenticated
+from meshcore.errors import InvalidArgument, Unauthenticated
 from tests.meshfix import FakeClock, Mesh, mesh, until  # noqa: F401  (fixture)
 
 
@@ -80,7 +80,7 @@ async def test_tokens_are_checked_and_refused_joins_persist_nothing(tmp_path):
 async def test_invalid_node_name_is_refused_without_using_the_token(mesh):
     token = await mesh.token(uses=1)
     for name in ["Upper", "under_score", "-lead", "x" * 64]:
-        with pytest.raises(Unauthenticated, match="RFC 1123"):
+        with pytest.raises(InvalidArgument, match="RFC 1123"):
             await Agent(mesh.agent_config(name, token)).join()
     await Agent(mesh.agent_config("fine", token)).join()  # the token is still unused
 
