@@ -28,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml | apt
 	@touch $(STAMP)
 
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/mesh/v1/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(shell find proto -name "*.proto" | sort)
 
 demo: setup
 	$(PY) -m meshctl.demo
