@@ -27,19 +27,36 @@ T = TypeVar("T")
 class Endpoints:
     agent_socket: str = os.environ.get("MESH_AGENT_SOCKET", AGENT_SOCKET)
     admin_socket: str = os.environ.get("MESHD_ADMIN_SOCKET", ADMIN_SOCKET)
+    #: with an admin certificate (`meshctl admin cert`), admin calls go over mTLS from anywhere
+    cert_dir: str = os.environ.get("MESH_ADMIN_CERT_DIR", "")
+    coordinator: str = os.environ.get("MESH_COORDINATOR", "")
     timeout: float = 10.0
 
     def agent(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self._channel(self.agent_socket, "meshagent"))
 
     def admission(self) -> admission_pb2_grpc.AdmissionServiceStub:
-        return admission_pb2_grpc.AdmissionServiceStub(self._channel(self.admin_socket, "meshd"))
+        return admission_pb2_grpc.AdmissionServiceStub(self._admin())
 
     def nodes(self) -> nodes_pb2_grpc.NodeServiceStub:
-        return nodes_pb2_grpc.NodeServiceStub(self._channel(self.admin_socket, "meshd"))
+        return nodes_pb2_grpc.NodeServiceStub(self._admin())
 
     def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
-        return catalog_pb2_grpc.CatalogServiceStub(self._channel(self.admin_socket, "meshd"))
+        return catalog_pb2_grpc.CatalogServiceStub(self._admin())
+
+    def _admin(self) -> grpc.Channel:
+        if not self.cert_dir:
+            return self._channel(self.admin_socket, "meshd")
+        if not self.coordinator:
+            fail("MESH_ADMIN_CERT_DIR is set but not MESH_COORDINATOR (meshd's host:port)")
+        files = {n: os.path.join(self.cert_dir, n) for n in ("ca.crt", "admin.key", "admin.crt")}
+        try:
+            ca, key, crt = (open(files[n], "rb").read() for n in ("ca.crt", "admin.key", "admin.crt"))
+        except OSError as e:
+            fail(f"cannot read the admin certificate in {self.cert_dir}: {e.strerror} ({e.filename})")
+        from meshcore.pki import SERVER_NAME
+        creds = grpc.ssl_channel_credentials(ca, key, crt)
+        return grpc.secure_channel(self.coordinator, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
 
     def has_agent(self) -> bool:
         return os.path.exists(self.agent_socket)

@@ -29,8 +29,11 @@ app = typer.Typer(help="Control the mesh: expose ports by name, list services an
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 token_app = typer.Typer(help="Join tokens (on the main node).", no_args_is_help=True)
 node_app = typer.Typer(help="Drain or remove nodes (on the main node).", no_args_is_help=True)
+admin_app = typer.Typer(help="Administrator certificates for meshctl and schedulers off the main node.",
+                        no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(node_app, name="node")
+app.add_typer(admin_app, name="admin")
 
 ENDPOINTS = Endpoints()
 PROTOCOLS = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
@@ -240,6 +243,30 @@ def node_remove(node: str = typer.Argument(..., help="node name or id"), output:
     resp = call(ENDPOINTS.nodes().RemoveNode, nodes_pb2.RemoveNodeRequest(id_or_name=node))
     emit([{"NAME": resp.node.name, "ID": resp.node.id, "MESH ADDRESS": resp.node.mesh_address}],
          ["NAME", "ID", "MESH ADDRESS"], output, raw=_dict(resp.node))
+
+
+# -- admin certificates ---------------------------------------------------------
+@admin_app.command("cert")
+def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 1123 label)"),
+               out: str = typer.Option(..., "--out", help="directory for admin.key (0600), admin.crt and ca.crt"),
+               output: Output = OUTPUT_OPTION) -> None:
+    """Issue an admin certificate (90 days). Then, anywhere: MESH_COORDINATOR=host:7443 MESH_ADMIN_CERT_DIR=DIR meshctl …"""
+    from pathlib import Path
+
+    from meshcore import pki
+    _checked(check_name, name, "admin name")
+    key = pki.new_key()
+    resp = call(ENDPOINTS.admission().IssueAdminCert,
+                admission_pb2.IssueAdminCertRequest(csr_pem=pki.make_csr(key, name).decode()))
+    d = Path(out)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        pki.write_file(d / "admin.key", pki.key_pem(key), private=True)
+        pki.write_file(d / "admin.crt", resp.certificate_pem.encode())
+        pki.write_file(d / "ca.crt", resp.ca_pem.encode())
+    except OSError as e:
+        fail(f"cannot write the certificate to {d}: {e.strerror}")
+    emit([{"NAME": name, "DIRECTORY": str(d)}], ["NAME", "DIRECTORY"], output, raw={"name": name, "dir": str(d)})
 
 
 def _mount() -> None:

@@ -117,3 +117,23 @@ def test_node_remove_and_lease_expiry_take_names_away(local_mesh):
     wait_for(lambda: not resolve("from-b.mesh", local_mesh.dns("c")), timeout=20)
     nodes = json.loads(local_mesh.meshctl("nodes", "-o", "json").stdout)["nodes"]
     assert {n["name"]: n.get("state") for n in nodes} == {"b": "NODE_STATE_UNREACHABLE", "c": "NODE_STATE_READY"}
+
+
+def test_admin_certificate_and_the_scheduler_example(local_mesh, tmp_path):
+    token = local_mesh.token()
+    local_mesh.start_agent("gpu-box", token, extra=["--label", "gpu.model=L4", "--label", "gpu.count=4"])
+    local_mesh.meshctl("expose", "--port", "8000", "--name", "llm", agent="gpu-box")
+    local_mesh.meshctl("admin", "cert", "sched", "--out", str(tmp_path / "sched"))
+    assert oct((tmp_path / "sched" / "admin.key").stat().st_mode & 0o777) == "0o600"
+    # admin calls over mTLS, without the admin socket
+    env = {"MESH_ADMIN_CERT_DIR": str(tmp_path / "sched"), "MESH_COORDINATOR": local_mesh.coordinator,
+           "MESHD_ADMIN_SOCKET": "/nonexistent.sock"}
+    listed = json.loads(local_mesh.meshctl("nodes", "-o", "json", env=env).stdout)
+    assert [n["name"] for n in listed["nodes"]] == ["gpu-box"]
+    r = subprocess.run([sys.executable, "examples/watch_catalog.py", "--coordinator", local_mesh.coordinator,
+                        "--cert-dir", str(tmp_path / "sched"), "--events", "3"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "gpu-box" in lines[0] and "4x L4" in lines[0]
+    assert [line.split()[2] for line in lines[1:]] == ["reset", "put", "synced"] and "llm" in lines[2]
