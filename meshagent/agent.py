@@ -29,6 +29,7 @@ from mesh.v1 import (admission_pb2, admission_pb2_grpc, agent_pb2_grpc, catalog_
                      nodes_pb2_grpc, types_pb2)
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
+from meshagent import metrics
 from meshagent.localapi import AgentServicer
 from meshagent.view import Catalog
 from meshcore import pki
@@ -82,6 +83,11 @@ class Agent:
         self._reconnects = 0
         self._desired: dict[str, types_pb2.Service] = {}
         self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
+        self.catalog.services.listeners.append(self._gauge)
+
+    def _gauge(self) -> None:
+        metrics.CATALOG_SERVICES.set(len(self.catalog.services.items))
+        metrics.CATALOG_REVISION.set(self.catalog.services.revision)
 
     # -- identity -------------------------------------------------------------
     @property
@@ -179,10 +185,12 @@ class Agent:
             self.last_contact = time.time()
         if up != self.connected:
             self.connected = up
+            metrics.CONNECTED.set(1 if up else 0)
             if up:
                 log.info("connected to meshd at %s", self.config.coordinator)
             else:
                 self._reconnects += 1
+                metrics.RECONNECTS.inc()
                 log.warning("lost meshd at %s (%s); serving names from the local copy and reconnecting",
                             self.config.coordinator, why)
 
