@@ -94,16 +94,26 @@ class JoinRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., csr_pem: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "certificate_pem", "ca_pem", "lease_ttl_s")
+    __slots__ = ("node", "certificate_pem", "ca_pem", "lease_ttl_s", "gossip")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     certificate_pem: str
     ca_pem: str
     lease_ttl_s: int
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., lease_ttl_s: _Optional[int] = ...) -> None: ...
+    gossip: GossipConfig
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
+
+class GossipConfig(_message.Message):
+    __slots__ = ("keys", "catalog_public_key")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    catalog_public_key: bytes
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., catalog_public_key: _Optional[bytes] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("node",)
@@ -112,12 +122,26 @@ class RenewRequest(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
-    __slots__ = ("node", "lease_ttl_s")
+    __slots__ = ("node", "lease_ttl_s", "gossip")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    GOSSIP_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     lease_ttl_s: int
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ...) -> None: ...
+    gossip: GossipConfig
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
+
+class RotateGossipKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateGossipKeyResponse(_message.Message):
+    __slots__ = ("key_id", "stage")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    stage: str
+    def __init__(self, key_id: _Optional[str] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ()

@@ -77,6 +77,11 @@ class AdmissionServiceStub:
                 request_serializer=mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.FromString,
                 _registered_method=True)
+        self.RotateGossipKey = channel.unary_unary(
+                '/mesh.v1.AdmissionService/RotateGossipKey',
+                request_serializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdmissionServiceServicer:
@@ -143,6 +148,14 @@ class AdmissionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateGossipKey(self, request, context):
+        """Admin: start rolling a new gossip key through the mesh (install, make
+        primary once every live node has it, retire the old one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_AdmissionServiceServicer_to_server(servicer, server):
                     servicer.K3sJoin,
                     request_deserializer=mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.SerializeToString,
+            ),
+            'RotateGossipKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateGossipKey,
+                    request_deserializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -406,6 +424,33 @@ class AdmissionService:
             '/mesh.v1.AdmissionService/K3sJoin',
             mesh_dot_v1_dot_admission__pb2.K3sJoinRequest.SerializeToString,
             mesh_dot_v1_dot_admission__pb2.K3sJoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateGossipKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AdmissionService/RotateGossipKey',
+            mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.SerializeToString,
+            mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

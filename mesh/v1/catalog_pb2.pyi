@@ -36,19 +36,30 @@ class ListServicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListServicesResponse(_message.Message):
-    __slots__ = ("services", "revision")
+    __slots__ = ("services", "revision", "sync_errors")
+    class SyncErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    SYNC_ERRORS_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[_types_pb2.Service]
     revision: int
-    def __init__(self, services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    sync_errors: _containers.ScalarMap[str, str]
+    def __init__(self, services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., revision: _Optional[int] = ..., sync_errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ServiceEvent(_message.Message):
-    __slots__ = ("type", "service", "revision")
+    __slots__ = ("type", "service", "revision", "record")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     type: _types_pb2.EventType
     service: _types_pb2.Service
     revision: int
-    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    record: bytes
+    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ..., record: _Optional[bytes] = ...) -> None: ...
