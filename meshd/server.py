@@ -30,6 +30,7 @@ from meshd.addresses import DEFAULT_POOL, AddressPool
 from meshd.admission import Admission
 from meshd.auth import ErrorInterceptor, caller_of, require_node
 from meshd.catalog import Catalog
+from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes, NodesConfig
 from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer
 from meshd.store import open_store
@@ -83,6 +84,7 @@ class Coordinator:
         self.catalog = Catalog(self.store)
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca,
                            NodesConfig(config.lease_ttl_s, config.grace_s), clock)
+        self.gossip = GossipKeys(self.store, clock)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
@@ -156,6 +158,9 @@ class Coordinator:
                 services, rev = await self.catalog.list()
                 metrics.CATALOG_SERVICES.set(len(services))
                 metrics.REVISION.set(rev)
+                stage = await self.gossip.advance(self.all_renewed_since)
+                if stage:
+                    log.info("gossip key rotation: %s", stage)
                 expire = getattr(self.store, "expire_leases", None)
                 if expire:
                     await expire()
@@ -164,7 +169,13 @@ class Coordinator:
             await asyncio.sleep(interval)
 
     # -- server ---------------------------------------------------------------
+    def all_renewed_since(self, t: float) -> bool:
+        """Every live node (renewed within its lease) has renewed since `t`."""
+        now, ttl = self.clock(), self.config.lease_ttl_s
+        return all(seen >= t for seen in self.nodes.last_seen.values() if now - seen <= ttl)
+
     async def start(self) -> None:
+        await self.gossip.load()
         server = grpc.aio.server(interceptors=[ErrorInterceptor()],
                                  options=[("grpc.keepalive_time_ms", 20000),
                                           ("grpc.keepalive_permit_without_calls", 1),

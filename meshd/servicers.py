@@ -50,12 +50,13 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             raise
         metrics.JOINS.labels("ok").inc()
         return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.c.ca.pem.decode(),
-                                          lease_ttl_s=int(self.c.config.lease_ttl_s))
+                                          lease_ttl_s=int(self.c.config.lease_ttl_s), gossip=self.c.gossip.config())
 
     async def Renew(self, request, context):
         node_id = await self.c.node_caller(context)
         node = await self.c.nodes.renew(node_id, request.node)
-        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.c.config.lease_ttl_s))
+        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.c.config.lease_ttl_s),
+                                           gossip=self.c.gossip.config())
 
     async def Leave(self, request, context):
         node_id = await self.c.node_caller(context)
@@ -79,6 +80,11 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         if k3s is None:
             raise FailedPrecondition("meshd runs without K3s: start it with --k3s-server-url and --k3s-token-file")
         return admission_pb2.K3sJoinResponse(server_url=k3s[0], token=k3s[1])
+
+    async def RotateGossipKey(self, request, context):
+        require_admin(caller_of(context))
+        key_id, stage = await self.c.gossip.rotate()
+        return admission_pb2.RotateGossipKeyResponse(key_id=key_id, stage=stage)
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
@@ -105,7 +111,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         metrics.WATCH_STREAMS.labels("services").inc()
         try:
             async for kind, svc, rev in self.c.catalog.watch(request.from_revision):
-                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev)
+                record = self.c.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
+                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
         finally:
             metrics.WATCH_STREAMS.labels("services").dec()
 
