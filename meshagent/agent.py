@@ -30,6 +30,7 @@ from mesh.v1 import (admission_pb2, admission_pb2_grpc, agent_pb2_grpc, catalog_
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
 from meshagent import metrics
+from meshagent.gossip import AgentGossip, facts_of, load_config, save_config
 from meshagent.localapi import AgentServicer
 from meshagent.view import Catalog
 from meshcore import pki
@@ -80,8 +81,10 @@ class Agent:
         self._channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
+        self._tasks_early: list[asyncio.Task] = []  # started before the meshd connection
         self._reconnects = 0
         self._desired: dict[str, types_pb2.Service] = {}
+        self.gossip: AgentGossip | None = None
         self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
         self.catalog.services.listeners.append(self._gauge)
 
@@ -98,7 +101,8 @@ class Agent:
         c = self.config
         return types_pb2.Node(name=c.name, hostname=c.name, cloud=c.cloud, region=c.region, vpc_id=c.vpc_id,
                               vpc_cidr=c.vpc_cidr, private_address=c.private_address,
-                              public_address=c.public_address, labels=c.labels)
+                              public_address=c.public_address, labels=c.labels,
+                              gossip_port=self.gossip.node.port if self.gossip else 0)
 
     async def join(self) -> Identity:
         token = self.config.token
@@ -132,6 +136,7 @@ class Agent:
         ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,
                          pki.key_pem(key), resp.certificate_pem.encode(), resp.ca_pem.encode())
         ident.save(self.state_dir)
+        save_config(self.state_dir / "gossip.json", resp.gossip)
         log.info("joined the mesh as %s (%s), mesh address %s", ident.name, ident.node_id, ident.mesh_address)
         return ident
 
@@ -208,8 +213,13 @@ class Agent:
                     backoff.reset()
                     obj = ev.service if kind == "services" else ev.node
                     view.apply(ev.type, obj, ev.revision)
-                    if kind == "services" and ev.type == types_pb2.EVENT_TYPE_SYNCED:
-                        await self.reassert()
+                    if kind == "services" and ev.record and self.gossip:
+                        self.gossip.publish(ev.record)
+                    if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                        if kind == "services":
+                            await self.reassert()
+                        elif self.gossip:
+                            await self.gossip.join_peers(list(view.items.values()), self.identity.node_id)
                 why = "stream ended"
             except grpc.aio.AioRpcError as e:
                 why = f"{e.code().name}: {e.details()}"
@@ -225,6 +235,12 @@ class Agent:
                 resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self.facts()), timeout=10)
                 interval = max(0.2, resp.lease_ttl_s / 3)
                 self.last_contact = time.time()
+                if self.gossip and resp.gossip.keys and list(resp.gossip.keys) != list(self.gossip.cfg.keys):
+                    self.gossip.update_keys(resp.gossip)
+                    save_config(self.state_dir / "gossip.json", resp.gossip)
+                if self.gossip:
+                    await self.gossip.join_peers(list(self.catalog.nodes.items.values()), self.identity.node_id)
+                    self.gossip.save_peers(self.state_dir / "peers.json")
             except grpc.aio.AioRpcError as e:
                 log.debug("renew failed: %s", e.code().name)
                 interval = min(interval, 2.0)
@@ -232,7 +248,24 @@ class Agent:
 
     def counters(self) -> dict[str, int]:
         out = {"meshd_reconnects": self._reconnects, "desired_services": len(self._desired)}
+        if self.gossip:
+            out.update(self.gossip.stats())
+        if self.dns is not None and hasattr(self.dns, "stats"):
+            out.update({f"dns_{k}": int(v) for k, v in self.dns.stats().items()})
         return out
+
+    def lookup(self, name: str):
+        """DNS lookup: meshd's view, minus services of nodes gossip declared dead; before the
+        first sync with meshd (it is away), what peers told us by push-pull."""
+        svc = self.catalog.services.items.get(name)
+        if self.gossip is not None:
+            if not self.catalog.services.synced:
+                svc = self.gossip.services().get(name)
+            elif svc is not None and svc.node_id in self.gossip.down():
+                return []
+        if svc is None:
+            return []
+        return self.catalog.targets(svc)
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,6 +276,7 @@ class Agent:
         else:
             self.identity = await self.join()
         self._load_desired()
+        await self._start_gossip()
         self._channel = mtls_channel(self.config.coordinator, self.identity)
         self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self._channel)
         self.node_stub = nodes_pb2_grpc.NodeServiceStub(self._channel)
@@ -255,6 +289,24 @@ class Agent:
         self._tasks = [asyncio.create_task(self._watch("services"), name="watch-services"),
                        asyncio.create_task(self._watch("nodes"), name="watch-nodes"),
                        asyncio.create_task(self._renew(), name="renew")]
+
+    async def _start_gossip(self) -> None:
+        if not self.config.gossip:
+            return
+        cfg = load_config(self.state_dir / "gossip.json")
+        if cfg is None or not cfg.keys:
+            log.warning("no gossip keyring in %s (joined with an older meshd?): gossip is off", self.state_dir)
+            return
+        from meshcore.gossip import profiles
+        from meshcore.metrics import split_hostport
+        host, port = split_hostport(self.config.gossip, "gossip address")
+        profile = getattr(profiles, self.config.gossip_profile)()
+        node = types_pb2.Node(mesh_address=self.identity.mesh_address, region=self.config.region,
+                              cloud=self.config.cloud, labels=self.config.labels)
+        self.gossip = AgentGossip(self.identity.node_id, self.identity.name, host, port, self.identity.mesh_address,
+                                  cfg, facts_of(node), profile, self.rng)
+        await self.gossip.start()
+        self._tasks_early = [asyncio.create_task(self.gossip.join_saved_peers(self.state_dir / "peers.json"))]
 
     async def _start_local_api(self) -> None:
         import os
@@ -278,17 +330,21 @@ class Agent:
         from meshagent.dns import DnsConfig, DnsServer
         from meshcore.metrics import split_hostport
         host, port = split_hostport(self.config.dns, "DNS address")
-        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=self.config.dns_upstreams), self.catalog.lookup)
+        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=self.config.dns_upstreams), self.lookup)
         await self.dns.start()
         self.dns_address = f"{host}:{self.dns.port}"
         self.catalog.services.listeners.append(self.dns.invalidate)
+        if self.gossip:
+            self.gossip.listeners.append(self.dns.invalidate)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._tasks + self._tasks_early:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._tasks_early, return_exceptions=True)
         if self.dns:
             await self.dns.stop()
+        if self.gossip:
+            await self.gossip.stop(leave=False)  # a restart keeps the names; a dead node is detected
         if self._server:
             await self._server.stop(0.5)
         if self._channel:
@@ -297,3 +353,6 @@ class Agent:
     async def leave(self) -> None:
         """Leave gracefully: this node's services leave the catalog at once."""
         await self.admission_stub.Leave(admission_pb2.LeaveRequest(), timeout=5)
+        if self.gossip:
+            await self.gossip.stop(leave=True)
+            self.gossip = None

@@ -28,6 +28,10 @@ class AgentConfig:
     dns_upstreams: tuple[str, ...] | None = None
     #: Prometheus metrics ("" disables)
     metrics: str = "127.0.0.1:9465"
+    #: gossip (SWIM) listener, UDP and TCP on one port ("" disables); peers reach it at the mesh address
+    gossip: str = "0.0.0.0:7946"
+    #: gossip timing profile: lan, wan or local (see meshcore/gossip/profiles.py)
+    gossip_profile: str = "lan"
     #: node facts sent at join
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
     cloud: str = ""
@@ -54,6 +58,10 @@ class AgentConfig:
             split_hostport(self.dns, "DNS address")
         if self.metrics:
             split_hostport(self.metrics, "metrics address")
+        if self.gossip:
+            split_hostport(self.gossip, "gossip address")
+        if self.gossip_profile not in ("lan", "wan", "local"):
+            raise ConfigError(f"invalid gossip profile {self.gossip_profile!r}: must be lan, wan or local")
         if self.backoff_min_s <= 0 or self.backoff_max_s < self.backoff_min_s:
             raise ConfigError("backoff bounds must satisfy 0 < min <= max")
         return self

@@ -34,6 +34,8 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--dns", default=d.dns, help=f"DNS responder address (default {d.dns}; '' disables)")
     p.add_argument("--dns-upstream", action="append", default=None, help="upstream resolver (repeatable; default: resolv.conf)")
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
+    p.add_argument("--gossip", default=d.gossip, help=f"gossip listener (default {d.gossip}; '' disables)")
+    p.add_argument("--gossip-profile", default=d.gossip_profile, choices=["lan", "wan", "local"])
     p.add_argument("--cloud", default="", help="aws, gcp, azure, lambda, onprem, ...")
     p.add_argument("--region", default="")
     p.add_argument("--vpc-id", default="")
@@ -53,6 +55,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=a.token,
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
+                       gossip=a.gossip, gossip_profile=a.gossip_profile,
                        cloud=a.cloud, region=a.region, vpc_id=a.vpc_id, vpc_cidr=a.vpc_cidr,
                        private_address=a.private_address, public_address=a.public_address, labels=labels)
 

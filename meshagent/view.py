@@ -73,6 +73,8 @@ class Catalog:
     def lookup(self, name: str) -> list[Target]:
         """DNS lookup callback: the targets of a service name."""
         svc = self.services.items.get(name)
-        if svc is None:
-            return []
+        return self.targets(svc) if svc is not None else []
+
+    @staticmethod
+    def targets(svc: types_pb2.Service) -> list[Target]:
         return [Target(svc.address, svc.port, PROTO.get(svc.protocol, "tcp"), svc.node_name)]

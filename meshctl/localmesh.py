@@ -57,7 +57,8 @@ def _wait_ready(p: subprocess.Popen, prefix: str, log: Path, timeout: float) -> 
 
 class LocalMesh:
     def __init__(self, root: Path | None = None, pool: str = "127.77.0.0/24", lease_ttl_s: float = 15,
-                 grace_s: float = 30) -> None:
+                 grace_s: float = 30, gossip_profile: str = "lan") -> None:
+        self.gossip_profile = gossip_profile
         self.root = Path(root or tempfile.mkdtemp(prefix="mesh-"))
         self._own_root = root is None
         self.pool = pool
@@ -109,7 +110,8 @@ class LocalMesh:
                     extra: list[str] = ()) -> Proc:
         argv = [str(BIN / "meshagent"), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
                 "--join-address", self.join_address, "--name", name, "--socket", self.socket(name),
-                "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", *extra]
+                "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
+                "--gossip-profile", self.gossip_profile, *extra]
         if token:
             argv += ["--token", token]
         p, log = self._spawn(name, argv)

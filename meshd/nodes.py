@@ -176,12 +176,14 @@ class Nodes:
         check_address(facts.public_address, "public address")
         if facts.wireguard_port:
             check_port(facts.wireguard_port)
+        if facts.gossip_port:
+            check_port(facts.gossip_port)
         self.last_seen[node_id] = self.clock()
         current = await self.get(node_id)
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
         wanted.state = types_pb2.NODE_STATE_READY
-        for f in ("public_address", "wireguard_public_key", "wireguard_port", "hostname"):
+        for f in ("public_address", "wireguard_public_key", "wireguard_port", "hostname", "gossip_port"):
             if getattr(facts, f):
                 setattr(wanted, f, getattr(facts, f))
         if facts.labels:

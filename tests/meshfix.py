@@ -83,13 +83,22 @@ class Mesh:
         return AgentConfig(state_dir=self.tmp / f"agent-{name}", coordinator=self.address,
                            join_address=self.join_address, token=token, name=name,
                            socket=str(self.tmp / f"{name}.sock"), dns="127.0.0.1:0", dns_upstreams=(),
-                           metrics="", backoff_min_s=0.05, backoff_max_s=0.5, **kw)
+                           metrics="", backoff_min_s=0.05, backoff_max_s=0.5, gossip=kw.pop("gossip", "0.0.0.0:0"),
+                           gossip_profile=kw.pop("gossip_profile", "local"), **kw)
 
     async def agent(self, name: str | None = None, token: str | None = None, **kw) -> Agent:
         cfg = self.agent_config(name, token if token is not None else await self.token(), **kw)
         a = Agent(cfg)
         self.agents.append(a)
         await asyncio.wait_for(a.start(), 20)
+        if a.gossip:  # the first renewal registers the gossip port: let it land before the test measures
+            from mesh.v1 import nodes_pb2
+
+            async def registered() -> None:
+                while not (await self.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name=a.identity.node_id))
+                           ).node.gossip_port:
+                    await asyncio.sleep(0.02)
+            await asyncio.wait_for(registered(), 10)
         return a
 
     async def close(self) -> None:

@@ -1,0 +1,172 @@
+"""The agent's gossip: SWIM membership and signed catalog records among agents.
+
+Why: with meshd as the only source, its loss stops failure detection and a
+new node could learn nothing. With gossip:
+- every catalog change the agent receives from meshd carries meshd's
+  signature; the agent passes the record on, and peers accept it only if the
+  signature verifies (no node can forge another node's service);
+- a node that crashes is declared dead by its peers (SWIM + Lifeguard) and
+  its services leave every agent's DNS within the failure-detection bound,
+  with or without meshd;
+- a node that starts while meshd is away learns the catalog from any peer by
+  push-pull.
+
+The keyring and meshd's public key arrive over mTLS (Join, Renew) and are
+kept in the state directory (gossip.json, 0600) for restarts; a rotation is
+applied in place: install, switch primary, retire (no restart).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from mesh.v1 import admission_pb2, types_pb2
+from meshcore import pki
+from meshcore.errors import PeerError, StateError
+from meshcore.gossip.adapter import GossipNode, decode_facts
+from meshcore.gossip.codec import decode_message
+from meshcore.gossip.keyring import Keyring
+from meshcore.gossip.messages import Record, State
+from meshcore.gossip.profiles import GossipProfile
+from meshcore.gossip.records import ed25519_verifier
+
+log = logging.getLogger("meshagent.gossip")
+DOWN = (State.DEAD, State.LEFT)
+
+
+def save_config(path: Path, cfg: admission_pb2.GossipConfig) -> None:
+    data = {"keys": [k.hex() for k in cfg.keys], "catalog_public_key": cfg.catalog_public_key.hex()}
+    pki.write_file(path, json.dumps(data).encode(), private=True)
+
+
+def load_config(path: Path) -> admission_pb2.GossipConfig | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return admission_pb2.GossipConfig(keys=[bytes.fromhex(k) for k in data["keys"]],
+                                          catalog_public_key=bytes.fromhex(data["catalog_public_key"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StateError(f"{path} is unreadable ({e}): remove it; the agent gets the keyring again from meshd") from e
+
+
+def decode_record(raw: bytes) -> Record:
+    msg = decode_message(bytes([Record.TYPE]) + raw)
+    if not isinstance(msg, Record):
+        raise PeerError("not a catalog record")
+    return msg
+
+
+class AgentGossip:
+    def __init__(self, node_id: str, name: str, host: str, port: int, advertise: str,
+                 cfg: admission_pb2.GossipConfig, facts: dict, profile: GossipProfile | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self._verify = ed25519_verifier(ed25519.Ed25519PublicKey.from_public_bytes(cfg.catalog_public_key))
+        keys = list(cfg.keys)
+        self.keyring = Keyring(keys[0], keys[1:])
+        self.node = GossipNode(node_id, name, host, port, profile=profile, keyring=self.keyring,
+                               verify_record=self._verify, facts=facts, advertise_host=advertise, rng=rng)
+        self.rng = rng or random.Random()
+        self.listeners: list = []
+        self.node.on_event(self._event)
+
+    async def start(self) -> int:
+        await self.node.start()
+        return self.node.port
+
+    async def stop(self, leave: bool = False) -> None:
+        await self.node.stop(leave=leave)
+
+    def _event(self, ev) -> None:
+        for fn in self.listeners:
+            fn()
+
+    # -- membership -----------------------------------------------------------
+    def down(self) -> set[str]:
+        """Node ids gossip believes dead or departed."""
+        return {m.node for m in self.node.members() if m.state in DOWN}
+
+    def alive_count(self) -> int:
+        return sum(1 for m in self.node.members() if m.state not in DOWN)
+
+    async def join_peers(self, nodes: list[types_pb2.Node], self_id: str, fanout: int = 3) -> int:
+        """Push-pull with a few known peers when we are alone (first start, or after a partition)."""
+        if self.alive_count() > 1:
+            return 0
+        peers = [n for n in nodes if n.id != self_id and n.gossip_port and n.mesh_address
+                 and n.state == types_pb2.NODE_STATE_READY]
+        if not peers:
+            return 0
+        picked = self.rng.sample(peers, min(fanout, len(peers)))
+        return await self.node.join([f"{n.mesh_address}:{n.gossip_port}" for n in picked])
+
+    def save_peers(self, path: Path) -> None:
+        """Remember live peers' gossip addresses, so a restart while meshd is away can rejoin (as serf's snapshot)."""
+        peers = sorted(f"{m.addr[0]}:{m.addr[1]}" for m in self.node.members()
+                       if m.state not in DOWN and m.node != self.node.node_id)
+        if peers and peers != getattr(self, "_saved_peers", None):
+            pki.write_file(path, json.dumps(peers).encode(), private=True)
+            self._saved_peers = peers
+
+    async def join_saved_peers(self, path: Path) -> int:
+        try:
+            peers = json.loads(path.read_text()) if path.exists() else []
+        except (OSError, ValueError):
+            return 0
+        return await self.node.join(peers[:8]) if peers else 0
+
+    # -- records --------------------------------------------------------------
+    def publish(self, raw: bytes) -> None:
+        """Pass on a record meshd signed (from the watch stream)."""
+        try:
+            self.node.publish(decode_record(raw))
+        except PeerError as e:
+            log.warning("meshd sent a record that does not decode: %s", e)
+
+    def services(self) -> dict[str, types_pb2.Service]:
+        """Live services from gossip records (origins not down, not tombstones)."""
+        out: dict[str, types_pb2.Service] = {}
+        down = self.down()
+        for rec in self.node.records().values():
+            if rec.deleted or rec.origin in down:
+                continue
+            try:
+                svc = types_pb2.Service.FromString(rec.payload)
+            except Exception:  # signed by meshd, so only a version skew could get here
+                continue
+            out[svc.name] = svc
+        return out
+
+    # -- keys -----------------------------------------------------------------
+    def update_keys(self, cfg: admission_pb2.GossipConfig) -> None:
+        """Follow meshd's keyring: install new keys, switch primary, retire removed ones."""
+        if not cfg.keys or list(cfg.keys) == list(self.cfg.keys):
+            return
+        wanted = list(cfg.keys)
+        have = set(self.cfg.keys)
+        for k in wanted:
+            if k not in have:
+                self.node.install_key(k)
+        if wanted[0] != self.cfg.keys[0]:
+            self.node.use_key(wanted[0])
+        for k in have - set(wanted):
+            self.node.remove_key(k)
+        self.cfg = cfg
+        log.info("gossip keyring updated: primary %s, %d key(s)", self.keyring.primary_id, len(wanted))
+
+    def stats(self) -> dict[str, int]:
+        return {f"gossip_{k}": int(v) for k, v in self.node.stats().items() if isinstance(v, (int, float))}
+
+
+def facts_of(node: types_pb2.Node) -> dict:
+    return {"mesh_address": node.mesh_address, "region": node.region, "cloud": node.cloud,
+            "labels": dict(node.labels)}
+
+
+__all__ = ["AgentGossip", "decode_facts", "facts_of", "load_config", "save_config"]
