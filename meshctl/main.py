@@ -125,7 +125,10 @@ def services(output: Output = OUTPUT_OPTION) -> None:
     else:
         resp = call(ENDPOINTS.catalog().ListServices, catalog_pb2.ListServicesRequest())
     rows = [_service_row(s) for s in resp.services]
-    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH"], output,
+    errors = dict(getattr(resp, "sync_errors", {}))
+    for r in rows:
+        r["SYNC"] = f"error: {errors[r['NAME']]}" if r["NAME"] in errors else "ok"
+    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH"] + (["SYNC"] if errors else []), output,
          title=f"services (revision {resp.revision})", raw=_dict(resp))
 
 

@@ -34,13 +34,32 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     p.add_argument("--advertise", action="append", default=[], help="extra name or address for meshd's certificate (repeatable)")
     p.add_argument("--k3s-server-url", default="", help="K3s server URL handed to agents")
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
+    p.add_argument("--consul", default="", help="mirror the catalog into Consul at this address (http(s)://host:8500)")
+    p.add_argument("--consul-token-file", default="", help="file with the Consul ACL token")
+    p.add_argument("--consul-ca-file", default="", help="CA bundle for an https Consul")
+    p.add_argument("--kubernetes", default="", metavar="KUBECONFIG|in-cluster",
+                   help="mirror the catalog into Kubernetes Services (a kubeconfig path, or in-cluster)")
+    p.add_argument("--kubernetes-namespace", default="default", help="namespace of the Services (default: default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    consul = kubernetes = None
+    try:
+        if a.consul:
+            from meshd.sync.consul_client import ConsulConfig
+            token = Path(a.consul_token_file).read_text().strip() if a.consul_token_file else ""
+            consul = ConsulConfig(address=a.consul, token=token, ca_file=a.consul_ca_file)
+        if a.kubernetes:
+            from meshd.sync.kube_client import KubernetesConfig
+            in_cluster = a.kubernetes == "in-cluster"
+            kubernetes = KubernetesConfig(kubeconfig="" if in_cluster else a.kubernetes, in_cluster=in_cluster,
+                                          namespace=a.kubernetes_namespace)
+    except (MeshError, OSError) as e:
+        p.error(str(e))
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
                        metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool, lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
-                       k3s_token_file=a.k3s_token_file)
+                       k3s_token_file=a.k3s_token_file, consul=consul, kubernetes=kubernetes)
 
 
 async def run(config: MeshdConfig) -> None:

@@ -65,6 +65,10 @@ class MeshdConfig:
     k3s_server_url: str = ""
     #: file holding the K3s agent token
     k3s_token_file: str = ""
+    #: mirror the catalog into Consul (meshd/sync/consul_client.py: ConsulConfig); None: off
+    consul: object | None = None
+    #: mirror the catalog into Kubernetes Services (meshd/sync/kube_client.py: KubernetesConfig); None: off
+    kubernetes: object | None = None
 
 
 class Coordinator:
@@ -89,6 +93,7 @@ class Coordinator:
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
+        self.sync_loops: list = []
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
 
     def _server_identity(self, state: Path) -> tuple[bytes, bytes]:
@@ -215,9 +220,63 @@ class Coordinator:
             from meshcore.metrics import serve_metrics
             self.ports["metrics"] = serve_metrics(self.config.metrics)
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="leases"))
+        self._start_sync()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
+    # -- catalog mirrors (Consul, Kubernetes) -----------------------------------
+    def _start_sync(self) -> None:
+        """One SyncLoop per configured registry, fed the whole catalog on every change."""
+        from meshd.sync.base import SyncLoop
+        if self.config.consul is not None:
+            from meshd.sync.consul import ConsulTarget
+            self.sync_loops.append(SyncLoop(ConsulTarget(self.config.consul)))
+        if self.config.kubernetes is not None:
+            from meshd.sync.kubernetes import KubernetesTarget
+            self.sync_loops.append(SyncLoop(KubernetesTarget(self.config.kubernetes)))
+        if not self.sync_loops:
+            return
+        for loop in self.sync_loops:
+            loop.start()
+        self._tasks.append(asyncio.create_task(self._feed_sync(), name="sync-feed"))
+
+    async def _feed_sync(self) -> None:
+        changed = asyncio.Event()
+        changed.set()
+
+        async def watch(prefix: str) -> None:
+            while True:
+                try:
+                    async for _ in self.store.watch(prefix, await self.store.revision()):
+                        changed.set()
+                except Exception:  # compaction or a store hiccup: start over from now
+                    log.exception("catalog watch for sync failed; restarting it")
+                    changed.set()
+                    await asyncio.sleep(1)
+        watchers = [asyncio.create_task(watch(p)) for p in ("/services/", "/nodes/")]
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                services, _ = await self.catalog.list()
+                nodes, _ = await self.nodes.list()
+                by_id = {n.id: n for n in nodes}
+                for loop in self.sync_loops:
+                    loop.update(services, by_id)
+        finally:
+            for w in watchers:
+                w.cancel()
+
+    def sync_errors(self) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for loop in self.sync_loops:
+            for name, why in loop.errors().items():
+                errors[name] = f"{errors[name]}; {why}" if name in errors else why
+        return errors
+
     async def stop(self, grace: float = 1.0) -> None:
+        for loop in self.sync_loops:
+            await loop.stop()
+        self.sync_loops.clear()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -104,7 +104,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListServices(self, request, context):
         await self.c.any_member(context)
         services, rev = await self.c.catalog.list()
-        return catalog_pb2.ListServicesResponse(services=services, revision=rev)
+        return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.c.sync_errors())
 
     async def WatchServices(self, request, context):
         await self.c.any_member(context)
