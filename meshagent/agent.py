@@ -85,6 +85,8 @@ class Agent:
         self._reconnects = 0
         self._desired: dict[str, types_pb2.Service] = {}
         self.gossip: AgentGossip | None = None
+        self.k3s = None
+        self.left = False  # after a spot notice: no renewals, no re-asserting services
         self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
         self.catalog.services.listeners.append(self._gauge)
 
@@ -170,6 +172,8 @@ class Agent:
 
     async def reassert(self) -> None:
         """Expose again every desired service the catalog lacks or holds differently."""
+        if self.left:
+            return
         for name, want in list(self._desired.items()):
             have = self.catalog.services.items.get(name)
             if have is not None and have.node_id == self.identity.node_id and have.port == want.port \
@@ -230,7 +234,7 @@ class Agent:
 
     async def _renew(self) -> None:
         interval = 5.0
-        while True:
+        while not self.left:
             try:
                 resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self.facts()), timeout=10)
                 interval = max(0.2, resp.lease_ttl_s / 3)
@@ -289,6 +293,33 @@ class Agent:
         self._tasks = [asyncio.create_task(self._watch("services"), name="watch-services"),
                        asyncio.create_task(self._watch("nodes"), name="watch-nodes"),
                        asyncio.create_task(self._renew(), name="renew")]
+        if self.config.spot:
+            from meshagent.spot import SpotConfig, SpotWatcher
+            watcher = SpotWatcher(self._spot_notice, SpotConfig(endpoint=self.config.imds))
+            self._tasks.append(asyncio.create_task(watcher.run(), name="spot-watch"))
+        if self.config.k3s:
+            await self._start_k3s()
+
+    async def _start_k3s(self) -> None:
+        from meshagent.k3s import K3sAgent, K3sConfig
+        self.k3s = K3sAgent(self.identity.name, self.identity.mesh_address, self.config.labels,
+                            K3sConfig(binary=self.config.k3s_binary))
+        try:
+            await self.k3s.start(self._channel)
+        except Exception as e:  # the mesh works without K3s: say why, keep serving
+            log.error("cannot join K3s: %s", e)
+            self.k3s = None
+
+    async def _spot_notice(self, notice) -> None:
+        """The VM is about to be stopped or terminated: take our names away now.
+
+        A stopped VM keeps its identity and desired services on disk and comes
+        back under the same name when it starts again (its agent re-asserts them)."""
+        self.left = True
+        try:
+            await self.leave()
+        except grpc.aio.AioRpcError as e:
+            log.error("spot leave could not reach meshd (%s); peers will detect the node's end", e.code().name)
 
     async def _start_gossip(self) -> None:
         if not self.config.gossip:
@@ -338,6 +369,8 @@ class Agent:
             self.gossip.listeners.append(self.dns.invalidate)
 
     async def stop(self) -> None:
+        if self.k3s is not None:
+            await self.k3s.stop()
         for t in self._tasks + self._tasks_early:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._tasks_early, return_exceptions=True)

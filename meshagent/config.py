@@ -32,6 +32,14 @@ class AgentConfig:
     gossip: str = "0.0.0.0:7946"
     #: gossip timing profile: lan, wan or local (see meshcore/gossip/profiles.py)
     gossip_profile: str = "lan"
+    #: join the main node's K3s cluster as a K3s agent (token fetched from meshd over mTLS)
+    k3s: bool = False
+    #: the k3s executable
+    k3s_binary: str = "k3s"
+    #: watch EC2 instance metadata for a spot interruption and leave gracefully before it
+    spot: bool = True
+    #: instance metadata endpoint (link-local on EC2)
+    imds: str = "http://169.254.169.254"
     #: node facts sent at join
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
     cloud: str = ""

@@ -36,6 +36,10 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
     p.add_argument("--gossip", default=d.gossip, help=f"gossip listener (default {d.gossip}; '' disables)")
     p.add_argument("--gossip-profile", default=d.gossip_profile, choices=["lan", "wan", "local"])
+    p.add_argument("--k3s", action="store_true", help="join the main node's K3s cluster as an agent")
+    p.add_argument("--k3s-binary", default=d.k3s_binary, help=f"k3s executable (default {d.k3s_binary})")
+    p.add_argument("--no-spot-watch", action="store_true", help="do not watch EC2 metadata for spot interruptions")
+    p.add_argument("--imds", default=d.imds, help=f"instance metadata endpoint (default {d.imds})")
     p.add_argument("--cloud", default="", help="aws, gcp, azure, lambda, onprem, ...")
     p.add_argument("--region", default="")
     p.add_argument("--vpc-id", default="")
@@ -55,7 +59,8 @@ def parse_args(argv: list[str]) -> AgentConfig:
     return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=a.token,
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
-                       gossip=a.gossip, gossip_profile=a.gossip_profile,
+                       gossip=a.gossip, gossip_profile=a.gossip_profile, k3s=a.k3s, k3s_binary=a.k3s_binary,
+                       spot=not a.no_spot_watch, imds=a.imds,
                        cloud=a.cloud, region=a.region, vpc_id=a.vpc_id, vpc_cidr=a.vpc_cidr,
                        private_address=a.private_address, public_address=a.public_address, labels=labels)
 

@@ -111,7 +111,7 @@ class LocalMesh:
         argv = [str(BIN / "meshagent"), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
                 "--join-address", self.join_address, "--name", name, "--socket", self.socket(name),
                 "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
-                "--gossip-profile", self.gossip_profile, *extra]
+                "--gossip-profile", self.gossip_profile, "--no-spot-watch", *extra]
         if token:
             argv += ["--token", token]
         p, log = self._spawn(name, argv)
