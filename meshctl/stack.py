@@ -1,0 +1,340 @@
+"""meshctl commands that fit the mesh into the host: systemd, host DNS, K3s.
+
+- `meshctl install agent|coordinator` copies the unit from systemd/ into
+  /etc/systemd/system and writes the daemon's environment file
+  (/etc/mesh/<daemon>.env, mode 0600: it holds the join token), then runs
+  `systemctl daemon-reload`, `enable` and `restart` (`start` when nothing
+  changed, so a re-run does not bounce a running daemon), unless --no-start. Options for the daemon go in the environment file as
+  MESHAGENT_OPTS / MESHD_OPTS, which the unit's ExecStart expands (split on whitespace: values are checked to hold none).
+- `meshctl dns install|uninstall` drives meshagent.hostdns.
+- `meshctl k3s join|leave` turns `--k3s` on or off in the agent's options and
+  restarts the agent, which fetches the join facts from meshd over mTLS and
+  starts the K3s agent; no kubeconfig is involved.
+
+Every command takes --root (default "/") so tests run against a temp dir;
+systemctl is whatever `systemctl` is first on PATH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from meshagent.k3s import check_label
+from meshcore.errors import InvalidArgument, MeshError
+from meshcore.names import check_name, check_port
+from meshctl.output import OUTPUT_OPTION, Output, emit, fail
+
+UNIT_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
+UNIT_DIR = "etc/systemd/system"
+ENV_DIR = "etc/mesh"
+DEFAULT_BIN = "/usr/local/bin"
+_TOKEN = re.compile(r"^[A-Za-z0-9-]+\.[A-Za-z0-9_.~+/=-]+$")
+_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+install_app = typer.Typer(help="Install meshd or meshagent as a systemd service.", no_args_is_help=True)
+dns_app = typer.Typer(help="Send the cluster.local and mesh zones from the host resolver to the agent.",
+                      no_args_is_help=True)
+k3s_app = typer.Typer(help="Join this VM to the mesh's K3s cluster as an agent.", no_args_is_help=True)
+
+ROOT_OPTION = typer.Option(Path("/"), "--root", help="file system root to install into (for tests and images)")
+NO_START_OPTION = typer.Option(False, "--no-start", help="write files only; do not run systemctl")
+
+
+# -- validation --------------------------------------------------------------------
+
+def check_host_port(value: str, what: str) -> str:
+    rule = f"invalid {what} {value!r}: must be HOST:PORT, e.g. 10.4.0.4:7443 or [fd00::1]:7443"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(rule)
+    try:
+        check_port(int(port))
+    except InvalidArgument as e:
+        raise InvalidArgument(f"invalid {what} {value!r}: {e}") from None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise InvalidArgument(rule) from None
+    elif not _HOST.match(host):
+        raise InvalidArgument(rule)
+    return value
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN.match(token) or len(token) > 512:
+        raise InvalidArgument("invalid join token: must be '<id>.<secret>' as printed by `meshctl token create`")
+    return token
+
+
+def check_daemon_args(args: list[str]) -> list[str]:
+    # ExecStart splits the options on whitespace and knows no quoting.
+    for arg in args:
+        if not re.fullmatch(r"[A-Za-z0-9_.:/@+=,-]+", arg):
+            raise InvalidArgument(f"invalid --daemon-arg {arg!r}: letters, digits and _.:/@+=,- only")
+    return list(args)
+
+
+# -- environment files (systemd EnvironmentFile= syntax) -----------------------
+
+def read_env(path: Path) -> list[tuple[str, str | None]]:
+    """Lines as (key, value), or (raw line, None) for comments and blanks."""
+    if not path.exists():
+        return []
+    out: list[tuple[str, str | None]] = []
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#") and key.strip().isidentifier():
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            out.append((key.strip(), value))
+        else:
+            out.append((line, None))
+    return out
+
+
+def render_env(lines: list[tuple[str, str | None]]) -> str:
+    text = []
+    for key, value in lines:
+        if value is None:
+            text.append(key)
+        elif re.fullmatch(r"[A-Za-z0-9_.:/@+=,-]*", value):
+            text.append(f"{key}={value}")
+        else:
+            text.append(f'{key}="{value}"')  # checked values never hold '"', '\\' or '$'
+    return "\n".join(text) + "\n"
+
+
+def set_env(lines: list[tuple[str, str | None]], updates: dict[str, str | None]) -> list[tuple[str, str | None]]:
+    """Set (or, with None, drop) keys in place; new keys go at the end."""
+    out, done = [], set()
+    for key, value in lines:
+        if value is not None and key in updates:
+            done.add(key)
+            if updates[key] is not None:
+                out.append((key, updates[key]))
+        else:
+            out.append((key, value))
+    out += [(k, v) for k, v in updates.items() if k not in done and v is not None]
+    return out
+
+
+# -- writing and systemctl -------------------------------------------------------
+
+def write_file(path: Path, content: str, mode: int) -> bool:
+    """Write if different; True if written. Permissions are set before the content lands."""
+    if path.exists() and path.read_text() == content and (path.stat().st_mode & 0o7777) == mode:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return True
+
+
+def systemctl(*args: str) -> None:
+    argv = ["systemctl", *args]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise MeshError("systemctl not found: this host does not run systemd; use --no-start and start the daemon "
+                        "yourself") from None
+    if r.returncode != 0:
+        raise MeshError(f"'{' '.join(argv)}' failed: {r.stderr.strip() or f'exit code {r.returncode}'}")
+
+
+def unit_text(daemon: str, bin_dir: str) -> str:
+    # A source checkout (editable install) has them in systemd/; an installed
+    # wheel carries them as data files under <prefix>/share/mesh/systemd.
+    candidates = [UNIT_SOURCE / f"{daemon}.service", Path(sys.prefix) / "share/mesh/systemd" / f"{daemon}.service"]
+    source = next((p for p in candidates if p.is_file()), None)
+    if source is None:
+        raise MeshError(f"unit file {daemon}.service is missing from this installation "
+                        f"(looked in {', '.join(str(p.parent) for p in candidates)})")
+    text = source.read_text()
+    if not bin_dir.startswith("/"):
+        raise InvalidArgument(f"invalid --bin-dir {bin_dir!r}: must be an absolute path")
+    return text.replace(f"{DEFAULT_BIN}/{daemon} ", f"{bin_dir.rstrip('/')}/{daemon} ")
+
+
+def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: str, no_start: bool) -> list[dict]:
+    unit_path = root / UNIT_DIR / f"{daemon}.service"
+    env_path = root / ENV_DIR / f"{daemon}.env"
+    rows = []
+    changed = write_file(unit_path, unit_text(daemon, bin_dir), 0o644)
+    rows.append({"what": str(unit_path), "result": "written" if changed else "unchanged"})
+    header = [(f"# {daemon} options, read by {daemon}.service (written by meshctl install).", None)]
+    env_changed = write_file(env_path, render_env(set_env(read_env(env_path) or header, updates)), 0o600)
+    rows.append({"what": str(env_path), "result": "written" if env_changed else "unchanged"})
+    changed = changed or env_changed
+    if not no_start:
+        # Restart only when something changed, so a re-run does not bounce a running daemon.
+        steps = [("daemon-reload",), ("enable", f"{daemon}.service"),
+                 ("restart" if changed else "start", f"{daemon}.service")]
+        try:
+            for step in steps:
+                systemctl(*step)
+                rows.append({"what": "systemctl " + " ".join(step), "result": "ok"})
+        except MeshError as e:
+            raise MeshError(f"{e}; the files are written: run 'systemctl daemon-reload && "
+                            f"systemctl restart {daemon}' once systemd is reachable") from None
+    return rows
+
+
+def _edge(fn):
+    """Run a command body; typed errors and OS errors become one clear line."""
+    try:
+        return fn()
+    except MeshError as e:
+        fail(str(e))
+    except PermissionError as e:
+        fail(f"cannot write {e.filename}: permission denied (run as root)")
+    except OSError as e:
+        fail(f"{e.filename or 'file system'}: {e.strerror}")
+
+
+# -- meshctl install ---------------------------------------------------------------
+
+@install_app.command("agent")
+def install_agent(
+    coordinator: str = typer.Option(..., "--coordinator", help="meshd address, HOST:PORT"),
+    token: str = typer.Option(None, "--token", envvar="MESH_JOIN_TOKEN", show_envvar=True,
+                              help="join token (first start only); also read from MESH_JOIN_TOKEN"),
+    name: str = typer.Option(None, "--name", help="node name (agent default: the host name)"),
+    label: list[str] = typer.Option([], "--label", help="node label key=value (repeatable)"),
+    k3s: bool = typer.Option(False, "--k3s", help="also join the K3s cluster as an agent"),
+    dns: str = typer.Option(None, "--dns", help="address:port the agent's DNS answers on (agent default if unset)"),
+    daemon_arg: list[str] = typer.Option([], "--daemon-arg", help="one more meshagent option, repeatable"),
+    bin_dir: str = typer.Option(DEFAULT_BIN, "--bin-dir", help="where the meshagent executable is"),
+    root: Path = ROOT_OPTION,
+    no_start: bool = NO_START_OPTION,
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Install meshagent as a systemd service and start it."""
+    def body():
+        nonlocal token
+        check_host_port(coordinator, "coordinator")
+        state = root / "var/lib/meshagent"
+        joined = state.is_dir() and any(state.iterdir())
+        token = token or None  # an empty MESH_JOIN_TOKEN means none
+        if token is None and not joined:
+            raise InvalidArgument("a join token is needed for the first start: pass --token or set MESH_JOIN_TOKEN")
+        opts = ["--coordinator", coordinator]
+        if name:
+            opts += ["--name", check_name(name, "node name")]
+        for item in label:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidArgument(f"invalid --label {item!r}: expected key=value")
+            check_label(key, value)  # node labels become Kubernetes node labels
+            opts += ["--label", item]
+        if dns:
+            opts += ["--dns", check_host_port(dns, "DNS address")]
+        if k3s:
+            opts.append("--k3s")
+        opts += check_daemon_args(daemon_arg)
+        updates = {"MESHAGENT_OPTS": " ".join(opts)}
+        if token is not None:
+            updates["MESH_JOIN_TOKEN"] = check_token(token)
+        return install("meshagent", root, updates, bin_dir, no_start)
+    emit(_edge(body), ["what", "result"], output, title="meshagent")
+
+
+@install_app.command("coordinator")
+def install_coordinator(
+    listen: str = typer.Option("0.0.0.0:7443", "--listen", help="gRPC address agents and meshctl reach"),
+    daemon_arg: list[str] = typer.Option([], "--daemon-arg", help="one more meshd option, repeatable"),
+    bin_dir: str = typer.Option(DEFAULT_BIN, "--bin-dir", help="where the meshd executable is"),
+    root: Path = ROOT_OPTION,
+    no_start: bool = NO_START_OPTION,
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Install meshd as a systemd service and start it."""
+    def body():
+        check_host_port(listen, "listen address")
+        opts = " ".join(["--listen", listen, *check_daemon_args(daemon_arg)])
+        return install("meshd", root, {"MESHD_OPTS": opts}, bin_dir, no_start)
+    emit(_edge(body), ["what", "result"], output, title="meshd")
+
+
+# -- meshctl dns -------------------------------------------------------------------
+
+def _hostdns(root: Path, address: str = "127.0.0.77", port: int = 53, mode: str = "auto"):
+    from meshagent.hostdns import HostDns, HostDnsConfig
+
+    def restart(argv) -> None:
+        systemctl(*argv[1:])
+
+    return HostDns(HostDnsConfig(root=root, address=address, port=port, mode=mode), run=restart)
+
+
+def _dns_rows(result) -> list[dict]:
+    rows = [{"what": f"/{p}", "result": "changed"} for p in result.changed]
+    rows += [{"what": f"/{p}", "result": "left alone: rewritten by something else"} for p in result.skipped]
+    if result.restarted:
+        rows.append({"what": "systemctl restart systemd-resolved", "result": "ok"})
+    return rows or [{"what": f"host DNS ({result.mode})", "result": "unchanged"}]
+
+
+@dns_app.command("install")
+def dns_install(
+    address: str = typer.Option("127.0.0.77", "--address", help="where the agent answers DNS"),
+    port: int = typer.Option(53, "--port", help="the agent's DNS port (resolv.conf mode needs 53)"),
+    mode: str = typer.Option("auto", "--mode", help="auto, resolved or resolv.conf"),
+    root: Path = ROOT_OPTION,
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Route cluster.local and mesh to the agent (systemd-resolved drop-in, or resolv.conf)."""
+    emit(_edge(lambda: _dns_rows(_hostdns(root, address, port, mode).install())), ["what", "result"], output)
+
+
+@dns_app.command("uninstall")
+def dns_uninstall(root: Path = ROOT_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Put the host resolver back exactly as it was before `dns install`."""
+    emit(_edge(lambda: _dns_rows(_hostdns(root).uninstall())), ["what", "result"], output)
+
+
+# -- meshctl k3s -------------------------------------------------------------------
+
+def _set_k3s(root: Path, on: bool, no_start: bool) -> list[dict]:
+    env_path = root / ENV_DIR / "meshagent.env"
+    lines = read_env(env_path)
+    current = dict((k, v) for k, v in lines if v is not None)
+    if "MESHAGENT_OPTS" not in current:
+        raise MeshError(f"{env_path} has no MESHAGENT_OPTS: install the agent first with `meshctl install agent`")
+    opts = [o for o in current["MESHAGENT_OPTS"].split() if o != "--k3s"] + (["--k3s"] if on else [])
+    changed = write_file(env_path, render_env(set_env(lines, {"MESHAGENT_OPTS": " ".join(opts)})), 0o600)
+    rows = [{"what": str(env_path), "result": "written" if changed else "unchanged"}]
+    if not no_start:
+        steps = []
+        if not on:
+            steps.append(("stop", "mesh-k3s-agent.service"))  # it outlives agent restarts by design
+        if changed:
+            steps.append(("restart", "meshagent.service"))
+        for step in steps:
+            systemctl(*step)
+            rows.append({"what": "systemctl " + " ".join(step), "result": "ok"})
+    return rows
+
+
+@k3s_app.command("join")
+def k3s_join(root: Path = ROOT_OPTION, no_start: bool = NO_START_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Run this node as a K3s agent: node IP and flannel on the mesh, token from meshd over mTLS."""
+    emit(_edge(lambda: _set_k3s(root, True, no_start)), ["what", "result"], output)
+
+
+@k3s_app.command("leave")
+def k3s_leave(root: Path = ROOT_OPTION, no_start: bool = NO_START_OPTION, output: Output = OUTPUT_OPTION) -> None:
+    """Stop the K3s agent on this node and stop joining it."""
+    emit(_edge(lambda: _set_k3s(root, False, no_start)), ["what", "result"], output)

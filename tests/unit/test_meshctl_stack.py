@@ -1,0 +1,204 @@
+"""meshctl install / dns / k3s on a temp root, with a fake `systemctl` on PATH
+that records its arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from meshctl.stack import dns_app, install_app, k3s_app
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "t-0123abcd.Zm9vYmFy_secret-1"
+
+app = typer.Typer()
+app.add_typer(install_app, name="install")
+app.add_typer(dns_app, name="dns")
+app.add_typer(k3s_app, name="k3s")
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A temp root and a PATH whose `systemctl` appends its arguments to calls.log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.log"
+    fake = bin_dir / "systemctl"
+    fake.write_text("#!/bin/bash\n"
+                    f'echo "$*" >> "{calls}"\n'
+                    'if [ -n "$FAKE_SYSTEMCTL_FAIL" ]; then\n'
+                    '  echo "Failed to connect to bus: No such file or directory" >&2; exit 1\n'
+                    'fi\n')
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    root.mkdir()
+
+    class Host:
+        def __init__(self) -> None:
+            self.root = root
+            self.runner = CliRunner()
+
+        def run(self, *args: str, fail: bool = False):
+            env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MESH_JOIN_TOKEN": None,
+                   "FAKE_SYSTEMCTL_FAIL": "1" if fail else None}
+            return self.runner.invoke(app, [*args, "--root", str(root)], env=env)
+
+        def calls(self) -> list[list[str]]:
+            return [x.split(" ") for x in calls.read_text().splitlines()] if calls.exists() else []
+
+    return Host()
+
+
+def env_lines(path: Path) -> list[str]:
+    return [x for x in path.read_text().splitlines() if not x.startswith("#")]
+
+
+def test_install_agent_writes_unit_env_file_and_starts(host):
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--k3s", "-o", "json")
+    assert r.exit_code == 0, r.output
+    unit = host.root / "etc/systemd/system/meshagent.service"
+    assert unit.read_text() == (ROOT / "systemd/meshagent.service").read_text()
+    env = host.root / "etc/mesh/meshagent.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert env_lines(env) == ['MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s"', f"MESH_JOIN_TOKEN={TOKEN}"]
+    assert host.calls() == [["daemon-reload"], ["enable", "meshagent.service"], ["restart", "meshagent.service"]]
+    assert [row["result"] for row in json.loads(r.stdout)] == ["written", "written", "ok", "ok", "ok"]
+
+
+def test_install_agent_with_name_labels_and_empty_token_after_join(host):
+    state = host.root / "var/lib/meshagent"
+    state.mkdir(parents=True)
+    (state / "node.key").write_text("x")  # already joined: no token needed
+    r = host.runner.invoke(app, ["install", "agent", "--coordinator", "10.4.0.4:7443", "--name", "qwen-coder",
+                                 "--label", "sky.cluster=qwen-coder", "--label", "gpu.model=L4",
+                                 "--root", str(host.root), "--no-start"], env={"MESH_JOIN_TOKEN": ""})
+    assert r.exit_code == 0, r.output
+    assert env_lines(host.root / "etc/mesh/meshagent.env") == [
+        'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --name qwen-coder --label sky.cluster=qwen-coder '
+        '--label gpu.model=L4"']
+
+
+def test_reinstall_without_changes_does_not_bounce_the_daemon(host):
+    args = ("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN)
+    assert host.run(*args).exit_code == 0
+    env = host.root / "etc/mesh/meshagent.env"
+    before = env.read_bytes()
+    assert host.run(*args).exit_code == 0
+    assert env.read_bytes() == before
+    assert host.calls()[-3:] == [["daemon-reload"], ["enable", "meshagent.service"], ["start", "meshagent.service"]]
+
+
+def test_token_from_environment_and_user_lines_are_kept(host):
+    env = host.root / "etc/mesh/meshagent.env"
+    env.parent.mkdir(parents=True)
+    env.write_text("# my notes\nHTTPS_PROXY=http://10.4.0.9:3128\n")
+    r = host.runner.invoke(app, ["install", "agent", "--coordinator", "mesh.example.internal:7443",
+                                 "--root", str(host.root), "--no-start"], env={"MESH_JOIN_TOKEN": TOKEN})
+    assert r.exit_code == 0, r.output
+    assert env.read_text().splitlines() == ["# my notes", "HTTPS_PROXY=http://10.4.0.9:3128",
+                                            'MESHAGENT_OPTS="--coordinator mesh.example.internal:7443"',
+                                            f"MESH_JOIN_TOKEN={TOKEN}"]
+    assert host.calls() == []  # --no-start
+
+
+def test_install_coordinator(host):
+    r = host.run("install", "coordinator", "--listen", "0.0.0.0:7443",
+                 "--daemon-arg=--k3s-token-file=/var/lib/rancher/k3s/server/agent-token")
+    assert r.exit_code == 0, r.output
+    assert env_lines(host.root / "etc/mesh/meshd.env") == [
+        'MESHD_OPTS="--listen 0.0.0.0:7443 --k3s-token-file=/var/lib/rancher/k3s/server/agent-token"']
+    assert (host.root / "etc/systemd/system/meshd.service").read_text() == (ROOT / "systemd/meshd.service").read_text()
+    assert ["restart", "meshd.service"] in host.calls()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["install", "agent", "--coordinator", "10.4.0.4"], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "10.4.0.4:70000", "--token", TOKEN], "between 1 and 65535"),
+    (["install", "agent", "--coordinator", "bad host:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443"], "a join token is needed"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", "abc def"], "invalid join token"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", 'x."$(reboot)'], "invalid join token"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--bin-dir", "bin"], "absolute path"),
+    (["install", "coordinator", "--daemon-arg", "--x;reboot"], "invalid --daemon-arg"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--name", "Qwen_Coder"], "RFC 1123"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--label", "gpu model=L4"],
+     "Kubernetes label"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--label", "gpu"], "expected key=value"),
+    (["k3s", "join"], "install the agent first"),
+    (["dns", "install", "--address", "localhost"], "invalid DNS address"),
+    (["dns", "install", "--mode", "hosts"], "choose one of auto, resolved, resolv.conf"),
+])
+def test_bad_input_is_one_clear_line_and_nothing_is_written(host, args, message):
+    r = host.run(*args)
+    assert r.exit_code == 1
+    assert r.output.startswith("error: ") and message in r.output and "Traceback" not in r.output
+    assert not (host.root / "etc/mesh").exists() and host.calls() == []
+
+
+def test_failing_systemctl_is_reported_in_one_line(host):
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, fail=True)
+    assert r.exit_code == 1
+    assert r.output.startswith("error: 'systemctl daemon-reload' failed: Failed to connect to bus: No such file")
+    assert "systemctl restart meshagent" in r.output and r.output.count("\n") == 1
+    assert (host.root / "etc/mesh/meshagent.env").exists()
+
+
+def test_k3s_join_and_leave_toggle_the_agent_option(host):
+    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN).exit_code == 0
+    env = host.root / "etc/mesh/meshagent.env"
+    r = host.run("k3s", "join")
+    assert r.exit_code == 0, r.output
+    assert env_lines(env)[0] == 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s"'
+    assert host.calls()[-1] == ["restart", "meshagent.service"]
+    n = len(host.calls())
+    assert host.run("k3s", "join").exit_code == 0
+    assert len(host.calls()) == n  # already joined: no restart
+    assert host.run("k3s", "leave").exit_code == 0
+    assert env_lines(env)[0] == 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443"'
+    assert host.calls()[-2:] == [["stop", "mesh-k3s-agent.service"], ["restart", "meshagent.service"]]
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+
+
+def test_dns_install_and_uninstall_through_the_cli(host):
+    (host.root / "run/systemd/resolve").mkdir(parents=True)
+    r = host.run("dns", "install", "--address", "127.0.0.77")
+    assert r.exit_code == 0, r.output
+    dropin = host.root / "etc/systemd/resolved.conf.d/mesh.conf"
+    assert "Domains=~cluster.local ~mesh" in dropin.read_text()
+    assert host.calls() == [["restart", "systemd-resolved"]]
+    assert host.run("dns", "install").exit_code == 0
+    assert len(host.calls()) == 1
+    r = host.run("dns", "uninstall", "-o", "json")
+    assert r.exit_code == 0 and not dropin.exists()
+    assert json.loads(r.stdout)[0] == {"what": "/etc/systemd/resolved.conf.d/mesh.conf", "result": "changed"}
+
+
+def test_written_options_are_understood_by_the_daemons(host):
+    """ExecStart = the unit's fixed options + the env file's, split on whitespace."""
+    from meshagent.main import parse_args as agent_args
+    from meshd.main import parse_args as meshd_args
+
+    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--name", "qwen-coder",
+                    "--label", "gpu.model=L4", "--dns", "127.0.0.77:53", "--no-start").exit_code == 0
+    assert host.run("install", "coordinator", "--daemon-arg=--k3s-server-url=https://10.4.0.4:6443",
+                    "--daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token", "--no-start").exit_code == 0
+    for daemon, parse in (("meshagent", agent_args), ("meshd", meshd_args)):
+        unit = (host.root / f"etc/systemd/system/{daemon}.service").read_text()
+        exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+        fixed = exec_start.split()[1:-1]  # between the binary and $..._OPTS
+        env = dict(line.split("=", 1) for line in env_lines(host.root / f"etc/mesh/{daemon}.env"))
+        opts = env[f"{daemon.upper()}_OPTS"].strip('"').split()
+        config = parse(fixed + opts)
+        if daemon == "meshagent":
+            assert (config.coordinator, config.name, config.labels, config.dns) == \
+                ("10.4.0.4:7443", "qwen-coder", {"gpu.model": "L4"}, "127.0.0.77:53")
+            assert str(config.state_dir) == "/var/lib/meshagent" and config.socket == "/run/meshagent/agent.sock"
+        else:
+            assert config.k3s_server_url == "https://10.4.0.4:6443" and config.listen == "0.0.0.0:7443"
+            assert str(config.state_dir) == "/var/lib/meshd" and config.admin_socket == "/run/meshd/admin.sock"
