@@ -5,13 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd
+# SkyPilot (tests load sky/*.yaml with its own loader) pins protobuf below ours: its own virtualenv.
+SKY_VENV := .venv-sky
+SKY_STAMP := $(SKY_VENV)/.installed
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd jq
 BENCH ?= all
 PYTEST_ARGS ?=
 
 .PHONY: setup apt demo test bench proto check-proto lab-up lab-down clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SKY_STAMP)
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -26,6 +29,11 @@ $(STAMP): requirements.lock pyproject.toml | apt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+$(SKY_STAMP): sky/requirements.lock | apt
+	@test -x $(SKY_VENV)/bin/python || $(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q --disable-pip-version-check -r sky/requirements.lock
+	@touch $(SKY_STAMP)
 
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(shell find proto -name "*.proto" | sort)
@@ -46,4 +54,4 @@ lab-down: setup
 	$(PY) -m tests.e2e.lab down
 
 clean:
-	rm -rf $(VENV) bench/out/*.json bench/out/*.png
+	rm -rf $(VENV) $(SKY_VENV) bench/out/*.json bench/out/*.png

@@ -360,8 +360,13 @@ class Agent:
             return
         from meshagent.dns import DnsConfig, DnsServer
         from meshcore.metrics import split_hostport
+        from meshagent.hostdns import upstream_nameservers
         host, port = split_hostport(self.config.dns, "DNS address")
-        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=self.config.dns_upstreams), self.lookup)
+        # The host's resolvers as they were before `meshctl dns install` pointed them at us.
+        upstreams = self.config.dns_upstreams
+        if upstreams is None:
+            upstreams = tuple(upstream_nameservers())
+        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=upstreams), self.lookup)
         await self.dns.start()
         self.dns_address = f"{host}:{self.dns.port}"
         self.catalog.services.listeners.append(self.dns.invalidate)
