@@ -366,7 +366,10 @@ class Agent:
         upstreams = self.config.dns_upstreams
         if upstreams is None:
             upstreams = tuple(upstream_nameservers())
-        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=upstreams), self.lookup)
+        # DNS metrics go to the process-wide registry the exporter serves (one agent per process).
+        from prometheus_client import REGISTRY
+        registry = REGISTRY if self.config.metrics else None
+        self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=upstreams), self.lookup, registry)
         await self.dns.start()
         self.dns_address = f"{host}:{self.dns.port}"
         self.catalog.services.listeners.append(self.dns.invalidate)
