@@ -1,5 +1,13 @@
-"""The store contract: every backend must pass these (SQLite here; etcd joins the
-`backend` fixture when its server is available)."""
+"""The store contract: every backend passes these.
+
+The `store` fixture runs each contract test against SQLite and against a real
+etcd server (one `etcd` process for the module, a fresh key prefix per test).
+Revisions are global in etcd (shared by every prefix, and a new cluster starts
+at 1), so the tests compare revisions relative to the one they start from.
+Tests of one backend's own mechanics (a corrupted SQLite file, SIGKILL of the
+SQLite writer, lease expiry on SQLite's injected clock, etcd key prefixes)
+use that backend alone.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,15 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
-from meshcore.errors import NotFound, StateError
+from meshcore.errors import InvalidArgument, NotFound, StateError
 from meshd.store.base import Compacted, Compare, Delete, DeletePrefix, Put, absent
 from meshd.store.sqlite import SQLiteStore
+from tests.conftest import require_netns
+from tests.integration.etcd_cluster import EtcdCluster
 
 
 class FakeClock:
@@ -24,37 +35,72 @@ class FakeClock:
         return self.now
 
 
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    require_netns("etcd")
+    # short raft timings: quick start, and a 1 s minimum lease TTL for the expiry test
+    cluster = EtcdCluster(1, tmp_path_factory.mktemp("etcd"), heartbeat_ms=50, election_ms=250)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def etcd_store(cluster: EtcdCluster, prefix: str | None = None):
+    from meshd.store.etcd import EtcdConfig, EtcdStore
+    return EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix=prefix or f"/test-{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "state.db", clock=FakeClock(), retain=5)
+    else:
+        s = etcd_store(request.getfixturevalue("etcd_server"))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
 @pytest.fixture
-async def store(tmp_path):
+async def sqlite_store(tmp_path):
     s = SQLiteStore(tmp_path / "state.db", clock=FakeClock(), retain=5)
-    yield s
-    await s.close()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 async def test_put_get_range_and_revisions(store):
-    assert await store.revision() == 0
+    base = await store.revision()
     r1 = await store.put("/a/1", b"x")
     r2 = await store.put("/a/2", b"y")
     r3 = await store.put("/a/1", b"z")
-    assert (r1, r2, r3) == (1, 2, 3)
+    assert (r1, r2, r3) == (base + 1, base + 2, base + 3)
+    assert await store.revision() == base + 3
     kv = await store.get("/a/1")
-    assert (kv.value, kv.create_revision, kv.mod_revision, kv.version) == (b"z", 1, 3, 2)
+    assert (kv.value, kv.create_revision, kv.mod_revision, kv.version) == (b"z", base + 1, base + 3, 2)
     await store.put("/b", b"other")
     kvs, rev = await store.range("/a/")
-    assert [k.key for k in kvs] == ["/a/1", "/a/2"] and rev == 4
+    assert [k.key for k in kvs] == ["/a/1", "/a/2"] and rev == base + 4
     assert await store.get("/missing") is None
 
 
 async def test_txn_compare_and_swap(store):
+    base = await store.revision()
     ok = await store.txn([absent("/k")], [Put("/k", b"1")], [])
-    assert ok.succeeded and ok.revision == 1
+    assert ok.succeeded and ok.revision == base + 1
+    assert [(e.type, e.kv.key, e.kv.version, e.kv.create_revision) for e in ok.events] == [("put", "/k", 1, base + 1)]
     lost = await store.txn([absent("/k")], [Put("/k", b"2")], [])
     assert not lost.succeeded and (await store.get("/k")).value == b"1"
-    assert lost.revision == 1  # nothing written, revision unchanged
+    assert lost.revision == base + 1 and lost.events == []  # nothing written, revision unchanged
     swap = await store.txn([Compare("/k", "value", "=", b"1")], [Put("/k", b"2"), Put("/j", b"j")])
-    assert swap.succeeded and swap.revision == 2 and len(swap.events) == 2
-    assert all(e.revision == 2 for e in swap.events)  # one transaction, one revision
-    other = await store.txn([Compare("/k", "mod", "<", 2)], [Delete("/k")], [Put("/f", b"failure branch")])
+    assert swap.succeeded and swap.revision == base + 2 and len(swap.events) == 2
+    assert all(e.revision == base + 2 for e in swap.events)  # one transaction, one revision
+    assert (swap.events[0].kv.version, swap.events[0].kv.create_revision) == (2, base + 1)
+    other = await store.txn([Compare("/k", "mod", "<", base + 2)], [Delete("/k")], [Put("/f", b"failure branch")])
     assert not other.succeeded and (await store.get("/f")).value == b"failure branch"
 
 
@@ -67,39 +113,74 @@ async def test_delete_prefix(store):
 
 
 async def test_watch_history_then_live_without_gap(store):
-    await store.put("/w/a", b"1")          # rev 1
-    await store.put("/other", b"x")        # rev 2, not under the prefix
-    await store.put("/w/b", b"2")          # rev 3
+    base = await store.revision()
+    await store.put("/w/a", b"1")          # base + 1
+    await store.put("/other", b"x")        # base + 2, not under the prefix
+    await store.put("/w/b", b"2")          # base + 3
     seen = []
+    last_values = []
 
     async def consume():
-        async for batch in store.watch("/w/", 1):
-            seen.extend((e.type, e.kv.key, e.revision) for e in batch)
-            if len(seen) >= 2:
+        async for batch in store.watch("/w/", base + 1):
+            if not batch:
+                seen.append("caught up")
+            seen.extend((e.type, e.kv.key, e.revision - base) for e in batch)
+            last_values.extend(e.kv.value for e in batch if e.type == "delete")
+            if len(seen) >= 3:
                 return
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
-    await store.delete("/w/a")             # rev 4, live
+    for _ in range(100):  # bounded: until the watcher has caught up (history is before the marker)
+        if "caught up" in seen:
+            break
+        await asyncio.sleep(0.02)
+    await store.delete("/w/a")             # base + 4, live
     await asyncio.wait_for(task, 5)
-    assert seen == [("put", "/w/b", 3), ("delete", "/w/a", 4)]
+    assert seen == [("put", "/w/b", 3), "caught up", ("delete", "/w/a", 4)]
+    assert last_values == [b"1"]  # a delete event carries the key's last value
+
+
+async def test_watch_with_no_history_is_caught_up_at_once(store):
+    rev = await store.put("/n/a", b"1")
+    seen = []
+
+    async def consume():
+        async for batch in store.watch("/n/", rev):
+            seen.append([(e.type, e.kv.key) for e in batch])
+            if len(seen) == 2:
+                return
+
+    task = asyncio.create_task(consume())
+    for _ in range(100):  # bounded
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    assert seen == [[]]
+    await store.put("/n/b", b"2")
+    await asyncio.wait_for(task, 5)
+    assert seen == [[], [("put", "/n/b")]]
 
 
 async def test_watch_from_compacted_revision_raises(store):
+    base = await store.revision()
     for i in range(8):
         await store.put("/c", str(i).encode())
-    await store.compact(6)
+    await store.compact(base + 6)
+    await store.compact(base + 3)  # behind the compaction point: nothing to do, no error
     with pytest.raises(Compacted):
-        async for _ in store.watch("/c", 2):
+        async for _ in store.watch("/c", base + 2):
             pass
     batches = []
-    async for batch in store.watch("/c", 6):
+    async for batch in store.watch("/c", base + 6):
         batches.append(batch)
-        break
-    assert batches[0][0].revision == 7
+        if not batch:
+            break
+    assert [e.revision - base for e in batches[0]] == [7] and batches[0][0].kv.value == b"6"
+    assert batches[-1] == [] and len(batches) == 3
 
 
-async def test_leases_expire_with_injected_clock(store):
+async def test_leases_expire_with_injected_clock(sqlite_store):
+    store = sqlite_store
     clock = store._clock
     lease = await store.lease_grant(10)
     await store.put("/lease/x", b"1", lease=lease)
@@ -114,6 +195,104 @@ async def test_leases_expire_with_injected_clock(store):
         await store.lease_keepalive(lease)
     with pytest.raises(NotFound):
         await store.put("/lease/y", b"1", lease=lease)
+
+
+async def test_value_compares_treat_a_missing_key_as_none(store):
+    # a missing key's value is None: it differs from any bytes and equals None
+    assert (await store.txn([Compare("/m", "value", "!=", b"x")], [Put("/m", b"1")])).succeeded
+    assert (await store.txn([Compare("/n", "value", "=", None)], [Put("/n", b"1")])).succeeded
+    assert not (await store.txn([Compare("/absent", "value", "=", b"x")], [Put("/z", b"1")])).succeeded
+    assert not (await store.txn([Compare("/absent", "value", "<", b"x")], [Put("/z", b"1")])).succeeded
+    # present keys: != compares the value; two != compares at once still form one transaction
+    res = await store.txn([Compare("/m", "value", "!=", b"1"), Compare("/n", "value", "!=", b"2")],
+                          [Put("/hit", b"1")], [Put("/miss", b"1")])
+    assert not res.succeeded and await store.get("/hit") is None and await store.get("/miss") is not None
+    res = await store.txn([Compare("/m", "value", "!=", b"2"), Compare("/n", "value", "!=", b"2"),
+                           Compare("/n", "value", "!=", None)], [Put("/hit", b"1")], [Put("/miss", b"2")])
+    assert res.succeeded and (await store.get("/hit")).value == b"1"
+    assert (await store.get("/miss")).value == b"1"
+
+
+async def test_lease_revoke_deletes_attached_keys_with_events(store):
+    lease = await store.lease_grant(30)
+    await store.put("/l/a", b"1", lease=lease)
+    await store.put("/l/b", b"2", lease=lease)
+    await store.put("/l/c", b"3")
+    assert (await store.get("/l/a")).lease == lease
+    rev = await store.revision()
+    await store.lease_revoke(lease)
+    kvs, _ = await store.range("/l/")
+    assert [kv.key for kv in kvs] == ["/l/c"]
+    batches = []
+    async for batch in store.watch("/l/", rev):
+        batches.append(batch)
+        break
+    assert sorted((e.type, e.kv.key, e.kv.value) for e in batches[0]) == [
+        ("delete", "/l/a", b"1"), ("delete", "/l/b", b"2")]
+    await store.lease_revoke(lease)  # already gone: a no-op
+    with pytest.raises(NotFound):
+        await store.lease_keepalive(lease)
+    with pytest.raises(NotFound, match="lease"):
+        await store.put("/l/d", b"1", lease=lease)
+    assert await store.get("/l/d") is None
+
+
+async def test_range_sees_exactly_the_prefix(store):
+    for k in ["/p", "/p/a", "/p/b/c", "/pa", "/q"]:
+        await store.put(k, k.encode())
+    kvs, _ = await store.range("/p/")
+    assert [kv.key for kv in kvs] == ["/p/a", "/p/b/c"]
+    kvs, _ = await store.range("/p")
+    assert [kv.key for kv in kvs] == ["/p", "/p/a", "/p/b/c", "/pa"]
+    res = await store.txn([], [DeletePrefix("/p/")])
+    assert sorted(e.kv.key for e in res.events) == ["/p/a", "/p/b/c"]
+    assert await store.get("/pa") is not None
+
+
+async def test_leases_expire_on_etcd_in_real_time(etcd_server):
+    store = etcd_store(etcd_server)
+    try:
+        lease = await store.lease_grant(1)  # the test server's minimum TTL is 1 s
+        await store.put("/lease/x", b"1", lease=lease)
+        assert await store.lease_keepalive(lease) >= 1
+        for _ in range(100):  # bounded: 10 s; etcd checks expiry twice a second
+            if await store.get("/lease/x") is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await store.get("/lease/x") is None
+        with pytest.raises(NotFound):
+            await store.lease_keepalive(lease)
+        with pytest.raises(NotFound):
+            await store.put("/lease/y", b"1", lease=lease)
+    finally:
+        await store.close()
+
+
+async def test_etcd_key_prefixes_keep_meshes_apart(etcd_server):
+    a = etcd_store(etcd_server, "/mesh-a")
+    b = etcd_store(etcd_server, "/mesh-a2")  # a string prefix of the other: still apart
+    try:
+        await a.put("/nodes/x", b"a")
+        await b.put("/nodes/x", b"b")
+        await b.put("/nodes/y", b"b")
+        assert [(kv.key, kv.value) for kv in (await a.range(""))[0]] == [("/nodes/x", b"a")]
+        assert [kv.key for kv in (await b.range("/nodes/"))[0]] == ["/nodes/x", "/nodes/y"]
+        await a.txn([], [DeletePrefix("")])
+        assert (await a.range(""))[0] == [] and len((await b.range(""))[0]) == 2
+    finally:
+        await b.txn([], [DeletePrefix("")])
+        await a.close()
+        await b.close()
+
+
+async def test_etcd_refuses_two_writes_to_one_key_in_a_transaction(etcd_server):
+    store = etcd_store(etcd_server)
+    try:
+        with pytest.raises(InvalidArgument, match="each key at most once"):
+            await store.txn([], [Put("/d", b"1"), Put("/d", b"2")])
+        assert await store.get("/d") is None
+    finally:
+        await store.close()
 
 
 async def test_survives_reopen(tmp_path):

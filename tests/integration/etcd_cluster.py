@@ -1,0 +1,176 @@
+"""Real etcd processes on loopback for tests and benchmarks.
+
+`EtcdCluster(n, root)` runs n members of one cluster (Debian's etcd-server,
+/usr/bin/etcd) on free 127.0.0.1 ports, each with its own data directory under
+`root`. Members can be killed (SIGKILL) and restarted with their data kept,
+which is how the HA tests take a member or the quorum away. `stop()` kills
+every process it started; use it in a `finally` or a fixture.
+
+Timing: tests pass a short heartbeat and election timeout so a lost leader is
+replaced quickly; the defaults are etcd's own (100 ms / 1000 ms), which the
+failover benchmark uses. etcd derives its minimum lease TTL from them
+(1.5 election timeouts, rounded up to whole seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class EtcdCluster:
+    size: int
+    root: Path
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        for i in range(self.size):
+            name = f"m{i}"
+            self.members.append(Member(name, free_port(), free_port(), self.root / name,
+                                       self.root / f"{name}.log"))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(self.endpoints)
+
+    def _args(self, m: Member, state: str) -> list[str]:
+        initial = ",".join(f"{o.name}=http://127.0.0.1:{o.peer_port}" for o in self.members)
+        return [ETCD, "--name", m.name, "--data-dir", str(m.data_dir),
+                "--listen-client-urls", f"http://{m.endpoint}",
+                "--advertise-client-urls", f"http://{m.endpoint}",
+                "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                "--initial-cluster", initial, "--initial-cluster-state", state,
+                "--initial-cluster-token", f"meshtest-{os.getpid()}-{self.root.name}",
+                "--heartbeat-interval", str(self.heartbeat_ms),
+                "--election-timeout", str(self.election_ms),
+                "--log-level", "warn", "--logger", "zap"]
+
+    def start_member(self, i: int, state: str = "new") -> None:
+        m = self.members[i]
+        if m.alive:
+            return
+        with open(m.log, "ab") as log:
+            m.proc = subprocess.Popen(self._args(m, state), stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def start(self, timeout: float = 20.0) -> EtcdCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(self.size):
+                self.start_member(i)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 20.0, members: list[int] | None = None) -> None:
+        """Wait until every (given, live) member answers a linearizable read, i.e. the cluster has a leader."""
+        import grpc
+
+        from etcd.v3 import rpc_pb2, rpc_pb2_grpc
+
+        want = members if members is not None else [i for i, m in enumerate(self.members) if m.alive]
+        deadline = time.monotonic() + timeout
+        for i in want:
+            m = self.members[i]
+            while True:  # bounded by the deadline
+                if not m.alive:
+                    raise RuntimeError(f"etcd member {m.name} exited: {self.tail(i)}")
+                try:
+                    with grpc.insecure_channel(m.endpoint) as ch:
+                        # a linearizable read succeeds only once the cluster has a leader
+                        rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/", count_only=True), timeout=1)
+                    break
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"etcd member {m.name} not ready in {timeout}s: {self.tail(i)}")
+                    time.sleep(0.05)
+
+    def leader_index(self, timeout: float = 10.0) -> int:
+        """The index of the member that currently leads (asked of the live members)."""
+        import grpc
+
+        from etcd.v3 import rpc_pb2, rpc_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # bounded
+            for i, m in enumerate(self.members):
+                if not m.alive:
+                    continue
+                try:
+                    with grpc.insecure_channel(m.endpoint) as ch:
+                        st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1)
+                except grpc.RpcError:
+                    continue
+                if st.leader and st.leader == st.header.member_id:
+                    return i
+            time.sleep(0.05)
+        raise RuntimeError("no etcd leader found")
+
+    def kill(self, i: int) -> None:
+        m = self.members[i]
+        if m.proc is not None and m.proc.poll() is None:
+            m.proc.send_signal(signal.SIGKILL)
+            m.proc.wait(10)
+
+    def restart(self, i: int) -> None:
+        """Start a killed member again on its data directory (it rejoins the cluster)."""
+        self.kill(i)
+        self.start_member(i, state="existing")
+
+    def tail(self, i: int, n: int = 800) -> str:
+        try:
+            return self.members[i].log.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.send_signal(signal.SIGKILL)
+                try:
+                    m.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
