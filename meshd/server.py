@@ -94,6 +94,8 @@ class Coordinator:
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.sync_loops: list = []
+        self.election = None
+        self._sync_feed: asyncio.Task | None = None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
 
     def _server_identity(self, state: Path) -> tuple[bytes, bytes]:
@@ -159,16 +161,15 @@ class Coordinator:
         interval = max(0.2, min(1.0, self.config.lease_ttl_s / 5))
         while True:
             try:
-                await self.check_leases()
                 services, rev = await self.catalog.list()
                 metrics.CATALOG_SERVICES.set(len(services))
                 metrics.REVISION.set(rev)
-                stage = await self.gossip.advance(self.all_renewed_since)
-                if stage:
-                    log.info("gossip key rotation: %s", stage)
-                expire = getattr(self.store, "expire_leases", None)
-                if expire:
-                    await expire()
+                if self.is_leader:
+                    await self.check_leases()
+                    stage = await self.gossip.advance(self.all_renewed_since)
+                    if stage:
+                        log.info("gossip key rotation: %s", stage)
+                await self.store.expire_leases()
             except Exception:  # never let the loop die; it is retried next tick
                 log.exception("lease check failed")
             await asyncio.sleep(interval)
@@ -220,8 +221,43 @@ class Coordinator:
             from meshcore.metrics import serve_metrics
             self.ports["metrics"] = serve_metrics(self.config.metrics)
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="leases"))
-        self._start_sync()
+        self._start_election()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    # -- leadership -------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.election is None or self.election.is_leader
+
+    def _start_election(self) -> None:
+        """Replicas on etcd elect one leader for lease checks, key rotation and the catalog
+        mirrors; a single meshd on SQLite leads alone, at once."""
+        from meshd.store.sqlite import SQLiteStore
+        if isinstance(self.store, SQLiteStore):
+            self._start_sync()
+            return
+        import socket
+        import uuid
+        from meshd.election import Election, ElectionConfig
+
+        def changed(leading: bool) -> None:
+            task = asyncio.create_task(self._start_sync_async() if leading else self._stop_sync())
+            self._tasks.append(task)
+        self.election = Election(self.store, f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
+                                 ElectionConfig(key="/election/meshd"), on_change=changed)
+        self.election.start()
+
+    async def _start_sync_async(self) -> None:
+        self._start_sync()
+
+    async def _stop_sync(self) -> None:
+        if self._sync_feed is not None:
+            self._sync_feed.cancel()
+            await asyncio.gather(self._sync_feed, return_exceptions=True)
+            self._sync_feed = None
+        for loop in self.sync_loops:
+            await loop.stop()
+        self.sync_loops.clear()
 
     # -- catalog mirrors (Consul, Kubernetes) -----------------------------------
     def _start_sync(self) -> None:
@@ -237,7 +273,7 @@ class Coordinator:
             return
         for loop in self.sync_loops:
             loop.start()
-        self._tasks.append(asyncio.create_task(self._feed_sync(), name="sync-feed"))
+        self._sync_feed = asyncio.create_task(self._feed_sync(), name="sync-feed")
 
     async def _feed_sync(self) -> None:
         changed = asyncio.Event()
@@ -274,9 +310,9 @@ class Coordinator:
         return errors
 
     async def stop(self, grace: float = 1.0) -> None:
-        for loop in self.sync_loops:
-            await loop.stop()
-        self.sync_loops.clear()
+        if self.election is not None:
+            await self.election.resign()
+        await self._stop_sync()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

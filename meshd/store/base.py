@@ -158,6 +158,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def lease_revoke(self, lease: int) -> None: ...
 
+    async def expire_leases(self) -> int:
+        """Revoke expired leases where the backend leaves that to its owner (SQLite); etcd does it itself."""
+        return 0
+
     @abc.abstractmethod
     def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
         """Batches of events after `from_revision`: history, one empty batch, then live.
