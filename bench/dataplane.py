@@ -1,0 +1,328 @@
+"""Data-plane benchmark, all in one lab run (tests/e2e/lab) so the figures compare.
+
+Between the same two namespaces (the hub and the cloud VM, over the lab's
+internet segment), in one run, interleaved: the bare link, wireguard-go set up
+by hand with wg(8), Nebula (Debian package, a throw-away CA), and our backend's
+tunnel (iperf3, a few seconds each). Then: time from a backend apply with the
+key in hand to the first packet answered through a peer, apply times for 100
+and 1,000 peers and a one-peer change, and the relay's cost (NAT'd node to a
+regional node through the hub, against the NAT'd node's direct tunnel to the
+cloud VM). Needs root; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import median, percentile, record
+
+BENCH = "dataplane"
+IPERF_SECONDS = 3
+ROUNDS = 4               # interleaved throughput rounds for raw wireguard-go vs ours
+FIRST_PACKET_TRIALS = 15
+APPLY_REPS = 3
+
+
+def run() -> list[dict]:
+    import uvloop
+
+    return uvloop.run(_run())
+
+
+async def _run() -> list[dict]:
+    from tests.e2e.lab import Lab
+
+    for tool in ("iperf3", "wireguard-go", "wg", "nebula", "nebula-cert", "nft"):
+        if not shutil.which(tool):
+            raise RuntimeError(f"the dataplane benchmark needs {tool} (make setup installs it)")
+    lab = Lab.create()
+    tmp = Path(tempfile.mkdtemp(prefix="meshbench-"))
+    try:
+        return await _measure(lab, tmp)
+    finally:
+        lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def iperf_mbps(lab, server: str, client: str, address: str, port: int, seconds: int = IPERF_SECONDS) -> float:
+    srv = lab.popen(server, ["iperf3", "-s", "-1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # wait (at most 2 s) for the server to listen
+            if f":{port} " in lab.run(server, ["ss", "-Hltn"], check=False).stdout:
+                break
+            time.sleep(0.02)
+        out = lab.run(client, ["iperf3", "-c", address, "-p", str(port), "-t", str(seconds), "-J"],
+                      timeout=seconds + 20).stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        srv.kill()
+        srv.wait(timeout=5)
+
+
+async def _measure(lab, tmp: Path) -> list[dict]:
+    from tests.e2e.lab.mesh import LabMesh
+
+    out: list[dict] = []
+    mesh = LabMesh(lab, tmp / "wg")
+    await mesh.start()
+    await mesh.apply_all()
+    raw = RawWireguard(lab, tmp)
+    nebula = Nebula(lab, tmp)
+    try:
+        raw.up()
+        nebula.up()
+        for role in lab.nodes:
+            lab.serve(role, 7100)
+        veth = iperf_mbps(lab, "cloud", "hub", "198.18.0.20", 5201)
+        raws, ours = [], []
+        for i in range(ROUNDS):
+            # Alternate which goes first so neither always gets the quieter moment.
+            pair = [(raws, "10.250.0.2", 5202 + i), (ours, lab.nodes["cloud"].spec.mesh_address, 5210 + i)]
+            for samples, address, port in (pair if i % 2 == 0 else pair[::-1]):
+                samples.append(iperf_mbps(lab, "cloud", "hub", address, port))
+        neb = iperf_mbps(lab, "cloud", "hub", "192.168.200.2", 5220)
+        raw_mbps, our_mbps = median(raws), median(ours)
+        params = dict(seconds=IPERF_SECONDS, rounds=ROUNDS, path="hub -> cloud over the lab internet segment")
+        out += [
+            record(BENCH, "veth_mbps", veth, "Mbit/s", "higher", anchor={"name": "FACTS.md bare veth", "value": 18000},
+                   **params),
+            record(BENCH, "raw_wireguard_go_mbps", raw_mbps, "Mbit/s", "higher",
+                   anchor={"name": "FACTS.md wireguard-go in namespaces", "value": 500}, samples=raws, **params),
+            record(BENCH, "nebula_mbps", neb, "Mbit/s", "higher",
+                   anchor={"name": "FACTS.md Nebula in namespaces", "value": 560}, mtu=1420, **params),
+            record(BENCH, "tunnel_mbps", our_mbps, "Mbit/s", "higher", samples=ours, **params),
+            # The median of per-round ratios: each round's pair ran back to back, so slow drifts
+            # in the machine's load cancel out better than in a ratio of medians.
+            record(BENCH, "tunnel_ratio_vs_wireguard_go", median([o / r for o, r in zip(ours, raws)]), "ratio",
+                   "higher", goal=0.95, anchor={"name": "raw wireguard-go, same run", "value": 1.0},
+                   ratio_of_medians=round(our_mbps / raw_mbps, 4), **params),
+        ]
+    finally:
+        raw.down()
+        nebula.down()
+
+    # Relay cost: nat -> ra through the hub, against nat -> cloud on a direct tunnel.
+    relay = lab.rtt_ms("nat", lab.nodes["ra"].spec.mesh_address, 7100, 200)
+    direct = lab.rtt_ms("nat", lab.nodes["cloud"].spec.mesh_address, 7100, 200)
+    relay_mbps = iperf_mbps(lab, "ra", "nat", lab.nodes["ra"].spec.mesh_address, 5230)
+    direct_mbps = iperf_mbps(lab, "cloud", "nat", lab.nodes["cloud"].spec.mesh_address, 5231)
+    rp = dict(samples=200, relay="nat -> hub -> ra", direct="nat -> cloud")
+    out += [
+        record(BENCH, "relay_rtt_ratio_vs_direct", median(relay) / median(direct), "ratio", "lower", **rp),
+        record(BENCH, "relay_rtt_p50_ms", median(relay), "ms", "lower", **rp),
+        record(BENCH, "direct_tunnel_rtt_p50_ms", median(direct), "ms", "lower", **rp),
+        record(BENCH, "relay_mbps", relay_mbps, "Mbit/s", "higher", seconds=IPERF_SECONDS, relay=rp["relay"]),
+        record(BENCH, "relay_throughput_ratio_vs_direct", relay_mbps / direct_mbps, "ratio", "higher",
+               seconds=IPERF_SECONDS, **rp),
+    ]
+
+    firsts = await first_packet_ms(lab, mesh)
+    out += [
+        record(BENCH, "start_to_first_packet_p50_ms", median(firsts), "ms", "lower", goal=1000,
+               trials=len(firsts), peer="cloud -> hub"),
+        record(BENCH, "start_to_first_packet_p99_ms", percentile(firsts, 99), "ms", "lower", goal=1000,
+               anchor={"name": "K3s agent join (tens of seconds)", "value": 20000}, trials=len(firsts),
+               peer="cloud -> hub"),
+    ]
+    await mesh.stop()
+    out += await apply_times(lab, tmp)
+    return out
+
+
+async def first_packet_ms(lab, mesh) -> list[float]:
+    """Fresh device on the cloud VM: start + apply + routes, then UDP probes to the hub's mesh address
+    until one is answered. The hub is already configured (it knows the cloud VM's key)."""
+    helper = lab.popen("cloud", [sys.executable, "-c", FIRST_PACKET_HELPER, lab.nodes["hub"].spec.mesh_address, "7100"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    samples = []
+    try:
+        for _ in range(FIRST_PACKET_TRIALS):
+            await mesh.backends["cloud"].stop()
+            b = mesh.backends["cloud"] = mesh.new_backend("cloud")
+            t0 = time.monotonic()
+            await b.start()
+            p = mesh.plan("cloud")
+            await b.apply(p.interface)
+            await mesh.routers["cloud"].apply(p.routes)
+            helper.stdin.write("go\n")
+            helper.stdin.flush()
+            answer = helper.stdout.readline().split()
+            if answer and answer[0] == "ok":
+                samples.append((float(answer[1]) - t0) * 1000)
+    finally:
+        helper.kill()
+        helper.wait(timeout=5)
+    if not samples:
+        raise RuntimeError("no first packet got through in any trial")
+    return samples
+
+
+FIRST_PACKET_HELPER = r"""
+import socket, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.002)
+    deadline = time.monotonic() + 5
+    done = False
+    while time.monotonic() < deadline and not done:
+        try:
+            s.sendto(b"x", (host, port)); s.recv(10); done = True
+        except OSError:
+            pass
+    print(("ok %f" % time.monotonic()) if done else "timeout", flush=True)
+    s.close()
+"""
+
+
+async def apply_times(lab, tmp: Path) -> list[dict]:
+    """Desired states of 100 and 1,000 peers (and one route each) on a fresh device, then one change."""
+    from meshagent.routes import Route, RouteManager, RouteState
+    from meshagent.wg.backend import BackendConfig
+    from meshagent.wg.command import Runner
+    from meshagent.wg.keys import generate_private_key, public_key
+    from meshagent.wg.model import InterfaceConfig, PeerConfig
+    from meshagent.wg.userspace import UserspaceBackend
+
+    ns = lab.nodes["cloud"].netns
+    name = f"wb{lab.tag}"
+    keys = [public_key(generate_private_key()) for _ in range(1000)]
+    priv = generate_private_key()
+    routes = RouteManager(Runner(ns))
+
+    def desired(n: int, changed: bool = False):
+        peers = tuple(PeerConfig(keys[i], f"198.18.{2 + i // 250}.{1 + i % 250}:51820",
+                                 (f"100.80.{i // 250}.{1 + i % 250}/32",), 0) for i in range(n))
+        if changed:  # one peer moved to a new public address and one more allowed address
+            p = peers[n // 2]
+            peers = peers[:n // 2] + (PeerConfig(p.public_key, "198.18.9.9:51820",
+                                                 p.allowed_ips + ("100.81.0.1/32",)),) + peers[n // 2 + 1:]
+        iface = InterfaceConfig(name, priv, "100.64.0.20/32", 51999, 1420, peers)
+        rs = RouteState(frozenset(Route(ip, name, "100.64.0.20") for p in peers for ip in p.allowed_ips))
+        return iface, rs
+
+    async def timed(b, n, changed=False) -> float:
+        iface, rs = desired(n, changed)
+        t0 = time.perf_counter()
+        await b.apply(iface)
+        await routes.apply(rs)
+        return (time.perf_counter() - t0) * 1000
+
+    results: dict[str, list[float]] = {"100": [], "1000": [], "change": []}
+    for _ in range(APPLY_REPS):
+        for n in (100, 1000):
+            b = UserspaceBackend(name, BackendConfig(netns=ns, state_dir=tmp / "apply"))
+            await b.start()
+            try:
+                results[str(n)].append(await timed(b, n))
+                if n == 1000:
+                    results["change"].append(await timed(b, n, changed=True))
+            finally:
+                await b.stop()
+                await routes.apply(RouteState())
+    what = "WireGuard peers plus one route each, fresh device"
+    return [
+        record(BENCH, "apply_100_peers_ms", median(results["100"]), "ms", "lower", reps=APPLY_REPS, what=what,
+               samples=results["100"]),
+        record(BENCH, "apply_1000_peers_ms", median(results["1000"]), "ms", "lower", reps=APPLY_REPS, what=what,
+               samples=results["1000"]),
+        record(BENCH, "apply_one_change_1000_peers_ms", median(results["change"]), "ms", "lower", reps=APPLY_REPS,
+               what="one peer's endpoint and addresses changed among 1,000", samples=results["change"]),
+    ]
+
+
+class RawWireguard:
+    """wireguard-go between the hub and the cloud VM configured by hand with wg(8), as a person would."""
+
+    def __init__(self, lab, tmp: Path) -> None:
+        from meshagent.wg.keys import generate_private_key
+
+        self.lab, self.tmp = lab, tmp
+        self.names = {"hub": f"wr{lab.tag}h", "cloud": f"wr{lab.tag}c"}
+        self.addr = {"hub": "10.250.0.1", "cloud": "10.250.0.2"}
+        self.port = {"hub": 52001, "cloud": 52002}
+        self.keys = {r: generate_private_key() for r in self.names}
+        self.procs = []
+
+    def up(self) -> None:
+        from meshagent.wg.keys import public_key
+
+        for role, name in self.names.items():
+            # Its own session, as the daemonising `wireguard-go <name>` would have and as our
+            # supervisor starts it: with autogroup scheduling the session decides the CPU share.
+            self.procs.append(self.lab.popen(role, ["wireguard-go", "-f", name], stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, start_new_session=True))
+        for role, name in self.names.items():
+            sock = Path(f"/var/run/wireguard/{name}.sock")
+            for _ in range(250):  # at most 5 s
+                if sock.exists():
+                    break
+                time.sleep(0.02)
+            keyfile = self.tmp / f"{name}.key"
+            keyfile.write_text(self.keys[role])
+            other = "cloud" if role == "hub" else "hub"
+            public = {"hub": "198.18.0.4", "cloud": "198.18.0.20"}[other]
+            self.lab.run(role, ["wg", "set", name, "private-key", str(keyfile), "listen-port", str(self.port[role]),
+                                "peer", public_key(self.keys[other]), "allowed-ips", f"{self.addr[other]}/32",
+                                "endpoint", f"{public}:{self.port[other]}"])
+            self.lab.run(role, ["ip", "addr", "add", f"{self.addr[role]}/24", "dev", name])
+            self.lab.run(role, ["ip", "link", "set", name, "mtu", "1420", "up"])
+
+    def down(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(timeout=5)
+        for name in self.names.values():
+            Path(f"/var/run/wireguard/{name}.sock").unlink(missing_ok=True)
+
+
+class Nebula:
+    """Nebula between the hub (lighthouse) and the cloud VM, certificates from a throw-away CA."""
+
+    def __init__(self, lab, tmp: Path) -> None:
+        self.lab, self.dir = lab, tmp / "nebula"
+        self.ip = {"hub": "192.168.200.1", "cloud": "192.168.200.2"}
+        self.procs = []
+
+    def up(self) -> None:
+        d = self.dir
+        d.mkdir(parents=True)
+        subprocess.run(["nebula-cert", "ca", "-name", "meshbench", "-out-crt", str(d / "ca.crt"),
+                        "-out-key", str(d / "ca.key")], check=True, capture_output=True)
+        for role, ip in self.ip.items():
+            subprocess.run(["nebula-cert", "sign", "-name", role, "-ip", f"{ip}/24", "-ca-crt", str(d / "ca.crt"),
+                            "-ca-key", str(d / "ca.key"), "-out-crt", str(d / f"{role}.crt"),
+                            "-out-key", str(d / f"{role}.key")], check=True, capture_output=True)
+            lighthouse = role == "hub"
+            cfg = {
+                "pki": {"ca": str(d / "ca.crt"), "cert": str(d / f"{role}.crt"), "key": str(d / f"{role}.key")},
+                "static_host_map": {self.ip["hub"]: ["198.18.0.4:4242"]},
+                "lighthouse": {"am_lighthouse": lighthouse, "hosts": [] if lighthouse else [self.ip["hub"]]},
+                "listen": {"host": "0.0.0.0", "port": 4242},
+                "punchy": {"punch": False},
+                "tun": {"dev": f"nb{self.lab.tag}{role[0]}", "mtu": 1420},
+                "logging": {"level": "error"},
+                "firewall": {"outbound": [{"port": "any", "proto": "any", "host": "any"}],
+                             "inbound": [{"port": "any", "proto": "any", "host": "any"}]},
+            }
+            (d / f"{role}.yml").write_text(json.dumps(cfg))  # JSON is YAML
+            self.procs.append(self.lab.popen(role, ["nebula", "-config", str(d / f"{role}.yml")],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                             start_new_session=True))
+        for role in self.ip:
+            dev = f"nb{self.lab.tag}{role[0]}"
+            for _ in range(250):  # at most 5 s for the tun device
+                if self.lab.run(role, ["ip", "link", "show", dev], check=False).returncode == 0:
+                    break
+                time.sleep(0.02)
+
+    def down(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(timeout=5)
