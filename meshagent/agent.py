@@ -86,6 +86,11 @@ class Agent:
         self._desired: dict[str, types_pb2.Service] = {}
         self.gossip: AgentGossip | None = None
         self.k3s = None
+        self.dataplane = None
+        if self.config.wireguard:
+            from meshagent.dataplane import DataPlane
+            self.dataplane = DataPlane(self.state_dir, self.config.wireguard, self.config.wireguard_port,
+                                       self.config.hub, self.config.mtu)
         self.left = False  # after a spot notice: no renewals, no re-asserting services
         self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
         self.catalog.services.listeners.append(self._gauge)
@@ -104,7 +109,9 @@ class Agent:
         return types_pb2.Node(name=c.name, hostname=c.name, cloud=c.cloud, region=c.region, vpc_id=c.vpc_id,
                               vpc_cidr=c.vpc_cidr, private_address=c.private_address,
                               public_address=c.public_address, labels=c.labels,
-                              gossip_port=self.gossip.node.port if self.gossip else 0)
+                              gossip_port=self.gossip.node.port if self.gossip else 0,
+                              wireguard_public_key=self.dataplane.public_key if self.dataplane else "",
+                              wireguard_port=self.config.wireguard_port if self.dataplane else 0)
 
     async def join(self) -> Identity:
         token = self.config.token
@@ -252,6 +259,10 @@ class Agent:
 
     def counters(self) -> dict[str, int]:
         out = {"meshd_reconnects": self._reconnects, "desired_services": len(self._desired)}
+        if self.dataplane is not None:
+            out["dataplane_applies"] = self.dataplane.applied
+            for kind in ("direct", "tunnel", "relay"):
+                out[f"paths_{kind}"] = sum(1 for k in self.dataplane.paths.values() if k == kind)
         if self.gossip:
             out.update(self.gossip.stats())
         if self.dns is not None and hasattr(self.dns, "stats"):
@@ -285,6 +296,10 @@ class Agent:
         self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self._channel)
         self.node_stub = nodes_pb2_grpc.NodeServiceStub(self._channel)
         self.admission_stub = admission_pb2_grpc.AdmissionServiceStub(self._channel)
+        if self.dataplane is not None:
+            await self.dataplane.start(self.identity.node_id)
+            self.catalog.nodes.listeners.append(
+                lambda: self.dataplane.update(list(self.catalog.nodes.items.values())))
         await self._start_local_api()
         await self._start_dns()
         if self.config.metrics:
@@ -379,6 +394,8 @@ class Agent:
     async def stop(self) -> None:
         if self.k3s is not None:
             await self.k3s.stop()
+        if self.dataplane is not None:
+            await self.dataplane.stop()
         for t in self._tasks + self._tasks_early:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._tasks_early, return_exceptions=True)

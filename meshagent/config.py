@@ -32,6 +32,14 @@ class AgentConfig:
     gossip: str = "0.0.0.0:7946"
     #: gossip timing profile: lan, wan or local (see meshcore/gossip/profiles.py)
     gossip_profile: str = "lan"
+    #: WireGuard interface of the mesh ("" disables the data plane: names only, e.g. on loopback)
+    wireguard: str = ""
+    #: UDP port WireGuard listens on
+    wireguard_port: int = 51820
+    #: name of the main node, which relays for pairs that cannot reach each other
+    hub: str = "main"
+    #: tunnel MTU (default: 1420 on a 1500 path; 1280 is the safe choice)
+    mtu: int | None = None
     #: join the main node's K3s cluster as a K3s agent (token fetched from meshd over mTLS)
     k3s: bool = False
     #: the k3s executable

@@ -36,6 +36,11 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
     p.add_argument("--gossip", default=d.gossip, help=f"gossip listener (default {d.gossip}; '' disables)")
     p.add_argument("--gossip-profile", default=d.gossip_profile, choices=["lan", "wan", "local"])
+    p.add_argument("--wireguard", default="", metavar="IFACE",
+                   help="run the data plane on this WireGuard interface (e.g. mesh0; default off)")
+    p.add_argument("--wireguard-port", type=int, default=d.wireguard_port)
+    p.add_argument("--hub", default=d.hub, help=f"name of the main node, which relays (default {d.hub})")
+    p.add_argument("--mtu", type=int, default=None, help="tunnel MTU (default 1420 on a 1500 path)")
     p.add_argument("--k3s", action="store_true", help="join the main node's K3s cluster as an agent")
     p.add_argument("--k3s-binary", default=d.k3s_binary, help=f"k3s executable (default {d.k3s_binary})")
     p.add_argument("--no-spot-watch", action="store_true", help="do not watch EC2 metadata for spot interruptions")
@@ -60,7 +65,8 @@ def parse_args(argv: list[str]) -> AgentConfig:
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
                        gossip=a.gossip, gossip_profile=a.gossip_profile, k3s=a.k3s, k3s_binary=a.k3s_binary,
-                       spot=not a.no_spot_watch, imds=a.imds,
+                       spot=not a.no_spot_watch, imds=a.imds, wireguard=a.wireguard,
+                       wireguard_port=a.wireguard_port, hub=a.hub, mtu=a.mtu,
                        cloud=a.cloud, region=a.region, vpc_id=a.vpc_id, vpc_cidr=a.vpc_cidr,
                        private_address=a.private_address, public_address=a.public_address, labels=labels)
 
