@@ -12,7 +12,7 @@ APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-
 BENCH ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup apt demo test bench proto check-proto lab-up lab-down clean
+.PHONY: setup apt demo demo-lab test bench proto lab-up lab-down clean
 
 setup: $(STAMP) $(SKY_STAMP)
 
@@ -40,6 +40,10 @@ proto: setup
 
 demo: setup
 	$(PY) -m meshctl.demo
+
+demo-lab: setup
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo-lab: needs root (network namespaces)" >&2; exit 1; fi
+	$(PY) -m tests.e2e.lab.demo
 
 test: setup
 	MESH_REQUIRE_NETNS=1 $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -10,28 +10,12 @@ opens a TCP connection to it, over the path the selection rules say
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from meshagent.paths import DIRECT, RELAY, TUNNEL, select_path
-from meshctl.localmesh import BIN, _wait_ready
-
-ROLES = ("hub", "ra", "rb", "cloud", "nat")
-# Where each node finds meshd: over the VPC peering inside AWS, at its public address from elsewhere.
-COORDINATOR = {"hub": "10.4.0.10", "ra": "10.4.0.10", "rb": "10.4.0.10", "cloud": "198.18.0.4", "nat": "198.18.0.4"}
-
-
-def query(lab, role: str, dns: str, name: str) -> list[str]:
-    host, port = dns.rsplit(":", 1)
-    code = ("import dnslib,sys; q=dnslib.DNSRecord.question(sys.argv[1]);"
-            "r=dnslib.DNSRecord.parse(q.send(sys.argv[2], int(sys.argv[3]), timeout=1));"
-            "print(' '.join(str(x.rdata) for x in r.rr))")
-    r = lab.run(role, [sys.executable, "-c", code, name, host, port], check=False)
-    return r.stdout.split()
+from meshagent.paths import DIRECT, RELAY, TUNNEL, NodeFacts, select_path
+from tests.e2e.lab.daemons import ROLES, LabDaemons, query
 
 
 def wait(fn, timeout: float, what: str):
@@ -46,66 +30,27 @@ def wait(fn, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def mesh_lab(lab, tmp_path_factory):
-    state = tmp_path_factory.mktemp("meshlab")
-    env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-    procs: dict[str, subprocess.Popen] = {}
-    ready: dict[str, dict] = {}
+    daemons = LabDaemons(lab, tmp_path_factory.mktemp("meshlab"))
     try:
-        log = open(state / "meshd.log", "wb")
-        procs["meshd"] = lab.popen("hub", [str(BIN / "meshd"), "--state-dir", str(state / "meshd"), "--listen",
-                                           "0.0.0.0:7443", "--join-listen", "0.0.0.0:7444", "--admin-socket",
-                                           str(state / "admin.sock"), "--metrics", "", "--overlay-pool",
-                                           "100.64.0.0/24", "--lease-ttl", "5", "--grace", "10"],
-                                   stdout=subprocess.PIPE, stderr=log, env=env)
-        _wait_ready(procs["meshd"], "meshd", state / "meshd.log", 20)
-        ctl_env = {**env, "MESHD_ADMIN_SOCKET": str(state / "admin.sock"), "MESH_AGENT_SOCKET": "/nonexistent"}
-        token = subprocess.run([str(BIN / "meshctl"), "token", "create", "--uses", "5"], env=ctl_env,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        for role in ROLES:
-            node = lab.nodes[role]
-            s = node.spec
-            argv = [str(BIN / "meshagent"), "--state-dir", str(state / role), "--coordinator",
-                    f"{COORDINATOR[role]}:7443", "--token", token, "--name", role, "--socket",
-                    str(state / f"{role}.sock"), "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9",
-                    "--metrics", "", "--gossip", "0.0.0.0:0", "--gossip-profile", "local", "--no-spot-watch",
-                    "--wireguard", node.ifname, "--hub", "hub", "--cloud", s.cloud, "--region", s.region]
-            for flag, value in (("--vpc-id", s.vpc_id), ("--vpc-cidr", s.vpc_cidr),
-                                ("--private-address", s.private_address), ("--public-address", s.public_address)):
-                if value:
-                    argv += [flag, value]
-            log = open(state / f"{role}.log", "wb")
-            procs[role] = lab.popen(role, argv, stdout=subprocess.PIPE, stderr=log, env=env)
-            ready[role] = _wait_ready(procs[role], "meshagent", state / f"{role}.log", 30)
-        yield {"state": state, "ready": ready, "procs": procs, "env": ctl_env}
+        yield daemons.start()
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        daemons.stop()
 
 
 def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, mesh_lab):
-    state, ready, env = mesh_lab["state"], mesh_lab["ready"], mesh_lab["env"]
+    ready = mesh_lab.ready
     servers = [lab.serve(role, 7000) for role in ROLES]
     try:
         for role in ROLES:
-            subprocess.run([str(BIN / "meshctl"), "--agent-socket", str(state / f"{role}.sock"), "expose",
-                            "--port", "7000", "--name", f"svc-{role}"], env=env, check=True, capture_output=True)
+            mesh_lab.meshctl("expose", "--port", "7000", "--name", f"svc-{role}", agent=role)
         address = {}
         for src in ROLES:
             for dst in ROLES:
                 answers = wait(lambda: query(lab, src, ready[src]["dns"], f"svc-{dst}.default.svc.cluster.local"),
                                20, f"{src} resolving svc-{dst}")
                 address[dst] = answers[0]
-        nodes = {n["name"]: n for n in json.loads(subprocess.run(
-            [str(BIN / "meshctl"), "nodes", "-o", "json"], env=env, capture_output=True, text=True,
-            check=True).stdout)["nodes"]}
+        nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
         assert {r: address[r] for r in ROLES} == {r: nodes[r]["mesh_address"] for r in ROLES}
-        from meshagent.paths import NodeFacts
         facts = {r: lab.nodes[r].facts() for r in ROLES}
         facts = {r: NodeFacts(**{**f.__dict__, "mesh_address": address[r]}) for r, f in facts.items()}
         for src in ROLES:
@@ -128,17 +73,45 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
 
 
 def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):
-    env, state = mesh_lab["env"], mesh_lab["state"]
+    state = mesh_lab.state
     hub_if = lab.nodes["hub"].ifname
     nat_key = lab.run("nat", ["wg", "show", lab.nodes["nat"].ifname, "public-key"]).stdout.strip()
     assert nat_key in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout
     nat_addr = json.loads((state / "nat" / "node.json").read_text())["mesh_address"]
     cloud_if = lab.nodes["cloud"].ifname
     assert nat_addr in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout  # relayed via the hub
-    subprocess.run([str(BIN / "meshctl"), "node", "remove", "nat"], env=env, check=True, capture_output=True)
+    mesh_lab.meshctl("node", "remove", "nat")
     wait(lambda: nat_key not in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout, 10, "nat leaving the hub")
     wait(lambda: nat_addr not in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout, 10,
          "nat leaving cloud's allowed addresses")
     for role in ("hub", "cloud", "ra"):
         routes = lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout
         assert nat_addr not in routes, (role, routes)
+
+
+def wg_state(lab, role: str) -> tuple[list, str]:
+    """The peers (key, allowed addresses, keepalive) and our routes, without counters that move."""
+    dump = lab.run(role, ["wg", "show", lab.nodes[role].ifname, "dump"]).stdout.splitlines()[1:]
+    peers = sorted((f[0], f[3], f[7]) for f in (line.split("\t") for line in dump))
+    return peers, lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout
+
+
+def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh_lab):
+    servers = [lab.serve(r, 7001) for r in ("ra", "rb")]
+    try:
+        rb = json.loads((mesh_lab.state / "rb" / "node.json").read_text())["mesh_address"]
+        wait(lambda: lab.connect("ra", [f"{rb}:7001"])[0]["ok"], 20, "ra reaching rb through the hub")
+        before = wg_state(lab, "cloud")
+        mesh_lab.stop("cloud")
+        mesh_lab.start_agent("cloud")  # no token: it rejoins from its state directory
+        time.sleep(1.5)
+        assert wg_state(lab, "cloud") == before  # the same peers and routes, none added twice
+        # the hub goes down, device and all; relayed pairs fail, then come back with it
+        mesh_lab.stop("hub")
+        lab.run("hub", ["ip", "link", "del", lab.nodes["hub"].ifname], check=False)
+        wait(lambda: not lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 10, "relay down with the hub")
+        mesh_lab.start_agent("hub")
+        wait(lambda: lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 30, "relay back with the hub")
+    finally:
+        for s in servers:
+            s.terminate()
