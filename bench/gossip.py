@@ -1,0 +1,195 @@
+"""Gossip benchmarks: the SWIM/Lifeguard state machine in the simulator, plus one
+run of real gossip nodes on loopback UDP.
+
+Simulated (tests/sim, seeded, LAN profile = memberlist's LAN timings):
+- convergence_9999_s_n1000: one catalog record published on one of 1,000
+  members until 99.99% of them hold it (no loss). Anchor: Serf's published
+  simulation, 2.2 s.
+- detection_s_n100 / detection_s_n1000: crash to "every live member marks it
+  dead" (median of several crashes at 100, one at 1,000). Anchor: memberlist's
+  suspicion bound for the same settings, SuspicionMult * log10(N) * ProbeInterval.
+- false_positives_loss10: healthy members declared dead during 10 simulated
+  minutes at 10% loss with 5% of members freezing for 2-4 s at random. Goal 0.
+- bytes_per_node_s_n1000: bytes each member sends per second (encrypted, steady
+  state, no news).
+
+Real sockets (GossipNode on 127.0.0.1): crash_to_record_removal_s_n20, crash
+of one of 20 nodes until its catalog record has left every other node's view
+(what the agent's DNS serves from). Anchor: real Serf agents on loopback
+(../shared/FACTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import statistics
+import time
+
+from bench.common import record
+from meshcore.gossip.messages import Record
+from meshcore.gossip.profiles import lan, suspicion_timeout
+from tests.sim.simulator import SimNetwork, Simulation
+
+BENCH = "gossip"
+
+
+def _memberlist_bound(n: int) -> dict:
+    p = lan()
+    value = suspicion_timeout(p.suspicion_mult, n, p.probe_interval)
+    return {"name": f"memberlist LAN suspicion bound at n={n} (SuspicionMult*log10(n)*ProbeInterval)",
+            "value": round(value, 2)}
+
+
+def _run_until_detected(sim: Simulation, victim: int, limit: float) -> float | None:
+    """Advance in 0.5 s steps (bounded by `limit` simulated seconds) until all saw the crash."""
+    end = sim.now + limit
+    while sim.now < end:
+        sim.run_until(sim.now + 0.5)
+        took = sim.detection_time(victim)
+        if took is not None:
+            return took
+    return None
+
+
+def _big_run(seed: int = 1) -> list[dict]:
+    n = 1000
+    cpu0 = time.process_time()
+    sim = Simulation(n, seed=seed, keyring_key=os.urandom(32))
+    sim.run_until(3.0)
+    sim.publish(0, Record("bench-svc", 1, "node-0", b'{"port":8888}'))
+    t0 = sim.now
+    sim.run_until(13.0)
+    conv = sim.time_to_fraction("bench-svc", t0, 0.9999)
+    curve = sim.convergence_curve("bench-svc", t0, step=0.1, until=2.0)
+    b0, p0 = sim.total_bytes_sent(), sim.total_pushpull_bytes_sent()
+    sim.run_until(33.0)
+    bytes_rate = (sim.total_bytes_sent() - b0) / n / 20.0
+    pushpull_rate = (sim.total_pushpull_bytes_sent() - p0) / n / 20.0
+    sim.crash(500)
+    det = _run_until_detected(sim, 500, limit=6 * suspicion_timeout(lan().suspicion_mult, n, 1.0) + 10)
+    sim.run_until(max(sim.now, 60.0))
+    cpu = time.process_time() - cpu0
+    fp = len(sim.false_positives)
+    return [
+        record(BENCH, "convergence_9999_s_n1000", conv if conv is not None else float("nan"), "s", goal=1.5,
+               anchor={"name": "serf simulation, 99.99% at 1000 nodes", "value": 2.2},
+               profile="lan", loss=0.0, seed=seed, curve=[[t, round(f, 4)] for t, f in curve]),
+        record(BENCH, "detection_s_n1000", det if det is not None else float("nan"), "s",
+               anchor=_memberlist_bound(n), profile="lan", loss=0.0, seed=seed, false_positives=fp,
+               **sim.detection_phases(500)),
+        record(BENCH, "bytes_per_node_s_n1000", bytes_rate, "B/s", profile="lan", loss=0.0, seed=seed,
+               encrypted=True, window_s=20.0, pushpull_tcp_b_s=round(pushpull_rate, 1),
+               udp_b_s=round(bytes_rate - pushpull_rate, 1)),
+        record(BENCH, "simulator_cpu_s_n1000_60s", cpu, "s", goal=60.0, profile="lan", seed=seed,
+               simulated_s=round(sim.now, 1), datagrams=sim.datagrams, encrypted=True),
+    ]
+
+
+def _convergence_loss10(seed: int = 4) -> dict:
+    sim = Simulation(1000, seed=seed, network=SimNetwork(loss=0.10))
+    sim.run_until(3.0)
+    sim.publish(0, Record("bench-svc", 1, "node-0", b'{"port":8888}'))
+    t0 = sim.now
+    sim.run_until(10.0)
+    conv = sim.time_to_fraction("bench-svc", t0, 0.9999)
+    return record(BENCH, "convergence_9999_s_n1000_loss10", conv if conv is not None else float("nan"), "s",
+                  anchor={"name": "serf simulation, 99.99% at 1000 nodes (no loss)", "value": 2.2},
+                  profile="lan", loss=0.10, seed=seed)
+
+
+def _detection_n100(seed: int = 2, crashes: int = 5) -> dict:
+    sim = Simulation(100, seed=seed)
+    sim.run_until(3.0)
+    times = []
+    phases: list[dict] = []
+    for k in range(crashes):
+        victim = 10 + 17 * k
+        sim.crash(victim)
+        t = _run_until_detected(sim, victim, limit=60.0)
+        phases.append(sim.detection_phases(victim))
+        sim.run_until(sim.now + 5.0)  # let the news settle before the next crash
+        if t is not None:
+            times.append(t)
+    value = statistics.median(times) if times else float("nan")
+    return record(BENCH, "detection_s_n100", value, "s", anchor=_memberlist_bound(100), profile="lan",
+                  loss=0.0, seed=seed, crashes=crashes, detected=len(times),
+                  samples=[round(t, 3) for t in times], phases=phases, false_positives=len(sim.false_positives))
+
+
+def _false_positives(seed: int = 3, n: int = 100, minutes: float = 10.0) -> dict:
+    sim = Simulation(n, seed=seed, network=SimNetwork(loss=0.10))
+    rng = random.Random(seed)
+    stalled = rng.sample(range(n), max(1, n // 20))
+    t, end = 0.0, minutes * 60.0
+    while t < end:  # every 5 s, each stalled member freezes with probability 0.3
+        t += 5.0
+        sim.run_until(t)
+        for i in stalled:
+            if rng.random() < 0.3:
+                sim.stall(i, rng.uniform(2.0, 4.0))
+    suspicions = sum(sim.swim(i).stats.suspicions for i in range(n))
+    return record(BENCH, "false_positives_loss10", len(sim.false_positives), "count", goal=0,
+                  profile="lan", loss=0.10, seed=seed, n=n, simulated_s=end, stalled_members=len(stalled),
+                  suspicions=suspicions)
+
+
+async def _udp_crash(n: int = 20, rounds: int = 2) -> list[float]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from meshcore.gossip.adapter import GossipNode
+    from meshcore.gossip.keyring import Keyring
+    from meshcore.gossip.records import ed25519_verifier, make_record
+
+    meshd = Ed25519PrivateKey.generate()
+    verify = ed25519_verifier(meshd.public_key())
+    key = os.urandom(32)
+    nodes: list[GossipNode] = []
+    results = []
+    try:
+        for i in range(n):
+            node = GossipNode(f"n{i}", f"vm-{i}", "127.0.0.1", 0, profile=lan(), keyring=Keyring(key),
+                              verify_record=verify, rng=random.Random(i),
+                              seeds=[f"127.0.0.1:{nodes[0].port}"] if nodes else None)
+            await node.start()
+            nodes.append(node)
+        for r in range(rounds):
+            victim = nodes[-1 - r]
+            victim.publish(make_record(meshd, f"svc-{r}", 1, victim.node_id, b"x"))
+            others = [x for x in nodes if x is not victim and x._udp is not None]
+            for _ in range(200):  # wait (bounded) until every node serves the record
+                if all(f"svc-{r}" in x.records() for x in others):
+                    break
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            await victim.stop(leave=False)
+            for _ in range(1200):  # bounded: 60 s
+                if all(f"svc-{r}" not in x.records() for x in others):
+                    results.append(time.monotonic() - t0)
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for node in nodes:
+            await node.stop(leave=False)
+    return results
+
+
+def _udp_record() -> dict:
+    import uvloop
+
+    samples = uvloop.run(_udp_crash())
+    value = statistics.median(samples) if samples else float("nan")
+    return record(BENCH, "crash_to_record_removal_s_n20", value, "s",
+                  anchor={"name": "real Serf agents on loopback, crash -> all see failed, median at 10 nodes",
+                          "value": 6.7},
+                  profile="lan", transport="udp loopback", samples=[round(s, 3) for s in samples])
+
+
+def run() -> list[dict]:
+    records = _big_run()
+    records.append(_convergence_loss10())
+    records.append(_detection_n100())
+    records.append(_false_positives())
+    records.append(_udp_record())
+    return records

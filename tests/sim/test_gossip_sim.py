@@ -1,0 +1,147 @@
+"""Seeded simulations with small N: convergence, crash detection, loss, partitions,
+stalled and slow members, late joiners. The same `Swim` class as the agents run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from meshcore.gossip.messages import Record, State
+from meshcore.gossip.profiles import lan, suspicion_timeout
+from tests.sim.invariants import check_invariants
+from tests.sim.simulator import SimNetwork, Simulation
+
+
+def all_invariants(sim: Simulation) -> None:
+    for i in sim.live():
+        check_invariants(sim.swim(i))
+
+
+def test_an_update_reaches_every_member_and_the_curve_rises_to_one():
+    sim = Simulation(50, seed=3)
+    sim.run_until(2.0)
+    sim.publish(7, Record("svc", 1, "node-7", b"10.0.0.7:80"))
+    t0 = sim.now
+    sim.run_until(t0 + 3.0)
+    curve = sim.convergence_curve("svc", t0)
+    fractions = [f for _, f in curve]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert fractions[0] < 0.1
+    assert sim.time_to_fraction("svc", t0, 1.0) < 1.5
+    all_invariants(sim)
+
+
+def test_a_crash_is_detected_by_all_within_the_suspicion_bound_and_its_records_go():
+    sim = Simulation(30, seed=4)
+    sim.run_until(2.0)
+    sim.publish(5, Record("jupyter", 1, "node-5", b""))
+    sim.run_until(4.0)
+    sim.crash(5)
+    sim.run_until(40.0)
+    took = sim.detection_time(5)
+    lo = suspicion_timeout(lan().suspicion_mult, 30, lan().probe_interval)
+    assert took is not None and took < lo * lan().suspicion_max_timeout_mult
+    assert not sim.false_positives
+    assert all("jupyter" not in sim.swim(i).records() for i in sim.live())
+    all_invariants(sim)
+
+
+def test_ten_percent_loss_and_a_slow_member_cause_no_false_positives():
+    sim = Simulation(30, seed=5, network=SimNetwork(loss=0.10))
+    sim.slow(3, 0.15)
+    sim.run_until(150.0)
+    assert not sim.false_positives
+    assert sum(sim.swim(i).stats.suspicions for i in sim.live()) > 0  # loss did cause suspicions...
+    assert sum(sim.swim(i).stats.refutations for i in sim.live()) > 0  # ...which were refuted
+    sim.crash(9)
+    sim.run_until(190.0)
+    assert sim.detection_time(9) is not None
+    all_invariants(sim)
+
+
+def _stalling_run(profile) -> Simulation:
+    sim = Simulation(30, seed=6, profile=profile)
+    for k in range(8):  # two members freeze for 3 s every 15 s
+        sim.run_until(5.0 + 15 * k)
+        sim.stall(1, 3.0)
+        sim.stall(2, 3.0)
+    sim.run_until(130.0)
+    return sim
+
+
+def test_stalled_members_neither_die_nor_accuse_healthy_peers():
+    sim = _stalling_run(lan())
+    assert not sim.false_positives
+    assert sim.swim(1).stats.stalls_detected > 0 and sim.swim(2).stats.stalls_detected > 0
+    assert sim.swim(1).stats.probes_failed == 0 and sim.swim(2).stats.probes_failed == 0
+    assert all(m.state == State.ALIVE for i in sim.live() for m in sim.swim(i).members())
+    all_invariants(sim)
+    # Control: without stall awareness the same freezes make them accuse healthy peers.
+    blind = _stalling_run(lan().with_(stall_threshold=1e9))
+    assert blind.swim(1).stats.probes_failed + blind.swim(2).stats.probes_failed > 0
+
+
+def test_a_partition_that_heals_rejoins_both_sides():
+    sim = Simulation(20, seed=7)
+    sim.run_until(2.0)
+    sim.net.partition(list(range(10)), list(range(10, 20)))
+    sim.run_until(60.0)
+    assert sim.swim(0).member("node-15").state == State.DEAD
+    assert sim.swim(15).member("node-0").state == State.DEAD
+    sim.net.heal()
+    sim.run_until(120.0)
+    views = [{m.node: m.state for m in sim.swim(i).members()} for i in sim.live()]
+    assert all(len(v) == 20 and set(v.values()) == {State.ALIVE} for v in views)
+    all_invariants(sim)
+
+
+def test_a_late_joiner_gets_the_catalog_by_push_pull():
+    sim = Simulation(20, seed=8)
+    for k in range(30):
+        sim.publish(k % 20, Record(f"svc-{k}", 1, f"node-{k % 20}", b"p"))
+    sim.run_until(3.0)
+    late = sim.add_node(seeds=[4])
+    sim.run_until(3.1)  # one push-pull round trip, no gossip round needed
+    assert set(sim.swim(late).records()) == {f"svc-{k}" for k in range(30)}
+    sim.run_until(6.0)
+    assert all(sim.swim(i).member(f"node-{late}") is not None for i in sim.live())
+    all_invariants(sim)
+
+
+def test_runs_are_reproducible_and_encrypted_runs_work():
+    def once(seed: int, key: bytes | None):
+        sim = Simulation(12, seed=seed, keyring_key=key, network=SimNetwork(loss=0.05))
+        sim.run_until(3.0)
+        sim.crash(2)
+        sim.run_until(30.0)
+        return sim.datagrams, sim.detection_time(2), sim.total_bytes_sent()
+
+    assert once(9, None) == once(9, None)
+    assert once(9, None) != once(10, None)
+    dgrams, took, _ = once(9, os.urandom(32))
+    assert took is not None and dgrams > 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_meshes_do_not_break(n):
+    sim = Simulation(n, seed=1)
+    sim.run_until(20.0)
+    assert not sim.false_positives
+    all_invariants(sim)
+
+
+def test_wan_profile_over_wan_latency_detects_a_crash_without_false_alarms():
+    from meshcore.gossip.profiles import wan
+    from tests.sim.simulator import WAN_LATENCY
+
+    sim = Simulation(20, seed=11, profile=wan(), network=SimNetwork(latency=WAN_LATENCY, loss=0.02))
+    sim.run_until(10.0)
+    sim.crash(4)
+    sim.run_until(200.0)
+    took = sim.detection_time(4)
+    p = wan()
+    assert took is not None
+    assert took < p.suspicion_max_timeout_mult * suspicion_timeout(p.suspicion_mult, 20, p.probe_interval)
+    assert not sim.false_positives
+    all_invariants(sim)
