@@ -186,10 +186,45 @@ def _udp_record() -> dict:
                   profile="lan", transport="udp loopback", samples=[round(s, 3) for s in samples])
 
 
+def _crash_to_dns_removal(n: int = 20) -> dict:
+    """Real meshagent processes (LAN profile): a crashed agent's service leaves every other agent's DNS.
+
+    meshd's lease is set long (120 s) so that only gossip can take the name away in time."""
+    import signal
+
+    from meshctl.localmesh import LocalMesh, resolve
+    rng = random.Random(1)
+    with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
+        mesh.start_meshd()
+        token = mesh.token(uses=0)
+        names = [f"g{i:02d}" for i in range(n)]
+        for name in names:
+            mesh.start_agent(name, token)
+        victim = rng.choice(names)
+        mesh.meshctl("expose", "--port", "8000", "--name", "doomed", agent=victim)
+        others = [x for x in names if x != victim]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(resolve("doomed.mesh", mesh.dns(o)) for o in others):
+            time.sleep(0.1)
+        time.sleep(3)  # let every agent's gossip settle into full membership
+        t0 = time.monotonic()
+        mesh.stop(mesh.agents[victim], signal.SIGKILL)
+        pending = set(others)
+        deadline = t0 + 60
+        while pending and time.monotonic() < deadline:  # bounded: 60 s
+            pending = {o for o in pending if resolve("doomed.mesh", mesh.dns(o))}
+            time.sleep(0.05)
+        value = time.monotonic() - t0 if not pending else float("nan")
+    return record(BENCH, "crash_to_dns_removal_s_n20", value, "s", agents=n, profile="lan",
+                  anchor={"name": "real Serf agents on loopback, crash -> all see failed, median at 10 nodes",
+                          "value": 6.7})
+
+
 def run() -> list[dict]:
     records = _big_run()
     records.append(_convergence_loss10())
     records.append(_detection_n100())
     records.append(_false_positives())
     records.append(_udp_record())
+    records.append(_crash_to_dns_removal())
     return records

@@ -33,7 +33,9 @@ admin_app = typer.Typer(help="Administrator certificates for meshctl and schedul
                         no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(node_app, name="node")
+keys_app = typer.Typer(help="The gossip encryption keyring (on the main node).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+app.add_typer(keys_app, name="keys")
 
 ENDPOINTS = Endpoints()
 PROTOCOLS = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
@@ -246,6 +248,15 @@ def node_remove(node: str = typer.Argument(..., help="node name or id"), output:
     resp = call(ENDPOINTS.nodes().RemoveNode, nodes_pb2.RemoveNodeRequest(id_or_name=node))
     emit([{"NAME": resp.node.name, "ID": resp.node.id, "MESH ADDRESS": resp.node.mesh_address}],
          ["NAME", "ID", "MESH ADDRESS"], output, raw=_dict(resp.node))
+
+
+# -- gossip keys ------------------------------------------------------------------
+@keys_app.command("rotate")
+def keys_rotate(output: Output = OUTPUT_OPTION) -> None:
+    """Roll a new gossip key through the mesh without restarts: every live node learns it
+    (over mTLS), then it becomes primary, then the old key is retired."""
+    resp = call(ENDPOINTS.admission().RotateGossipKey, admission_pb2.RotateGossipKeyRequest())
+    emit([{"KEY": resp.key_id, "STAGE": resp.stage}], ["KEY", "STAGE"], output, raw=_dict(resp))
 
 
 # -- admin certificates ---------------------------------------------------------

@@ -137,3 +137,10 @@ def test_admin_certificate_and_the_scheduler_example(local_mesh, tmp_path):
     lines = r.stdout.splitlines()
     assert "gpu-box" in lines[0] and "4x L4" in lines[0]
     assert [line.split()[2] for line in lines[1:]] == ["reset", "put", "synced"] and "llm" in lines[2]
+
+
+def test_keys_rotate_from_the_cli(local_mesh):
+    out = json.loads(local_mesh.meshctl("keys", "rotate", "-o", "json").stdout)
+    assert out["stage"] == "installing" and len(out["key_id"]) == 8
+    r = local_mesh.meshctl("keys", "rotate", check=False)  # one rotation at a time
+    assert r.returncode != 0 and "already under way" in r.stderr
