@@ -86,6 +86,7 @@ class Agent:
         self._desired: dict[str, types_pb2.Service] = {}
         self.gossip: AgentGossip | None = None
         self.k3s = None
+        self.health = None
         self.dataplane = None
         if self.config.wireguard:
             from meshagent.dataplane import DataPlane
@@ -173,6 +174,14 @@ class Agent:
         self._desired[svc.name] = want
         self._save_desired()
 
+    async def _report_health(self, svc: types_pb2.Service, state: int) -> None:
+        if self.left:
+            return
+        report = types_pb2.Service()
+        report.CopyFrom(svc)
+        report.health_state = state
+        await self.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=report), timeout=10)
+
     def forget(self, name: str) -> None:
         if self._desired.pop(name, None) is not None:
             self._save_desired()
@@ -186,8 +195,13 @@ class Agent:
             if have is not None and have.node_id == self.identity.node_id and have.port == want.port \
                     and have.protocol == (want.protocol or types_pb2.PROTOCOL_TCP) and have.health == want.health:
                 continue
+            again = types_pb2.Service()
+            again.CopyFrom(want)
+            if want.health.WhichOneof("kind"):
+                states = self.health.states if self.health else {}
+                again.health_state = states.get(name, types_pb2.HEALTH_STATE_CRITICAL)
             try:
-                await self.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=want), timeout=10)
+                await self.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=again), timeout=10)
                 log.info("re-asserted service %s", name)
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.ALREADY_EXISTS:
@@ -273,12 +287,14 @@ class Agent:
         """DNS lookup: meshd's view, minus services of nodes gossip declared dead; before the
         first sync with meshd (it is away), what peers told us by push-pull."""
         svc = self.catalog.services.items.get(name)
+        if svc is not None and svc.health_state == types_pb2.HEALTH_STATE_CRITICAL:
+            return []  # failing its check: left out, as Consul's DNS leaves out critical instances
         if self.gossip is not None:
             if not self.catalog.services.synced:
                 svc = self.gossip.services().get(name)
             elif svc is not None and svc.node_id in self.gossip.down():
                 return []
-        if svc is None:
+        if svc is None or svc.health_state == types_pb2.HEALTH_STATE_CRITICAL:
             return []
         return self.catalog.targets(svc)
 
@@ -308,6 +324,9 @@ class Agent:
         self._tasks = [asyncio.create_task(self._watch("services"), name="watch-services"),
                        asyncio.create_task(self._watch("nodes"), name="watch-nodes"),
                        asyncio.create_task(self._renew(), name="renew")]
+        from meshagent.health import HealthChecker
+        self.health = HealthChecker(lambda: dict(self._desired), self.identity.mesh_address, self._report_health)
+        self._tasks.append(asyncio.create_task(self.health.run(), name="health"))
         if self.config.spot:
             from meshagent.spot import SpotConfig, SpotWatcher
             watcher = SpotWatcher(self._spot_notice, SpotConfig(endpoint=self.config.imds))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from mesh.v1 import agent_pb2, agent_pb2_grpc, catalog_pb2, nodes_pb2
+from mesh.v1 import agent_pb2, agent_pb2_grpc, catalog_pb2, nodes_pb2, types_pb2
 from meshagent.view import strip_zone
 
 if TYPE_CHECKING:
@@ -32,8 +32,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(e.code(), detail)
 
     async def Expose(self, request, context):
+        if request.service.health.WhichOneof("kind"):
+            # Checked services start critical: out of DNS until the first check passes.
+            states = self.agent.health.states if self.agent.health else {}
+            request.service.health_state = states.get(request.service.name, types_pb2.HEALTH_STATE_CRITICAL)
         resp = await self._forward(self.agent.catalog_stub.Expose, request, context)
         self.agent.remember(resp.service)
+        if self.agent.health:
+            self.agent.health.forget(resp.service.name)  # check again now: the service may have changed
         self.agent.catalog.services.apply(1, resp.service, resp.service.revision)
         return resp
 

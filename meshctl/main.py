@@ -75,7 +75,9 @@ def _service_row(s: types_pb2.Service) -> dict:
     health = s.health.WhichOneof("kind")
     return {"NAME": s.name, "NODE": s.node_name, "ADDRESS": s.address, "PORT": s.port,
             "PROTOCOL": "udp" if s.protocol == types_pb2.PROTOCOL_UDP else "tcp",
-            "HEALTH": f"http {s.health.http_path}" if health == "http_path" else ("tcp" if health else "-")}
+            "HEALTH": (f"http {s.health.http_path}" if health == "http_path" else "tcp") + (
+                " (passing)" if s.health_state == types_pb2.HEALTH_STATE_PASSING else " (critical)")
+            if health else "-"}
 
 
 @app.command()

@@ -20,6 +20,12 @@ class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_TCP: _ClassVar[Protocol]
     PROTOCOL_UDP: _ClassVar[Protocol]
 
+class HealthState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HEALTH_STATE_UNSPECIFIED: _ClassVar[HealthState]
+    HEALTH_STATE_PASSING: _ClassVar[HealthState]
+    HEALTH_STATE_CRITICAL: _ClassVar[HealthState]
+
 class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
@@ -34,6 +40,9 @@ NODE_STATE_LEFT: NodeState
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
+HEALTH_STATE_UNSPECIFIED: HealthState
+HEALTH_STATE_PASSING: HealthState
+HEALTH_STATE_CRITICAL: HealthState
 EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_PUT: EventType
 EVENT_TYPE_DELETE: EventType
@@ -100,7 +109,7 @@ class HealthCheck(_message.Message):
     def __init__(self, http_path: _Optional[str] = ..., tcp: _Optional[bool] = ..., interval_s: _Optional[int] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "port", "protocol", "health", "node_id", "node_name", "address", "revision", "tags")
+    __slots__ = ("name", "port", "protocol", "health", "node_id", "node_name", "address", "revision", "tags", "health_state")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +119,7 @@ class Service(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_STATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     port: int
     protocol: Protocol
@@ -119,7 +129,8 @@ class Service(_message.Message):
     address: str
     revision: int
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., revision: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    health_state: HealthState
+    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., revision: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., health_state: _Optional[_Union[HealthState, str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("from_revision",)
