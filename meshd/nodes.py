@@ -29,6 +29,7 @@ from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/nodes/"
 NAMES = "/nodenames/"
+HEARTBEATS = "/heartbeats/"
 SERVICES = "/services/"
 
 
@@ -38,6 +39,8 @@ class NodesConfig:
     lease_ttl_s: float = 15.0
     #: seconds an unreachable node keeps its services before they leave the catalog
     grace_s: float = 30.0
+    #: replicas share renewals through the store (etcd); a lone meshd keeps them in memory
+    shared_heartbeats: bool = False
 
 
 def check_wireguard_key(key: str) -> str:
@@ -179,6 +182,8 @@ class Nodes:
         if facts.gossip_port:
             check_port(facts.gossip_port)
         self.last_seen[node_id] = self.clock()
+        if self.config.shared_heartbeats:  # the leader may be another replica: tell it through the store
+            await self.store.put(HEARTBEATS + node_id, repr(self.last_seen[node_id]).encode())
         current = await self.get(node_id)
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
@@ -207,7 +212,8 @@ class Nodes:
         """Remove a node with its services, name and address, in one transaction."""
         kv = await self._find(id_or_name)
         node = decode(kv)
-        ops = [Delete(kv.key), Delete(NAMES + node.name), self.addresses.release(node.mesh_address)]
+        ops = [Delete(kv.key), Delete(NAMES + node.name), self.addresses.release(node.mesh_address),
+               Delete(HEARTBEATS + node.id)]
         ops += [Delete(SERVICES + s.name) for s in services if s.node_id == node.id]
         res = await self.store.txn([unchanged(kv)], ops)
         if not res.succeeded:
@@ -217,6 +223,17 @@ class Nodes:
         return node
 
     # -- liveness -------------------------------------------------------------
+    async def load_heartbeats(self) -> None:
+        """Merge renewals other replicas saw (shared heartbeats only)."""
+        if not self.config.shared_heartbeats:
+            return
+        kvs, _ = await self.store.range(HEARTBEATS)
+        for kv in kvs:
+            node_id = kv.key[len(HEARTBEATS):]
+            seen = float(kv.value)
+            if seen > self.last_seen.get(node_id, 0.0):
+                self.last_seen[node_id] = seen
+
     def overdue(self, nodes: list[types_pb2.Node]) -> tuple[list[types_pb2.Node], list[types_pb2.Node]]:
         """(READY nodes whose lease expired, UNREACHABLE nodes past the grace period)."""
         now = self.clock()

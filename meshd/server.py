@@ -86,8 +86,10 @@ class Coordinator:
         self.admission = Admission(self.store, pki.pin(self.ca.pem), clock)
         self.addresses = AddressPool(self.store, config.overlay_pool)
         self.catalog = Catalog(self.store)
+        from meshd.store.sqlite import SQLiteStore
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca,
-                           NodesConfig(config.lease_ttl_s, config.grace_s), clock)
+                           NodesConfig(config.lease_ttl_s, config.grace_s,
+                                       shared_heartbeats=not isinstance(self.store, SQLiteStore)), clock)
         self.gossip = GossipKeys(self.store, clock)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
@@ -140,6 +142,7 @@ class Coordinator:
         await self.nodes.set_state(node_id, types_pb2.NODE_STATE_LEFT)
 
     async def check_leases(self) -> None:
+        await self.nodes.load_heartbeats()
         nodes, _ = await self.nodes.list()
         expired, gone = self.nodes.overdue(nodes)
         for n in expired:

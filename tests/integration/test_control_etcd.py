@@ -75,3 +75,33 @@ async def test_join_expose_watch_and_survive_the_etcd_leader_dying(mesh_on_etcd,
     # the state lives in etcd, under the mesh's key prefix
     kvs, _ = await mesh.coordinator.store.range("/")
     assert kvs and all(not kv.key.startswith("/control-test") for kv in kvs)
+
+
+async def test_two_replicas_share_renewals_so_the_leader_never_expires_a_live_node(tmp_path, cluster):
+    """An agent renews with replica B; replica A (leading) must still see it alive."""
+    from mesh.v1 import nodes_pb2
+    from tests.meshfix import FakeClock
+    clock = FakeClock()
+    a = Mesh(tmp_path / "a", clock=clock, store=cluster.url + "/replicas", lease_ttl_s=10, grace_s=10)
+    await a.start()
+    b = Mesh(tmp_path / "b", clock=clock, store=cluster.url + "/replicas", lease_ttl_s=10, grace_s=10)
+    import shutil
+    shutil.copytree(tmp_path / "a" / "meshd", tmp_path / "b" / "meshd", dirs_exist_ok=True)  # one mesh CA
+    await b.start()
+    try:
+        agent = await b.agent("roamer")           # joins at replica B; renewals below go to B only
+        for t in agent._tasks:                    # the test drives renewals itself, on the fake clock
+            t.cancel()
+        for _ in range(4):
+            clock.now += 6                        # beyond the lease, were renewals not shared
+            await b.coordinator.nodes.renew(agent.identity.node_id, types_pb2.Node())
+            await a.coordinator.check_leases()    # A judges liveness
+        node = (await a.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="roamer"))).node
+        assert node.state == types_pb2.NODE_STATE_READY
+        clock.now += 11                           # now it really stopped renewing
+        await a.coordinator.check_leases()
+        node = (await a.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="roamer"))).node
+        assert node.state == types_pb2.NODE_STATE_UNREACHABLE
+    finally:
+        await b.close()
+        await a.close()
