@@ -6,7 +6,6 @@ writes are forwarded to meshd with the node's own certificate.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import grpc

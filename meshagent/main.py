@@ -7,17 +7,13 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import uvloop
-
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from meshcore.errors import MeshError
+from meshcore import daemon
 
 
 def parse_args(argv: list[str]) -> AgentConfig:
@@ -73,40 +69,17 @@ def parse_args(argv: list[str]) -> AgentConfig:
 
 async def run(config: AgentConfig) -> None:
     agent = Agent(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(agent.start())
-    done, _ = await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if starting not in done:
-        starting.cancel()
-        return
-    starting.result()
-    print(f"meshagent ready node={agent.identity.name} address={agent.identity.mesh_address} "
-          f"dns={agent.dns_address or '-'} socket={config.socket}", flush=True)
-    from meshcore import sdnotify
-    sdnotify.notify("READY=1")
-    watchdog = sdnotify.start_watchdog()
-    try:
-        await stop.wait()
-    finally:
-        sdnotify.notify("STOPPING=1")
-        if watchdog:
-            watchdog.cancel()
-        await agent.stop()
+
+    async def start() -> dict[str, object]:
+        await agent.start()
+        return {"node": agent.identity.name, "address": agent.identity.mesh_address,
+                "dns": agent.dns_address or "-", "socket": config.socket}
+    await daemon.serve("meshagent", start, agent.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        uvloop.run(run(config))
-    except MeshError as e:
-        print(f"meshagent: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return daemon.run("meshagent", lambda: run(config))
 
 
 if __name__ == "__main__":

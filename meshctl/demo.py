@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 
@@ -63,7 +62,7 @@ def main() -> int:
             out.print(f"\n[bold]$ meshctl {what}[/]  (on beta)")
             out.print(mesh.meshctl(what, agent="beta").stdout.rstrip(), soft_wrap=True, markup=False)
         ok = page[0] == 200 and NAME in page[1]
-        out.print(f"\n[bold green]demo ok[/]: a name, resolved and reached across the mesh; everything stopped and removed."
+        out.print("\n[bold green]demo ok[/]: a name, resolved and reached across the mesh; everything stopped and removed."
                   if ok else "[red]demo failed[/]", soft_wrap=True)
         return 0 if ok else 1
 

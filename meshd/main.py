@@ -7,14 +7,11 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import uvloop
-
+from meshcore import daemon
 from meshcore.errors import MeshError
 from meshd.server import Coordinator, MeshdConfig
 
@@ -64,35 +61,16 @@ def parse_args(argv: list[str]) -> MeshdConfig:
 
 async def run(config: MeshdConfig) -> None:
     coordinator = Coordinator(config)
-    await coordinator.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # One machine-readable line for scripts and tests that start meshd on port 0.
-    print("meshd ready " + " ".join(f"{k}={v}" for k, v in coordinator.ports.items()), flush=True)
-    from meshcore import sdnotify
-    sdnotify.notify("READY=1")
-    watchdog = sdnotify.start_watchdog()
-    try:
-        await stop.wait()
-    finally:
-        sdnotify.notify("STOPPING=1")
-        if watchdog:
-            watchdog.cancel()
-        await coordinator.stop()
+
+    async def start() -> dict[str, object]:
+        await coordinator.start()
+        return dict(coordinator.ports)
+    await daemon.serve("meshd", start, coordinator.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        uvloop.run(run(config))
-    except MeshError as e:
-        print(f"meshd: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return daemon.run("meshd", lambda: run(config))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from meshcore import __version__, pki
 from meshcore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from meshd import metrics
 from meshd.admission import TokenRecord
-from meshd.auth import caller_of, require_admin, require_node
+from meshd.auth import caller_of, require_admin
 
 if TYPE_CHECKING:
     from meshd.server import Coordinator

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from meshcore.errors import NotFound, StateError
 from meshd.store.base import (
-    Compacted, Compare, Delete, DeletePrefix, Event, KeyValue, Op, Put, Store, TxnResult,
+    Compacted, Compare, Delete, Event, KeyValue, Op, Put, Store, TxnResult,
 )
 
 SCHEMA = """

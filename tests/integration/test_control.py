@@ -9,7 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, types_pb2
-from meshagent.agent import Agent, channel_options, mtls_channel
+from meshagent.agent import Agent, channel_options
 from meshcore import pki
 from meshcore.errors import InvalidArgument, Unauthenticated
 from tests.meshfix import FakeClock, Mesh, mesh, until  # noqa: F401  (fixture)
@@ -183,7 +183,6 @@ async def test_agent_restarts_without_token_and_reasserts_services(mesh):
     a = await mesh.agent("keeper")
     await mesh.agents[-1].stop()
     mesh.agents.pop()
-    from meshagent.localapi import AgentServicer  # noqa: F401 - the local API path is exercised by e2e
     # restart with no token: identity comes from the state directory
     cfg = mesh.agent_config("keeper", token="")
     again = Agent(cfg)

@@ -1,0 +1,60 @@
+"""The life of a daemon process (meshd, meshagent): start, say ready, serve until a signal, stop.
+
+One machine-readable line `<name> ready key=value ...` goes to stdout when
+serving (scripts and tests that start a daemon on port 0 read their ports
+from it), then READY=1 to systemd and the watchdog pings. A typed error from
+start-up (bad state, bad config) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from meshcore import sdnotify
+from meshcore.errors import MeshError
+
+
+async def serve(name: str, start: Callable[[], Awaitable[dict[str, object]]],
+                stop: Callable[[], Awaitable[None]]) -> None:
+    """Run `start()` (returns the facts for the ready line), serve until SIGTERM/SIGINT, then `stop()`.
+
+    A signal during start-up (an agent waiting for an unreachable meshd) stops at once."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    starting = asyncio.create_task(start())
+    waiting = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([starting, waiting], return_when=asyncio.FIRST_COMPLETED)
+    if starting not in done:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return
+    waiting.cancel()
+    facts = starting.result()
+    print(f"{name} ready " + " ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
+    sdnotify.notify("READY=1")
+    watchdog = sdnotify.start_watchdog()
+    try:
+        await stopping.wait()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        if watchdog:
+            watchdog.cancel()
+        await stop()
+
+
+def run(name: str, main: Callable[[], Awaitable[None]]) -> int:
+    """Run a daemon's main coroutine on uvloop; typed errors become one line and exit code 2."""
+    import uvloop
+    try:
+        uvloop.run(main())
+    except MeshError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
