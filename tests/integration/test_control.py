@@ -237,3 +237,30 @@ async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path
         assert agent.identity.name == "patient"
     finally:
         await m.close()
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("wireguard_public_key", "not-base64!", "WireGuard public key"),
+    ("wireguard_public_key", "AAAA", "WireGuard public key"),
+    ("public_address", "300.1.2.3", "public address"),
+    ("private_address", "0.0.0.0", "unicast"),
+])
+async def test_bad_node_facts_are_refused_at_meshd_and_never_stored(mesh, field, value, rule):
+    token = await mesh.token(uses=1)
+    agent = Agent(mesh.agent_config("facts", token))
+    real_facts = agent.facts
+
+    def bad_facts():
+        f = real_facts()
+        setattr(f, field, value)
+        return f
+    agent.facts = bad_facts
+    rev = await mesh.coordinator.store.revision()
+    with pytest.raises(InvalidArgument, match=rule):
+        await agent.join()
+    assert await mesh.coordinator.store.revision() == rev
+    renew = await mesh.agent("honest")
+    from mesh.v1 import admission_pb2 as adm
+    code, details = await code_of(renew.admission_stub.Renew(adm.RenewRequest(
+        node=types_pb2.Node(wireguard_public_key="short"))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "WireGuard public key" in details
