@@ -1,0 +1,64 @@
+"""The least-privilege IAM policy for the builder, printed by `meshctl infra policy`.
+
+The actions are exactly the operations `infra` calls (the policy test
+records every boto3 operation during the moto tests and checks both ways:
+each call is covered, and each action is called), plus the permissions AWS
+checks implicitly for some of them (`IMPLIED`). Join parameters are scoped
+to the mesh's own SSM path; EC2 describes and creates cannot be narrowed to
+resources that do not exist yet, so they apply to "*".
+"""
+
+from __future__ import annotations
+
+import json
+
+READ = (
+    "ec2:DescribeRegions", "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+    "ec2:DescribeAvailabilityZones", "ec2:DescribeVpcs", "ec2:DescribeSubnets",
+    "ec2:DescribeInternetGateways", "ec2:DescribeRouteTables", "ec2:DescribeSecurityGroups",
+    "ec2:DescribeVpcPeeringConnections", "ssm:DescribeParameters",
+)
+NETWORK = (
+    "ec2:CreateVpc", "ec2:DeleteVpc", "ec2:CreateSubnet", "ec2:ModifySubnetAttribute", "ec2:DeleteSubnet",
+    "ec2:CreateInternetGateway", "ec2:AttachInternetGateway", "ec2:DetachInternetGateway",
+    "ec2:DeleteInternetGateway", "ec2:CreateRouteTable", "ec2:DeleteRouteTable",
+    "ec2:AssociateRouteTable", "ec2:DisassociateRouteTable", "ec2:CreateRoute", "ec2:ReplaceRoute",
+    "ec2:DeleteRoute", "ec2:CreateSecurityGroup", "ec2:DeleteSecurityGroup",
+    "ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress",
+    "ec2:CreateVpcPeeringConnection", "ec2:AcceptVpcPeeringConnection", "ec2:DeleteVpcPeeringConnection",
+    "ec2:CreateTags",
+)
+# Only when opt_in_regions lists regions to enable.
+OPT_IN = ("account:GetRegionOptStatus", "account:EnableRegion")
+PARAMETERS = ("ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource")
+QUOTAS = (
+    "servicequotas:GetServiceQuota", "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota",
+    "servicequotas:RequestServiceQuotaIncrease",
+)
+# Checked by AWS on top of the call itself: tags given to PutParameter need
+# AddTagsToResource; TagSpecifications on EC2 creates need CreateTags.
+IMPLIED = {"ssm:PutParameter": ("ssm:AddTagsToResource",), "ec2:CreateVpc": ("ec2:CreateTags",)}
+
+
+def actions(quotas: bool = False, opt_in: bool = False) -> set[str]:
+    return (set(READ) | set(NETWORK) | set(PARAMETERS) | (set(QUOTAS) if quotas else set())
+            | (set(OPT_IN) if opt_in else set()))
+
+
+def document(mesh: str, quotas: bool = False, opt_in: bool = False) -> dict:
+    """The policy JSON for the mesh named `mesh`."""
+    statements = [
+        {"Sid": "MeshRead", "Effect": "Allow", "Action": sorted(READ), "Resource": "*"},
+        {"Sid": "MeshNetwork", "Effect": "Allow", "Action": sorted(NETWORK), "Resource": "*"},
+        {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": sorted(PARAMETERS),
+         "Resource": f"arn:aws:ssm:*:*:parameter/mesh/{mesh}/*"},
+    ]
+    if quotas:
+        statements.append({"Sid": "MeshQuotas", "Effect": "Allow", "Action": sorted(QUOTAS), "Resource": "*"})
+    if opt_in:
+        statements.append({"Sid": "MeshOptInRegions", "Effect": "Allow", "Action": sorted(OPT_IN), "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def render(mesh: str, quotas: bool = False, opt_in: bool = False) -> str:
+    return json.dumps(document(mesh, quotas, opt_in), indent=2)

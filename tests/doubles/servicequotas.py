@@ -1,0 +1,191 @@
+"""A small Service Quotas endpoint, for what moto does not implement (EC2 quotas).
+
+Written from the AWS Service Quotas API reference: the JSON 1.1 protocol
+(POST /, `X-Amz-Target: ServiceQuotasV20190624.<Operation>`, JSON bodies,
+errors as HTTP 400 with `{"__type": ..., "message": ...}`), and the four
+operations the builder uses:
+
+- GetServiceQuota(ServiceCode, QuotaCode) → {"Quota": {...}};
+  NoSuchResourceException for a code it does not know;
+- ListServiceQuotas(ServiceCode[, QuotaCode]) → {"Quotas": [...]};
+- RequestServiceQuotaIncrease(ServiceCode, QuotaCode, DesiredValue)
+  → {"RequestedQuota": {..., "Status": "PENDING"}}; ResourceAlreadyExistsException
+  while a request for the same quota is open; IllegalArgumentException when
+  the desired value is not above the current one; any refusal set by a test;
+- ListRequestedServiceQuotaChangeHistoryByQuota(ServiceCode, QuotaCode[, Status])
+  → {"RequestedQuotas": [...]}.
+
+The region of a call is read from the SigV4 credential scope, as AWS routes
+by endpoint. A real HTTP server on 127.0.0.1, port 0, in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TARGET_PREFIX = "ServiceQuotasV20190624."
+_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/servicequotas/aws4_request")
+
+NAMES = {
+    "L-DB2E81BA": "Running On-Demand G and VT instances",
+    "L-3819A6DF": "All G and VT Spot Instance Requests",
+    "L-417A185B": "Running On-Demand P instances",
+    "L-7212CCBC": "All P Spot Instance Requests",
+    "L-2C3B7624": "Running On-Demand Trn instances",
+    "L-6B0D517C": "All Trn Spot Instance Requests",
+    "L-1216C47A": "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
+    "L-34B43A08": "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests",
+}
+
+
+class _Error(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+class ServiceQuotasDouble:
+    """State and control. `default` is the value of every known code not set per region."""
+
+    def __init__(self, default: float = 0.0, account: str = "123456789012") -> None:
+        self.default = default
+        self.account = account
+        self.values: dict[tuple[str, str], float] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.refusals: dict[tuple[str, str], tuple[str, str]] = {}
+        self.calls: list[tuple[str, str]] = []  # (region, operation)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # control ---------------------------------------------------------------
+    def set(self, region: str, code: str, value: float) -> None:
+        self.values[(region, code)] = value
+
+    def refuse(self, region: str, code: str, kind: str = "QuotaExceededException",
+               message: str = "You have exceeded the number of quota increase requests allowed.") -> None:
+        self.refusals[(region, code)] = (kind, message)
+
+    def resolve(self, request_id: str, status: str = "APPROVED") -> None:
+        """Close a request as AWS support would (APPROVED raises the quota)."""
+        for r in self.requests:
+            if r["Id"] == request_id:
+                r["Status"] = status
+                if status == "APPROVED":
+                    self.values[(r["_region"], r["QuotaCode"])] = r["DesiredValue"]
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "ServiceQuotasDouble":
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b"{}"
+                target = self.headers.get("X-Amz-Target", "")
+                m = _SCOPE.search(self.headers.get("Authorization", ""))
+                region = m.group(1) if m else "us-east-1"
+                try:
+                    if not target.startswith(TARGET_PREFIX):
+                        raise _Error("UnknownOperationException", f"unknown target {target!r}")
+                    op = target[len(TARGET_PREFIX):]
+                    handler = getattr(double, "_op_" + op, None)
+                    if handler is None:
+                        raise _Error("UnknownOperationException", f"operation {op} is not implemented")
+                    with double._lock:
+                        double.calls.append((region, op))
+                        out = handler(region, json.loads(body or b"{}"))
+                    status, payload = 200, out
+                except _Error as e:
+                    status, payload = 400, {"__type": e.kind, "message": e.message}
+                except (ValueError, KeyError) as e:
+                    status, payload = 400, {"__type": "IllegalArgumentException", "message": f"bad request: {e}"}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="servicequotas-double", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "ServiceQuotasDouble":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # operations ------------------------------------------------------------
+    def _quota(self, region: str, service: str, code: str) -> dict[str, Any]:
+        if service != "ec2" or code not in NAMES:
+            raise _Error("NoSuchResourceException",
+                         f"The request failed because the specified quota {code} does not exist.")
+        return {"ServiceCode": service, "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+                "QuotaArn": f"arn:aws:servicequotas:{region}:{self.account}:{service}/{code}",
+                "QuotaCode": code, "QuotaName": NAMES[code],
+                "Value": self.values.get((region, code), self.default), "Unit": "None",
+                "Adjustable": True, "GlobalQuota": False}
+
+    def _op_GetServiceQuota(self, region: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return {"Quota": self._quota(region, body["ServiceCode"], body["QuotaCode"])}
+
+    def _op_ListServiceQuotas(self, region: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        codes = [body["QuotaCode"]] if body.get("QuotaCode") else sorted(NAMES)
+        return {"Quotas": [self._quota(region, body["ServiceCode"], c) for c in codes]}
+
+    def _op_RequestServiceQuotaIncrease(self, region: str, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        service, code, desired = body["ServiceCode"], body["QuotaCode"], float(body["DesiredValue"])
+        quota = self._quota(region, service, code)
+        if (region, code) in self.refusals:
+            raise _Error(*self.refusals[(region, code)])
+        if any(r["_region"] == region and r["QuotaCode"] == code and r["Status"] in ("PENDING", "CASE_OPENED")
+               for r in self.requests):
+            raise _Error("ResourceAlreadyExistsException", "A request for this quota is already pending.")
+        if desired <= quota["Value"]:
+            raise _Error("IllegalArgumentException", "The desired value must be greater than the current value.")
+        now = time.time()
+        req = {"Id": uuid.uuid4().hex, "CaseId": "", "ServiceCode": service, "ServiceName": quota["ServiceName"],
+               "QuotaCode": code, "QuotaName": quota["QuotaName"], "DesiredValue": desired, "Status": "PENDING",
+               "Created": now, "LastUpdated": now, "Requester": f"arn:aws:iam::{self.account}:user/test",
+               "QuotaArn": quota["QuotaArn"], "GlobalQuota": False, "Unit": "None", "_region": region}
+        self.requests.append(req)
+        return {"RequestedQuota": _public(req)}
+
+    def _op_ListRequestedServiceQuotaChangeHistoryByQuota(  # noqa: N802
+            self, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._quota(region, body["ServiceCode"], body["QuotaCode"])
+        out = [_public(r) for r in self.requests
+               if r["_region"] == region and r["QuotaCode"] == body["QuotaCode"]
+               and (not body.get("Status") or r["Status"] == body["Status"])]
+        return {"RequestedQuotas": out}
+
+
+def _public(req: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in req.items() if not k.startswith("_")}

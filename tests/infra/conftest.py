@@ -1,0 +1,177 @@
+"""Fixtures for the AWS builder tests: a real moto server on 127.0.0.1:0 and the quotas double.
+
+One moto server per session: starting one, and warming each region's EC2
+backend, costs seconds, so tests share the account and keep apart the way
+two meshes do in a real account: each test gets its own mesh name, and
+everything is found by that name's tags. One boto3 session is shared too
+(it caches the service models every new session would parse again).
+Fake credentials and a disabled instance metadata lookup keep every
+request on loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infra.aws import Aws, aws_from_config
+from infra.config import InfraConfig
+from tests.doubles.servicequotas import ServiceQuotasDouble
+
+FAKE_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+}
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in [*FAKE_ENV, "AWS_PROFILE"]}
+    os.environ.update(FAKE_ENV)
+    os.environ.pop("AWS_PROFILE", None)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def moto_post(url: str, path: str, data: bytes = b"") -> None:
+    req = urllib.request.Request(url + path, data=data, method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+
+
+@pytest.fixture
+def moto(moto_url: str) -> str:
+    """The shared moto account."""
+    return moto_url
+
+
+@pytest.fixture
+def iam_enforced(moto_url: str):
+    """A switch for moto's IAM policy evaluation; always switched off again afterwards."""
+
+    def on() -> None:
+        moto_post(moto_url, "/moto-api/reset-auth", b"0")
+
+    try:
+        yield on
+    finally:
+        moto_post(moto_url, "/moto-api/reset-auth", b"inf")
+
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def mesh() -> str:
+    """A mesh name of this test's own."""
+    return f"t{next(_names)}-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def shared_session(moto_url: str) -> Any:
+    import boto3
+
+    return boto3.session.Session()
+
+
+@pytest.fixture(scope="session")
+def shared_clients(moto_url: str) -> dict:
+    return {}
+
+
+class Sleeps:
+    """An injected sleep that records instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, s: float) -> None:
+        self.calls.append(s)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def make_aws(moto: str, sleeps: Sleeps, shared_session: Any, shared_clients: dict):
+    def make(cfg: InfraConfig, **kw: Any) -> Aws:
+        kw.setdefault("sleep", sleeps)
+        if "on_client" not in kw and "session_factory" not in kw:
+            kw["clients"] = shared_clients  # clients made with these defaults are interchangeable
+        kw.setdefault("session_factory", lambda: shared_session)
+        return aws_from_config(cfg, endpoint_url=moto, **kw)
+    return make
+
+
+@pytest.fixture
+def quotas_double() -> Iterator[ServiceQuotasDouble]:
+    d = ServiceQuotasDouble().start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+class Builder:
+    """The infra API bound to the moto server, reusing one region selection per config shape.
+
+    Selecting regions asks every region for its offerings; it is exercised on
+    its own, and the scenarios reuse its result as issue-8 style callers may."""
+
+    def __init__(self, make_aws: Any, cache: dict) -> None:
+        self.make_aws = make_aws
+        self.cache = cache
+
+    def selection(self, cfg: InfraConfig) -> Any:
+        from infra.regions import select_regions
+
+        key = (cfg.main_region, cfg.instance_types, cfg.excluded_regions, cfg.opt_in_regions)
+        if key not in self.cache:
+            self.cache[key] = select_regions(cfg, self.make_aws(cfg))
+        return self.cache[key]
+
+    def plan(self, cfg: InfraConfig, aws: Aws | None = None) -> Any:
+        from infra.plan import make_plan
+
+        return make_plan(cfg, aws or self.make_aws(cfg), selection=self.selection(cfg))
+
+    def apply(self, cfg: InfraConfig, aws: Aws | None = None) -> Any:
+        from infra.apply import apply
+
+        return apply(cfg, aws=aws or self.make_aws(cfg), selection=self.selection(cfg))
+
+
+@pytest.fixture(scope="session")
+def _selections() -> dict:
+    return {}
+
+
+@pytest.fixture
+def builder(make_aws: Any, _selections: dict) -> Builder:
+    return Builder(make_aws, _selections)
