@@ -160,7 +160,7 @@ async def _load(mesh: LocalMesh, root: Path) -> tuple[list[float], int]:
 
 def bench_1000_agents() -> list[dict]:
     import uvloop
-    with LocalMesh() as mesh, tempfile.TemporaryDirectory() as tmp:
+    with LocalMesh(pool="127.80.0.0/16") as mesh, tempfile.TemporaryDirectory() as tmp:
         mesh.start_meshd()
         latencies, rss = uvloop.run(_load(mesh, Path(tmp)))
     return [record(B, "meshd_rpc_p99_ms_1000_agents", percentile(latencies, 99), "ms", goal=50,

@@ -41,7 +41,8 @@ log = logging.getLogger("meshagent")
 
 # Codes after which retrying the same request cannot help.
 FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
-         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+         grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def channel_options() -> list[tuple[str, object]]:
@@ -139,8 +140,11 @@ class Agent:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
                     raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
                 if not warned:
-                    log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
-                                e if isinstance(e, Unavailable) else e.code().name)
+                    if isinstance(e, Unavailable) or e.code() == grpc.StatusCode.UNAVAILABLE:
+                        log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
+                                    e if isinstance(e, Unavailable) else e.details())
+                    else:
+                        log.warning("join attempt failed (%s: %s); retrying", e.code().name, e.details())
                     warned = True
                 await asyncio.sleep(backoff.next())
         ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,

@@ -291,10 +291,7 @@ def _mount() -> None:
     app.add_typer(install_app, name="install")
     app.add_typer(dns_app, name="dns")
     app.add_typer(k3s_app, name="k3s")
-    try:
-        from infra.cli import infra_app, quotas_app
-    except ImportError:  # the AWS builder is optional
-        return
+    from infra.cli import infra_app, quotas_app  # boto3 itself is imported only when a command runs
     app.add_typer(infra_app, name="infra")
     app.add_typer(quotas_app, name="quotas")
 

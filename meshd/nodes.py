@@ -11,6 +11,7 @@ meshd restart every node gets a fresh lease period.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
@@ -101,6 +102,9 @@ class Nodes:
         self.config = config or NodesConfig()
         self.clock = clock
         self.last_seen: dict[str, float] = {}
+        # Joins on one replica take turns: they would all race for the same address cursor.
+        # The store's compare-and-swap still guards against other replicas.
+        self._joining = asyncio.Lock()
 
     # -- reads ----------------------------------------------------------------
     def _live(self, node: types_pb2.Node) -> types_pb2.Node:
@@ -130,7 +134,11 @@ class Nodes:
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
         """Admit a node: one transaction consumes a token use, claims the name and an address."""
         check_facts(facts)
-        for _ in range(8):  # bounded retries when a concurrent join wins a compare
+        async with self._joining:
+            return await self._join(token, facts, csr_pem)
+
+    async def _join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
+        for _ in range(8):  # bounded retries when a join on another replica wins a compare
             tok, tok_cmp, tok_ops = await self.admission.check(token)
             holder = await self.store.get(NAMES + facts.name)
             if holder is not None:

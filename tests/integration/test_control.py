@@ -264,3 +264,10 @@ async def test_bad_node_facts_are_refused_at_meshd_and_never_stored(mesh, field,
     code, details = await code_of(renew.admission_stub.Renew(adm.RenewRequest(
         node=types_pb2.Node(wireguard_public_key="short"))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "WireGuard public key" in details
+
+
+async def test_concurrent_joins_all_succeed_with_distinct_addresses(mesh):
+    token = await mesh.token(uses=0)
+    agents = [Agent(mesh.agent_config(f"burst-{i}", token)) for i in range(20)]
+    idents = await asyncio.wait_for(asyncio.gather(*(a.join() for a in agents)), 60)
+    assert len({i.mesh_address for i in idents}) == 20 and len({i.node_id for i in idents}) == 20
