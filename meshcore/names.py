@@ -42,10 +42,11 @@ def is_name(name: str) -> bool:
 
 
 def normalize_name(raw: str) -> str:
-    """Turn a host or cluster name into a valid label: lowercase, '_' and '.' to '-',
+    """Turn a host or cluster name into a valid label: a host name's first label
+    (ip-10-4-0-4.ec2.internal -> ip-10-4-0-4), lowercased, '_' and spaces to '-',
     anything else dropped, trimmed to 63. Raises InvalidArgument if nothing is left."""
-    s = raw.strip().lower().split(".")[0] if "." in raw and not raw.strip().startswith(".") else raw.strip().lower()
-    s = re.sub(r"[_\s.]+", "-", s)
+    s = raw.strip().lower().lstrip(".").split(".")[0]
+    s = re.sub(r"[_\s]+", "-", s)
     s = re.sub(r"[^a-z0-9-]", "", s)
     s = re.sub(r"-{2,}", "-", s).strip("-")[:63].strip("-")
     if not s:
