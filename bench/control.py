@@ -7,8 +7,10 @@
 - DNS: bench/dns_bench.py (responder on one core, dnsmasq side by side).
 - meshd with 1,000 simulated agents in this one load process: each joined
   with its own key and certificate, holding both watch streams over its own
-  mTLS channel and renewing its lease; p99 latency of the RPCs they make
-  (Renew, Expose, ListServices) and meshd's RSS.
+  mTLS channel and renewing its lease every 5 s, while the catalog changes
+  CHANGES_PER_S times a second mesh-wide (every change reaches all 2,000
+  streams); p99 latency of the RPCs they make (Renew, Expose, ListServices)
+  and meshd's RSS, measured once every agent holds the full node list.
 - idle meshagent RSS.
 """
 
@@ -32,8 +34,10 @@ B = "control"
 JOINS = 100
 AGENTS = 50
 EXPOSES = 40
-SIM_AGENTS = 1000
 LOAD_SECONDS = 20
+SYNC_TIMEOUT_S = 90
+ARRIVALS_PER_S = 50.0  # agents opening their watch streams per second
+CHANGES_PER_S = 2.0  # a busy mesh: a service exposed or moved somewhere every half second
 
 
 def rss_mb(pid: int) -> float:
@@ -99,24 +103,35 @@ def bench_expose_to_resolvable() -> list[dict]:
                    anchor={"name": "python+uvloop+grpc.aio+cryptography baseline (FACTS)", "value": 47})]
 
 
-async def _load(mesh: LocalMesh, root: Path) -> tuple[list[float], int]:
+async def _load(mesh: LocalMesh, root: Path, n: int) -> tuple[list[float], float, float]:
     token = mesh.token(uses=0)
-    joined = await _joins(mesh, root, token, SIM_AGENTS, 16)
+    joined = await _joins(mesh, root, token, n, 16)
     idents = [ident for _, ident in joined]
     channels = [mtls_channel(mesh.coordinator, ident) for ident in idents]
     latencies: list[float] = []
     stop = asyncio.Event()
+    synced = [0]
+    all_synced = asyncio.Event()
+
+    errors = [0]
 
     async def timed(call):
         t0 = time.perf_counter()
-        await call
+        try:
+            await call
+        except grpc.aio.AioRpcError:
+            errors[0] += 1
+            return
         if not stop.is_set():
             latencies.append((time.perf_counter() - t0) * 1000)
 
     async def watch(stream):
         try:
-            async for _ in stream:
-                pass
+            async for ev in stream:
+                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                    synced[0] += 1
+                    if synced[0] == 2 * n:
+                        all_synced.set()
         except grpc.aio.AioRpcError:
             pass
 
@@ -124,18 +139,19 @@ async def _load(mesh: LocalMesh, root: Path) -> tuple[list[float], int]:
         adm = admission_pb2_grpc.AdmissionServiceStub(ch)
         cat = catalog_pb2_grpc.CatalogServiceStub(ch)
         nodes = nodes_pb2_grpc.NodeServiceStub(ch)
+        await asyncio.sleep(i / ARRIVALS_PER_S)  # the fleet comes up over time, as VMs boot
         streams = [cat.WatchServices(types_pb2.WatchRequest()), nodes.WatchNodes(types_pb2.WatchRequest())]
         watchers = [asyncio.create_task(watch(s)) for s in streams]
         rng = random.Random(i)
-        await asyncio.sleep(rng.random() * 5)  # spread renewals as real agents do
+        await asyncio.sleep(rng.random() * 5)  # spread renewals as real agents do (they renew while syncing too)
         try:
-            n = 0
+            changes = 0
             while not stop.is_set():
                 await timed(adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=30))
-                if rng.random() < 0.1:
-                    n += 1
-                    await timed(cat.Expose(catalog_pb2.ExposeRequest(
-                        service=types_pb2.Service(name=f"load-{i}-{n % 3}", port=8000 + n % 3)), timeout=30))
+                if rng.random() < CHANGES_PER_S * 5 / n:
+                    changes += 1
+                    await timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
+                        name=f"load-{i}-{changes % 3}", port=8000 + changes % 3)), timeout=30))
                 if rng.random() < 0.02:
                     await timed(cat.ListServices(catalog_pb2.ListServicesRequest(), timeout=30))
                 await asyncio.sleep(5)  # lease TTL 15 s: renew every third
@@ -144,9 +160,17 @@ async def _load(mesh: LocalMesh, root: Path) -> tuple[list[float], int]:
                 s.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
 
+    t0 = time.perf_counter()
     tasks = [asyncio.create_task(agent(i, ch)) for i, ch in enumerate(channels)]
-    await asyncio.sleep(5)  # everyone connected and watching
+    try:  # until every agent holds the whole node list (bounded: meshd may not get there)
+        await asyncio.wait_for(all_synced.wait(), SYNC_TIMEOUT_S)
+    except TimeoutError:
+        pass
+    sync_s = time.perf_counter() - t0
+    synced_fraction = synced[0] / (2 * n)
+    await asyncio.sleep(5)  # renewals spread out
     latencies.clear()
+    errors[0] = 0
     await asyncio.sleep(LOAD_SECONDS)
     rss = rss_mb(mesh.meshd.popen.pid)
     stop.set()
@@ -155,20 +179,27 @@ async def _load(mesh: LocalMesh, root: Path) -> tuple[list[float], int]:
     await asyncio.gather(*tasks, return_exceptions=True)
     for ch in channels:
         await ch.close()
-    return latencies, rss
+    return latencies, rss, sync_s, errors[0], synced_fraction
 
 
-def bench_1000_agents() -> list[dict]:
+def bench_agents(n: int) -> list[dict]:
+    """meshd under n simulated agents; metric names carry n."""
     import uvloop
     with LocalMesh(pool="127.80.0.0/16") as mesh, tempfile.TemporaryDirectory() as tmp:
         mesh.start_meshd()
-        latencies, rss = uvloop.run(_load(mesh, Path(tmp)))
-    return [record(B, "meshd_rpc_p99_ms_1000_agents", percentile(latencies, 99), "ms", goal=50,
-                   agents=SIM_AGENTS, rpcs=len(latencies), seconds=LOAD_SECONDS,
+        latencies, rss, sync_s, errors, synced = uvloop.run(_load(mesh, Path(tmp), n))
+    return [record(B, f"meshd_rpc_p99_ms_{n}_agents", percentile(latencies, 99), "ms", goal=50,
+                   agents=n, rpcs=len(latencies), rpc_errors=errors, seconds=LOAD_SECONDS,
+                   changes_per_s=CHANGES_PER_S, arrivals_per_s=ARRIVALS_PER_S, synced_fraction=round(synced, 3),
                    anchor={"name": "K3s server agents per 2 cores (approx.)", "value": 350}),
-            record(B, "meshd_rss_mb_1000_agents", rss, "MB", agents=SIM_AGENTS)]
+            record(B, f"meshd_rss_mb_{n}_agents", rss, "MB", agents=n),
+            # Until every agent, arriving at ARRIVALS_PER_S, holds the whole node list.
+            record(B, f"meshd_initial_sync_s_{n}_agents", sync_s, "s", agents=n,
+                   arrivals_per_s=ARRIVALS_PER_S, synced_fraction=round(synced, 3), timeout_s=SYNC_TIMEOUT_S),
+            record(B, f"meshd_watch_streams_synced_fraction_{n}_agents", synced, "ratio", better="higher", goal=1.0,
+                   agents=n)]
 
 
 def run() -> list[dict]:
     from bench.dns_bench import run_dns
-    return bench_joins() + bench_expose_to_resolvable() + run_dns() + bench_1000_agents()
+    return bench_joins() + bench_expose_to_resolvable() + run_dns() + bench_agents(200) + bench_agents(1000)
