@@ -140,7 +140,8 @@ async def _load(mesh: LocalMesh, root: Path, n: int) -> tuple[list[float], float
         cat = catalog_pb2_grpc.CatalogServiceStub(ch)
         nodes = nodes_pb2_grpc.NodeServiceStub(ch)
         await asyncio.sleep(i / ARRIVALS_PER_S)  # the fleet comes up over time, as VMs boot
-        streams = [cat.WatchServices(types_pb2.WatchRequest()), nodes.WatchNodes(types_pb2.WatchRequest())]
+        streams = [cat.WatchServices(types_pb2.WatchRequest(batch=True)),
+                   nodes.WatchNodes(types_pb2.WatchRequest(batch=True))]
         watchers = [asyncio.create_task(watch(s)) for s in streams]
         rng = random.Random(i)
         await asyncio.sleep(rng.random() * 5)  # spread renewals as real agents do (they renew while syncing too)

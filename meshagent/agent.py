@@ -233,13 +233,22 @@ class Agent:
         backoff = Backoff(self.config.backoff_min_s, self.config.backoff_max_s, self.rng)
         while True:
             try:
+                request = types_pb2.WatchRequest(from_revision=view.revision, batch=True)
                 if kind == "services":
-                    stream = self.catalog_stub.WatchServices(types_pb2.WatchRequest(from_revision=view.revision))
+                    stream = self.catalog_stub.WatchServices(request)
                 else:
-                    stream = self.node_stub.WatchNodes(types_pb2.WatchRequest(from_revision=view.revision))
+                    stream = self.node_stub.WatchNodes(request)
                 async for ev in stream:
                     self._set_connected(True)
                     backoff.reset()
+                    many = ev.services if kind == "services" else ev.nodes
+                    if many:  # a batch of the current set
+                        for obj in many:
+                            view.apply(ev.type, obj, obj.revision)
+                        if kind == "services" and self.gossip:
+                            for record in ev.records:
+                                self.gossip.publish(record)
+                        continue
                     obj = ev.service if kind == "services" else ev.node
                     view.apply(ev.type, obj, ev.revision)
                     if kind == "services" and ev.record and self.gossip:

@@ -16,6 +16,30 @@ if TYPE_CHECKING:
 
 EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
+#: objects per batched PUT while sending the current set (WatchRequest.batch)
+BATCH = 256
+
+
+async def batched(events, batch: bool):
+    """Pass (kind, obj, revision) through; with `batch`, the PUTs between RESET and SYNCED
+    come out as lists of up to BATCH objects: ("batch", [(obj, rev), ...], revision)."""
+    pending: list = []
+    in_reset = False
+    async for kind, obj, rev in events:
+        if batch and kind == "reset":
+            in_reset = True
+        elif in_reset and kind == "put":
+            pending.append((obj, rev))
+            if len(pending) >= BATCH:
+                yield "batch", pending, max(r for _, r in pending)
+                pending = []
+            continue
+        elif in_reset and kind == "synced":
+            if pending:
+                yield "batch", pending, max(r for _, r in pending)
+                pending = []
+            in_reset = False
+        yield kind, obj, rev
 
 
 def token_pb(rec: TokenRecord) -> admission_pb2.Token:
@@ -110,7 +134,12 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         await self.c.any_member(context)
         metrics.WATCH_STREAMS.labels("services").inc()
         try:
-            async for kind, svc, rev in self.c.catalog.watch(request.from_revision):
+            async for kind, svc, rev in batched(self.c.catalog.watch(request.from_revision), request.batch):
+                if kind == "batch":
+                    yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                   services=[s for s, _ in svc],
+                                                   records=[self.c.gossip.sign(s, r, False) for s, r in svc])
+                    continue
                 record = self.c.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
                 yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
         finally:
@@ -144,7 +173,11 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         from meshd.nodes import PREFIX, decode
         metrics.WATCH_STREAMS.labels("nodes").inc()
         try:
-            async for kind, node, rev in watch_prefix(self.c.store, PREFIX, request.from_revision, decode):
+            events = watch_prefix(self.c.store, PREFIX, request.from_revision, decode)
+            async for kind, node, rev in batched(events, request.batch):
+                if kind == "batch":
+                    yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, nodes=[n for n, _ in node])
+                    continue
                 yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev)
         finally:
             metrics.WATCH_STREAMS.labels("nodes").dec()

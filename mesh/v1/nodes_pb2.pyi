@@ -58,14 +58,16 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
 
 class NodeEvent(_message.Message):
-    __slots__ = ("type", "node", "revision")
+    __slots__ = ("type", "node", "revision", "nodes")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     type: _types_pb2.EventType
     node: _types_pb2.Node
     revision: int
-    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+    nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Node]
+    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., revision: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

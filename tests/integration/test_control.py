@@ -271,3 +271,19 @@ async def test_concurrent_joins_all_succeed_with_distinct_addresses(mesh):
     agents = [Agent(mesh.agent_config(f"burst-{i}", token)) for i in range(20)]
     idents = await asyncio.wait_for(asyncio.gather(*(a.join() for a in agents)), 60)
     assert len({i.mesh_address for i in idents}) == 20 and len({i.node_id for i in idents}) == 20
+
+
+async def test_batched_watch_sends_the_current_set_in_few_events(mesh):
+    a = await mesh.agent("many")
+    for i in range(300):
+        await a.catalog_stub.Expose(svc(f"s{i:03d}", 1000 + i))
+    stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True))
+    shapes = []
+    async for ev in stream:
+        shapes.append((types_pb2.EventType.Name(ev.type), len(ev.services), len(ev.records)))
+        if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+            break
+    stream.cancel()
+    assert shapes == [("EVENT_TYPE_RESET", 0, 0), ("EVENT_TYPE_PUT", 256, 256), ("EVENT_TYPE_PUT", 44, 44),
+                      ("EVENT_TYPE_SYNCED", 0, 0)]
+    await until(lambda: len(a.catalog.services.items) == 300)  # the agent's own (batched) copy
