@@ -118,6 +118,18 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.02) -> Non
         await asyncio.sleep(interval)
 
 
+def wait_for(fn, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
+    """Call fn() until it returns something true (returned); bounded in time, for tests outside asyncio."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not true within {timeout}s")
+
+
 @pytest.fixture
 async def mesh(tmp_path):
     m = await Mesh(tmp_path).start()

@@ -16,16 +16,7 @@ import pytest
 
 from meshagent.paths import DIRECT, RELAY, TUNNEL, NodeFacts, select_path
 from tests.e2e.lab.daemons import ROLES, LabDaemons, query
-
-
-def wait(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
+from tests.meshfix import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
         address = {}
         for src in ROLES:
             for dst in ROLES:
-                answers = wait(lambda: query(lab, src, ready[src]["dns"], f"svc-{dst}.default.svc.cluster.local"),
+                answers = wait_for(lambda: query(lab, src, ready[src]["dns"], f"svc-{dst}.default.svc.cluster.local"),
                                20, f"{src} resolving svc-{dst}")
                 address[dst] = answers[0]
         nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
@@ -55,7 +46,7 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
         facts = {r: NodeFacts(**{**f.__dict__, "mesh_address": address[r]}) for r, f in facts.items()}
         for src in ROLES:
             targets = [f"{address[d]}:7000" for d in ROLES if d != src]
-            results = wait(lambda: (lambda rs: rs if all(x["ok"] for x in rs) else None)(lab.connect(src, targets)),
+            results = wait_for(lambda: (lambda rs: rs if all(x["ok"] for x in rs) else None)(lab.connect(src, targets)),
                            30, f"{src} connecting to every service")
             assert [x["answer"].split()[0] for x in results] == [d for d in ROLES if d != src]
             for dst in ROLES:
@@ -81,11 +72,11 @@ def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):
     cloud_if = lab.nodes["cloud"].ifname
     assert nat_addr in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout  # relayed via the hub
     mesh_lab.meshctl("node", "remove", "nat")
-    wait(lambda: nat_key not in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout, 10, "nat leaving the hub")
-    wait(lambda: nat_addr not in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout, 10,
+    wait_for(lambda: nat_key not in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout, 10, "nat leaving the hub")
+    wait_for(lambda: nat_addr not in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout, 10,
          "nat leaving cloud's allowed addresses")
     for role in ("hub", "cloud", "ra"):  # routes follow the device (applied right after it)
-        wait(lambda: nat_addr not in lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout,
+        wait_for(lambda: nat_addr not in lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout,
              10, f"nat's routes leaving {role}")
 
 
@@ -100,7 +91,7 @@ def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh
     servers = [lab.serve(r, 7001) for r in ("ra", "rb")]
     try:
         rb = json.loads((mesh_lab.state / "rb" / "node.json").read_text())["mesh_address"]
-        wait(lambda: lab.connect("ra", [f"{rb}:7001"])[0]["ok"], 20, "ra reaching rb through the hub")
+        wait_for(lambda: lab.connect("ra", [f"{rb}:7001"])[0]["ok"], 20, "ra reaching rb through the hub")
         before = wg_state(lab, "cloud")
         mesh_lab.stop("cloud")
         mesh_lab.start_agent("cloud")  # no token: it rejoins from its state directory
@@ -109,9 +100,9 @@ def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh
         # the hub goes down, device and all; relayed pairs fail, then come back with it
         mesh_lab.stop("hub")
         lab.run("hub", ["ip", "link", "del", lab.nodes["hub"].ifname], check=False)
-        wait(lambda: not lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 10, "relay down with the hub")
+        wait_for(lambda: not lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 10, "relay down with the hub")
         mesh_lab.start_agent("hub")
-        wait(lambda: lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 30, "relay back with the hub")
+        wait_for(lambda: lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 30, "relay back with the hub")
     finally:
         for s in servers:
             s.terminate()

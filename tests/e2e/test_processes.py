@@ -11,16 +11,7 @@ import time
 import pytest
 
 from meshctl.localmesh import BIN, LocalMesh, resolve
-
-
-def wait_for(fn, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not true within {timeout}s")
+from tests.meshfix import wait_for
 
 
 @pytest.fixture

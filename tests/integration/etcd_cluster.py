@@ -21,6 +21,8 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+
+import pytest
 from pathlib import Path
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -174,3 +176,16 @@ class EtcdCluster:
                     m.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Three real etcd members on loopback with fast elections; stopped after the test."""
+    from tests.conftest import require_netns
+    require_netns("etcd")
+    c = EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -12,8 +12,8 @@ import asyncio
 import pytest
 
 from mesh.v1 import catalog_pb2, types_pb2
-from tests.conftest import require_netns
-from tests.integration.etcd_cluster import EtcdCluster
+
+from tests.integration.etcd_cluster import cluster  # noqa: F401  (fixture)
 from tests.meshfix import Mesh, until
 
 pytestmark = pytest.mark.slow
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.slow
 
 def svc(name: str, port: int = 8000) -> catalog_pb2.ExposeRequest:
     return catalog_pb2.ExposeRequest(service=types_pb2.Service(name=name, port=port))
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    require_netns("etcd")
-    c = EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

@@ -21,21 +21,10 @@ from meshd.election import Election, ElectionConfig
 from meshd.store.base import Put
 from meshd.store.etcd import EtcdConfig, EtcdStore
 from meshd.store.etcd_conn import OutcomeUnknown, ReadOnly
-from tests.conftest import require_netns
-from tests.integration.etcd_cluster import EtcdCluster
+
+from tests.integration.etcd_cluster import cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    require_netns("etcd")
-    c = EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
