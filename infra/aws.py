@@ -39,7 +39,7 @@ AUTH_CODES = frozenset({"AuthFailure", "InvalidClientTokenId", "ExpiredToken", "
                         "SignatureDoesNotMatch", "UnrecognizedClientException", "InvalidAccessKeyId"})
 
 # boto3 service name → IAM action prefix, where they differ.
-IAM_PREFIX = {"service-quotas": "servicequotas"}
+IAM_PREFIX = {"service-quotas": "servicequotas", "elbv2": "elasticloadbalancing"}
 
 CREDENTIALS_HINT = ("set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                     "or run `aws configure` / `aws sso login`")
@@ -130,6 +130,7 @@ class Aws:
         from botocore.exceptions import (ClientError, ConnectTimeoutError, EndpointConnectionError,
                                          NoCredentialsError, NoRegionError, ParamValidationError,
                                          PartialCredentialsError, ReadTimeoutError)
+        from botocore.parsers import ResponseParserError
 
         action = f"{IAM_PREFIX.get(service, service)}:{operation}"
         method = getattr(self.client(service, region), xform_name(operation))
@@ -149,6 +150,10 @@ class Aws:
             except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as e:
                 err: MeshError = Unavailable(f"cannot reach AWS for {action} in {region}: {e}")
                 code = "Unreachable"
+            except ResponseParserError:
+                err = Unavailable(f"AWS answered {action} in {region} with something unreadable "
+                                  f"{self.retry.max_attempts} times; try again later")
+                code = "Unreadable"
             except ClientError as e:
                 code = e.response.get("Error", {}).get("Code", "Unknown")
                 msg = e.response.get("Error", {}).get("Message", "")

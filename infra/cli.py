@@ -224,13 +224,20 @@ def destroy_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT
 
 @infra_app.command("policy")
 def policy_cmd(config: str = CONFIG_OPTION,
-               quotas: bool = typer.Option(False, "--quotas", help="include the quota commands' actions")) -> None:
+               quotas: bool = typer.Option(False, "--quotas", help="include the quota commands' actions"),
+               clusters: bool = typer.Option(False, "--clusters", help="the policy of the role `meshctl cluster` "
+                                                                       "works through (`meshctl infra role create`)")) -> None:
     """Print the IAM policy that apply and destroy need (and nothing more)."""
 
     def body() -> None:
+        import json
+
         from infra import policy
         from infra.config import InfraConfig, load_config
 
+        if clusters:
+            print(json.dumps(policy.cluster_document(quotas=quotas), indent=2))
+            return
         cfg = load_config(config) if Path(config).exists() else InfraConfig()
         print(policy.render(cfg.name, quotas=quotas, opt_in=bool(cfg.opt_in_regions)))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcore.errors import ConfigError, InvalidArgument
-from meshcore.names import check_name
+from meshcore.names import check_cluster_name
 
 DEFAULT_CONFIG_PATH = "mesh-infra.yaml"
 
@@ -54,6 +54,8 @@ class InfraConfig:
     # Opt-in regions are used only when listed here; apply asks AWS to enable
     # the listed ones that are not enabled yet (an account-wide change).
     opt_in_regions: tuple[str, ...] = ()
+    # When not empty, only these regions (and the main region) are selected.
+    only_regions: tuple[str, ...] = ()
     # SSH is closed to the world unless CIDRs are given.
     ssh_cidrs: tuple[str, ...] = ()
     # WireGuard is authenticated by keys, and NAT'd or other-cloud nodes
@@ -84,11 +86,11 @@ class InfraConfig:
     backoff_max_s: float = 20.0
 
     def regions_named(self) -> set[str]:
-        return {self.main_region, *self.excluded_regions, *self.opt_in_regions}
+        return {self.main_region, *self.excluded_regions, *self.opt_in_regions, *self.only_regions}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(InfraConfig)}
-_TUPLES = {"instance_types", "excluded_regions", "opt_in_regions", "ssh_cidrs", "wireguard_cidrs"}
+_TUPLES = {"instance_types", "excluded_regions", "opt_in_regions", "only_regions", "ssh_cidrs", "wireguard_cidrs"}
 _INTS = {"wireguard_port", "max_parallel_regions", "on_demand_vcpus", "spot_vcpus", "max_attempts"}
 _BOOLS = {"public_ips"}
 _FLOATS = {"quota_request_interval_s", "backoff_base_s", "backoff_max_s"}
@@ -166,7 +168,7 @@ def _coerce(key: str, value: Any) -> Any:
 def validate(cfg: InfraConfig) -> None:
     """Check the rules that need no AWS call. Raises ConfigError naming the rule."""
     try:
-        check_name(cfg.name, "mesh name")
+        check_cluster_name(cfg.name, "mesh name")
     except InvalidArgument as e:
         raise ConfigError(str(e).replace("\n", "\\n")) from None
     for r in sorted(cfg.regions_named()):

@@ -35,9 +35,27 @@ QUOTAS = (
     "servicequotas:GetServiceQuota", "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota",
     "servicequotas:RequestServiceQuotaIncrease",
 )
+# `meshctl cluster …` on top of the network: instances, their stable address,
+# the cluster documents, and handing the instance roles to EC2.
+CLUSTER = (
+    "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:RunInstances", "ec2:TerminateInstances",
+    "ec2:AllocateAddress", "ec2:AssociateAddress", "ec2:DescribeAddresses", "ec2:ReleaseAddress",
+    "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup",
+    "elasticloadbalancing:CreateListener", "elasticloadbalancing:RegisterTargets",
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:DeleteTargetGroup",
+    "elasticloadbalancing:AddTags",
+)
+CLUSTER_PARAMETERS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory")
+# The instance roles EC2 is given; created by `meshctl infra role create`.
+NODE_ROLE = "mesh-node"
+COORDINATOR_ROLE = "mesh-coordinator"
 # Checked by AWS on top of the call itself: tags given to PutParameter need
 # AddTagsToResource; TagSpecifications on EC2 creates need CreateTags.
-IMPLIED = {"ssm:PutParameter": ("ssm:AddTagsToResource",), "ec2:CreateVpc": ("ec2:CreateTags",)}
+IMPLIED = {"ssm:PutParameter": ("ssm:AddTagsToResource",), "ec2:CreateVpc": ("ec2:CreateTags",),
+           "ec2:RunInstances": ("iam:PassRole",),
+           "elasticloadbalancing:CreateLoadBalancer": ("elasticloadbalancing:AddTags",)}
 
 
 def actions(quotas: bool = False, opt_in: bool = False) -> set[str]:
@@ -58,6 +76,37 @@ def document(mesh: str, quotas: bool = False, opt_in: bool = False) -> dict:
     if opt_in:
         statements.append({"Sid": "MeshOptInRegions", "Effect": "Allow", "Action": sorted(OPT_IN), "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def cluster_actions(quotas: bool = False) -> set[str]:
+    return actions(quotas) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | {"iam:PassRole"}
+
+
+def cluster_document(quotas: bool = False) -> dict:
+    """The policy of the cross-account role `meshctl infra role create` makes: every cluster's network,
+    instances and documents (paths /mesh/* and /mesh-clusters/*), and passing only the two mesh roles."""
+    statements = [
+        {"Sid": "MeshRead", "Effect": "Allow", "Action": sorted(READ), "Resource": "*"},
+        {"Sid": "MeshNetwork", "Effect": "Allow", "Action": sorted(NETWORK), "Resource": "*"},
+        {"Sid": "MeshInstances", "Effect": "Allow", "Action": sorted(CLUSTER), "Resource": "*"},
+        {"Sid": "MeshParameters", "Effect": "Allow", "Action": sorted(set(PARAMETERS) | set(CLUSTER_PARAMETERS)),
+         "Resource": ["arn:aws:ssm:*:*:parameter/mesh/*", "arn:aws:ssm:*:*:parameter/mesh-clusters/*"]},
+        {"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
+         "Resource": [f"arn:aws:iam::*:role/{NODE_ROLE}", f"arn:aws:iam::*:role/{COORDINATOR_ROLE}"],
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+    ]
+    if quotas:
+        statements.append({"Sid": "MeshQuotas", "Effect": "Allow", "Action": sorted(QUOTAS), "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def instance_document(coordinator: bool) -> dict:
+    """What a VM's instance role may do: read the join parameters; coordinators also read their secrets."""
+    paths = ["arn:aws:ssm:*:*:parameter/mesh/*"]
+    if coordinator:
+        paths.append("arn:aws:ssm:*:*:parameter/mesh-clusters/*/coordinator/*")
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": paths}]}
 
 
 def render(mesh: str, quotas: bool = False, opt_in: bool = False) -> str:

@@ -103,9 +103,10 @@ def select_regions(cfg: InfraConfig, aws: Aws) -> Selection:
         raise FailedPrecondition(
             f"main region {cfg.main_region!r} is not enabled in this account ({statuses[cfg.main_region]}): "
             f"enable it with `aws account enable-region --region-name {cfg.main_region}` first")
-    for r in cfg.opt_in_regions:
-        if r not in statuses:
-            raise ConfigError(f"unknown region {r!r} in opt_in_regions: not an AWS region of this account")
+    for key in ("opt_in_regions", "only_regions"):
+        for r in getattr(cfg, key):
+            if r not in statuses:
+                raise ConfigError(f"unknown region {r!r} in {key}: not an AWS region of this account")
     enabled = [r for r in known if statuses[r] in ENABLED]
     offered = offerings(aws, enabled, cfg.instance_types, cfg.max_parallel_regions)
     first_offered: dict[str, list[str]] = {}
@@ -125,6 +126,8 @@ def select_regions(cfg: InfraConfig, aws: Aws) -> Selection:
             selected, reason = True, "main region"
         elif r in cfg.excluded_regions:
             selected, reason = False, "excluded (excluded_regions)"
+        elif cfg.only_regions and r not in cfg.only_regions:
+            selected, reason = False, "not listed (only_regions)"
         elif status not in ENABLED:
             selected = False
             if r in cfg.opt_in_regions:

@@ -37,6 +37,29 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+_CLUSTER = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+CLUSTER_NAME_RULE = ("a cluster name must be 1-63 lowercase letters, digits, '-' or '.', "
+                     "starting and ending with a letter or digit")
+
+
+def check_cluster_name(name: str, what: str = "cluster name") -> str:
+    """Grid's cluster name rule: an RFC 1123 label that may also contain '.'."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"invalid {what} '': {CLUSTER_NAME_RULE}")
+    if len(name) > 63:
+        raise InvalidArgument(f"invalid {what} '{name[:20]}…': longer than 63 characters; {CLUSTER_NAME_RULE}")
+    if not _CLUSTER.match(name):
+        if name.lower() != name:
+            why = "uppercase letters are not allowed"
+        elif not (name[0].isalnum() and name[-1].isalnum()):
+            why = "must start and end with a letter or digit"
+        else:
+            bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "-."))})
+            why = f"character(s) {''.join(bad)!r} not allowed" if bad else "not a valid name"
+        raise InvalidArgument(f"invalid {what} '{name}': {why}; {CLUSTER_NAME_RULE}")
+    return name
+
+
 def is_name(name: str) -> bool:
     return bool(isinstance(name, str) and _LABEL.match(name))
 

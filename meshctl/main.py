@@ -68,6 +68,22 @@ def _globals(agent_socket: Optional[str] = typer.Option(None, "--agent-socket", 
         ENDPOINTS.agent_socket = agent_socket
     if admin_socket:
         ENDPOINTS.admin_socket = admin_socket
+    if not (ENDPOINTS.cert_dir or ENDPOINTS.coordinator):
+        _use_current_cluster()
+
+
+def _use_current_cluster() -> None:
+    """After `meshctl cluster use NAME`, admin commands go to that cluster's meshd with its admin certificate."""
+    from meshctl.context import Contexts, cluster_dir
+
+    try:
+        contexts = Contexts.load()
+    except MeshError:
+        return  # reported by the cluster commands, which need the file; the others do not
+    ctx = contexts.clusters.get(contexts.current or "")
+    if ctx is not None and ctx.coordinator and (cluster_dir(contexts.current) / "admin.crt").exists():
+        ENDPOINTS.cert_dir = str(cluster_dir(contexts.current))
+        ENDPOINTS.coordinator = ctx.coordinator
 
 
 # -- services -----------------------------------------------------------------
@@ -294,6 +310,10 @@ def _mount() -> None:
     from infra.cli import infra_app, quotas_app  # boto3 itself is imported only when a command runs
     app.add_typer(infra_app, name="infra")
     app.add_typer(quotas_app, name="quotas")
+    from infra.cluster.cli import cluster_app, clusters_cmd, role_app
+    infra_app.add_typer(role_app, name="role")
+    app.add_typer(cluster_app, name="cluster")
+    app.command("clusters")(clusters_cmd)
 
 
 _mount()

@@ -25,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
-from meshd.store.base import Compare, KeyValue, Op, Put, Store
+from meshd.store.base import Compare, KeyValue, Op, Put, Store, absent
 
 PREFIX = "/tokens/"
 MAX_TTL_S = 30 * 24 * 3600
+BOOTSTRAP_TTL_S = 10 * 365 * 24 * 3600
 TOKEN_RE = re.compile(r"^(t[0-9a-f]{8})\.([0-9a-f]{32})(?:\.([0-9a-f]{64}))?$")
 TOKEN_RULE = "a join token looks like t1a2b3c4d.<32 hex>.<64 hex>, as printed by `meshctl token create`"
 
@@ -61,6 +62,11 @@ def parse_token(token: str) -> tuple[str, str, str | None]:
     return m.group(1), m.group(2), m.group(3)
 
 
+def new_join_string(ca_pin: str) -> str:
+    """A fresh join string for the CA with this pin, made without meshd (see Admission.ensure)."""
+    return f"t{secrets.token_hex(4)}.{secrets.token_hex(16)}.{ca_pin}"
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -88,6 +94,24 @@ class Admission:
                           created_at=now, description=description)
         await self.store.put(PREFIX + token_id, rec.encode())
         return rec, f"{token_id}.{secret}.{self.ca_pin}"
+
+    async def ensure(self, token: str, description: str = "bootstrap token (--bootstrap-token-file)") -> bool:
+        """Register a join string made outside meshd (a cluster builder writes it to SSM before
+        any meshd runs, as a K3s server token is chosen up front): unlimited uses, valid for
+        BOOTSTRAP_TTL_S, revocable like any other. Create-if-absent, so replicas agree and a
+        revoked bootstrap token stays revoked across restarts. True if this call created it."""
+        token_id, secret, pin = parse_token(token)
+        if pin is not None and pin != self.ca_pin:
+            raise InvalidArgument("bootstrap join token is for another mesh: its CA pin does not match this meshd's CA")
+        now = self.clock()
+        rec = TokenRecord(token_id, _hash(secret), now + BOOTSTRAP_TTL_S, 0, created_at=now, description=description)
+        res = await self.store.txn([absent(PREFIX + token_id)], [Put(PREFIX + token_id, rec.encode())])
+        if not res.succeeded:
+            kv = await self.store.get(PREFIX + token_id)
+            if kv is not None and not hmac.compare_digest(TokenRecord.decode(kv.value).hash, rec.hash):
+                raise InvalidArgument(f"bootstrap join token {token_id} conflicts with an existing token of that id "
+                                      "and another secret")
+        return res.succeeded
 
     async def list(self) -> list[TokenRecord]:
         kvs, _ = await self.store.range(PREFIX)

@@ -31,6 +31,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     p.add_argument("--advertise", action="append", default=[], help="extra name or address for meshd's certificate (repeatable)")
     p.add_argument("--k3s-server-url", default="", help="K3s server URL handed to agents")
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
+    p.add_argument("--bootstrap-token-file", default="",
+                   help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
     p.add_argument("--consul", default="", help="mirror the catalog into Consul at this address (http(s)://host:8500)")
     p.add_argument("--consul-token-file", default="", help="file with the Consul ACL token")
     p.add_argument("--consul-ca-file", default="", help="CA bundle for an https Consul")
@@ -56,7 +58,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
                        metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool, lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
-                       k3s_token_file=a.k3s_token_file, consul=consul, kubernetes=kubernetes)
+                       k3s_token_file=a.k3s_token_file, bootstrap_token_file=a.bootstrap_token_file,
+                       consul=consul, kubernetes=kubernetes)
 
 
 async def run(config: MeshdConfig) -> None:

@@ -65,6 +65,8 @@ class MeshdConfig:
     k3s_server_url: str = ""
     #: file holding the K3s agent token
     k3s_token_file: str = ""
+    #: file holding a join string registered at start (unlimited uses, revocable); "" for none
+    bootstrap_token_file: str = ""
     #: mirror the catalog into Consul (meshd/sync/consul_client.py: ConsulConfig); None: off
     consul: object | None = None
     #: mirror the catalog into Kubernetes Services (meshd/sync/kube_client.py: KubernetesConfig); None: off
@@ -185,6 +187,8 @@ class Coordinator:
 
     async def start(self) -> None:
         await self.gossip.load()
+        if self.config.bootstrap_token_file:
+            await self._bootstrap_token(Path(self.config.bootstrap_token_file))
         server = grpc.aio.server(interceptors=[ErrorInterceptor()],
                                  options=[("grpc.keepalive_time_ms", 20000),
                                           ("grpc.keepalive_permit_without_calls", 1),
@@ -226,6 +230,14 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="leases"))
         self._start_election()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    async def _bootstrap_token(self, path: Path) -> None:
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read bootstrap token file {path}: {e.strerror}") from None
+        if await self.admission.ensure(token):
+            log.info("registered the bootstrap join token from %s", path)
 
     # -- leadership -------------------------------------------------------------
     @property

@@ -175,3 +175,59 @@ def _selections() -> dict:
 @pytest.fixture
 def builder(make_aws: Any, _selections: dict) -> Builder:
     return Builder(make_aws, _selections)
+
+
+# -- clusters ---------------------------------------------------------------------
+
+# moto has no Debian images; its Ubuntu image stands in (the image is a spec field).
+TEST_IMAGE = {"image_owner": "099720109477", "image_name": "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*"}
+
+
+@pytest.fixture(scope="session")
+def sts(moto_url: str):
+    """STS that enforces the role's external id (moto's own accepts any)."""
+    from tests.doubles.sts import StsDouble
+
+    d = StsDouble(moto_url).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def base_aws(moto_url: str, sts: Any, shared_session: Any) -> Aws:
+    """The user's own credentials (moto's default user)."""
+    return Aws(lambda: shared_session, endpoint_url=moto_url, endpoint_urls={"sts": sts.url},
+               sleep=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def cluster_role(base_aws: Aws) -> Any:
+    from infra.cluster.access import create_role
+
+    return create_role(base_aws)
+
+
+@pytest.fixture(scope="session")
+def _cluster_selections() -> dict:
+    return {}
+
+
+@pytest.fixture
+def cluster_ops(moto: str, base_aws: Aws, cluster_role: Any, tmp_path: Any, sleeps: Sleeps,
+                _cluster_selections: dict, monkeypatch: Any):
+    """Ops through the assumed cluster role; contexts and secrets under this test's tmp_path."""
+    from infra.cluster.access import assume
+    from infra.cluster.lifecycle import Ops
+    from infra.cluster.registry import Registry
+
+    monkeypatch.setenv("MESHCTL_CONFIG_DIR", str(tmp_path / "meshctl"))
+
+    def make(**aws_kw: Any) -> Ops:
+        factory = assume(base_aws, cluster_role.role_arn, cluster_role.external_id, "us-east-1")
+        aws_kw.setdefault("sleep", sleeps)
+        aws = Aws(factory, endpoint_url=moto, **aws_kw)
+        return Ops(aws, Registry(aws), lambda n: tmp_path / "meshctl" / "clusters" / n, sleep=sleeps,
+                   selections=_cluster_selections)
+    return make

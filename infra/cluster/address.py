@@ -1,0 +1,145 @@
+"""The one stable address agents, nodes outside AWS and meshctl use for a cluster's meshd.
+
+- cost-savings: an Elastic IP on `coordinator-0` (survives stop/start and
+  replacement of the instance);
+- performance: an internet-facing Network Load Balancer in the main region's
+  subnets, TCP passthrough on 7443 (mTLS API) and 7444 (join), IP targets at
+  the replicas' fixed private addresses, health-checked, so a dead replica
+  stops receiving connections and agents reconnect to a live one.
+
+TLS ends at meshd (the mesh CA signs its certificate, SAN `meshd.mesh`), so
+neither needs a certificate of its own. Both carry the cluster tags and are
+found by them; names are derived from the cluster id (a load balancer name
+has at most 32 characters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra.aws import Aws, AwsError
+from infra.cluster.instances import cluster_filters, cluster_tags, tag_of, TAG_CLUSTER
+from infra.cluster.spec import COST_SAVINGS, ClusterDoc
+from infra.state import RegionState
+
+PORTS = (7443, 7444)
+
+
+def lb_name(doc: ClusterDoc) -> str:
+    return f"mesh-{doc.id}"[:32]
+
+
+def ensure(aws: Aws, doc: ClusterDoc, main: RegionState) -> str:
+    """Create the address if missing; returns host (IP or DNS name) without port."""
+    if doc.spec.profile == COST_SAVINGS:
+        eip = find_eip(aws, doc.name, doc.spec.main_region)
+        if eip is None:
+            eip = aws.call("ec2", doc.spec.main_region, "AllocateAddress", Domain="vpc", TagSpecifications=[
+                {"ResourceType": "elastic-ip", "Tags": cluster_tags(doc.name, role="coordinator")}])
+        return eip["PublicIp"]
+    lb = find_lb(aws, doc)
+    region = doc.spec.main_region
+    if lb is None:
+        subnets = [s.id for s in sorted(main.subnets, key=lambda s: s.zone)]
+        lb = aws.call("elbv2", region, "CreateLoadBalancer", Name=lb_name(doc), Subnets=subnets,
+                      Scheme="internet-facing", Type="network", IpAddressType="ipv4",
+                      Tags=_elb_tags(doc))["LoadBalancers"][0]
+    return lb["DNSName"]
+
+
+def attach(aws: Aws, doc: ClusterDoc, main: RegionState, coordinators: dict[str, dict[str, Any]]) -> None:
+    """Point the address at the coordinators (slot name → instance)."""
+    region = doc.spec.main_region
+    if doc.spec.profile == COST_SAVINGS:
+        eip, inst = find_eip(aws, doc.name, region), coordinators.get("coordinator-0")
+        if eip is not None and inst is not None and eip.get("InstanceId") != inst["InstanceId"]:
+            aws.call("ec2", region, "AssociateAddress", AllocationId=eip["AllocationId"], InstanceId=inst["InstanceId"],
+                     AllowReassociation=True)
+        return
+    lb = find_lb(aws, doc)
+    if lb is None:
+        return
+    vpc = main.vpc_id()
+    groups = {g["TargetGroupName"]: g for g in _groups(aws, region, lb["LoadBalancerArn"])}
+    for port in PORTS:
+        name = f"{lb_name(doc)[:27]}-{port}"
+        tg = groups.get(name) or _target_group(aws, doc, name, port, vpc)
+        if not groups.get(name):
+            aws.call("elbv2", region, "CreateListener", LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP",
+                     Port=port, DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+        health = aws.call("elbv2", region, "DescribeTargetHealth", TargetGroupArn=tg["TargetGroupArn"])
+        have = {d["Target"]["Id"] for d in health.get("TargetHealthDescriptions", [])}
+        want = {i["PrivateIpAddress"] for i in coordinators.values()}
+        if want - have:
+            aws.call("elbv2", region, "RegisterTargets", TargetGroupArn=tg["TargetGroupArn"],
+                     Targets=[{"Id": ip, "Port": port} for ip in sorted(want - have)])
+
+
+def _groups(aws: Aws, region: str, lb_arn: str) -> list[dict[str, Any]]:
+    try:
+        return aws.call("elbv2", region, "DescribeTargetGroups", LoadBalancerArn=lb_arn).get("TargetGroups", [])
+    except AwsError as e:
+        if e.aws_code == "TargetGroupNotFound":  # none yet
+            return []
+        raise
+
+
+def _target_group(aws: Aws, doc: ClusterDoc, name: str, port: int, vpc: str | None) -> dict[str, Any]:
+    return aws.call("elbv2", doc.spec.main_region, "CreateTargetGroup", Name=name, Protocol="TCP", Port=port,
+                    VpcId=vpc, TargetType="ip", HealthCheckProtocol="TCP", HealthCheckIntervalSeconds=10,
+                    HealthyThresholdCount=2, UnhealthyThresholdCount=2, Tags=_elb_tags(doc))["TargetGroups"][0]
+
+
+def _elb_tags(doc: ClusterDoc) -> list[dict[str, str]]:
+    return cluster_tags(doc.name, role="coordinator")
+
+
+def find_eip(aws: Aws, name: str, region: str) -> dict[str, Any] | None:
+    out = aws.call("ec2", region, "DescribeAddresses", Filters=cluster_filters(name)).get("Addresses", [])
+    return next((a for a in out if tag_of(a, TAG_CLUSTER) == name), None)
+
+
+def find_lb(aws: Aws, doc: ClusterDoc) -> dict[str, Any] | None:
+    try:
+        lbs = aws.call("elbv2", doc.spec.main_region, "DescribeLoadBalancers", Names=[lb_name(doc)])["LoadBalancers"]
+    except AwsError as e:
+        if e.aws_code == "LoadBalancerNotFound":
+            return None
+        raise
+    return lbs[0] if lbs else None
+
+
+def remove(aws: Aws, doc: ClusterDoc) -> None:
+    """Delete the load balancer and its target groups, or release the Elastic IP (whichever exists)."""
+    region = doc.spec.main_region
+    eip = find_eip(aws, doc.name, region)
+    if eip is not None:
+        aws.call("ec2", region, "ReleaseAddress", AllocationId=eip["AllocationId"])
+    lb = find_lb(aws, doc)
+    if lb is not None:
+        groups = _groups(aws, region, lb["LoadBalancerArn"])
+        aws.call("elbv2", region, "DeleteLoadBalancer", LoadBalancerArn=lb["LoadBalancerArn"])
+        for g in groups:
+            aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])
+    # target groups whose load balancer is already gone (a crashed delete)
+    prefix = lb_name(doc)[:27] + "-"
+    for g in aws.paginate("elbv2", region, "DescribeTargetGroups", "TargetGroups", token_in="Marker",
+                          token_out="NextMarker"):
+        if g["TargetGroupName"].startswith(prefix) and not g.get("LoadBalancerArns"):
+            aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])
+
+
+def leftovers(aws: Aws, doc: ClusterDoc) -> list[str]:
+    region = doc.spec.main_region
+    out = []
+    eip = find_eip(aws, doc.name, region)
+    if eip is not None:
+        out.append(f"{region}: elastic IP {eip.get('PublicIp')} ({eip['AllocationId']})")
+    if find_lb(aws, doc) is not None:
+        out.append(f"{region}: load balancer {lb_name(doc)}")
+    prefix = lb_name(doc)[:27] + "-"
+    for g in aws.paginate("elbv2", region, "DescribeTargetGroups", "TargetGroups", token_in="Marker",
+                          token_out="NextMarker"):
+        if g["TargetGroupName"].startswith(prefix):
+            out.append(f"{region}: target group {g['TargetGroupName']}")
+    return out

@@ -1,0 +1,426 @@
+"""Create, edit and delete a cluster: one converge loop, re-runnable after any failure.
+
+`create` records the cluster (the name is taken atomically), then converges;
+`edit` stores the next spec version, then converges; both run `converge`:
+
+1. local secrets: the mesh CA, an admin certificate for meshctl, and a
+   bootstrap join string, kept in the context directory (fetched from the
+   account when another machine created them);
+2. the stable address (Elastic IP or load balancer), so it can be written
+   into the join parameters and the instances' user data;
+3. the network: `infra.apply` with the join parameters;
+4. the coordinators' secrets in SSM, their security group (7443/7444);
+5. instances: missing slots launched, extra or mismatched ones terminated,
+   the address pointed at the coordinators.
+
+Each step reads what exists before acting, so a run that died anywhere
+(throttling, a partial failure, Ctrl-C) is finished by running the same
+command again. A failure is recorded in the cluster document (`last_error`),
+which `meshctl clusters` shows; the next successful run clears it.
+
+`delete` marks the document `deleting`, removes instances, address,
+security group, network and secrets, then sweeps every enabled region for
+anything still tagged with the cluster and lists it; the document goes only
+when nothing is left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from infra.apply import ApplyProgress, apply
+from infra.aws import Aws, AwsError
+from infra.cluster import address, instances
+from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
+from infra.cluster.registry import Registry, secret_prefix
+from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
+from infra.destroy import destroy
+from infra.regions import ENABLED, Selection, list_regions, select_regions
+from infra.state import read_region, tag_filters
+from meshcore import pki
+from meshcore.errors import AlreadyExists, FailedPrecondition, MeshError, Unavailable
+from meshcore.names import check_cluster_name
+
+TERMINATE_WAIT_S = 600.0
+POLL_S = 5.0
+
+
+@dataclass
+class Result:
+    doc: ClusterDoc
+    address: str = ""
+    launched: list[str] = field(default_factory=list)
+    terminated: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    calls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Ops:
+    """What a lifecycle call needs besides the cluster: the account, where clusters are
+    recorded, where local secrets live, and the injected clock."""
+
+    aws: Aws
+    registry: Registry
+    secrets_dir: Callable[[str], Path]
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    progress: ApplyProgress | None = None
+    selections: dict = field(default_factory=dict)  # reused per spec within one process (benchmarks, tests)
+
+
+def new_doc(name: str, spec: ClusterSpec) -> ClusterDoc:
+    return ClusterDoc(id="c" + secrets.token_hex(5), name=name, spec=spec,
+                      created_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
+           on_recorded: Callable[[ClusterDoc], None] | None = None) -> Result:
+    """Create cluster `name`, or finish creating it when `known_id` is the id this machine recorded.
+
+    `on_recorded` is called once the name is taken (the CLI saves the context then, so an
+    interrupted create can be resumed)."""
+    check_cluster_name(name)
+    validate(spec)
+    doc = ops.registry.get(name)
+    if doc is not None:
+        if doc.id != known_id:
+            raise AlreadyExists(f"cluster name {name!r} is taken by cluster {doc.id} in this account: "
+                                "choose another name, or delete that cluster first")
+        if doc.phase == "deleting":
+            raise FailedPrecondition(f"cluster {name} is being deleted: finish with `meshctl cluster delete {name}`")
+        if doc.spec != spec:
+            raise FailedPrecondition(f"cluster {name} exists with another spec: change it with "
+                                     f"`meshctl cluster edit {name}`")
+    else:
+        _check_mesh_name_free(ops.aws, name, spec.main_region)
+        doc = ops.registry.create(new_doc(name, spec))
+    if on_recorded is not None:
+        on_recorded(doc)
+    return _recorded(ops, doc, lambda: converge(ops, doc))
+
+
+def edit(ops: Ops, name: str, new: ClusterSpec, base_version: int | None = None) -> Result:
+    """Store `new` as the next spec version and converge; nothing changes if it is invalid."""
+    validate(new)
+    doc = _existing(ops, name)
+    if base_version is not None and doc.version != base_version:
+        raise FailedPrecondition(f"cluster {name} changed while it was being edited (version {base_version} → "
+                                 f"{doc.version}): edit again")
+    check_edit(doc.spec, new)
+    if doc.spec != new or doc.last_error:
+        doc = ops.registry.update(replace(doc, spec=new))
+    return _recorded(ops, doc, lambda: converge(ops, doc))
+
+
+def _existing(ops: Ops, name: str) -> ClusterDoc:
+    check_cluster_name(name)
+    doc = ops.registry.get(name)
+    if doc is None:
+        raise FailedPrecondition(f"no cluster named {name!r} in this account (`meshctl clusters` lists them)")
+    if doc.phase == "deleting":
+        raise FailedPrecondition(f"cluster {name} is being deleted: finish with `meshctl cluster delete {name}`")
+    return doc
+
+
+def _check_mesh_name_free(aws: Aws, name: str, region: str) -> None:
+    vpcs = aws.call("ec2", region, "DescribeVpcs", Filters=tag_filters(name)).get("Vpcs", [])
+    if vpcs:
+        raise AlreadyExists(f"cluster name {name!r} is taken by a mesh network built with `meshctl infra apply` "
+                            f"({vpcs[0]['VpcId']} in {region}): choose another name")
+
+
+def _recorded(ops: Ops, doc: ClusterDoc, body: Callable[[], Result]) -> Result:
+    """Run `body`; record a failure in the document (best effort), clear it on success."""
+    t0, calls0 = ops.clock(), ops.aws.calls
+    try:
+        result = body()
+    except (MeshError, KeyboardInterrupt) as e:
+        why = str(e) or "interrupted"
+        try:
+            current = ops.registry.get(doc.name)
+            if current is not None and current.id == doc.id:
+                ops.registry.update(replace(current, last_error=why[:1000]))
+        except MeshError:
+            pass  # the original error is the one to report
+        raise
+    current = ops.registry.get(doc.name)
+    if current is not None and current.last_error:
+        current = ops.registry.update(replace(current, last_error=""))
+    result.doc = current or result.doc
+    result.calls, result.seconds = ops.aws.calls - calls0, ops.clock() - t0
+    return result
+
+
+# -- converge -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Secrets:
+    directory: Path
+    ca: pki.CertificateAuthority
+    token_file: Path
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
+
+
+def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
+    """The CA, admin certificate and bootstrap join string in the context directory.
+
+    Made here on the first create; on another machine they are fetched from the
+    account (the CA must never be made twice: a new one would lock out every node)."""
+    d = ops.secrets_dir(doc.name)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    region, prefix = doc.spec.main_region, secret_prefix(doc.name)
+    if not (d / "ca.key").exists():
+        stored = {k: _param(ops.aws, region, n) for k, n in (("ca.key", prefix + "ca-key"),
+                                                              ("join-token", prefix + "join-token"))}
+        if stored["ca.key"] is not None:
+            crt = _param(ops.aws, region, f"/mesh/{doc.name}/ca-cert")
+            if crt is None or stored["join-token"] is None:
+                raise FailedPrecondition(f"cluster {doc.name}: the CA key is stored but its certificate or join "
+                                         "token is missing in SSM; restore them or delete the cluster")
+            pki.write_file(d / "ca.key", stored["ca.key"].encode(), private=True)
+            pki.write_file(d / "ca.crt", crt.encode())
+            pki.write_file(d / "join-token", stored["join-token"].encode(), private=True)
+    ca = pki.CertificateAuthority.load_or_create(d, name=f"mesh CA {doc.name}")
+    token = d / "join-token"
+    if not token.exists():
+        from meshd.admission import new_join_string
+
+        pki.write_file(token, new_join_string(pki.pin(ca.pem)).encode(), private=True)
+    if not (d / "admin.crt").exists():
+        key = pki.new_key()
+        pki.write_file(d / "admin.key", pki.key_pem(key), private=True)
+        pki.write_file(d / "admin.crt", ca.sign_csr(pki.make_csr(key, "meshctl"), "meshctl", "mesh-admin", days=3650))
+    return Secrets(d, ca, token)
+
+
+def _param(aws: Aws, region: str, name: str) -> str | None:
+    try:
+        return aws.call("ssm", region, "GetParameter", Name=name, WithDecryption=True)["Parameter"]["Value"]
+    except AwsError as e:
+        if e.aws_code == "ParameterNotFound":
+            return None
+        raise
+
+
+def _put_secret(aws: Aws, region: str, name: str, value: str, cluster: str) -> None:
+    digest = "managed by meshctl; sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+    found = aws.call("ssm", region, "DescribeParameters",
+                     ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [name]}]).get("Parameters", [])
+    if found and found[0].get("Description") == digest:
+        return
+    aws.call("ssm", region, "PutParameter", Name=name, Type="SecureString", Value=value, Description=digest,
+             Overwrite=True)
+
+
+def selection(ops: Ops, doc: ClusterDoc, aws_cfg: Any) -> Selection:
+    key = (doc.spec.main_region, tuple(t.name for t in doc.spec.instance_types), doc.spec.regions)
+    if key not in ops.selections:
+        ops.selections[key] = select_regions(aws_cfg, ops.aws)
+    return ops.selections[key]
+
+
+def converge(ops: Ops, doc: ClusterDoc) -> Result:
+    aws, spec, region = ops.aws, doc.spec, doc.spec.main_region
+    result = Result(doc)
+    sec = local_secrets(ops, doc)
+    probe_cfg = spec.to_infra(doc.name)
+    sel = selection(ops, doc, probe_cfg)
+    main = read_region(aws, doc.name, region)
+    if not main.subnets:  # the network first: the load balancer needs its subnets
+        _apply(ops, spec.to_infra(doc.name, ca_cert_file=str(sec.ca_file), join_token_file=str(sec.token_file)), sel)
+        main = read_region(aws, doc.name, region)
+    host = address.ensure(aws, doc, main)
+    result.address = f"{host}:7443"
+    cfg = spec.to_infra(doc.name, meshd_address=result.address, ca_cert_file=str(sec.ca_file),
+                        join_token_file=str(sec.token_file))
+    _apply(ops, cfg, sel)
+    main = read_region(aws, doc.name, region)
+    _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode(), doc.name)
+    _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip(), doc.name)
+    group = coordinator_group(aws, doc, main.vpc_id())
+    offered = {r.name: r.offered for r in sel.regions if r.selected}
+    coordinators = instances.coordinator_slots(doc, main)
+    slots = coordinators + instances.warm_slots(doc, offered)
+    etcd = instances.etcd_members(coordinators)
+    states = {region: main}
+    found: dict[str, dict[str, Any]] = {}
+    stopping: dict[str, list[str]] = {}
+    for r in sorted({s.region for s in slots} | {region}):
+        for inst in instances.find(aws, doc.name, r):
+            slot_name = tag_of(inst, "mesh:slot")
+            want = next((s for s in slots if s.name == slot_name and s.region == r), None)
+            if want is None or not instances.matches(inst, want) or slot_name in found:
+                instances.terminate(aws, r, [inst["InstanceId"]])
+                stopping.setdefault(r, []).append(inst["InstanceId"])
+                result.terminated.append(f"{r}/{inst['InstanceId']} ({slot_name or 'no slot'})")
+            else:
+                found[slot_name] = inst
+    _wait_terminated(ops, stopping)  # a replacement may need the fixed address the old one holds
+    images: dict[str, str] = {}
+    for s in slots:
+        if s.name in found:
+            continue
+        st = states.get(s.region) or states.setdefault(s.region, read_region(aws, doc.name, s.region))
+        subnet = _subnet_for(st, s)
+        groups = [g.id for g in st.groups]
+        if s.role in instances.COORDINATOR_ROLES:
+            groups.append(group)
+        if s.region not in images:
+            images[s.region] = instances.image(aws, doc, s.region)
+        data = instances.user_data(doc, s, result.address, etcd)
+        iid = instances.launch(aws, doc, s, subnet, groups, images[s.region], data)
+        found[s.name] = {"InstanceId": iid, "PrivateIpAddress": s.private_ip}
+        result.launched.append(f"{s.region}/{iid} ({s.name})")
+    address.attach(aws, doc, main, {s.name: found[s.name] for s in coordinators if s.name in found})
+    return result
+
+
+def _apply(ops: Ops, cfg: Any, sel: Selection) -> None:
+    res = apply(cfg, aws=ops.aws, selection=sel, sleep=ops.sleep, clock=ops.clock, progress=ops.progress)
+    if res.failed:
+        region, why = sorted(res.failed.items())[0]
+        more = f" (and {len(res.failed) - 1} more regions)" if len(res.failed) > 1 else ""
+        raise Unavailable(f"network not complete: {region}: {why}{more}; run the command again to finish")
+
+
+def _subnet_for(st: Any, slot: Slot) -> str:
+    subnets = sorted(st.subnets, key=lambda s: s.zone)
+    if not subnets:
+        raise FailedPrecondition(f"region {slot.region} has no mesh subnets: the network is not complete")
+    if slot.zone:
+        return next(s.id for s in subnets if s.zone == slot.zone)
+    return subnets[0].id
+
+
+def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
+    """The security group that opens meshd's ports (mTLS 7443, join 7444) to the world."""
+    region = doc.spec.main_region
+    found = [g for g in aws.call("ec2", region, "DescribeSecurityGroups",
+                                 Filters=cluster_filters(doc.name)).get("SecurityGroups", [])
+             if tag_of(g, "mesh:cluster") == doc.name and g.get("VpcId") == vpc]
+    if found:
+        return found[0]["GroupId"]
+    gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=f"mesh-{doc.name}-coordinator", VpcId=vpc,
+                   Description="meshd: mTLS API and join (TLS, token-gated)",
+                   TagSpecifications=[{"ResourceType": "security-group",
+                                       "Tags": cluster_tags(doc.name, role="coordinator")}])["GroupId"]
+    aws.call("ec2", region, "AuthorizeSecurityGroupIngress", GroupId=gid, IpPermissions=[
+        {"IpProtocol": "tcp", "FromPort": 7443, "ToPort": 7444, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    return gid
+
+
+# -- delete ---------------------------------------------------------------------
+
+def delete(ops: Ops, name: str) -> Result:
+    check_cluster_name(name)
+    doc = ops.registry.get(name)
+    if doc is None:
+        raise FailedPrecondition(f"no cluster named {name!r} in this account (`meshctl clusters` lists them)")
+    if doc.phase != "deleting":
+        doc = ops.registry.update(replace(doc, phase="deleting"))
+    t0, calls0 = ops.clock(), ops.aws.calls
+    try:
+        result = _delete(ops, doc)
+    except (MeshError, KeyboardInterrupt) as e:
+        try:
+            cur = ops.registry.get(name)
+            if cur is not None:
+                ops.registry.update(replace(cur, last_error=(str(e) or "interrupted")[:1000]))
+        except MeshError:
+            pass
+        raise
+    if result.leftovers:
+        cur = ops.registry.get(name)
+        if cur is not None:
+            ops.registry.update(replace(cur, last_error=f"{len(result.leftovers)} resources left: "
+                                        + "; ".join(result.leftovers)[:900]))
+    else:
+        ops.registry.delete(name)
+    result.calls, result.seconds = ops.aws.calls - calls0, ops.clock() - t0
+    return result
+
+
+def _delete(ops: Ops, doc: ClusterDoc) -> Result:
+    aws, region = ops.aws, doc.spec.main_region
+    result = Result(doc)
+    regions = sorted(r for r, s in list_regions(aws).items() if s in ENABLED)
+    pending: dict[str, list[str]] = {}
+    for r in regions:
+        ids = [i["InstanceId"] for i in instances.find(aws, doc.name, r)]
+        instances.terminate(aws, r, ids)
+        result.terminated += [f"{r}/{i}" for i in ids]
+        if ids:
+            pending[r] = ids
+    _wait_terminated(ops, pending)
+    address.remove(aws, doc)
+    for g in aws.call("ec2", region, "DescribeSecurityGroups", Filters=cluster_filters(doc.name)).get(
+            "SecurityGroups", []):
+        if tag_of(g, "mesh:cluster") == doc.name:
+            aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
+    net = destroy(doc.spec.to_infra(doc.name), aws, clock=ops.clock)
+    for name in (secret_prefix(doc.name) + "ca-key", secret_prefix(doc.name) + "join-token"):
+        try:
+            aws.call("ssm", region, "DeleteParameter", Name=name)
+        except AwsError as e:
+            if e.aws_code != "ParameterNotFound":
+                raise
+    result.leftovers = [f"{x.region}: {x.resource} ({x.reason})" for x in net.leftovers]
+    result.leftovers += sweep(aws, doc, regions)
+    return result
+
+
+def _wait_terminated(ops: Ops, pending: dict[str, list[str]]) -> None:
+    """Until every instance is terminated (a VPC cannot go while one is shutting down); bounded."""
+    deadline = ops.clock() + TERMINATE_WAIT_S
+    while pending:
+        for r in list(pending):
+            out = ops.aws.paginate("ec2", r, "DescribeInstances", "Reservations", InstanceIds=pending[r])
+            left = [i["InstanceId"] for res in out for i in res.get("Instances", [])
+                    if i.get("State", {}).get("Name") != "terminated"]
+            if left:
+                pending[r] = left
+            else:
+                del pending[r]
+        if not pending:
+            return
+        if ops.clock() > deadline:
+            raise Unavailable(f"instances still shutting down after {TERMINATE_WAIT_S:.0f} s: "
+                              + ", ".join(f"{r}/{i}" for r, ids in pending.items() for i in ids)
+                              + "; run the delete again")
+        ops.sleep(POLL_S)
+
+
+def sweep(aws: Aws, doc: ClusterDoc, regions: list[str]) -> list[str]:
+    """Everything still tagged with the cluster, in every region given."""
+    out: list[str] = []
+    for r in regions:
+        out += [f"{r}: instance {i['InstanceId']} ({tag_of(i, 'mesh:slot')})" for i in instances.find(aws, doc.name, r)]
+        for g in aws.call("ec2", r, "DescribeSecurityGroups", Filters=cluster_filters(doc.name)).get(
+                "SecurityGroups", []):
+            if tag_of(g, "mesh:cluster") == doc.name:
+                out.append(f"{r}: security group {g['GroupId']}")
+        for a in aws.call("ec2", r, "DescribeAddresses", Filters=cluster_filters(doc.name)).get("Addresses", []):
+            if tag_of(a, "mesh:cluster") == doc.name:
+                out.append(f"{r}: elastic IP {a.get('PublicIp')}")
+    out += [x for x in address.leftovers(aws, doc) if "elastic IP" not in x]
+    for name in (secret_prefix(doc.name) + "ca-key", secret_prefix(doc.name) + "join-token"):
+        if _param_exists(aws, doc.spec.main_region, name):
+            out.append(f"{doc.spec.main_region}: parameter {name}")
+    return out
+
+
+def _param_exists(aws: Aws, region: str, name: str) -> bool:
+    return bool(aws.call("ssm", region, "DescribeParameters", ParameterFilters=[
+        {"Key": "Name", "Option": "Equals", "Values": [name]}]).get("Parameters"))
