@@ -77,7 +77,8 @@ class Contexts:
         if ctx is None:
             known = ", ".join(sorted(self.clusters)) or "none"
             raise FailedPrecondition(f"cluster {name!r} is not known on this machine (known: {known}); "
-                                     "`meshctl clusters --role-arn … --external-id …` lists the account's clusters")
+                                     f"`meshctl cluster use {name} --role-arn … --external-id …` adds one "
+                                     "created elsewhere")
         return name, ctx
 
 

@@ -239,7 +239,7 @@ def clusters_cmd(
     def table(items: list[dict[str, Any]]) -> Table:
         t = Table(title=f"clusters (every {interval:g} s, Ctrl-C to stop)")
         for c in columns:
-            t.add_column(c.upper())
+            t.add_column(c.upper(), no_wrap=c in ("id", "name", "profile", "status"))
         for r in items:
             t.add_row(*[str(r.get(c, "")) for c in columns])
         return t
@@ -263,12 +263,13 @@ def use_cmd(name: str = typer.Argument(..., help="cluster name"),
             endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT) -> None:
     """Make NAME the cluster later commands use (with --role-arn/--external-id: one made elsewhere)."""
     def body() -> None:
-        from infra.cluster.registry import Registry
         from infra.cluster.lifecycle import local_secrets
         from meshctl.context import ClusterContext, Contexts
 
         check_cluster_name(name)
         contexts = Contexts.load()
+        if name not in contexts.clusters and not (role_arn or external_id):
+            contexts.get(name)  # says which clusters are known, and how to add one
         if name not in contexts.clusters or (role_arn and external_id):
             arn, ext = _need(role_arn, external_id)
             home = home_region or "us-east-1"
@@ -280,7 +281,6 @@ def use_cmd(name: str = typer.Argument(..., help="cluster name"),
             local_secrets(ops, doc)
             addr = _param_or_empty(aws, doc.spec.main_region, f"/mesh/{name}/meshd-address")
             contexts.clusters[name] = ClusterContext(doc.id, arn, ext, home, addr)
-            _ = Registry
         contexts.current = name
         contexts.save()
         typer.echo(f"current cluster: {name}")

@@ -1,0 +1,145 @@
+"""The cluster commands as a user types them, on the moto server and the external-id-enforcing STS.
+
+From `meshctl infra role create` to `meshctl cluster delete`: bad input is
+one `error:` line before any AWS call, `--edit-before-creation` and `edit`
+go through $EDITOR, `cluster use` makes later commands (including admin
+commands against meshd, with the cluster's admin certificate) use the
+cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from meshctl.localmesh import BIN, LocalMesh
+from meshctl.main import app
+from tests.infra.conftest import TEST_IMAGE
+from tests.infra.helpers import FEW
+
+
+@pytest.fixture
+def cli(moto, sts, tmp_path, monkeypatch):
+    monkeypatch.setenv("MESHCTL_CONFIG_DIR", str(tmp_path / "meshctl"))
+    monkeypatch.setenv("MESH_AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("MESH_AWS_STS_ENDPOINT_URL", sts.url)
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True, input: str | None = None, env: dict | None = None):
+        r = runner.invoke(app, list(args), input=input, env=env)
+        if ok:
+            assert r.exit_code == 0, r.output
+        else:
+            assert r.exit_code != 0, r.output
+            assert r.output.startswith("error: ") or "\nerror: " in r.output, r.output
+            assert "Traceback" not in r.output
+        return r
+    return run
+
+
+def editor(tmp_path: Path, body: str) -> dict[str, str]:
+    """An $EDITOR that rewrites the file it is given with a shell snippet ($1 is the file)."""
+    path = tmp_path / f"editor-{abs(hash(body))}.sh"
+    path.write_text(f"#!/bin/sh\nset -e\n{body}\n")
+    path.chmod(0o755)
+    return {"EDITOR": str(path)}
+
+
+def spec_file(tmp_path: Path, name: str, **kw) -> Path:
+    from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
+
+    spec = ClusterSpec(instance_types=(InstanceTypeSpec(FEW[0], 0),), **TEST_IMAGE, **kw)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(spec.to_yaml())
+    return p
+
+
+def test_from_role_to_running_cluster_to_delete(cli, sts, tmp_path, mesh) -> None:
+    role = json.loads(cli("infra", "role", "create", "-o", "json").output)
+    arn, ext = role["role_arn"], role["external_id"]
+    auth = ("--role-arn", arn, "--external-id", ext)
+    name = f"{mesh}.cli"
+
+    # refused before any AWS call
+    n = len(sts.requests)
+    r = cli("cluster", "create", "aws", *auth, "Bad_Name", ok=False)
+    assert "invalid cluster name 'Bad_Name'" in r.output and "'-' or '.'" in r.output
+    r = cli("cluster", "create", "aws", "--role-arn", "arn:aws:iam::1:role/x", "--external-id", ext, name, ok=False)
+    assert "invalid role ARN" in r.output
+    assert len(sts.requests) == n
+    r = cli("cluster", "create", "aws", "--role-arn", arn, "--external-id", "wrong-id", name, ok=False)
+    assert "wrong external id" in r.output
+    # an invalid edit before creation creates nothing
+    r = cli("cluster", "create", "aws", *auth, "--edit-before-creation", name, ok=False,
+            env=editor(tmp_path, "echo 'profile: fast' > \"$1\""))
+    assert "invalid profile 'fast'" in r.output
+
+    # created from an edited spec, after the plan is shown and confirmed
+    src = spec_file(tmp_path, "v1")
+    r = cli("cluster", "create", "aws", *auth, "--edit-before-creation", name, input="y\n",
+            env=editor(tmp_path, f"cp {src} \"$1\" && sed -i 's/performance/cost-savings/' \"$1\""))
+    assert "1 meshd" in r.output and "Create this cluster?" in r.output and "created, spec version 1" in r.output
+    ctx = json.loads((tmp_path / "meshctl" / "contexts.json").read_text())
+    assert ctx["current"] == name and ctx["clusters"][name]["external_id"] == ext
+    assert (tmp_path / "meshctl" / "contexts.json").stat().st_mode & 0o777 == 0o600
+    r = cli("cluster", "create", "aws", *auth, "--spec", str(src), name, ok=False)
+    assert "exists with another spec" in r.output  # this machine's own cluster, asked for differently
+
+    rows = json.loads(cli("clusters", "-o", "json", "--probe-timeout", "0.2").output)
+    mine = [x for x in rows if x["name"] == name]
+    assert mine and mine[0]["status"] == "provisioning" and mine[0]["profile"] == "cost-savings"
+    assert mine[0]["current"] == "*" and "coordinator-0: meshd not answering" in mine[0]["reason"]
+    r = cli("clusters", "--watch", "--count", "2", "--interval", "0", "--probe-timeout", "0.1")
+    assert mine[0]["id"] in r.output and "clusters (every 0 s" in r.output
+
+    # edit the current cluster: a diff, the next version
+    r = cli("cluster", "edit", "--spec", str(spec_file(tmp_path, "v2", profile="performance")), "--yes")
+    assert "-profile: cost-savings" in r.output and "+profile: performance" in r.output
+    assert "spec version 2" in r.output
+    r = cli("cluster", "edit", name, env=editor(tmp_path, "true"))
+    assert f"no change to cluster {name}" in r.output
+    r = cli("cluster", "edit", name, ok=False, env=editor(tmp_path, "echo 'instance_types: [G6]' >> \"$1\""))
+    assert "invalid instance type 'G6'" in r.output
+    r = cli("cluster", "use", "nope", ok=False)
+    assert "not known on this machine" in r.output and name in r.output
+
+    cli("cluster", "delete", name, "--yes")
+    ctx = json.loads((tmp_path / "meshctl" / "contexts.json").read_text())
+    assert ctx["current"] is None and name not in ctx["clusters"]
+    rows = json.loads(cli("clusters", "-o", "json", *auth).output)
+    assert name not in [x["name"] for x in rows]
+
+
+def test_cluster_use_sends_admin_commands_to_that_clusters_meshd(cli, tmp_path, mesh) -> None:
+    """The context holds the cluster's CA, admin certificate and address: `meshctl token list` reaches
+    a real meshd that runs with the cluster's CA and bootstrap join string, as a coordinator would."""
+    role = json.loads(cli("infra", "role", "create", "-o", "json").output)
+    auth = ("--role-arn", role["role_arn"], "--external-id", role["external_id"])
+    src = spec_file(tmp_path, "s", profile="cost-savings")
+    cli("cluster", "create", "aws", *auth, "--spec", str(src), mesh)
+    secrets = tmp_path / "meshctl" / "clusters" / mesh
+    with LocalMesh(tmp_path / "coordinator") as lm:
+        (lm.root / "meshd").mkdir(mode=0o700, parents=True)
+        for f in ("ca.key", "ca.crt"):  # what the coordinator's user data fetches from SSM
+            shutil.copy(secrets / f, lm.root / "meshd" / f)
+        lm.start_meshd(extra=("--bootstrap-token-file", str(secrets / "join-token")))
+        ctx_path = tmp_path / "meshctl" / "contexts.json"
+        ctx = json.loads(ctx_path.read_text())
+        ctx["clusters"][mesh]["coordinator"] = lm.coordinator  # the Elastic IP, here on loopback
+        ctx_path.write_text(json.dumps(ctx))
+        cli("cluster", "use", mesh)
+        env = {k: v for k, v in os.environ.items() if k not in ("MESHD_ADMIN_SOCKET", "MESH_COORDINATOR",
+                                                                 "MESH_ADMIN_CERT_DIR")}
+        env["MESHD_ADMIN_SOCKET"] = str(tmp_path / "no-admin-socket-here")
+        r = subprocess.run([str(BIN / "meshctl"), "token", "list", "-o", "json"], capture_output=True, text=True,
+                           env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        token_id = (secrets / "join-token").read_text().split(".")[0]
+        assert token_id in r.stdout
+    cli("cluster", "delete", mesh, "--yes")
