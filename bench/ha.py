@@ -12,8 +12,12 @@
 - `failover_lost_writes`: writes acknowledged before a kill that are missing
   afterwards, summed over the trials (must be 0).
 
-Cluster create/delete on moto (`cluster_create_s_moto`, ...) are measured by
-the infra benchmarks.
+- `cluster_create_s_moto` / `cluster_delete_s_moto` (and `_calls_moto`): a
+  performance cluster (three coordinators behind a load balancer, one warm
+  g6.xlarge) for LMRun's instance types, through the assumed cluster role,
+  on a moto server in this process; `cluster_rerun_calls_moto` is a create
+  run again with nothing to do. Region selection is warmed first (moto
+  builds each region's backend on first use) and reported in params.
 """
 
 from __future__ import annotations
@@ -115,6 +119,66 @@ async def _run(root: Path) -> list[dict]:
     return records
 
 
+def _clusters_on_moto(root: Path) -> list[dict]:
+    import logging
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    from bench.infra import FAKE_ENV
+
+    saved = {k: os.environ.get(k) for k in FAKE_ENV}
+    os.environ.update(FAKE_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        from infra.aws import Aws
+        from infra.cluster.access import assume, create_role
+        from infra.cluster.lifecycle import Ops, create, delete, selection
+        from infra.cluster.registry import Registry
+        from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
+
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        session = boto3.session.Session()
+        base = Aws(lambda: session, endpoint_url=url)
+        role = create_role(base)
+        aws = Aws(assume(base, role.role_arn, role.external_id, "us-east-1"), endpoint_url=url)
+        ops = Ops(aws, Registry(aws), lambda n: root / "clusters" / n, sleep=lambda s: None)
+        spec = ClusterSpec(instance_types=(InstanceTypeSpec("g6.xlarge", 1), InstanceTypeSpec("g6.2xlarge"),
+                                           InstanceTypeSpec("g6.12xlarge")),
+                           image_owner="099720109477", image_name="ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-*")
+        t0 = time.monotonic()
+        from infra.cluster.lifecycle import new_doc
+        sel = selection(ops, new_doc("bench", spec), spec.to_infra("bench"))
+        warm_s = time.monotonic() - t0
+        ops.selections.clear()  # the measured create selects regions itself, as the CLI does
+        created = create(ops, "bench", spec)
+        again = create(ops, "bench", spec, known_id=created.doc.id)
+        gone = delete(ops, "bench")
+        if gone.leftovers or again.launched:
+            raise RuntimeError(f"cluster bench did not converge: {gone.leftovers} {again.launched}")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    params = {"profile": "performance", "regions": len(sel.selected), "instances": len(created.launched),
+              "types": "g6.xlarge(warm 1),g6.2xlarge,g6.12xlarge", "moto_warmup_s": round(warm_s, 2)}
+    return [
+        record("ha", "cluster_create_s_moto", created.seconds, "s", **params),
+        record("ha", "cluster_create_calls_moto", created.calls, "calls", **params),
+        record("ha", "cluster_rerun_calls_moto", again.calls, "calls", **params),
+        record("ha", "cluster_delete_s_moto", gone.seconds, "s", **params),
+        record("ha", "cluster_delete_calls_moto", gone.calls, "calls", **params),
+    ]
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as d:
-        return asyncio.run(_run(Path(d)))
+        return asyncio.run(_run(Path(d))) + _clusters_on_moto(Path(d))

@@ -13,7 +13,10 @@ The model, in the order a run goes through it:
 - `ssm`        join parameters stored in each region's Parameter Store;
 - `quotas`     Service Quotas for the chosen types, checked and requested;
 - `policy`     the IAM policy that covers every call above;
-- `aws`        the one door to boto3: clients, retries with backoff, typed errors.
+- `aws`        the one door to boto3: clients, retries with backoff, typed errors;
+- `cluster/`   whole clusters in a user's account (`meshctl cluster …`): the
+               cross-account role, the versioned spec, coordinators and warm
+               instances on top of this network, status, delete with a sweep.
 
 Every entry point takes an `Aws` built from a boto3 session factory, never a
 global session, so callers (the CLI, tests, cluster builders) choose the

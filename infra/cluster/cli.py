@@ -148,8 +148,7 @@ def create_aws(
                 raise FailedPrecondition("not created")
 
         def recorded(doc: Any) -> None:
-            contexts.clusters[name] = ClusterContext(doc.id, arn, ext, home, contexts.clusters.get(name, known).coordinator
-                                                     if known else "")
+            contexts.clusters[name] = ClusterContext(doc.id, arn, ext, home, known.coordinator if known else "")
             contexts.current = contexts.current or name
             contexts.save()
 
@@ -215,6 +214,9 @@ def clusters_cmd(
         contexts = Contexts.load()
         arn, ext, home = role_arn, external_id, home_region
         if not (arn and ext):
+            if not contexts.current:
+                raise InvalidArgument("which account? pass --role-arn and --external-id, or set a current "
+                                      "cluster with `meshctl cluster use NAME`")
             _, ctx = contexts.get(None)
             arn, ext, home = ctx.role_arn, ctx.external_id, home or ctx.home_region
         arn, ext = _need(arn, ext)

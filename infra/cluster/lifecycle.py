@@ -235,8 +235,7 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     aws, spec, region = ops.aws, doc.spec, doc.spec.main_region
     result = Result(doc)
     sec = local_secrets(ops, doc)
-    probe_cfg = spec.to_infra(doc.name)
-    sel = selection(ops, doc, probe_cfg)
+    sel = selection(ops, doc, spec.to_infra(doc.name))
     main = read_region(aws, doc.name, region)
     if not main.subnets:  # the network first: the load balancer needs its subnets
         _apply(ops, spec.to_infra(doc.name, ca_cert_file=str(sec.ca_file), join_token_file=str(sec.token_file)), sel)

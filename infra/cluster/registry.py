@@ -59,6 +59,8 @@ class Registry:
             if e.aws_code != "ParameterAlreadyExists":
                 raise
             held = self.get(doc.name)
+            if held is not None and held.id == doc.id:
+                return held  # our own write, whose answer was lost and retried
             holder = f"cluster {held.id}" if held else "another cluster"
             raise AlreadyExists(f"cluster name {doc.name!r} is taken by {holder} in this account: "
                                 "choose another name, or delete that cluster first") from None
