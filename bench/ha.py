@@ -120,29 +120,16 @@ async def _run(root: Path) -> list[dict]:
 
 
 def _clusters_on_moto(root: Path) -> list[dict]:
-    import logging
-    import os
+    import boto3
 
-    from moto.server import ThreadedMotoServer
+    from infra.aws import Aws
+    from infra.cluster.access import assume, create_role
+    from infra.cluster.lifecycle import Ops, create, delete, new_doc, selection
+    from infra.cluster.registry import Registry
+    from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
+    from tests.doubles.motoserver import moto_server
 
-    from bench.infra import FAKE_ENV
-
-    saved = {k: os.environ.get(k) for k in FAKE_ENV}
-    os.environ.update(FAKE_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        import boto3
-
-        from infra.aws import Aws
-        from infra.cluster.access import assume, create_role
-        from infra.cluster.lifecycle import Ops, create, delete, selection
-        from infra.cluster.registry import Registry
-        from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
-
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+    with moto_server() as url:
         session = boto3.session.Session()
         base = Aws(lambda: session, endpoint_url=url)
         role = create_role(base)
@@ -152,7 +139,6 @@ def _clusters_on_moto(root: Path) -> list[dict]:
                                            InstanceTypeSpec("g6.12xlarge")),
                            image_owner="099720109477", image_name="ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-*")
         t0 = time.monotonic()
-        from infra.cluster.lifecycle import new_doc
         sel = selection(ops, new_doc("bench", spec), spec.to_infra("bench"))
         warm_s = time.monotonic() - t0
         ops.selections.clear()  # the measured create selects regions itself, as the CLI does
@@ -161,13 +147,6 @@ def _clusters_on_moto(root: Path) -> list[dict]:
         gone = delete(ops, "bench")
         if gone.leftovers or again.launched:
             raise RuntimeError(f"cluster bench did not converge: {gone.leftovers} {again.launched}")
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     params = {"profile": "performance", "regions": len(sel.selected), "instances": len(created.launched),
               "types": "g6.xlarge(warm 1),g6.2xlarge,g6.12xlarge", "moto_warmup_s": round(warm_s, 2)}
     return [

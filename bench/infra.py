@@ -16,17 +16,10 @@ ends: compare runs of this benchmark with each other, not with AWS.
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from typing import Any
 
 from bench.common import record
-
-FAKE_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
-
 
 def _one(url: str, name: str, parallel: int, session: Any) -> dict[str, float]:
     from infra.apply import apply
@@ -57,22 +50,14 @@ def _one(url: str, name: str, parallel: int, session: Any) -> dict[str, float]:
 
 
 def run() -> list[dict[str, Any]]:
-    from moto.server import ThreadedMotoServer
+    import boto3
 
-    saved = {k: os.environ.get(k) for k in FAKE_ENV}
-    os.environ.update(FAKE_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        import boto3
+    from infra.aws import aws_from_config
+    from infra.config import InfraConfig
+    from infra.regions import select_regions
+    from tests.doubles.motoserver import moto_server
 
-        from infra.aws import aws_from_config
-        from infra.config import InfraConfig
-        from infra.regions import select_regions
-
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+    with moto_server() as url:
         session = boto3.session.Session()
         t0 = time.monotonic()
         warm = InfraConfig(name="warm")
@@ -80,13 +65,6 @@ def run() -> list[dict[str, Any]]:
         warm_s = time.monotonic() - t0
         par = _one(url, "bench-par", InfraConfig().max_parallel_regions, session)
         ser = _one(url, "bench-ser", 1, session)
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     params = {"regions": par["regions"], "types": "g6.xlarge,g6.2xlarge,g6.12xlarge",
               "parallel": InfraConfig().max_parallel_regions, "moto_warmup_s": round(warm_s, 2)}
     return [

@@ -38,7 +38,7 @@ def _run(body: Callable[[], Any]) -> Any:
     except MeshError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail("interrupted: run the same command again to finish (apply and destroy are idempotent)", 130)
+        fail("interrupted: run the same command again to finish (every step reads what exists first)", 130)
 
 
 def _setup(config: str, endpoint_url: str | None, quotas_endpoint_url: str | None = None,

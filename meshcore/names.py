@@ -21,20 +21,7 @@ NAME_RULE = "a name must be 1-63 lowercase letters, digits or '-', starting and 
 
 def check_name(name: str, what: str = "name") -> str:
     """Return `name` if it is a valid RFC 1123 label, else raise InvalidArgument naming the rule."""
-    if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"invalid {what} '': {NAME_RULE}")
-    if len(name) > 63:
-        raise InvalidArgument(f"invalid {what} '{name[:20]}…': longer than 63 characters; {NAME_RULE}")
-    if not _LABEL.match(name):
-        if name.lower() != name:
-            why = "uppercase letters are not allowed"
-        elif name[0] == "-" or name[-1] == "-":
-            why = "must not start or end with '-'"
-        else:
-            bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c == "-"))})
-            why = f"character(s) {''.join(bad)!r} not allowed" if bad else "not a valid label"
-        raise InvalidArgument(f"invalid {what} '{name}': {why}; {NAME_RULE}")
-    return name
+    return _check(name, what, _LABEL, "-", NAME_RULE, "must not start or end with '-'")
 
 
 _CLUSTER = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -44,19 +31,23 @@ CLUSTER_NAME_RULE = ("a cluster name must be 1-63 lowercase letters, digits, '-'
 
 def check_cluster_name(name: str, what: str = "cluster name") -> str:
     """Grid's cluster name rule: an RFC 1123 label that may also contain '.'."""
+    return _check(name, what, _CLUSTER, "-.", CLUSTER_NAME_RULE, "must start and end with a letter or digit")
+
+
+def _check(name: str, what: str, pattern: re.Pattern, punct: str, rule: str, edge: str) -> str:
     if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"invalid {what} '': {CLUSTER_NAME_RULE}")
+        raise InvalidArgument(f"invalid {what} '': {rule}")
     if len(name) > 63:
-        raise InvalidArgument(f"invalid {what} '{name[:20]}…': longer than 63 characters; {CLUSTER_NAME_RULE}")
-    if not _CLUSTER.match(name):
+        raise InvalidArgument(f"invalid {what} '{name[:20]}…': longer than 63 characters; {rule}")
+    if not pattern.match(name):
         if name.lower() != name:
             why = "uppercase letters are not allowed"
-        elif not (name[0].isalnum() and name[-1].isalnum()):
-            why = "must start and end with a letter or digit"
+        elif name[0] in punct or name[-1] in punct:
+            why = edge
         else:
-            bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "-."))})
-            why = f"character(s) {''.join(bad)!r} not allowed" if bad else "not a valid name"
-        raise InvalidArgument(f"invalid {what} '{name}': {why}; {CLUSTER_NAME_RULE}")
+            bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in punct))})
+            why = f"character(s) {''.join(bad)!r} not allowed" if bad else "not a valid label"
+        raise InvalidArgument(f"invalid {what} '{name}': {why}; {rule}")
     return name
 
 

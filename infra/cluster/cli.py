@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 import typer
 
-from meshcore.errors import FailedPrecondition, InvalidArgument, MeshError
+from meshcore.errors import FailedPrecondition, InvalidArgument
 from meshcore.names import check_cluster_name
+from infra.cli import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
 cluster_app = typer.Typer(help="Mesh clusters in your own AWS account: create, use, edit, delete.",
@@ -35,15 +36,6 @@ HOME = typer.Option(None, "--home-region", help="region where the account's clus
                                                 "(default us-east-1)")
 YES = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")
 PROBE_TIMEOUT = typer.Option(2.0, "--probe-timeout", hidden=True, help="seconds per meshd health check")
-
-
-def _run(body: Any) -> Any:
-    try:
-        return body()
-    except MeshError as e:
-        fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted: run the same command again to finish (it picks up where it stopped)", 130)
 
 
 def _base_aws(endpoint: str | None, sts_endpoint: str | None) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.doubles.sts import StsDouble, trust_allows
-from tests.infra.conftest import FAKE_ENV
+from tests.doubles.motoserver import FAKE_ENV, moto_server
 
 ACCOUNT = "123456789012"  # moto's
 REAL = (os.environ.get("MESH_CONTRACT_AWS") == "1" and bool(os.environ.get("MESH_CONTRACT_ROLE_ARN"))
@@ -90,16 +89,8 @@ class Target:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server(env=None) as url:  # credentials are set per test: the real variant keeps the caller's
+        yield url
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ request on loopback.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -22,39 +21,13 @@ import pytest
 
 from infra.aws import Aws, aws_from_config
 from infra.config import InfraConfig
+from tests.doubles.motoserver import moto_server
 from tests.doubles.servicequotas import ServiceQuotasDouble
-
-FAKE_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
-
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in [*FAKE_ENV, "AWS_PROFILE"]}
-    os.environ.update(FAKE_ENV)
-    os.environ.pop("AWS_PROFILE", None)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_server() as url:
+        yield url
 
 
 def moto_post(url: str, path: str, data: bytes = b"") -> None:
