@@ -116,7 +116,7 @@ def edit(ops: Ops, name: str, new: ClusterSpec, base_version: int | None = None)
         raise FailedPrecondition(f"cluster {name} changed while it was being edited (version {base_version} → "
                                  f"{doc.version}): edit again")
     check_edit(doc.spec, new)
-    if doc.spec != new or doc.last_error:
+    if doc.spec != new:
         doc = ops.registry.update(replace(doc, spec=new))
     return _recorded(ops, doc, lambda: converge(ops, doc))
 
@@ -214,7 +214,7 @@ def _param(aws: Aws, region: str, name: str) -> str | None:
         raise
 
 
-def _put_secret(aws: Aws, region: str, name: str, value: str, cluster: str) -> None:
+def _put_secret(aws: Aws, region: str, name: str, value: str) -> None:
     digest = "managed by meshctl; sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
     found = aws.call("ssm", region, "DescribeParameters",
                      ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [name]}]).get("Parameters", [])
@@ -246,8 +246,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
                         join_token_file=str(sec.token_file))
     _apply(ops, cfg, sel)
     main = read_region(aws, doc.name, region)
-    _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode(), doc.name)
-    _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip(), doc.name)
+    _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
+    _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
     offered = {r.name: r.offered for r in sel.regions if r.selected}
     coordinators = instances.coordinator_slots(doc, main)
