@@ -137,7 +137,8 @@ def _clusters_on_moto(root: Path) -> list[dict]:
         ops = Ops(aws, Registry(aws), lambda n: root / "clusters" / n, sleep=lambda s: None)
         spec = ClusterSpec(instance_types=(InstanceTypeSpec("g6.xlarge", 1), InstanceTypeSpec("g6.2xlarge"),
                                            InstanceTypeSpec("g6.12xlarge")),
-                           image_owner="099720109477", image_name="ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-*")
+                           image_owner="099720109477", image_name="ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-*",
+                           package="https://example.com/mesh-0.1.0-py3-none-any.whl")
         t0 = time.monotonic()
         sel = selection(ops, new_doc("bench", spec), spec.to_infra("bench"))
         warm_s = time.monotonic() - t0

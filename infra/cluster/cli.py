@@ -104,6 +104,8 @@ def create_aws(
     cost_savings: bool = typer.Option(False, "--cost-savings", help="one meshd on SQLite instead of three on etcd"),
     edit_before: bool = typer.Option(False, "--edit-before-creation", help="edit the full spec in $EDITOR first"),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="read the spec from this YAML file"),
+    package: Optional[str] = typer.Option(None, "--package", envvar="MESH_PACKAGE",
+                                          help="what instances pip install: a wheel URL, git+https://…@tag, name==version"),
     home_region: Optional[str] = HOME, yes: bool = YES,
     endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT,
     output: Output = OUTPUT_OPTION,
@@ -124,9 +126,11 @@ def create_aws(
         else:
             raw: dict[str, Any] = {"main_region": region,
                                    "profile": specs.COST_SAVINGS if cost_savings else specs.PERFORMANCE}
+            if package:
+                raw["package"] = package
             if instance_types:
                 raw["instance_types"] = [t.strip() for t in instance_types.split(",") if t.strip()]
-            spec = specs.from_dict({**specs.ClusterSpec().to_dict(), **raw}, "command line")
+            spec = specs.from_dict({**specs.ClusterSpec().to_dict(), **raw}, "command line", check=not edit_before)
         if edit_before:
             spec = specs.from_yaml(_edit_text(_spec_header(name, None) + spec.to_yaml(), name), "edited spec")
         home = home_region or "us-east-1"

@@ -13,7 +13,7 @@ The spec is the part a user edits (`meshctl cluster create --edit-before-creatio
     ssh_cidrs: []
     image_owner: '136693071363'      # Debian
     image_name: debian-12-amd64-*
-    package: mesh
+    package: git+https://git.example.com/mesh@v0.1   # where instances pip install the mesh from
 
 Reading is strict, as for mesh-infra.yaml: an unknown key names the valid
 ones, and every rule is checked before any AWS call. `to_infra` maps a spec
@@ -64,9 +64,10 @@ class ClusterSpec:
     # name matches (Debian's own account publishes Debian 12).
     image_owner: str = "136693071363"
     image_name: str = "debian-12-amd64-*"
-    # What `pip install` gets on each instance: a requirement (name==version),
-    # a wheel URL or a git URL of this project.
-    package: str = "mesh"
+    # What `pip install` gets on each instance: a wheel URL, a git URL of this
+    # project, or name==version from your own index. No default: a bare name
+    # would install whatever a public index has under it.
+    package: str = ""
 
     @property
     def replicas(self) -> int:
@@ -98,8 +99,10 @@ FIELDS = [f.name for f in dataclasses.fields(ClusterSpec)]
 TYPE_FIELDS = [f.name for f in dataclasses.fields(InstanceTypeSpec)]
 
 
-def from_dict(raw: Any, where: str = "cluster spec") -> ClusterSpec:
-    """A validated spec from plain data; ConfigError naming the rule otherwise."""
+def from_dict(raw: Any, where: str = "cluster spec", check: bool = True) -> ClusterSpec:
+    """A validated spec from plain data; ConfigError naming the rule otherwise.
+
+    `check=False` checks shape only (for a spec that is about to be edited)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values")
     unknown = sorted(str(k) for k in raw if k not in FIELDS)
@@ -120,7 +123,8 @@ def from_dict(raw: Any, where: str = "cluster spec") -> ClusterSpec:
                 raise ConfigError(f"{key} in {where} must be a string")
             values[key] = value
     spec = ClusterSpec(**values)
-    validate(spec)
+    if check:
+        validate(spec)
     return spec
 
 
@@ -161,9 +165,15 @@ def validate(spec: ClusterSpec) -> None:
     if not re.match(r"^(\d{12}|self|amazon|aws-marketplace)$", spec.image_owner):
         raise ConfigError(f"invalid image_owner {spec.image_owner!r}: an AWS account id (12 digits), "
                           "'self', 'amazon' or 'aws-marketplace'")
-    if not spec.image_name or not spec.package or any(c.isspace() for c in spec.package):
-        raise ConfigError("image_name and package must be non-empty (package: one pip requirement, no spaces)")
+    if not spec.image_name:
+        raise ConfigError("image_name must not be empty")
     spec.to_infra("x")  # regions, CIDRs: the network builder's own rules
+    if not spec.package:
+        raise ConfigError("package is not set: where instances pip install the mesh from (a wheel URL, "
+                          "git+https://…/mesh@<tag>, or name==version from your own index); pass --package "
+                          "or set it in the spec")
+    if any(c.isspace() or c in "'\"" for c in spec.package):
+        raise ConfigError(f"invalid package {spec.package!r}: one pip requirement, without spaces or quotes")
 
 
 def from_yaml(text: str, where: str = "cluster spec") -> ClusterSpec:

@@ -153,7 +153,8 @@ def builder(make_aws: Any, _selections: dict) -> Builder:
 # -- clusters ---------------------------------------------------------------------
 
 # moto has no Debian images; its Ubuntu image stands in (the image is a spec field).
-TEST_IMAGE = {"image_owner": "099720109477", "image_name": "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*"}
+TEST_IMAGE = {"image_owner": "099720109477", "image_name": "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*",
+              "package": "https://example.com/mesh-0.1.0-py3-none-any.whl"}
 
 
 @pytest.fixture(scope="session")

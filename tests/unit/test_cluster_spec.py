@@ -9,6 +9,9 @@ from infra.cluster.spec import (ClusterDoc, ClusterSpec, InstanceTypeSpec, check
 from meshcore.errors import ConfigError, InvalidArgument
 from meshcore.names import check_cluster_name
 
+PKG = "git+https://git.example.com/mesh@v0.1"
+BASE = {**ClusterSpec(package=PKG).to_dict()}
+
 
 @pytest.mark.parametrize("name", ["a", "ml-prod", "ml.prod.eu", "0", "a" * 63, "x1.y-2"])
 def test_valid_cluster_names(name: str) -> None:
@@ -41,11 +44,12 @@ def test_invalid_cluster_names_name_the_rule(name: str, why: str) -> None:
     ({"ssh_cidrs": ["10.0.0.1/8"]}, "invalid CIDR"),
     ({"image_owner": "debian"}, "invalid image_owner"),
     ({"package": "mesh extra"}, "one pip requirement"),
+    ({"package": ""}, "package is not set.*--package"),
     ({"coordinator_instance_type": "big"}, "invalid coordinator_instance_type"),
 ])
 def test_invalid_specs_are_refused_with_the_rule(raw: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        from_dict({**ClusterSpec().to_dict(), **raw})
+        from_dict({**BASE, **raw})
 
 
 def test_yaml_errors_and_non_mappings() -> None:
@@ -53,7 +57,9 @@ def test_yaml_errors_and_non_mappings() -> None:
         from_yaml("profile: a\n  - b: [\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         from_yaml("- a\n- b\n")
-    assert from_yaml("") == ClusterSpec()  # everything defaulted
+    assert from_yaml(f"package: {PKG}") == ClusterSpec(package=PKG)  # everything else defaulted
+    with pytest.raises(ConfigError, match="package is not set"):
+        from_yaml("")
 
 
 @given(profile=st.sampled_from(["performance", "cost-savings"]),
@@ -61,7 +67,7 @@ def test_yaml_errors_and_non_mappings() -> None:
        regions=st.lists(st.sampled_from(["us-west-2", "eu-west-1", "ap-northeast-1"]), unique=True, max_size=3))
 def test_yaml_round_trip(profile: str, warm: list[int], regions: list[str]) -> None:
     types = tuple(InstanceTypeSpec(f"g6.{i}xlarge", n) for i, n in enumerate(warm, start=1))
-    spec = ClusterSpec(profile=profile, instance_types=types, regions=tuple(regions))
+    spec = ClusterSpec(profile=profile, instance_types=types, regions=tuple(regions), package=PKG)
     assert from_yaml(spec.to_yaml()) == spec
     doc = ClusterDoc("c0123456789", "ml.prod", spec, created_at="2026-11-23T00:00:00Z")
     assert ClusterDoc.from_json(doc.to_json(), 3) == ClusterDoc("c0123456789", "ml.prod", spec, version=3,
@@ -69,7 +75,7 @@ def test_yaml_round_trip(profile: str, warm: list[int], regions: list[str]) -> N
 
 
 def test_diff_and_what_cannot_change_in_place() -> None:
-    a = ClusterSpec()
+    a = ClusterSpec(package=PKG)
     b = from_dict({**a.to_dict(), "profile": "cost-savings"})
     d = diff(a, b, "v1", "edited")
     assert "-profile: performance" in d and "+profile: cost-savings" in d and diff(a, a, "x", "y") == ""
@@ -79,6 +85,6 @@ def test_diff_and_what_cannot_change_in_place() -> None:
 
 def test_a_damaged_document_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="stored cluster document is damaged"):
-        ClusterDoc.from_json('{"id": "c1", "name": "Bad_Name", "spec": {}}')
+        ClusterDoc.from_json('{"id": "c1", "name": "Bad_Name", "spec": {"package": "x"}}')
     with pytest.raises(ConfigError, match="damaged"):
         ClusterDoc.from_json("not json")
