@@ -7,6 +7,7 @@ id, and ends with a table/JSON or one `error:` line and a non-zero exit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -16,9 +17,9 @@ from typing import Any, Optional
 
 import typer
 
+from infra.cli import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshcore.errors import FailedPrecondition, InvalidArgument
 from meshcore.names import check_cluster_name
-from infra.cli import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
 cluster_app = typer.Typer(help="Mesh clusters in your own AWS account: create, use, edit, delete.",
@@ -120,9 +121,13 @@ def create_aws(
         arn, ext = _need(role_arn, external_id)
         if spec_file is not None:
             try:
-                spec = specs.from_yaml(spec_file.read_text(), str(spec_file))
+                spec = specs.from_yaml(spec_file.read_text(), str(spec_file), check=False)
             except OSError as e:
                 raise InvalidArgument(f"cannot read --spec {spec_file}: {e.strerror}") from None
+            if package and not spec.package:
+                spec = dataclasses.replace(spec, package=package)
+            if not edit_before:
+                specs.validate(spec)
         else:
             raw: dict[str, Any] = {"main_region": region,
                                    "profile": specs.COST_SAVINGS if cost_savings else specs.PERFORMANCE}
@@ -160,9 +165,11 @@ def _show_plan(ops: Any, name: str, spec: Any) -> None:
     from infra.regions import select_regions
     from rich.console import Console
 
+    from infra.cluster.lifecycle import selection_key
+
     cfg = spec.to_infra(name)
     sel = select_regions(cfg, ops.aws)
-    ops.selections[(spec.main_region, tuple(t.name for t in spec.instance_types), spec.regions)] = sel
+    ops.selections[selection_key(spec)] = sel
     plan = make_plan(cfg, ops.aws, selection=sel)
     console = Console()
     console.print(f"[bold]{name}[/]: {spec.profile}, {spec.replicas} meshd, main region {spec.main_region}")

@@ -224,8 +224,12 @@ def _put_secret(aws: Aws, region: str, name: str, value: str) -> None:
              Overwrite=True)
 
 
+def selection_key(spec: ClusterSpec) -> tuple:
+    return (spec.main_region, tuple(t.name for t in spec.instance_types), spec.regions)
+
+
 def selection(ops: Ops, doc: ClusterDoc, aws_cfg: Any) -> Selection:
-    key = (doc.spec.main_region, tuple(t.name for t in doc.spec.instance_types), doc.spec.regions)
+    key = selection_key(doc.spec)
     if key not in ops.selections:
         ops.selections[key] = select_regions(aws_cfg, ops.aws)
     return ops.selections[key]

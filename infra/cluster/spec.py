@@ -176,7 +176,7 @@ def validate(spec: ClusterSpec) -> None:
         raise ConfigError(f"invalid package {spec.package!r}: one pip requirement, without spaces or quotes")
 
 
-def from_yaml(text: str, where: str = "cluster spec") -> ClusterSpec:
+def from_yaml(text: str, where: str = "cluster spec", check: bool = True) -> ClusterSpec:
     import yaml
 
     try:
@@ -184,7 +184,7 @@ def from_yaml(text: str, where: str = "cluster spec") -> ClusterSpec:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError(f"{where} is not valid YAML" + (f" at line {mark.line + 1}" if mark else "")) from None
-    return from_dict(raw if raw is not None else {}, where)
+    return from_dict(raw if raw is not None else {}, where, check)
 
 
 def diff(old: ClusterSpec, new: ClusterSpec, old_label: str, new_label: str) -> str:

@@ -125,7 +125,8 @@ def test_cluster_use_sends_admin_commands_to_that_clusters_meshd(cli, tmp_path, 
     role = json.loads(cli("infra", "role", "create", "-o", "json").output)
     auth = ("--role-arn", role["role_arn"], "--external-id", role["external_id"])
     src = spec_file(tmp_path, "s", profile="cost-savings")
-    cli("cluster", "create", "aws", *auth, "--spec", str(src), mesh)
+    src.write_text("".join(x for x in src.read_text().splitlines(True) if not x.startswith("package:")))
+    cli("cluster", "create", "aws", *auth, "--spec", str(src), mesh)  # package from MESH_PACKAGE
     secrets = tmp_path / "meshctl" / "clusters" / mesh
     with LocalMesh(tmp_path / "coordinator") as lm:
         (lm.root / "meshd").mkdir(mode=0o700, parents=True)
