@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from meshcore.errors import ConfigError, FailedPrecondition
-from meshcore.pki import write_file
 
 
 def config_dir() -> Path:
@@ -62,6 +61,8 @@ class Contexts:
             raise ConfigError(f"{p} is damaged ({e}): fix it or remove it (it only lists known clusters)") from None
 
     def save(self) -> None:
+        from meshcore.pki import write_file  # cryptography: only when writing, not on every meshctl start
+
         data = {"current": self.current, "clusters": {k: asdict(v) for k, v in sorted(self.clusters.items())}}
         p = self.path()
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

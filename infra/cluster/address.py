@@ -94,9 +94,13 @@ def _elb_tags(doc: ClusterDoc) -> list[dict[str, str]]:
     return cluster_tags(doc.name, role="coordinator")
 
 
-def find_eip(aws: Aws, name: str, region: str) -> dict[str, Any] | None:
+def eips(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:
     out = aws.call("ec2", region, "DescribeAddresses", Filters=cluster_filters(name)).get("Addresses", [])
-    return next((a for a in out if tag_of(a, TAG_CLUSTER) == name), None)
+    return [a for a in out if tag_of(a, TAG_CLUSTER) == name]
+
+
+def find_eip(aws: Aws, name: str, region: str) -> dict[str, Any] | None:
+    return next(iter(eips(aws, name, region)), None)
 
 
 def find_lb(aws: Aws, doc: ClusterDoc) -> dict[str, Any] | None:
@@ -121,25 +125,21 @@ def remove(aws: Aws, doc: ClusterDoc) -> None:
         aws.call("elbv2", region, "DeleteLoadBalancer", LoadBalancerArn=lb["LoadBalancerArn"])
         for g in groups:
             aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])
-    # target groups whose load balancer is already gone (a crashed delete)
-    prefix = lb_name(doc)[:27] + "-"
-    for g in aws.paginate("elbv2", region, "DescribeTargetGroups", "TargetGroups", token_in="Marker",
-                          token_out="NextMarker"):
-        if g["TargetGroupName"].startswith(prefix) and not g.get("LoadBalancerArns"):
+    for g in _named_groups(aws, doc):  # whose load balancer is already gone (a crashed delete)
+        if not g.get("LoadBalancerArns"):
             aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])
 
 
-def leftovers(aws: Aws, doc: ClusterDoc) -> list[str]:
-    region = doc.spec.main_region
-    out = []
-    eip = find_eip(aws, doc.name, region)
-    if eip is not None:
-        out.append(f"{region}: elastic IP {eip.get('PublicIp')} ({eip['AllocationId']})")
-    if find_lb(aws, doc) is not None:
-        out.append(f"{region}: load balancer {lb_name(doc)}")
+def _named_groups(aws: Aws, doc: ClusterDoc) -> list[dict[str, Any]]:
+    """Every target group named for the cluster, attached or not."""
     prefix = lb_name(doc)[:27] + "-"
-    for g in aws.paginate("elbv2", region, "DescribeTargetGroups", "TargetGroups", token_in="Marker",
-                          token_out="NextMarker"):
-        if g["TargetGroupName"].startswith(prefix):
-            out.append(f"{region}: target group {g['TargetGroupName']}")
-    return out
+    return [g for g in aws.paginate("elbv2", doc.spec.main_region, "DescribeTargetGroups", "TargetGroups",
+                                    token_in="Marker", token_out="NextMarker")
+            if g["TargetGroupName"].startswith(prefix)]
+
+
+def leftovers(aws: Aws, doc: ClusterDoc) -> list[str]:
+    """The load balancer and target groups still there (Elastic IPs are swept with the EC2 resources)."""
+    region = doc.spec.main_region
+    out = [f"{region}: load balancer {lb_name(doc)}"] if find_lb(aws, doc) is not None else []
+    return out + [f"{region}: target group {g['TargetGroupName']}" for g in _named_groups(aws, doc)]

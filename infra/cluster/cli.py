@@ -268,7 +268,7 @@ def use_cmd(name: str = typer.Argument(..., help="cluster name"),
             endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT) -> None:
     """Make NAME the cluster later commands use (with --role-arn/--external-id: one made elsewhere)."""
     def body() -> None:
-        from infra.cluster.lifecycle import local_secrets
+        from infra.cluster.lifecycle import _param, local_secrets
         from meshctl.context import ClusterContext, Contexts
 
         check_cluster_name(name)
@@ -284,18 +284,12 @@ def use_cmd(name: str = typer.Argument(..., help="cluster name"),
             if doc is None:
                 raise FailedPrecondition(f"no cluster named {name!r} in that account")
             local_secrets(ops, doc)
-            addr = _param_or_empty(aws, doc.spec.main_region, f"/mesh/{name}/meshd-address")
+            addr = _param(aws, doc.spec.main_region, f"/mesh/{name}/meshd-address") or ""
             contexts.clusters[name] = ClusterContext(doc.id, arn, ext, home, addr)
         contexts.current = name
         contexts.save()
         typer.echo(f"current cluster: {name}")
     _run(body)
-
-
-def _param_or_empty(aws: Any, region: str, name: str) -> str:
-    from infra.cluster.lifecycle import _param
-
-    return _param(aws, region, name) or ""
 
 
 def _context_ops(name: Optional[str], endpoint_url: Optional[str], sts_endpoint_url: Optional[str]) -> tuple:

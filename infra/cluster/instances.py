@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Any
 
 from infra.aws import Aws
-from infra.cluster.spec import COST_SAVINGS, ClusterDoc
+from infra.cluster.spec import COST_SAVINGS, ClusterDoc, ClusterSpec
 from infra.state import MANAGED_BY, TAG_MANAGED, RegionState
 from meshcore.errors import FailedPrecondition
 
@@ -58,6 +58,15 @@ class Slot:
     private_ip: str = ""
 
 
+def coordinator_names(spec: ClusterSpec) -> list[str]:
+    """The coordinator slots a profile has (also their mesh node names)."""
+    return ["coordinator-0"] if spec.profile == COST_SAVINGS else [f"replica-{i}" for i in range(spec.replicas)]
+
+
+def warm_name(instance_type: str, i: int) -> str:
+    return f"warm-{instance_type.replace('.', '-')}-{i}"
+
+
 def coordinator_slots(doc: ClusterDoc, main: RegionState) -> list[Slot]:
     subnets = sorted(main.subnets, key=lambda s: s.zone)
     if not subnets:
@@ -66,12 +75,12 @@ def coordinator_slots(doc: ClusterDoc, main: RegionState) -> list[Slot]:
     spec = doc.spec
     if spec.profile == COST_SAVINGS:
         # not a replica's address: switching profiles must not wait for one to be released
-        return [Slot("coordinator-0", "coordinator", spec.main_region, spec.coordinator_instance_type,
+        return [Slot(coordinator_names(spec)[0], "coordinator", spec.main_region, spec.coordinator_instance_type,
                      subnets[0].zone, fixed_address(subnets[0].cidr, 10))]
     out = []
-    for i in range(spec.replicas):
+    for i, name in enumerate(coordinator_names(spec)):
         sub = subnets[i % len(subnets)]
-        out.append(Slot(f"replica-{i}", "replica", spec.main_region, spec.coordinator_instance_type, sub.zone,
+        out.append(Slot(name, "replica", spec.main_region, spec.coordinator_instance_type, sub.zone,
                         fixed_address(sub.cidr, i)))
     return out
 
@@ -91,13 +100,12 @@ def warm_slots(doc: ClusterDoc, offered: dict[str, tuple[str, ...]]) -> list[Slo
         if not where:
             raise FailedPrecondition(f"instance type {t.name} is offered in none of the cluster's regions")
         region = doc.spec.main_region if doc.spec.main_region in where else where[0]
-        label = t.name.replace(".", "-")
-        out += [Slot(f"warm-{label}-{i}", "agent", region, t.name) for i in range(t.overprovisioned_ondemand_count)]
+        out += [Slot(warm_name(t.name, i), "agent", region, t.name) for i in range(t.overprovisioned_ondemand_count)]
     return out
 
 
 def hub(doc: ClusterDoc) -> str:
-    return "coordinator-0" if doc.spec.profile == COST_SAVINGS else "replica-0"
+    return coordinator_names(doc.spec)[0]
 
 
 def find(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:

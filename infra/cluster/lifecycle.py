@@ -49,6 +49,8 @@ from meshcore.errors import AlreadyExists, FailedPrecondition, MeshError, Unavai
 from meshcore.names import check_cluster_name
 
 TERMINATE_WAIT_S = 600.0
+# Beside the spec, in the main region, for coordinators at boot and for other machines of the user.
+SECRETS = ("ca-key", "join-token")
 POLL_S = 5.0
 
 
@@ -144,13 +146,7 @@ def _recorded(ops: Ops, doc: ClusterDoc, body: Callable[[], Result]) -> Result:
     try:
         result = body()
     except (MeshError, KeyboardInterrupt) as e:
-        why = str(e) or "interrupted"
-        try:
-            current = ops.registry.get(doc.name)
-            if current is not None and current.id == doc.id:
-                ops.registry.update(replace(current, last_error=why[:1000]))
-        except MeshError:
-            pass  # the original error is the one to report
+        _note_failure(ops, doc, str(e) or "interrupted")
         raise
     current = ops.registry.get(doc.name)
     if current is not None and current.last_error:
@@ -158,6 +154,16 @@ def _recorded(ops: Ops, doc: ClusterDoc, body: Callable[[], Result]) -> Result:
     result.doc = current or result.doc
     result.calls, result.seconds = ops.aws.calls - calls0, ops.clock() - t0
     return result
+
+
+def _note_failure(ops: Ops, doc: ClusterDoc, why: str) -> None:
+    """Keep `why` with the cluster for `meshctl clusters` (best effort: the original error is the one to report)."""
+    try:
+        current = ops.registry.get(doc.name)
+        if current is not None and current.id == doc.id:
+            ops.registry.update(replace(current, last_error=why[:1000]))
+    except MeshError:
+        pass
 
 
 # -- converge -------------------------------------------------------------------
@@ -214,11 +220,16 @@ def _param(aws: Aws, region: str, name: str) -> str | None:
         raise
 
 
-def _put_secret(aws: Aws, region: str, name: str, value: str) -> None:
-    digest = "managed by meshctl; sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+def _described(aws: Aws, region: str, name: str) -> dict[str, Any] | None:
+    """A parameter's metadata (no value, so no decryption), or None."""
     found = aws.call("ssm", region, "DescribeParameters",
                      ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [name]}]).get("Parameters", [])
-    if found and found[0].get("Description") == digest:
+    return found[0] if found else None
+
+
+def _put_secret(aws: Aws, region: str, name: str, value: str) -> None:
+    digest = "managed by meshctl; sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
+    if (_described(aws, region, name) or {}).get("Description") == digest:
         return
     aws.call("ssm", region, "PutParameter", Name=name, Type="SecureString", Value=value, Description=digest,
              Overwrite=True)
@@ -248,8 +259,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     result.address = f"{host}:7443"
     cfg = spec.to_infra(doc.name, meshd_address=result.address, ca_cert_file=str(sec.ca_file),
                         join_token_file=str(sec.token_file))
-    _apply(ops, cfg, sel)
-    main = read_region(aws, doc.name, region)
+    if _apply(ops, cfg, sel):
+        main = read_region(aws, doc.name, region)
     _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
@@ -290,12 +301,14 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     return result
 
 
-def _apply(ops: Ops, cfg: Any, sel: Selection) -> None:
+def _apply(ops: Ops, cfg: Any, sel: Selection) -> bool:
+    """Apply the network; True if anything changed."""
     res = apply(cfg, aws=ops.aws, selection=sel, sleep=ops.sleep, clock=ops.clock, progress=ops.progress)
     if res.failed:
         region, why = sorted(res.failed.items())[0]
         more = f" (and {len(res.failed) - 1} more regions)" if len(res.failed) > 1 else ""
         raise Unavailable(f"network not complete: {region}: {why}{more}; run the command again to finish")
+    return bool(res.done)
 
 
 def _subnet_for(st: Any, slot: Slot) -> str:
@@ -307,12 +320,17 @@ def _subnet_for(st: Any, slot: Slot) -> str:
     return subnets[0].id
 
 
+def _groups(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:
+    """The cluster's own security groups in `region` (the network's are the infra builder's)."""
+    return [g for g in aws.call("ec2", region, "DescribeSecurityGroups",
+                                Filters=cluster_filters(name)).get("SecurityGroups", [])
+            if tag_of(g, "mesh:cluster") == name]
+
+
 def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
     """The security group that opens meshd's ports (mTLS 7443, join 7444) to the world."""
     region = doc.spec.main_region
-    found = [g for g in aws.call("ec2", region, "DescribeSecurityGroups",
-                                 Filters=cluster_filters(doc.name)).get("SecurityGroups", [])
-             if tag_of(g, "mesh:cluster") == doc.name and g.get("VpcId") == vpc]
+    found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc]
     if found:
         return found[0]["GroupId"]
     gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=f"mesh-{doc.name}-coordinator", VpcId=vpc,
@@ -337,18 +355,10 @@ def delete(ops: Ops, name: str) -> Result:
     try:
         result = _delete(ops, doc)
     except (MeshError, KeyboardInterrupt) as e:
-        try:
-            cur = ops.registry.get(name)
-            if cur is not None:
-                ops.registry.update(replace(cur, last_error=(str(e) or "interrupted")[:1000]))
-        except MeshError:
-            pass
+        _note_failure(ops, doc, str(e) or "interrupted")
         raise
     if result.leftovers:
-        cur = ops.registry.get(name)
-        if cur is not None:
-            ops.registry.update(replace(cur, last_error=f"{len(result.leftovers)} resources left: "
-                                        + "; ".join(result.leftovers)[:900]))
+        _note_failure(ops, doc, f"{len(result.leftovers)} resources left: " + "; ".join(result.leftovers)[:900])
     else:
         ops.registry.delete(name)
     result.calls, result.seconds = ops.aws.calls - calls0, ops.clock() - t0
@@ -368,14 +378,12 @@ def _delete(ops: Ops, doc: ClusterDoc) -> Result:
             pending[r] = ids
     _wait_terminated(ops, pending)
     address.remove(aws, doc)
-    for g in aws.call("ec2", region, "DescribeSecurityGroups", Filters=cluster_filters(doc.name)).get(
-            "SecurityGroups", []):
-        if tag_of(g, "mesh:cluster") == doc.name:
-            aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
+    for g in _groups(aws, doc.name, region):
+        aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
     net = destroy(doc.spec.to_infra(doc.name), aws, clock=ops.clock)
-    for name in (secret_prefix(doc.name) + "ca-key", secret_prefix(doc.name) + "join-token"):
+    for key in SECRETS:
         try:
-            aws.call("ssm", region, "DeleteParameter", Name=name)
+            aws.call("ssm", region, "DeleteParameter", Name=secret_prefix(doc.name) + key)
         except AwsError as e:
             if e.aws_code != "ParameterNotFound":
                 raise
@@ -410,20 +418,10 @@ def sweep(aws: Aws, doc: ClusterDoc, regions: list[str]) -> list[str]:
     out: list[str] = []
     for r in regions:
         out += [f"{r}: instance {i['InstanceId']} ({tag_of(i, 'mesh:slot')})" for i in instances.find(aws, doc.name, r)]
-        for g in aws.call("ec2", r, "DescribeSecurityGroups", Filters=cluster_filters(doc.name)).get(
-                "SecurityGroups", []):
-            if tag_of(g, "mesh:cluster") == doc.name:
-                out.append(f"{r}: security group {g['GroupId']}")
-        for a in aws.call("ec2", r, "DescribeAddresses", Filters=cluster_filters(doc.name)).get("Addresses", []):
-            if tag_of(a, "mesh:cluster") == doc.name:
-                out.append(f"{r}: elastic IP {a.get('PublicIp')}")
-    out += [x for x in address.leftovers(aws, doc) if "elastic IP" not in x]
-    for name in (secret_prefix(doc.name) + "ca-key", secret_prefix(doc.name) + "join-token"):
-        if _param_exists(aws, doc.spec.main_region, name):
-            out.append(f"{doc.spec.main_region}: parameter {name}")
+        out += [f"{r}: security group {g['GroupId']}" for g in _groups(aws, doc.name, r)]
+        out += [f"{r}: elastic IP {a.get('PublicIp')}" for a in address.eips(aws, doc.name, r)]
+    out += address.leftovers(aws, doc)
+    for key in SECRETS:
+        if _described(aws, doc.spec.main_region, secret_prefix(doc.name) + key) is not None:
+            out.append(f"{doc.spec.main_region}: parameter {secret_prefix(doc.name) + key}")
     return out
-
-
-def _param_exists(aws: Aws, region: str, name: str) -> bool:
-    return bool(aws.call("ssm", region, "DescribeParameters", ParameterFilters=[
-        {"Key": "Name", "Option": "Equals", "Values": [name]}]).get("Parameters"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from infra.config import ROGUE_REGIONS, InfraConfig
@@ -212,7 +212,6 @@ class ClusterDoc:
     # The last create/edit/delete that failed, and why; cleared by the next one that succeeds.
     last_error: str = ""
     version: int = 0  # the stored version this was read at (not stored itself)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         import json

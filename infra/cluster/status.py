@@ -89,12 +89,10 @@ def status(aws: Aws, doc: ClusterDoc, probe: Probe, regions: list[str] | None = 
     for r in sorted({region} | set(regions or spec.regions)):
         for inst in instances.find(aws, doc.name, r):
             found.setdefault(instances.tag_of(inst, "mesh:slot"), inst)
-    wanted = ["coordinator-0"] if spec.replicas == 1 else [f"replica-{i}" for i in range(spec.replicas)]
-    warm = [(t.name, t.name.replace(".", "-"), t.overprovisioned_ondemand_count) for t in spec.instance_types]
     young = any(_age_s(i, now) < BOOT_S for i in found.values())
     coords: dict[str, str] = {}
     healthy = 0
-    for slot in wanted:
+    for slot in instances.coordinator_names(spec):
         inst = found.get(slot)
         state = inst.get("State", {}).get("Name", "?") if inst else "missing"
         if state == "running":
@@ -105,11 +103,12 @@ def status(aws: Aws, doc: ClusterDoc, probe: Probe, regions: list[str] | None = 
         coords[slot] = state
         if state != "healthy":
             reasons.append(f"{slot}: {state}")
-    for type_name, label, count in warm:
+    for t in spec.instance_types:
+        count = t.overprovisioned_ondemand_count
         running = sum(1 for i in range(count)
-                      if found.get(f"warm-{label}-{i}", {}).get("State", {}).get("Name") == "running")
+                      if found.get(instances.warm_name(t.name, i), {}).get("State", {}).get("Name") == "running")
         if running < count:
-            reasons.append(f"warm {type_name}: {running}/{count} running")
+            reasons.append(f"warm {t.name}: {running}/{count} running")
     if not reasons:
         return Status(doc, "running", [], coords)
     if doc.last_error:
