@@ -48,6 +48,12 @@ class Faults:
         self.latency_s = 0.0
         self.unreachable = False
 
+    @property
+    def pending(self) -> int:
+        """Injected failures not served yet."""
+        with self._lock:
+            return len(self._fail)
+
     def take_failure(self) -> int | None:
         with self._lock:
             return self._fail.pop(0) if self._fail else None

@@ -13,7 +13,7 @@ to access instance metadata", "Spot Instance interruption notices"):
   {"action": "terminate"|"stop"|"hibernate", "time": "YYYY-MM-DDTHH:MM:SSZ"}.
 
 Switches for tests: `post_notice`, `clear_notice`, `fail_next(status, n)`,
-`expire_tokens`. It listens on 127.0.0.1 port 0 in a thread.
+`expire_tokens`. Served by tests/doubles/httpdouble.py (127.0.0.1, port 0).
 """
 
 from __future__ import annotations
@@ -23,20 +23,18 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.doubles.httpdouble import HTTPDouble, Reply, Request
 
 
-class ImdsDouble:
+class ImdsDouble(HTTPDouble):
     def __init__(self, lifecycle: str = "spot", clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.lifecycle = lifecycle
         self.clock = clock
         self.notice: dict | None = None
         self.tokens: dict[str, float] = {}  # token -> expiry on `clock`
-        self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
-        self._fail: list[int] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- switches ------------------------------------------------------------
 
@@ -47,56 +45,34 @@ class ImdsDouble:
         self.notice = None
 
     def fail_next(self, status: int = 500, n: int = 1) -> None:
-        with self._lock:
-            self._fail += [status] * n
+        self.faults.fail_next(n, status)
 
     def expire_tokens(self) -> None:
         with self._lock:
             self.tokens.clear()
 
-    # -- life cycle ------------------------------------------------------------
-
     @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> ImdsDouble:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="imds-double")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> ImdsDouble:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def requests(self) -> list[tuple[str, str, int]]:
+        """Every request served, as (method, path, status)."""
+        return self.log
 
     # -- HTTP ----------------------------------------------------------------------
 
-    def _answer(self, method: str, path: str, headers) -> tuple[int, bytes, dict[str, str]]:
-        with self._lock:
-            if self._fail:
-                return self._fail.pop(0), b"", {}
-        if headers.get("X-Forwarded-For"):
+    def route(self, req: Request) -> Reply:
+        status, body, extra = self._answer(req.method, req.path, req.headers)
+        return Reply(status, body, {"Content-Type": "text/plain", **extra})
+
+    def fault_reply(self, req: Request, status: int) -> Reply:
+        return Reply(status, b"", {"Content-Type": "text/plain"})
+
+    def _answer(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        if headers.get("x-forwarded-for"):
             return 403, b"", {}
         if method == "PUT":
             if path != "/latest/api/token":
                 return 405, b"", {}
             try:
-                ttl = int(headers.get("X-aws-ec2-metadata-token-ttl-seconds", ""))
+                ttl = int(headers.get("x-aws-ec2-metadata-token-ttl-seconds", ""))
             except ValueError:
                 return 400, b"", {}
             if not 1 <= ttl <= 21600:
@@ -107,7 +83,7 @@ class ImdsDouble:
             return 200, token.encode(), {"X-aws-ec2-metadata-token-ttl-seconds": str(ttl)}
         if method != "GET":
             return 405, b"", {}
-        token = headers.get("X-aws-ec2-metadata-token", "")
+        token = headers.get("x-aws-ec2-metadata-token", "")
         with self._lock:
             expiry = self.tokens.get(token)
         if expiry is None or expiry <= self.clock():
@@ -118,30 +94,3 @@ class ImdsDouble:
             notice = self.notice
             return (404, b"", {}) if notice is None else (200, json.dumps(notice).encode(), {})
         return 404, b"", {}
-
-    def _handler(self):
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method: str) -> None:
-                status, body, extra = double._answer(method, self.path, self.headers)
-                with double._lock:
-                    double.requests.append((method, self.path, status))
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                self._serve("GET")
-
-            def do_PUT(self) -> None:
-                self._serve("PUT")
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-        return Handler

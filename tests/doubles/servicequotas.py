@@ -16,7 +16,7 @@ operations the builder uses:
   → {"RequestedQuotas": [...]}.
 
 The region of a call is read from the SigV4 credential scope, as AWS routes
-by endpoint. A real HTTP server on 127.0.0.1, port 0, in a thread.
+by endpoint. Served by tests/doubles/httpdouble.py (127.0.0.1, port 0).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import re
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.doubles.httpdouble import HTTPDouble, Reply, Request
 
 TARGET_PREFIX = "ServiceQuotasV20190624."
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/servicequotas/aws4_request")
@@ -50,19 +51,18 @@ class _Error(Exception):
         self.kind, self.message = kind, message
 
 
-class ServiceQuotasDouble:
+class ServiceQuotasDouble(HTTPDouble):
     """State and control. `default` is the value of every known code not set per region."""
 
     def __init__(self, default: float = 0.0, account: str = "123456789012") -> None:
+        super().__init__()
         self.default = default
         self.account = account
         self.values: dict[tuple[str, str], float] = {}
         self.requests: list[dict[str, Any]] = []
         self.refusals: dict[tuple[str, str], tuple[str, str]] = {}
-        self.calls: list[tuple[str, str]] = []  # (region, operation)
+        self.operations: list[tuple[str, str]] = []  # (region, operation)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # control ---------------------------------------------------------------
     def set(self, region: str, code: str, value: float) -> None:
@@ -80,67 +80,26 @@ class ServiceQuotasDouble:
                 if status == "APPROVED":
                     self.values[(r["_region"], r["QuotaCode"])] = r["DesiredValue"]
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "ServiceQuotasDouble":
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b"{}"
-                target = self.headers.get("X-Amz-Target", "")
-                m = _SCOPE.search(self.headers.get("Authorization", ""))
-                region = m.group(1) if m else "us-east-1"
-                try:
-                    if not target.startswith(TARGET_PREFIX):
-                        raise _Error("UnknownOperationException", f"unknown target {target!r}")
-                    op = target[len(TARGET_PREFIX):]
-                    handler = getattr(double, "_op_" + op, None)
-                    if handler is None:
-                        raise _Error("UnknownOperationException", f"operation {op} is not implemented")
-                    with double._lock:
-                        double.calls.append((region, op))
-                        out = handler(region, json.loads(body or b"{}"))
-                    status, payload = 200, out
-                except _Error as e:
-                    status, payload = 400, {"__type": e.kind, "message": e.message}
-                except (ValueError, KeyError) as e:
-                    status, payload = 400, {"__type": "IllegalArgumentException", "message": f"bad request: {e}"}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="servicequotas-double", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "ServiceQuotasDouble":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def route(self, req: Request) -> Reply:
+        target = req.headers.get("x-amz-target", "")
+        m = _SCOPE.search(req.headers.get("authorization", ""))
+        region = m.group(1) if m else "us-east-1"
+        try:
+            if not target.startswith(TARGET_PREFIX):
+                raise _Error("UnknownOperationException", f"unknown target {target!r}")
+            op = target[len(TARGET_PREFIX):]
+            handler = getattr(self, "_op_" + op, None)
+            if handler is None:
+                raise _Error("UnknownOperationException", f"operation {op} is not implemented")
+            with self._lock:
+                self.operations.append((region, op))
+                status, payload = 200, handler(region, json.loads(req.body or b"{}"))
+        except _Error as e:
+            status, payload = 400, {"__type": e.kind, "message": e.message}
+        except (ValueError, KeyError) as e:
+            status, payload = 400, {"__type": "IllegalArgumentException", "message": f"bad request: {e}"}
+        return Reply(status, payload, {"Content-Type": "application/x-amz-json-1.1",
+                                       "x-amzn-RequestId": str(uuid.uuid4())})
 
     # operations ------------------------------------------------------------
     def _quota(self, region: str, service: str, code: str) -> dict[str, Any]:

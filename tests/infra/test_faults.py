@@ -129,11 +129,11 @@ def test_opt_in_regions_are_enabled_only_when_listed(moto, make_aws) -> None:
         aws = make_aws(cfg, endpoint_urls={"account": d.url})
         sel = select_regions(cfg, aws)
         assert enable_requested(cfg, aws, sel) == {"eu-central-2": "ENABLING", "me-central-1": "ENABLING"}
-        assert ("EnableRegion", "eu-central-2") in d.calls
-        assert not any(region == "ap-south-2" for _, region in d.calls)  # offers g6, but never asked for
-        assert [c for c in d.calls if c[0] == "EnableRegion"] == [("EnableRegion", "eu-central-2")]
+        assert ("EnableRegion", "eu-central-2") in d.operations
+        assert not any(region == "ap-south-2" for _, region in d.operations)  # offers g6, but never asked for
+        assert [c for c in d.operations if c[0] == "EnableRegion"] == [("EnableRegion", "eu-central-2")]
         # asking again while AWS is still enabling it files nothing new
         enable_requested(cfg, aws, sel)
-        assert [c for c in d.calls if c[0] == "EnableRegion"] == [("EnableRegion", "eu-central-2")]
+        assert [c for c in d.operations if c[0] == "EnableRegion"] == [("EnableRegion", "eu-central-2")]
     finally:
         d.stop()

@@ -32,7 +32,7 @@ def test_check_counts_vcpus_per_region_and_family(g6, quotas_double) -> None:
     assert not by[("us-east-1", G_OD)].short and not by[("us-east-1", G_SPOT)].short
     assert by[("us-east-2", G_OD)].short and by[("us-east-2", G_OD)].current == 8
     assert by[("us-east-2", G_OD)].row()["quota"] == "Running On-Demand G and VT instances"
-    regions_asked = {region for region, op in quotas_double.calls if op == "GetServiceQuota"}
+    regions_asked = {region for region, op in quotas_double.operations if op == "GetServiceQuota"}
     assert regions_asked == set(sel.selected)
 
 

@@ -75,4 +75,4 @@ def test_increase_is_pending_then_refused_as_duplicate(sq) -> None:
     assert e.value.response["Error"]["Code"] == "ResourceAlreadyExistsException"
     hist = client.list_requested_service_quota_change_history_by_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")
     assert [q["Status"] for q in hist["RequestedQuotas"]] == ["PENDING"]
-    assert d is not None and d.calls[-1] == (REGION, "ListRequestedServiceQuotaChangeHistoryByQuota")
+    assert d is not None and d.operations[-1] == (REGION, "ListRequestedServiceQuotaChangeHistoryByQuota")

@@ -107,7 +107,7 @@ async def test_outage_while_watching_is_logged_once_and_the_watch_recovers(imds,
             await asyncio.sleep(0.01)
         imds.fail_next(500, 4)
         for _ in range(200):
-            if not imds._fail:
+            if not imds.faults.pending:
                 break
             await asyncio.sleep(0.01)
         imds.post_notice("terminate")
