@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -116,6 +118,18 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.02) -> Non
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def eventually(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: float = 0.01) -> bool:
+    """Await until `pred()` is true or `timeout_s` passes (bounded in count and time)."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / step_s) + 1):
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(step_s)
+    return pred()
 
 
 def wait_for(fn, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -253,15 +253,3 @@ class HTTPDouble:
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up or fails the TLS handshake is the test's business, not stderr's
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: float = 0.005) -> bool:
-    """Poll `pred` until true or `timeout_s` passes (bounded in count and time)."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / step_s) + 1):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step_s)
-    return pred()

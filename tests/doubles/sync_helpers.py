@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
-from typing import Callable
 
 from mesh.v1 import types_pb2
 
@@ -41,15 +38,3 @@ def write_kubeconfig(path: Path, server: str, token: str, namespace: str = "defa
         "contexts": [{"name": "double", "context": {"cluster": "double", "user": "sync", "namespace": namespace}}],
     }))
     return path
-
-
-async def eventually(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: float = 0.01) -> bool:
-    """Await until `pred()` is true or `timeout_s` passes (bounded in count and time)."""
-    deadline = time.monotonic() + timeout_s
-    for _ in range(int(timeout_s / step_s) + 1):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(step_s)
-    return pred()

@@ -5,9 +5,9 @@ rotation without a restart. Every wait is bounded; every node is stopped."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
-import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,20 +17,14 @@ from meshcore.gossip.keyring import Keyring
 from meshcore.gossip.messages import State
 from meshcore.gossip.profiles import local
 from meshcore.gossip.records import ed25519_verifier, make_record
+from tests.meshfix import eventually
 
 MESHD_KEY = Ed25519PrivateKey.generate()
 VERIFY = ed25519_verifier(MESHD_KEY.public_key())
 
 
-async def wait_until(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 1):
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(step)
-    return pred()
+# every wait here: up to 10 s, polled every 50 ms
+wait_until = functools.partial(eventually, timeout_s=10.0, step_s=0.05)
 
 
 def state_of(node: GossipNode, node_id: str) -> State | None:
@@ -98,7 +92,7 @@ async def test_crash_is_detected_and_its_records_leave_every_view(mesh):
     survivors = mesh.nodes[:3]
     assert await wait_until(lambda: all("train" in n.records() for n in survivors))
     await victim.stop(leave=False)  # a crash: nothing said
-    assert await wait_until(lambda: all(state_of(n, "n3") == State.DEAD for n in survivors), timeout=20)
+    assert await wait_until(lambda: all(state_of(n, "n3") == State.DEAD for n in survivors), timeout_s=20)
     assert all("train" not in n.records() for n in survivors)
     assert all(state_of(n, m) == State.ALIVE for n in survivors for m in ("n0", "n1", "n2"))
 
@@ -181,4 +175,4 @@ async def test_a_node_whose_seed_comes_up_later_joins_it(mesh):
     mesh.nodes.append(seed)
     await seed.start()
     assert await wait_until(lambda: state_of(early, "n0") == State.ALIVE and state_of(seed, "n1") == State.ALIVE,
-                            timeout=local().reconnect_interval * 3)
+                            timeout_s=local().reconnect_interval * 3)

@@ -13,7 +13,8 @@ from meshd.sync.consul import ConsulTarget
 from meshd.sync.consul_client import ConsulAPI, ConsulConfig
 from meshd.sync.consul_import import ConsulImportConfig, list_consul_records
 from tests.doubles.consul import ConsulDouble
-from tests.doubles.sync_helpers import by_id, eventually, node, service
+from tests.doubles.sync_helpers import by_id, node, service
+from tests.meshfix import eventually
 
 TOKEN = "s3cret-token"
 FAST = SyncLoopConfig(debounce_s=0.005, resync_interval_s=60, backoff_initial_s=0.02, backoff_max_s=0.1)

@@ -12,7 +12,8 @@ from meshd.sync.base import SyncLoop, SyncLoopConfig
 from meshd.sync.kube_client import KubernetesConfig
 from meshd.sync.kubernetes import KubernetesTarget
 from tests.doubles.kubernetes import KubernetesDouble
-from tests.doubles.sync_helpers import by_id, eventually, node, service, write_kubeconfig
+from tests.doubles.sync_helpers import by_id, node, service, write_kubeconfig
+from tests.meshfix import eventually
 
 TOKEN = "k8s-token"
 MANAGED = {"app.kubernetes.io/managed-by": "mesh"}

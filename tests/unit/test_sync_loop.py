@@ -9,7 +9,8 @@ import pytest
 
 from meshcore.errors import InvalidArgument, Unavailable
 from meshd.sync.base import SyncLoop, SyncLoopConfig, SyncReport, SyncTarget, backoff_delay
-from tests.doubles.sync_helpers import by_id, eventually, node, service
+from tests.doubles.sync_helpers import by_id, node, service
+from tests.meshfix import eventually
 
 
 class ScriptedTarget:
