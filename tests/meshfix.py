@@ -80,6 +80,19 @@ class Mesh:
                                                                                    labels=labels))
         return resp.secret
 
+    async def watch_until_synced(self, from_revision: int) -> list[tuple[str, str]]:
+        """(event type, service name) from WatchServices at `from_revision` up to and including SYNCED."""
+        from mesh.v1 import types_pb2
+
+        events = []
+        stream = self.catalog().WatchServices(types_pb2.WatchRequest(from_revision=from_revision))
+        async for ev in stream:
+            events.append((types_pb2.EventType.Name(ev.type), ev.service.name))
+            if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                break
+        stream.cancel()
+        return events
+
     def agent_config(self, name: str | None = None, token: str = "", **kw) -> AgentConfig:
         name = name or f"node-{next(_names)}"
         return AgentConfig(state_dir=self.tmp / f"agent-{name}", coordinator=self.address,

@@ -169,13 +169,7 @@ async def test_watch_resumes_with_exactly_what_was_missed(mesh):
     listed = await mesh.catalog().ListServices(catalog_pb2.ListServicesRequest())
     await a.catalog_stub.Expose(svc("two"))
     await a.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name="one"))
-    events = []
-    stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(from_revision=listed.revision))
-    async for ev in stream:
-        events.append((types_pb2.EventType.Name(ev.type), ev.service.name))
-        if ev.type == types_pb2.EVENT_TYPE_SYNCED:
-            break
-    stream.cancel()
+    events = await mesh.watch_until_synced(listed.revision)
     assert events == [("EVENT_TYPE_PUT", "two"), ("EVENT_TYPE_DELETE", "one"), ("EVENT_TYPE_SYNCED", "")]
 
 

@@ -50,13 +50,7 @@ async def test_join_expose_watch_and_survive_the_etcd_leader_dying(mesh_on_etcd,
     await until(lambda: "after-failover" in b.catalog.services.items, timeout=15)
 
     # a watcher resuming from before the failover gets exactly what it missed
-    events = []
-    stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(from_revision=listed.revision))
-    async for ev in stream:
-        events.append((types_pb2.EventType.Name(ev.type), ev.service.name))
-        if ev.type == types_pb2.EVENT_TYPE_SYNCED:
-            break
-    stream.cancel()
+    events = await mesh.watch_until_synced(listed.revision)
     # (an Expose retried after an unconfirmed attempt may have written twice: the same PUT again)
     assert events[-1] == ("EVENT_TYPE_SYNCED", "")
     assert set(events[:-1]) == {("EVENT_TYPE_PUT", "after-failover")}
