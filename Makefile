@@ -39,11 +39,11 @@ proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(shell find proto -name "*.proto" | sort)
 
 demo: setup
-	$(PY) -m meshctl.demo
+	$(PY) -m testbed.demo
 
 demo-lab: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo-lab: needs root (network namespaces)" >&2; exit 1; fi
-	$(PY) -m tests.e2e.lab.demo
+	$(PY) -m testbed.lab.demo
 
 test: setup
 	MESH_REQUIRE_NETNS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -52,10 +52,10 @@ bench: setup
 	$(PY) -m bench $(BENCH)
 
 lab-up: setup
-	$(PY) -m tests.e2e.lab up
+	$(PY) -m testbed.lab up
 
 lab-down: setup
-	$(PY) -m tests.e2e.lab down
+	$(PY) -m testbed.lab down
 
 clean:
 	rm -rf $(VENV) $(SKY_VENV) bench/out/*.json bench/out/*.png

@@ -1,4 +1,4 @@
-"""Data-plane benchmark, all in one lab run (tests/e2e/lab) so the figures compare.
+"""Data-plane benchmark, all in one lab run (testbed/lab) so the figures compare.
 
 Between the same two namespaces (the hub and the cloud VM, over the lab's
 internet segment), in one run, interleaved: the bare link, wireguard-go set up
@@ -36,7 +36,7 @@ def run() -> list[dict]:
 
 
 async def _run() -> list[dict]:
-    from tests.e2e.lab import Lab
+    from testbed.lab import Lab
 
     for tool in ("iperf3", "wireguard-go", "wg", "nebula", "nebula-cert", "nft"):
         if not shutil.which(tool):
@@ -67,7 +67,7 @@ def iperf_mbps(lab, server: str, client: str, address: str, port: int, seconds: 
 
 
 async def _measure(lab, tmp: Path) -> list[dict]:
-    from tests.e2e.lab.mesh import LabMesh
+    from testbed.lab.mesh import LabMesh
 
     out: list[dict] = []
     mesh = LabMesh(lab, tmp / "wg")

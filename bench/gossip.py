@@ -30,7 +30,7 @@ import time
 from bench.common import record
 from meshcore.gossip.messages import Record
 from meshcore.gossip.profiles import lan, suspicion_timeout
-from tests.sim.simulator import SimNetwork, Simulation
+from testbed.sim.simulator import SimNetwork, Simulation
 
 BENCH = "gossip"
 
@@ -192,7 +192,7 @@ def _crash_to_dns_removal(n: int = 20) -> dict:
     meshd's lease is set long (120 s) so that only gossip can take the name away in time."""
     import signal
 
-    from meshctl.localmesh import LocalMesh, resolve
+    from testbed.localmesh import LocalMesh, resolve
     rng = random.Random(1)
     with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
         mesh.start_meshd()

@@ -83,7 +83,7 @@ async def _failover_trial(cluster, store, trial: int) -> tuple[float, int]:
 async def _run(root: Path) -> list[dict]:
     from meshd.store.etcd import EtcdConfig, EtcdStore
     from meshd.store.sqlite import SQLiteStore
-    from tests.integration.etcd_cluster import EtcdCluster
+    from testbed.etcd_cluster import EtcdCluster
 
     records = []
     sqlite = SQLiteStore(root / "sqlite" / "state.db")
@@ -127,7 +127,7 @@ def _clusters_on_moto(root: Path) -> list[dict]:
     from infra.cluster.lifecycle import Ops, create, delete, new_doc, selection
     from infra.cluster.registry import Registry
     from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
-    from tests.doubles.motoserver import moto_server
+    from testbed.doubles.motoserver import moto_server
 
     with moto_server() as url:
         session = boto3.session.Session()

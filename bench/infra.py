@@ -55,7 +55,7 @@ def run() -> list[dict[str, Any]]:
     from infra.aws import aws_from_config
     from infra.config import InfraConfig
     from infra.regions import select_regions
-    from tests.doubles.motoserver import moto_server
+    from testbed.doubles.motoserver import moto_server
 
     with moto_server() as url:
         session = boto3.session.Session()

@@ -82,8 +82,8 @@ async def _kubernetes(tmp: Path) -> tuple[list[dict[str, Any]], int, int]:
     from meshd.sync.kube_client import SERVICES, SLICES, KubeAPI, KubernetesConfig
     from meshd.sync.kube_objects import service_object, slice_object
     from meshd.sync.kubernetes import KubernetesTarget
-    from tests.doubles.kubernetes import KubernetesDouble
-    from tests.doubles.sync_helpers import by_id, node, service, write_kubeconfig
+    from testbed.doubles.kubernetes import KubernetesDouble
+    from testbed.doubles.sync_helpers import by_id, node, service, write_kubeconfig
 
     out = []
     with KubernetesDouble(token=TOKEN) as api:
@@ -137,8 +137,8 @@ async def _consul() -> tuple[list[dict[str, Any]], int, int]:
     from meshd.sync.base import SyncLoop
     from meshd.sync.consul import ConsulTarget, desired_entries
     from meshd.sync.consul_client import ConsulAPI, ConsulConfig
-    from tests.doubles.consul import ConsulDouble
-    from tests.doubles.sync_helpers import by_id, node, service
+    from testbed.doubles.consul import ConsulDouble
+    from testbed.doubles.sync_helpers import by_id, node, service
 
     out: list[dict[str, Any]] = []
     with ConsulDouble(acl_tokens={TOKEN}) as consul:

@@ -35,7 +35,7 @@ from meshagent.localapi import AgentServicer
 from meshagent.view import Catalog
 from meshcore import pki
 from meshcore.errors import StateError, Unauthenticated, Unavailable, from_code
-from meshd.admission import parse_token
+from meshcore.jointoken import parse_token
 
 log = logging.getLogger("meshagent")
 
@@ -407,7 +407,7 @@ class Agent:
             return
         from meshagent.dns import DnsConfig, DnsServer
         from meshcore.metrics import split_hostport
-        from meshagent.hostdns import upstream_nameservers
+        from meshcore.hostdns import upstream_nameservers
         host, port = split_hostport(self.config.dns, "DNS address")
         # The host's resolvers as they were before `meshctl dns install` pointed them at us.
         upstreams = self.config.dns_upstreams

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from meshcore.errors import ConfigError
+from meshcore.names import parse_hostport
 
 
 def split_hostport(addr: str, what: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"invalid {what} {addr!r}: expected host:port with a port of 0-65535")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """A listen address: port 0 picks a free port, an empty host means every address."""
+    return parse_hostport(addr, what, allow_zero=True, default_host="0.0.0.0", error=ConfigError)
 
 
 def serve_metrics(addr: str) -> int:

@@ -90,3 +90,64 @@ def default_service_name(env: Mapping[str, str], hostname: str | None = None) ->
         if isinstance(name, str) and name:
             return normalize_name(name)
     return normalize_name(hostname if hostname is not None else socket.gethostname())
+
+
+# Node labels follow Kubernetes' label syntax (k8s.io/apimachinery validation),
+# since they become K3s node labels: an optional DNS-subdomain prefix and '/',
+# then a name of at most 63 characters; a value is empty or such a name.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_RULE = ("a label key is [prefix/]name and a value is empty or a name: names are at most 63 "
+              "characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit; "
+              "a prefix is a DNS subdomain of at most 253 characters (Kubernetes label syntax)")
+
+
+def is_label(key: str, value: str) -> bool:
+    if not isinstance(key, str) or not isinstance(value, str):
+        return False
+    prefix, _, name = key.rpartition("/")
+    ok = bool(_LABEL_NAME.match(name)) and (not prefix or (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))))
+    return ok and (value == "" or bool(_LABEL_NAME.match(value)))
+
+
+def check_label(key: str, value: str, what: str = "label") -> None:
+    """Raise InvalidArgument naming the rule unless key=value is a valid label."""
+    if not is_label(key, value):
+        raise InvalidArgument(f"invalid {what} {key}={value!r}: {LABEL_RULE}")
+
+
+def check_labels(labels: Mapping[str, str], what: str = "label") -> dict[str, str]:
+    for k, v in labels.items():
+        check_label(k, v, what)
+    return dict(labels)
+
+
+def parse_labels(items: list[str] | tuple[str, ...], what: str = "--label") -> dict[str, str]:
+    """`key=value` strings (as typed after --label) to a dict, each checked by the label rule."""
+    labels: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidArgument(f"invalid {what} {item!r}: expected key=value")
+        check_label(k, v, what)
+        labels[k] = v
+    return labels
+
+
+def parse_hostport(addr: str, what: str = "address", *, allow_zero: bool = False,
+                   default_host: str | None = None,
+                   error: type[InvalidArgument] = InvalidArgument) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' to (host, port); InvalidArgument naming the rule.
+
+    `allow_zero` admits port 0 (bind to any free port); `default_host` fills in an
+    empty host (':8080' -> (default_host, 8080)); without it a host is required.
+    `error` is the exception raised (ConfigError for options and files).
+    """
+    host, sep, port = addr.rpartition(":") if isinstance(addr, str) else ("", "", "")
+    host = host.strip("[]")
+    lo = 0 if allow_zero else 1
+    if not host and default_host is not None:
+        host = default_host
+    if not sep or not host or not port.isdigit() or not lo <= int(port) <= 65535:
+        raise error(f"invalid {what} {addr!r}: expected host:port with a port of {lo}-65535")
+    return host, int(port)

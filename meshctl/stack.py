@@ -6,7 +6,7 @@
   `systemctl daemon-reload`, `enable` and `restart` (`start` when nothing
   changed, so a re-run does not bounce a running daemon), unless --no-start. Options for the daemon go in the environment file as
   MESHAGENT_OPTS / MESHD_OPTS, which the unit's ExecStart expands (split on whitespace: values are checked to hold none).
-- `meshctl dns install|uninstall` drives meshagent.hostdns.
+- `meshctl dns install|uninstall` drives meshcore.hostdns.
 - `meshctl k3s join|leave` turns `--k3s` on or off in the agent's options and
   restarts the agent, which fetches the join facts from meshd over mTLS and
   starts the K3s agent; no kubeconfig is involved.
@@ -28,6 +28,7 @@ import typer
 
 from meshagent.k3s import check_label
 from meshcore.errors import InvalidArgument, MeshError
+from meshcore.jointoken import check_token
 from meshcore.names import check_name, check_port
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -35,7 +36,6 @@ UNIT_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
 UNIT_DIR = "etc/systemd/system"
 ENV_DIR = "etc/mesh"
 DEFAULT_BIN = "/usr/local/bin"
-_TOKEN = re.compile(r"^[A-Za-z0-9-]+\.[A-Za-z0-9_.~+/=-]+$")
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 install_app = typer.Typer(help="Install meshd or meshagent as a systemd service.", no_args_is_help=True)
@@ -66,12 +66,6 @@ def check_host_port(value: str, what: str) -> str:
     elif not _HOST.match(host):
         raise InvalidArgument(rule)
     return value
-
-
-def check_token(token: str) -> str:
-    if not _TOKEN.match(token) or len(token) > 512:
-        raise InvalidArgument("invalid join token: must be '<id>.<secret>' as printed by `meshctl token create`")
-    return token
 
 
 def check_daemon_args(args: list[str]) -> list[str]:
@@ -271,7 +265,7 @@ def install_coordinator(
 # -- meshctl dns -------------------------------------------------------------------
 
 def _hostdns(root: Path, address: str = "127.0.0.77", port: int = 53, mode: str = "auto"):
-    from meshagent.hostdns import HostDns, HostDnsConfig
+    from meshcore.hostdns import HostDns, HostDnsConfig
 
     def restart(argv) -> None:
         systemctl(*argv[1:])

@@ -25,13 +25,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
+from meshcore.jointoken import join_string, parse_token
 from meshd.store.base import Compare, KeyValue, Op, Put, Store, absent
 
 PREFIX = "/tokens/"
 MAX_TTL_S = 30 * 24 * 3600
 BOOTSTRAP_TTL_S = 10 * 365 * 24 * 3600
-TOKEN_RE = re.compile(r"^(t[0-9a-f]{8})\.([0-9a-f]{32})(?:\.([0-9a-f]{64}))?$")
-TOKEN_RULE = "a join token looks like t1a2b3c4d.<32 hex>.<64 hex>, as printed by `meshctl token create`"
 
 
 @dataclass
@@ -52,19 +51,6 @@ class TokenRecord:
     @classmethod
     def decode(cls, raw: bytes) -> TokenRecord:
         return cls(**json.loads(raw))
-
-
-def parse_token(token: str) -> tuple[str, str, str | None]:
-    """(id, secret, ca pin or None) of a join string; InvalidArgument naming the format."""
-    m = TOKEN_RE.match(token.strip()) if isinstance(token, str) else None
-    if not m:
-        raise InvalidArgument(f"malformed join token: {TOKEN_RULE}")
-    return m.group(1), m.group(2), m.group(3)
-
-
-def new_join_string(ca_pin: str) -> str:
-    """A fresh join string for the CA with this pin, made without meshd (see Admission.ensure)."""
-    return f"t{secrets.token_hex(4)}.{secrets.token_hex(16)}.{ca_pin}"
 
 
 def _hash(secret: str) -> str:
@@ -93,7 +79,7 @@ class Admission:
         rec = TokenRecord(token_id, _hash(secret), now + ttl_s, max_uses, labels=dict(labels or {}),
                           created_at=now, description=description)
         await self.store.put(PREFIX + token_id, rec.encode())
-        return rec, f"{token_id}.{secret}.{self.ca_pin}"
+        return rec, join_string(token_id, secret, self.ca_pin)
 
     async def ensure(self, token: str, description: str = "bootstrap token (--bootstrap-token-file)") -> bool:
         """Register a join string made outside meshd (a cluster builder writes it to SSM before

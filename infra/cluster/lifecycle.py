@@ -201,7 +201,7 @@ def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
     ca = pki.CertificateAuthority.load_or_create(d, name=f"mesh CA {doc.name}")
     token = d / "join-token"
     if not token.exists():
-        from meshd.admission import new_join_string
+        from meshcore.jointoken import new_join_string
 
         pki.write_file(token, new_join_string(pki.pin(ca.pem)).encode(), private=True)
     if not (d / "admin.crt").exists():

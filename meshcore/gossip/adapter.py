@@ -38,6 +38,7 @@ from meshcore.gossip.keyring import Keyring, Plaintext
 from meshcore.gossip.messages import Addr, Record
 from meshcore.gossip.profiles import GossipProfile, lan
 from meshcore.gossip.swim import MAX_STREAM, Event, Member, Swim
+from meshcore.names import parse_hostport
 
 log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
@@ -62,13 +63,9 @@ def decode_facts(raw: bytes) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def parse_hostport(s: str) -> Addr:
-    """'host:port' (or '[v6]:port') to (host, port), or InvalidArgument naming the rule."""
-    host, sep, port = s.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise InvalidArgument(f"invalid gossip seed {s!r}: must be host:port with a port between 1 and 65535")
-    return host, int(port)
+def parse_seed(s: str) -> Addr:
+    """A gossip seed 'host:port' (or '[v6]:port'), or InvalidArgument naming the rule."""
+    return parse_hostport(s, "gossip seed")
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -101,7 +98,7 @@ class GossipNode:
         self.keyring = keyring
         self.verify_record = verify_record
         self.facts = encode_facts(facts)
-        self.seeds = [parse_hostport(s) for s in (seeds or [])]
+        self.seeds = [parse_seed(s) for s in (seeds or [])]
         self.advertise_host = advertise_host or host
         self._clock = clock
         self._wall = wall
@@ -152,7 +149,7 @@ class GossipNode:
 
     async def join(self, seeds: list[str]) -> int:
         """Push-pull with each seed (full state both ways). Returns how many answered."""
-        addrs = [parse_hostport(s) for s in seeds]
+        addrs = [parse_seed(s) for s in seeds]
         results = await asyncio.gather(*(self._pushpull(a, join=True) for a in addrs))
         return sum(1 for ok in results if ok)
 

@@ -1,6 +1,6 @@
 """etcd backend of the store: the same revisioned interface, served by a real etcd cluster.
 
-It speaks etcd's own v3 gRPC API (stubs generated from proto/etcd/v3) with
+It speaks etcd's own v3 gRPC API (stubs generated from proto/meshd/store/etcdpb) with
 grpc.aio. The store's model is etcd's, so most calls map one to one:
 
 - `get`/`range`/`revision` are Range requests: linearizable (they reflect
@@ -103,7 +103,7 @@ class EtcdConfig:
 class EtcdStore(Store):
     def __init__(self, config: EtcdConfig, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        from etcd.v3 import rpc_pb2
+        from meshd.store.etcdpb import rpc_pb2
 
         self.config = config
         self.describe = f"etcd:{','.join(config.endpoints)}{config.prefix}"

@@ -152,7 +152,7 @@ class Members:
         """The generated stub of `service` ("KV", "Watch", "Lease", "Maintenance") on `endpoint`."""
         import grpc
 
-        from etcd.v3 import rpc_pb2_grpc
+        from meshd.store.etcdpb import rpc_pb2_grpc
 
         key = (endpoint, service)
         if key not in self._stubs:
@@ -186,7 +186,7 @@ class Members:
         connection just failed (the election is not over), wait for a new one, until `deadline`."""
         import grpc
 
-        from etcd.v3 import rpc_pb2
+        from meshd.store.etcdpb import rpc_pb2
 
         while True:  # bounded by `deadline`
             named: set[int] = set()

@@ -1,6 +1,6 @@
 """The Consul HTTP API behaviour the sync relies on, checked against the double and a real Consul.
 
-Always runs against tests/doubles/consul.py. With CONSUL_HTTP_ADDR set
+Always runs against testbed/doubles/consul.py. With CONSUL_HTTP_ADDR set
 (e.g. http://127.0.0.1:8500, and CONSUL_HTTP_TOKEN when ACLs are on) the same
 cases also run against that Consul; every entry is made under a node name
 unique to the run and removed afterwards. Without it, the "real" cases are
@@ -19,8 +19,8 @@ import requests
 
 from meshd.sync.consul import ConsulTarget
 from meshd.sync.consul_client import ConsulConfig
-from tests.doubles.consul import ConsulDouble
-from tests.doubles.sync_helpers import by_id, node, service
+from testbed.doubles.consul import ConsulDouble
+from testbed.doubles.sync_helpers import by_id, node, service
 
 DOUBLE_TOKEN = "contract-token"
 

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from meshagent.spot import ACTION_PATH, LIFECYCLE_PATH, TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, ImdsClient, SpotConfig
-from tests.doubles.imds import ImdsDouble
+from testbed.doubles.imds import ImdsDouble
 
 TARGETS = ["double"] + (["real"] if os.environ.get("MESH_IMDS_ENDPOINT") else [])
 

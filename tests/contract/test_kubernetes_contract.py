@@ -1,6 +1,6 @@
 """The Kubernetes API behaviour the sync relies on, checked against the double and a real cluster.
 
-Always runs against tests/doubles/kubernetes.py. With KUBECONFIG set, the same
+Always runs against testbed/doubles/kubernetes.py. With KUBECONFIG set, the same
 cases also run against that cluster, in a namespace created for the run and
 deleted afterwards (the credential needs namespaces create/delete, and
 services and endpointslices verbs in it). Without it, the "real" cases are
@@ -19,8 +19,8 @@ import pytest
 from meshcore.errors import AlreadyExists, Conflict
 from meshd.sync.kube_client import SERVICES, SLICES, KubeAPI, KubernetesConfig
 from meshd.sync.kubernetes import KubernetesTarget
-from tests.doubles.kubernetes import KubernetesDouble
-from tests.doubles.sync_helpers import by_id, node, service, write_kubeconfig
+from testbed.doubles.kubernetes import KubernetesDouble
+from testbed.doubles.sync_helpers import by_id, node, service, write_kubeconfig
 
 TOKEN = "contract-token"
 LABEL = {"mesh-contract": "yes"}

@@ -1,6 +1,6 @@
 """What the builder relies on from STS AssumeRole with an external id, checked against the double and AWS.
 
-Always runs against tests/doubles/sts.py, backed by a moto server of this
+Always runs against testbed/doubles/sts.py, backed by a moto server of this
 module's own (on 127.0.0.1, with the fake credentials of tests/infra/conftest.py
 set only while a double test runs), in whose IAM each test creates a role that
 trusts the account only with the right `sts:ExternalId`.
@@ -33,8 +33,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.doubles.sts import StsDouble, trust_allows
-from tests.doubles.motoserver import FAKE_ENV, moto_server
+from testbed.doubles.sts import StsDouble, trust_allows
+from testbed.doubles.motoserver import FAKE_ENV, moto_server
 
 ACCOUNT = "123456789012"  # moto's
 REAL = (os.environ.get("MESH_CONTRACT_AWS") == "1" and bool(os.environ.get("MESH_CONTRACT_ROLE_ARN"))

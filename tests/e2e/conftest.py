@@ -14,7 +14,7 @@ NETNS_TOOLS = ("wireguard-go", "wg", "nft")
 def lab():
     """A fresh lab for the module; removed afterwards even if a test failed."""
     require_netns(*NETNS_TOOLS)
-    from tests.e2e.lab import Lab
+    from testbed.lab import Lab
 
     built = Lab.create()
     try:
@@ -26,7 +26,7 @@ def lab():
 @pytest_asyncio.fixture
 async def mesh(lab, tmp_path):
     """Our data plane started on every lab node and configured from the path plan; stopped afterwards."""
-    from tests.e2e.lab.mesh import LabMesh
+    from testbed.lab.mesh import LabMesh
 
     m = LabMesh(lab, tmp_path / "wg")
     try:

@@ -184,7 +184,7 @@ async def test_agent_process_killed_with_sigkill_restarts_without_churn(lab, mes
     import subprocess
     import sys
 
-    from tests.e2e.lab.agent_stub import encode
+    from testbed.lab.agent_stub import encode
 
     # The hub's data plane moves into a real agent process.
     await mesh.backends["hub"].stop()
@@ -193,7 +193,7 @@ async def test_agent_process_killed_with_sigkill_restarts_without_churn(lab, mes
     state = str(mesh.state_dir)  # the agent's state directory outlives the agent, as on a VM
 
     def start_agent():
-        proc = lab.popen("hub", [sys.executable, "-m", "tests.e2e.lab.agent_stub", state],
+        proc = lab.popen("hub", [sys.executable, "-m", "testbed.lab.agent_stub", state],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         proc.stdin.write(doc)
         proc.stdin.flush()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_netns
-from tests.e2e.lab import Lab, LabError, topology
+from testbed.lab import Lab, LabError, topology
 
 
 def namespaces() -> set[str]:

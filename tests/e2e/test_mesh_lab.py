@@ -15,7 +15,7 @@ import time
 import pytest
 
 from meshagent.paths import DIRECT, RELAY, TUNNEL, NodeFacts, select_path
-from tests.e2e.lab.daemons import ROLES, LabDaemons, query
+from testbed.lab.daemons import ROLES, LabDaemons, query
 from tests.meshfix import wait_for
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from meshctl.localmesh import BIN, LocalMesh, resolve
+from testbed.localmesh import BIN, LocalMesh, resolve
 from tests.meshfix import wait_for
 
 
@@ -26,7 +26,7 @@ def local_mesh(tmp_path):
 
 
 def test_demo_runs_and_fetches_the_page():
-    r = subprocess.run([sys.executable, "-m", "meshctl.demo"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "testbed.demo"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "200 'hello from qwen-coder on alpha'" in r.stdout and "demo ok" in r.stdout
 

@@ -21,8 +21,8 @@ import pytest
 
 from infra.aws import Aws, aws_from_config
 from infra.config import InfraConfig
-from tests.doubles.motoserver import moto_server
-from tests.doubles.servicequotas import ServiceQuotasDouble
+from testbed.doubles.motoserver import moto_server
+from testbed.doubles.servicequotas import ServiceQuotasDouble
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
@@ -160,7 +160,7 @@ TEST_IMAGE = {"image_owner": "099720109477", "image_name": "ubuntu/images/hvm-ss
 @pytest.fixture(scope="session")
 def sts(moto_url: str):
     """STS that enforces the role's external id (moto's own accepts any)."""
-    from tests.doubles.sts import StsDouble
+    from testbed.doubles.sts import StsDouble
 
     d = StsDouble(moto_url).start()
     try:

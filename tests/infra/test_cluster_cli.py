@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from meshctl.localmesh import BIN, LocalMesh
+from testbed.localmesh import BIN, LocalMesh
 from meshctl.main import app
 from tests.infra.conftest import TEST_IMAGE
 from tests.infra.helpers import FEW

@@ -121,7 +121,7 @@ def test_default_selection_excludes_rogue_and_not_opted_in_regions(moto, make_aw
 def test_opt_in_regions_are_enabled_only_when_listed(moto, make_aws) -> None:
     from infra.config import InfraConfig
     from infra.regions import enable_requested
-    from tests.doubles.account import AccountDouble
+    from testbed.doubles.account import AccountDouble
 
     d = AccountDouble({"eu-central-2": "DISABLED", "ap-south-2": "DISABLED", "me-central-1": "ENABLING"}).start()
     try:

@@ -20,7 +20,7 @@ from infra.aws import IAM_PREFIX
 from infra.config import InfraConfig
 from infra.destroy import destroy
 from meshcore.errors import PermissionDenied
-from tests.doubles.account import AccountDouble
+from testbed.doubles.account import AccountDouble
 from tests.infra.helpers import by_tag, ec2, few_config
 
 

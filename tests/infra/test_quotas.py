@@ -6,7 +6,7 @@ import pytest
 
 from infra import quotas
 from infra.config import InfraConfig
-from tests.doubles.servicequotas import ServiceQuotasDouble
+from testbed.doubles.servicequotas import ServiceQuotasDouble
 
 G_OD, G_SPOT = "L-DB2E81BA", "L-3819A6DF"
 

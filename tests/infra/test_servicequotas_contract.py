@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.doubles.servicequotas import ServiceQuotasDouble
+from testbed.doubles.servicequotas import ServiceQuotasDouble
 
 REAL = os.environ.get("MESH_CONTRACT_AWS") == "1"
 REGION = os.environ.get("MESH_CONTRACT_AWS_REGION", "us-east-1")

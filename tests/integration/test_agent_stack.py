@@ -7,7 +7,7 @@ import json
 
 from mesh.v1 import catalog_pb2, nodes_pb2, types_pb2
 from meshagent.agent import Agent
-from tests.doubles.imds import ImdsDouble
+from testbed.doubles.imds import ImdsDouble
 from tests.meshfix import Mesh, until
 from tests.unit.test_k3s import fake_k3s, records
 

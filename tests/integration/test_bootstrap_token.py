@@ -16,7 +16,7 @@ import pytest
 from infra.cluster.status import health_probe
 from meshcore import pki
 from meshcore.errors import InvalidArgument
-from meshd.admission import new_join_string
+from meshcore.jointoken import new_join_string
 from tests.meshfix import Mesh
 
 

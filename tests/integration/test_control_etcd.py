@@ -12,7 +12,6 @@ import asyncio
 import pytest
 
 from mesh.v1 import catalog_pb2, types_pb2
-from tests.integration.etcd_cluster import cluster  # noqa: F401  (fixture)
 from tests.meshfix import Mesh, until
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,6 @@ from meshd.election import Election, ElectionConfig
 from meshd.store.base import Put
 from meshd.store.etcd import EtcdConfig, EtcdStore
 from meshd.store.etcd_conn import OutcomeUnknown, ReadOnly
-from tests.integration.etcd_cluster import cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ import asyncio
 from mesh.v1 import catalog_pb2, types_pb2
 from meshd.sync.consul_client import ConsulConfig
 from meshd.sync.kube_client import KubernetesConfig
-from tests.doubles.consul import ConsulDouble
-from tests.doubles.kubernetes import KubernetesDouble
-from tests.doubles.sync_helpers import write_kubeconfig
+from testbed.doubles.consul import ConsulDouble
+from testbed.doubles.kubernetes import KubernetesDouble
+from testbed.doubles.sync_helpers import write_kubeconfig
 from tests.meshfix import Mesh, until
 
 

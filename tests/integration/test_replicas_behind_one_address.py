@@ -19,7 +19,6 @@ import pytest
 
 from mesh.v1 import catalog_pb2, types_pb2
 from meshagent.agent import Agent
-from tests.integration.etcd_cluster import cluster  # noqa: F401  (fixture)
 from tests.meshfix import Mesh, until
 
 pytestmark = pytest.mark.slow

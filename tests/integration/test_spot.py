@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from meshagent.spot import ACTION_PATH, ImdsClient, InterruptionNotice, SpotConfig, SpotWatcher
-from tests.doubles.imds import ImdsDouble
+from testbed.doubles.imds import ImdsDouble
 
 
 @pytest.fixture

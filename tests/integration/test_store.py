@@ -24,7 +24,7 @@ from meshcore.errors import InvalidArgument, NotFound, StateError
 from meshd.store.base import Compacted, Compare, Delete, DeletePrefix, Put, absent
 from meshd.store.sqlite import SQLiteStore
 from tests.conftest import require_netns
-from tests.integration.etcd_cluster import EtcdCluster
+from testbed.etcd_cluster import EtcdCluster
 
 
 class FakeClock:

@@ -12,8 +12,8 @@ from meshd.sync.base import SyncLoop, SyncLoopConfig
 from meshd.sync.consul import ConsulTarget
 from meshd.sync.consul_client import ConsulAPI, ConsulConfig
 from meshd.sync.consul_import import ConsulImportConfig, list_consul_records
-from tests.doubles.consul import ConsulDouble
-from tests.doubles.sync_helpers import by_id, node, service
+from testbed.doubles.consul import ConsulDouble
+from testbed.doubles.sync_helpers import by_id, node, service
 from tests.meshfix import eventually
 
 TOKEN = "s3cret-token"
@@ -307,7 +307,7 @@ async def test_reverse_lists_named_consul_services(consul, target):
 
 @pytest.fixture
 def pki(tmp_path):
-    from tests.doubles.tls import issue, make_ca
+    from testbed.doubles.tls import issue, make_ca
 
     ca = make_ca(tmp_path, "consul-ca")
     other = make_ca(tmp_path, "other-ca")

@@ -11,8 +11,8 @@ from meshcore.errors import ConfigError, PermissionDenied
 from meshd.sync.base import SyncLoop, SyncLoopConfig
 from meshd.sync.kube_client import KubernetesConfig
 from meshd.sync.kubernetes import KubernetesTarget
-from tests.doubles.kubernetes import KubernetesDouble
-from tests.doubles.sync_helpers import by_id, node, service, write_kubeconfig
+from testbed.doubles.kubernetes import KubernetesDouble
+from testbed.doubles.sync_helpers import by_id, node, service, write_kubeconfig
 from tests.meshfix import eventually
 
 TOKEN = "k8s-token"

@@ -10,7 +10,7 @@ import pytest
 from meshcore.gossip.messages import Record, State
 from meshcore.gossip.profiles import lan, suspicion_timeout
 from tests.sim.invariants import check_invariants
-from tests.sim.simulator import SimNetwork, Simulation
+from testbed.sim.simulator import SimNetwork, Simulation
 
 
 def all_invariants(sim: Simulation) -> None:
@@ -133,7 +133,7 @@ def test_tiny_meshes_do_not_break(n):
 
 def test_wan_profile_over_wan_latency_detects_a_crash_without_false_alarms():
     from meshcore.gossip.profiles import wan
-    from tests.sim.simulator import WAN_LATENCY
+    from testbed.sim.simulator import WAN_LATENCY
 
     sim = Simulation(20, seed=11, profile=wan(), network=SimNetwork(latency=WAN_LATENCY, loss=0.02))
     sim.run_until(10.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from etcd.v3 import rpc_pb2 as pb
+from meshd.store.etcdpb import rpc_pb2 as pb
 from meshcore.errors import ConfigError, InvalidArgument, NotFound
 from meshd.store import open_store
 from meshd.store.base import Compare, Delete, DeletePrefix, Put

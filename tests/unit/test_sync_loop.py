@@ -9,7 +9,7 @@ import pytest
 
 from meshcore.errors import InvalidArgument, Unavailable
 from meshd.sync.base import SyncLoop, SyncLoopConfig, SyncReport, SyncTarget, backoff_delay
-from tests.doubles.sync_helpers import by_id, node, service
+from testbed.doubles.sync_helpers import by_id, node, service
 from tests.meshfix import eventually
 
 

@@ -6,7 +6,7 @@ from mesh.v1 import types_pb2
 from meshd.sync.consul import _normal_check, desired_entries, go_duration, meta_key
 from meshd.sync.kube_objects import (is_managed, merged, owned_service, owned_slice, service_object,
                                      slice_object)
-from tests.doubles.sync_helpers import by_id, node, service
+from testbed.doubles.sync_helpers import by_id, node, service
 
 
 def test_server_defaults_and_foreign_labels_are_not_drift():

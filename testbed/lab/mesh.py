@@ -18,7 +18,7 @@ from meshagent.wg.command import Runner
 from meshagent.wg.keys import generate_private_key, public_key
 from meshagent.wg.model import Diff
 from meshagent.wg.userspace import UserspaceBackend
-from tests.e2e.lab.lab import Lab
+from testbed.lab.lab import Lab
 
 # Nodes others cannot reach first come last, so their first handshake finds the other side configured.
 APPLY_ORDER = ("hub", "cloud", "ra", "rb", "nat")

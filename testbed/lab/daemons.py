@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meshctl.localmesh import BIN, _wait_ready
-from tests.e2e.lab.lab import Lab
+from testbed.localmesh import BIN, _wait_ready
+from testbed.lab.lab import Lab
 
 ROLES = ("hub", "ra", "rb", "cloud", "nat")
 COORDINATOR = {"hub": "10.4.0.10", "ra": "10.4.0.10", "rb": "10.4.0.10", "cloud": "198.18.0.4", "nat": "198.18.0.4"}

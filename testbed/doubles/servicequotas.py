@@ -16,7 +16,7 @@ operations the builder uses:
   → {"RequestedQuotas": [...]}.
 
 The region of a call is read from the SigV4 credential scope, as AWS routes
-by endpoint. Served by tests/doubles/httpdouble.py (127.0.0.1, port 0).
+by endpoint. Served by testbed/doubles/httpdouble.py (127.0.0.1, port 0).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 TARGET_PREFIX = "ServiceQuotasV20190624."
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/servicequotas/aws4_request")

@@ -13,7 +13,7 @@ to access instance metadata", "Spot Instance interruption notices"):
   {"action": "terminate"|"stop"|"hibernate", "time": "YYYY-MM-DDTHH:MM:SSZ"}.
 
 Switches for tests: `post_notice`, `clear_notice`, `fail_next(status, n)`,
-`expire_tokens`. Served by tests/doubles/httpdouble.py (127.0.0.1, port 0).
+`expire_tokens`. Served by testbed/doubles/httpdouble.py (127.0.0.1, port 0).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 
 class ImdsDouble(HTTPDouble):

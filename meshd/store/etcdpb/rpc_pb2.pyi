@@ -1,4 +1,4 @@
-from etcd.v3 import kv_pb2 as _kv_pb2
+from meshd.store.etcdpb import kv_pb2 as _kv_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from etcd.v3 import rpc_pb2 as etcd_dot_v3_dot_rpc__pb2
+from meshd.store.etcdpb import rpc_pb2 as meshd_dot_store_dot_etcdpb_dot_rpc__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in etcd/v3/rpc_pb2_grpc.py depends on'
+        + ' but the generated code in meshd/store/etcdpb/rpc_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class KVStub:
         """
         self.Range = channel.unary_unary(
                 '/etcdserverpb.KV/Range',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.RangeRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.RangeResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
                 _registered_method=True)
         self.Put = channel.unary_unary(
                 '/etcdserverpb.KV/Put',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.PutRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.PutResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
                 _registered_method=True)
         self.DeleteRange = channel.unary_unary(
                 '/etcdserverpb.KV/DeleteRange',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.DeleteRangeResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
         self.Txn = channel.unary_unary(
                 '/etcdserverpb.KV/Txn',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.TxnRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.TxnResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/etcdserverpb.KV/Compact',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.CompactionRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.CompactionResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
                 _registered_method=True)
 
 
@@ -99,28 +99,28 @@ def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.RangeRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.RangeResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeResponse.SerializeToString,
             ),
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.PutRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.PutResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutResponse.SerializeToString,
             ),
             'DeleteRange': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRange,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.DeleteRangeRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
             ),
             'Txn': grpc.unary_unary_rpc_method_handler(
                     servicer.Txn,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.TxnRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.CompactionRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.CompactionResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,8 +148,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Range',
-            etcd_dot_v3_dot_rpc__pb2.RangeRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.RangeResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -175,8 +175,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Put',
-            etcd_dot_v3_dot_rpc__pb2.PutRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.PutResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,8 +202,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/DeleteRange',
-            etcd_dot_v3_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.DeleteRangeResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Txn',
-            etcd_dot_v3_dot_rpc__pb2.TxnRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.TxnResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Compact',
-            etcd_dot_v3_dot_rpc__pb2.CompactionRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.CompactionResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -280,8 +280,8 @@ class WatchStub:
         """
         self.Watch = channel.stream_stream(
                 '/etcdserverpb.Watch/Watch',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.WatchRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.WatchResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -299,8 +299,8 @@ def add_WatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Watch': grpc.stream_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.WatchRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.WatchResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -328,8 +328,8 @@ class Watch:
             request_iterator,
             target,
             '/etcdserverpb.Watch/Watch',
-            etcd_dot_v3_dot_rpc__pb2.WatchRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.WatchResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -352,18 +352,18 @@ class LeaseStub:
         """
         self.LeaseGrant = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseGrant',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseGrantResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
                 _registered_method=True)
         self.LeaseRevoke = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseRevoke',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
                 _registered_method=True)
         self.LeaseKeepAlive = channel.stream_stream(
                 '/etcdserverpb.Lease/LeaseKeepAlive',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
                 _registered_method=True)
 
 
@@ -393,18 +393,18 @@ def add_LeaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'LeaseGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseGrant,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseGrantRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
             ),
             'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseRevoke,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseRevokeRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
             ),
             'LeaseKeepAlive': grpc.stream_stream_rpc_method_handler(
                     servicer.LeaseKeepAlive,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -432,8 +432,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseGrant',
-            etcd_dot_v3_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.LeaseGrantResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -459,8 +459,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseRevoke',
-            etcd_dot_v3_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -486,8 +486,8 @@ class Lease:
             request_iterator,
             target,
             '/etcdserverpb.Lease/LeaseKeepAlive',
-            etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -510,8 +510,8 @@ class MaintenanceStub:
         """
         self.Status = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Status',
-                request_serializer=etcd_dot_v3_dot_rpc__pb2.StatusRequest.SerializeToString,
-                response_deserializer=etcd_dot_v3_dot_rpc__pb2.StatusResponse.FromString,
+                request_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+                response_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
                 _registered_method=True)
 
 
@@ -529,8 +529,8 @@ def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=etcd_dot_v3_dot_rpc__pb2.StatusRequest.FromString,
-                    response_serializer=etcd_dot_v3_dot_rpc__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusRequest.FromString,
+                    response_serializer=meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -558,8 +558,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Status',
-            etcd_dot_v3_dot_rpc__pb2.StatusRequest.SerializeToString,
-            etcd_dot_v3_dot_rpc__pb2.StatusResponse.FromString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+            meshd_dot_store_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

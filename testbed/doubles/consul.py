@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 DATACENTER = "dc1"
 MAX_WAIT_S = 10.0

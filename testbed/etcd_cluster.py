@@ -22,7 +22,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-import pytest
 from pathlib import Path
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -111,7 +110,7 @@ class EtcdCluster:
         """Wait until every (given, live) member answers a linearizable read, i.e. the cluster has a leader."""
         import grpc
 
-        from etcd.v3 import rpc_pb2, rpc_pb2_grpc
+        from meshd.store.etcdpb import rpc_pb2, rpc_pb2_grpc
 
         want = members if members is not None else [i for i, m in enumerate(self.members) if m.alive]
         deadline = time.monotonic() + timeout
@@ -134,7 +133,7 @@ class EtcdCluster:
         """The index of the member that currently leads (asked of the live members)."""
         import grpc
 
-        from etcd.v3 import rpc_pb2, rpc_pb2_grpc
+        from meshd.store.etcdpb import rpc_pb2, rpc_pb2_grpc
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # bounded
@@ -176,16 +175,3 @@ class EtcdCluster:
                     m.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     pass
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """Three real etcd members on loopback with fast elections; stopped after the test."""
-    from tests.conftest import require_netns
-    require_netns("etcd")
-    c = EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()

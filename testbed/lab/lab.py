@@ -3,7 +3,7 @@
 Each `Lab` has a random tag; its namespaces are `ml<tag>-<role>` and its
 WireGuard interface names `wm<tag><role>` (WireGuard names must be unique on
 the whole machine), so two labs never collide. `up()` records the lab in
-/run/meshlab/<tag>.json so `python -m tests.e2e.lab down` can remove labs left
+/run/meshlab/<tag>.json so `python -m testbed.lab down` can remove labs left
 behind by a killed test run. `down()` kills every process inside the
 namespaces (including wireguard-go), deletes the namespaces (and with them
 every veth, bridge and rule) and removes the WireGuard sockets.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshagent.paths import NodeFacts
-from tests.e2e.lab import topology
-from tests.e2e.lab.topology import NODES, ROUTERS, NodeSpec
+from testbed.lab import topology
+from testbed.lab.topology import NODES, ROUTERS, NodeSpec
 
 REGISTRY = Path("/run/meshlab")
 SOCKET_DIR = Path("/var/run/wireguard")

@@ -63,7 +63,7 @@ identity-based policies of the caller, session policies (Policy,
 PolicyArns), tags, MFA, SourceIdentity, regions, or the SigV4 signature
 itself (only the access key and session token are read).
 
-Faults follow tests/doubles/httpdouble.py (`faults.fail_next(n, status)`,
+Faults follow testbed/doubles/httpdouble.py (`faults.fail_next(n, status)`,
 `faults.latency_s`, `faults.unreachable`); an injected status answers in
 STS's own error format: 400 is Throttling "Rate exceeded" (`throttle_next(n)`
 is the shorthand), 500 InternalFailure, 503 ServiceUnavailable. `requests`
@@ -90,7 +90,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 NAMESPACE = "https://sts.amazonaws.com/doc/2011-06-15/"
 VERSION = "2011-06-15"

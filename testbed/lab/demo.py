@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from meshagent.paths import NodeFacts, select_path
-from tests.e2e.lab.daemons import ROLES, LabDaemons, query
-from tests.e2e.lab.lab import Lab
+from testbed.lab.daemons import ROLES, LabDaemons, query
+from testbed.lab.lab import Lab
 
 
 def main() -> int:

@@ -5,14 +5,14 @@ and `POST /getRegionOptStatus`, bodies `{"RegionName": ...}`. A region's
 status is one of ENABLED, ENABLING, DISABLING, DISABLED, ENABLED_BY_DEFAULT;
 enabling a region that is not DISABLED is a ConflictException, an unknown
 region a ValidationException. Errors carry the `x-amzn-ErrorType` header and
-a `{"message": ...}` body. Served by tests/doubles/httpdouble.py (127.0.0.1, port 0).
+a `{"message": ...}` body. Served by testbed/doubles/httpdouble.py (127.0.0.1, port 0).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 
 class AccountDouble(HTTPDouble):

@@ -38,7 +38,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from tests.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 HISTORY = 10_000
 MAX_WATCH_S = 30.0

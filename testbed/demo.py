@@ -16,7 +16,7 @@ import time
 
 from rich.console import Console
 
-from meshctl.localmesh import LocalMesh, resolve
+from testbed.localmesh import LocalMesh, resolve
 
 NAME = "qwen-coder"
 FQDN = f"{NAME}.default.svc.cluster.local"

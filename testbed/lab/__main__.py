@@ -1,4 +1,4 @@
-"""`python -m tests.e2e.lab up|down|status` (make lab-up / lab-down).
+"""`python -m testbed.lab up|down|status` (make lab-up / lab-down).
 
 up: build a lab, print its namespaces and node facts, and leave it running.
 down: remove every lab on this machine (the ones `up` recorded and any left by a killed test).
@@ -10,14 +10,14 @@ import os
 import subprocess
 import sys
 
-from tests.e2e.lab.lab import REGISTRY, Lab, LabError, down_all
-from tests.e2e.lab.topology import MAIN_REGION
+from testbed.lab.lab import REGISTRY, Lab, LabError, down_all
+from testbed.lab.topology import MAIN_REGION
 
 
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
     if cmd not in ("up", "down", "status"):
-        print("usage: python -m tests.e2e.lab up|down|status", file=sys.stderr)
+        print("usage: python -m testbed.lab up|down|status", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("error: the lab needs root (network namespaces)", file=sys.stderr)
