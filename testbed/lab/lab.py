@@ -27,7 +27,7 @@ from testbed.lab.topology import NODES, ROUTERS, NodeSpec
 
 REGISTRY = Path("/run/meshlab")
 SOCKET_DIR = Path("/var/run/wireguard")
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "probe.py"
 
 
