@@ -11,6 +11,12 @@ to access instance metadata", "Spot Instance interruption notices"):
 - /latest/meta-data/instance-life-cycle: "spot" or "on-demand".
 - /latest/meta-data/spot/instance-action: 404 until a notice is posted, then
   {"action": "terminate"|"stop"|"hibernate", "time": "YYYY-MM-DDTHH:MM:SSZ"}.
+- any other /latest/meta-data/<path> from `meta` (path -> text), e.g.
+  `instance-type`, `local-ipv4`, `mac`, `network/interfaces/macs/<mac>/vpc-id`;
+  `aws_instance(...)` builds the set an instance in a VPC has. A path not in
+  it is 404 (as public-ipv4 is for an instance without a public address).
+- `imdsv1_only`: the token call is unknown (405) and GETs need no token, as
+  on a metadata service that predates IMDSv2.
 
 Switches for tests: `post_notice`, `clear_notice`, `fail_next(status, n)`,
 `expire_tokens`. Served by testbed/doubles/httpdouble.py (127.0.0.1, port 0).
@@ -28,9 +34,12 @@ from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
 
 
 class ImdsDouble(HTTPDouble):
-    def __init__(self, lifecycle: str = "spot", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, lifecycle: str = "spot", clock: Callable[[], float] = time.monotonic,
+                 meta: dict[str, str] | None = None, imdsv1_only: bool = False) -> None:
         super().__init__()
         self.lifecycle = lifecycle
+        self.meta = dict(meta or {})
+        self.imdsv1_only = imdsv1_only
         self.clock = clock
         self.notice: dict | None = None
         self.tokens: dict[str, float] = {}  # token -> expiry on `clock`
@@ -69,7 +78,7 @@ class ImdsDouble(HTTPDouble):
         if headers.get("x-forwarded-for"):
             return 403, b"", {}
         if method == "PUT":
-            if path != "/latest/api/token":
+            if path != "/latest/api/token" or self.imdsv1_only:
                 return 405, b"", {}
             try:
                 ttl = int(headers.get("x-aws-ec2-metadata-token-ttl-seconds", ""))
@@ -86,11 +95,26 @@ class ImdsDouble(HTTPDouble):
         token = headers.get("x-aws-ec2-metadata-token", "")
         with self._lock:
             expiry = self.tokens.get(token)
-        if expiry is None or expiry <= self.clock():
+        if (expiry is None or expiry <= self.clock()) and not self.imdsv1_only:
             return 401, b"", {}
         if path == "/latest/meta-data/instance-life-cycle":
             return 200, self.lifecycle.encode(), {}
         if path == "/latest/meta-data/spot/instance-action":
             notice = self.notice
             return (404, b"", {}) if notice is None else (200, json.dumps(notice).encode(), {})
-        return 404, b"", {}
+        value = self.meta.get(path.removeprefix("/latest/meta-data/")) if path.startswith("/latest/meta-data/") else None
+        return (404, b"", {}) if value is None else (200, value.encode(), {})
+
+
+def aws_instance(private: str, vpc_id: str, vpc_cidr: str, *, region: str = "us-east-1", zone: str = "",
+                 instance_type: str = "g6.xlarge", public: str = "", instance_id: str = "i-0123456789abcdef0",
+                 subnet_id: str = "subnet-0123abcd", mac: str = "0e:00:00:00:00:01") -> dict[str, str]:
+    """The meta-data paths of an EC2 instance in a VPC (for ImdsDouble(meta=...); its life cycle is
+    ImdsDouble's own `lifecycle`)."""
+    iface = f"network/interfaces/macs/{mac}/"
+    meta = {"instance-id": instance_id, "instance-type": instance_type, "placement/region": region,
+            "placement/availability-zone": zone or f"{region}a", "local-ipv4": private, "mac": mac, iface + "vpc-id": vpc_id, iface + "vpc-ipv4-cidr-blocks": vpc_cidr,
+            iface + "subnet-id": subnet_id}
+    if public:
+        meta["public-ipv4"] = public
+    return meta
