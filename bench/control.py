@@ -26,8 +26,9 @@ import grpc
 
 from bench.common import percentile, record
 from mesh.v1 import admission_pb2, admission_pb2_grpc, agent_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
-from meshagent.agent import Agent, mtls_channel
+from meshagent.agent import Agent
 from meshagent.config import AgentConfig
+from meshagent.uplink import mtls_channel
 from testbed.localmesh import LocalMesh, resolve
 
 B = "control"

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshcore.defaults import DNS_ADDRESS, DNS_PORT, MESHD_PORT, WIREGUARD_PORT
 from meshcore.errors import ConfigError
 from meshcore.metrics import split_hostport
 
@@ -15,7 +16,7 @@ class AgentConfig:
     #: identity (key, certificate, node id) and the services this node exposes
     state_dir: Path = Path("/var/lib/meshagent")
     #: meshd's mTLS API, host:port
-    coordinator: str = "127.0.0.1:7443"
+    coordinator: str = f"127.0.0.1:{MESHD_PORT}"
     #: meshd's join listener; "" means the coordinator's host and port + 1
     join_address: str = ""
     #: join token, needed only on the first start
@@ -23,7 +24,7 @@ class AgentConfig:
     #: the local API for meshctl on this VM
     socket: str = "/run/meshagent/agent.sock"
     #: DNS responder address ("" disables); 127.0.0.77 leaves 127.0.0.53 to systemd-resolved
-    dns: str = "127.0.0.77:53"
+    dns: str = f"{DNS_ADDRESS}:{DNS_PORT}"
     #: upstream resolvers for other names (None: from /etc/resolv.conf)
     dns_upstreams: tuple[str, ...] | None = None
     #: Prometheus metrics ("" disables)
@@ -35,7 +36,7 @@ class AgentConfig:
     #: WireGuard interface of the mesh ("" disables the data plane: names only, e.g. on loopback)
     wireguard: str = ""
     #: UDP port WireGuard listens on
-    wireguard_port: int = 51820
+    wireguard_port: int = WIREGUARD_PORT
     #: name of the main node, which relays for pairs that cannot reach each other
     hub: str = "main"
     #: tunnel MTU (default: 1420 on a 1500 path; 1280 is the safe choice)

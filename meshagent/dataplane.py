@@ -21,8 +21,9 @@ from pathlib import Path
 from mesh.v1 import types_pb2
 from meshagent.paths import NodeFacts, PlanSettings, plan
 from meshagent.routes import RouteManager, choose_mtu
-from meshagent.wg.backend import BackendConfig, make_backend
+from meshagent.wg.backend import BackendConfig
 from meshagent.wg.command import Runner
+from meshagent.wg.factory import make_backend
 from meshagent.wg.keys import load_or_create_private_key, public_key
 
 log = logging.getLogger("meshagent.dataplane")

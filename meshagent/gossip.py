@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh.v1 import admission_pb2, types_pb2
 from meshcore import pki
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import PeerError, StateError
 from meshcore.gossip.adapter import GossipNode, decode_facts
 from meshcore.gossip.codec import decode_message
@@ -65,13 +66,14 @@ def decode_record(raw: bytes) -> Record:
 class AgentGossip:
     def __init__(self, node_id: str, name: str, host: str, port: int, advertise: str,
                  cfg: admission_pb2.GossipConfig, facts: dict, profile: GossipProfile | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, clock: Clock = SYSTEM) -> None:
         self.cfg = cfg
         self._verify = ed25519_verifier(ed25519.Ed25519PublicKey.from_public_bytes(cfg.catalog_public_key))
         keys = list(cfg.keys)
         self.keyring = Keyring(keys[0], keys[1:])
         self.node = GossipNode(node_id, name, host, port, profile=profile, keyring=self.keyring,
-                               verify_record=self._verify, facts=facts, advertise_host=advertise, rng=rng)
+                               verify_record=self._verify, facts=facts, advertise_host=advertise, clock=clock,
+                               rng=rng)
         self.rng = rng or random.Random()
         self.listeners: list = []
         self.node.on_event(self._event)

@@ -14,10 +14,10 @@ import asyncio
 import http.client
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 
 from mesh.v1 import types_pb2
+from meshcore.clock import SYSTEM, Clock
 
 log = logging.getLogger("meshagent.health")
 PASSING, CRITICAL = types_pb2.HEALTH_STATE_PASSING, types_pb2.HEALTH_STATE_CRITICAL
@@ -44,7 +44,7 @@ def probe(svc: types_pb2.Service, address: str, timeout: float = TIMEOUT_S) -> b
 class HealthChecker:
     def __init__(self, services: Callable[[], dict[str, types_pb2.Service]], address: str,
                  report: Callable[[types_pb2.Service, int], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock = SYSTEM) -> None:
         self._services = services
         self._address = address
         self._report = report
@@ -53,7 +53,7 @@ class HealthChecker:
         self._due: dict[str, float] = {}
 
     async def check_due(self) -> None:
-        now = self._clock()
+        now = self._clock.monotonic()
         for name, svc in list(self._services().items()):
             if not svc.health.WhichOneof("kind") or self._due.get(name, 0) > now:
                 continue

@@ -31,29 +31,19 @@ import asyncio
 import ipaddress
 import logging
 import os
-import re
 import signal
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from meshcore.backoff import Backoff
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import FailedPrecondition, InvalidArgument, Unavailable
-from meshcore.names import check_name
+from meshcore.names import check_label, check_name
 
 log = logging.getLogger(__name__)
-
-# Kubernetes label syntax (k8s.io/apimachinery validation): an optional DNS
-# subdomain prefix and '/', then a name of at most 63 characters; values are
-# empty or such a name.
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-LABEL_RULE = ("a Kubernetes label key is [prefix/]name and a value is empty or a name: names are at most 63 "
-              "characters of letters, digits, '-', '_' or '.', starting and ending with a letter or digit; "
-              "a prefix is a DNS subdomain of at most 253 characters")
-
 
 @dataclass(frozen=True)
 class K3sConfig:
@@ -101,14 +91,6 @@ class Invocation:
     env: dict[str, str] = field(repr=False)  # holds the token: never logged
 
 
-def check_label(key: str, value: str) -> None:
-    prefix, _, name = key.rpartition("/")
-    ok = bool(_LABEL_NAME.match(name)) and (not prefix or (len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))))
-    ok = ok and (value == "" or bool(_LABEL_NAME.match(value)))
-    if not ok:
-        raise InvalidArgument(f"invalid node label {key}={value!r}: {LABEL_RULE}")
-
-
 def _check_server_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -134,7 +116,7 @@ def build_invocation(node_name: str, mesh_address: str, labels: Mapping[str, str
             "--node-name", node_name,
             "--flannel-iface", config.mesh_interface]
     for key in sorted(labels):
-        check_label(key, labels[key])
+        check_label(key, labels[key], "node label")
         argv += ["--node-label", f"{key}={labels[key]}"]
     argv += list(config.extra_args)
     env = dict(os.environ if base_env is None else base_env)
@@ -227,7 +209,6 @@ class SystemdK3s:
 
 
 Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
 
 
 class K3sSupervisor:
@@ -239,12 +220,12 @@ class K3sSupervisor:
     """
 
     def __init__(self, invocation: Invocation, config: K3sConfig | None = None,
-                 sleep: Sleep = asyncio.sleep, clock: Clock | None = None,
+                 sleep: Sleep = asyncio.sleep, clock: Clock = SYSTEM,
                  max_starts: int | None = None) -> None:
         self.invocation = invocation
         self.config = config or K3sConfig()
         self._sleep = sleep
-        self._clock = clock or time.monotonic
+        self._clock = clock
         self._max_starts = max_starts
         self._proc: asyncio.subprocess.Process | None = None
         self._stopping = False
@@ -256,9 +237,10 @@ class K3sSupervisor:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
 
     async def run(self) -> None:
-        delay = self.config.restart_min_s
+        # No jitter: one K3s per node, nothing to spread out.
+        backoff = Backoff(self.config.restart_min_s, self.config.restart_max_s, jitter=0)
         while not self._stopping and (self._max_starts is None or self.starts < self._max_starts):
-            started = self._clock()
+            started = self._clock.monotonic()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.invocation.argv, env=self.invocation.env,
@@ -272,11 +254,11 @@ class K3sSupervisor:
             self.exit_codes.append(code)
             if self._stopping:
                 break
-            if self._clock() - started >= self.config.restart_reset_s:
-                delay = self.config.restart_min_s
+            if self._clock.monotonic() - started >= self.config.restart_reset_s:
+                backoff.reset()
+            delay = backoff.next()
             log.warning("k3s agent exited with code %d; restarting in %.1fs", code, delay)
             await self._sleep(delay)
-            delay = min(delay * 2, self.config.restart_max_s)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -14,6 +14,8 @@ from pathlib import Path
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
 from meshcore import daemon
+from meshcore.errors import InvalidArgument
+from meshcore.names import parse_labels
 
 
 def parse_args(argv: list[str]) -> AgentConfig:
@@ -51,12 +53,10 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    labels = {}
-    for item in a.label:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            p.error(f"invalid --label {item!r}: expected key=value")
-        labels[k] = v
+    try:
+        labels = parse_labels(a.label)
+    except InvalidArgument as e:
+        p.error(str(e))
     return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=a.token,
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from meshcore.defaults import WIREGUARD_PORT
 from meshcore.errors import InvalidArgument
 from meshagent.routes import MAIN_TABLE, RELAY_RULE_PRIORITY, RELAY_TABLE, Route, RouteState, Rule
 from meshagent.wg.model import DEFAULT_MTU, InterfaceConfig, PeerConfig, check_key
@@ -50,7 +51,7 @@ class NodeFacts:
     private_address: str = ""
     public_address: str = ""
     wireguard_public_key: str = ""
-    wireguard_port: int = 51820
+    wireguard_port: int = WIREGUARD_PORT
     mesh_address: str = ""
 
     @classmethod
@@ -80,7 +81,7 @@ class PlanSettings:
     # Seconds between keepalives from a node the other side cannot reach first.
     # 25 s stays under the shortest common NAT UDP timeout (30 s).
     keepalive_s: int = 25
-    listen_port: int = 51820
+    listen_port: int = WIREGUARD_PORT
 
 
 @dataclass

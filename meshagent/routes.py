@@ -42,7 +42,8 @@ from meshagent.wg.command import Runner
 MESH_PROTO = 151
 MAIN_TABLE = 254
 # Table holding the relay routes of the main node; the same number as the
-# default WireGuard port, which is easy to recognise in `ip rule` output.
+# default WireGuard port, which is easy to recognise in `ip rule` output. Its own
+# constant: the table number must not follow a change of the port.
 RELAY_TABLE = 51820
 RELAY_RULE_PRIORITY = 5180
 NFT_TABLE = "mesh"

@@ -1,14 +1,24 @@
-"""The agent's live copy of the catalog and the node list.
+"""The agent's live copy of the catalog and the node list, and what DNS answers from it.
 
-Fed by meshd's watch streams (and, later, gossip). Events are applied in
-revision order; RESET starts a fresh copy that replaces the old one only at
-SYNCED, so lookups never see a half-loaded catalog. `revision` is what the
-agent resumes from after a reconnect.
+Fed by meshd's watch streams. Events are applied in revision order; RESET
+starts a fresh copy that replaces the old one only at SYNCED, so lookups
+never see a half-loaded catalog. `revision` is what the agent resumes from
+after a reconnect.
+
+Lookup policy (`Catalog.lookup`, the DNS responder's callback):
+- a service failing its health check (CRITICAL) is left out, as Consul's DNS
+  leaves out critical instances;
+- with gossip (`Catalog.peers`), a service of a node its peers declared dead
+  or departed is left out: a crashed node's names go within the
+  failure-detection bound, with or without meshd;
+- before the first SYNCED from meshd (it is away since this agent started),
+  names come from what peers passed on by push-pull.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from mesh.v1 import types_pb2
 from meshagent.dns import Target
@@ -65,15 +75,35 @@ def strip_zone(name: str, namespace: str = "default") -> str:
     return n
 
 
+class Peers(Protocol):
+    """What gossip tells the lookup policy (meshagent.gossip.AgentGossip)."""
+
+    def services(self) -> dict[str, types_pb2.Service]:
+        """Live services from signed records peers passed on."""
+
+    def down(self) -> set[str]:
+        """Ids of nodes declared dead or departed."""
+
+
 class Catalog:
-    def __init__(self) -> None:
+    def __init__(self, peers: Peers | None = None) -> None:
         self.services = View(lambda s: s.name)
         self.nodes = View(lambda n: n.id)
+        self.peers = peers
 
     def lookup(self, name: str) -> list[Target]:
-        """DNS lookup callback: the targets of a service name."""
+        """DNS lookup callback: the targets of a service name, by the policy in the module docstring."""
         svc = self.services.items.get(name)
-        return self.targets(svc) if svc is not None else []
+        if svc is not None and svc.health_state == types_pb2.HEALTH_STATE_CRITICAL:
+            return []
+        if self.peers is not None:
+            if not self.services.synced:
+                svc = self.peers.services().get(name)
+            elif svc is not None and svc.node_id in self.peers.down():
+                return []
+        if svc is None or svc.health_state == types_pb2.HEALTH_STATE_CRITICAL:
+            return []
+        return self.targets(svc)
 
     @staticmethod
     def targets(svc: types_pb2.Service) -> list[Target]:

@@ -5,12 +5,12 @@ Answers A, AAAA and SRV for `<service>.mesh` and
 `lookup(name) -> list[Target]` callback) and forwards every other name to the
 host's resolvers. Modules, one job each:
 
-    config.py     DnsConfig: addresses, zones, TTLs, upstreams, limits
+    config.py     DnsConfig: addresses, zones, TTLs, upstreams (and their syntax), limits
     target.py     Target: one address and port a name resolves to
     qname.py      what a query name means (zone, service, SRV form)
     answer.py     the decisions: query bytes in, reply bytes or "forward" out
     forward.py    forwarding to upstreams (UDP, TCP on truncation, timeouts)
-    upstreams.py  upstream list from config or resolv.conf, minus ourselves
+    upstreams.py  the upstream list from config or resolv.conf, minus ourselves
     metrics.py    Prometheus counters and latency histogram
     server.py     DnsServer: the asyncio UDP and TCP listeners
 

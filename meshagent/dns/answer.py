@@ -33,16 +33,15 @@ answer older than the catalog.
 from __future__ import annotations
 
 import struct
-import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, SOA, SRV, A, DNSHeader, DNSLabel, DNSRecord
 
-from meshagent.dns.config import DnsConfig
+from meshcore.clock import SYSTEM, Clock
+
+from meshagent.dns.config import DnsConfig, Upstream
 from meshagent.dns.qname import Kind, NameParser, Parsed
 from meshagent.dns.target import Lookup, Target
-from meshagent.dns.upstreams import Upstream
 
 MIN_UDP = 512
 # What we advertise and honour at most: the DNS flag day 2020 size, which
@@ -67,12 +66,12 @@ class Outcome(NamedTuple):
 class Answerer:
     def __init__(self, config: DnsConfig, lookup: Lookup, upstreams: tuple[Upstream, ...] = (),
                  cluster_upstreams: tuple[Upstream, ...] = (),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Clock = SYSTEM) -> None:
         self.config = config
         self._lookup = lookup
         self.upstreams = upstreams
         self.cluster_upstreams = cluster_upstreams
-        self._clock = clock
+        self._monotonic = clock.monotonic  # cache expiry
         self._parser = NameParser(config)
         self._cache: dict[tuple[bool, bytes], tuple[float, bytes, str, str]] = {}
         self._soa = {zone: self._make_soa(zone) for zone in (self._parser.mesh, self._parser.cluster)}
@@ -90,7 +89,7 @@ class Answerer:
         cache_s = self.config.answer_cache_s
         if cache_s:
             hit = self._cache.get((udp, data[2:]))
-            if hit is not None and hit[0] > self._clock():
+            if hit is not None and hit[0] > self._monotonic():
                 return Outcome(hit[2], hit[3], data[:2] + hit[1])
         try:
             outcome = self._respond(data, udp)
@@ -102,7 +101,7 @@ class Answerer:
                 and len(data) <= CACHE_QUERY_BYTES and len(outcome.reply) <= MAX_UDP):
             if len(self._cache) >= CACHE_ENTRIES:
                 self._cache.clear()
-            self._cache[(udp, data[2:])] = (self._clock() + cache_s, outcome.reply[2:],
+            self._cache[(udp, data[2:])] = (self._monotonic() + cache_s, outcome.reply[2:],
                                             outcome.result, outcome.qtype)
         return outcome
 

@@ -17,8 +17,11 @@ is slow and reveals internal names.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from meshcore.defaults import DNS_PORT
 from meshcore.errors import ConfigError
 from meshcore.names import is_name
 
@@ -29,7 +32,7 @@ class DnsConfig:
     # resolv.conf here; tests use port 0 (the kernel picks a free port, and
     # TCP then binds the same port number).
     host: str = "127.0.0.1"
-    port: int = 53
+    port: int = DNS_PORT
     # Zones. `mesh_domain` and `cluster_domain` may have several labels.
     mesh_domain: str = "mesh"
     cluster_domain: str = "cluster.local"
@@ -88,11 +91,45 @@ class DnsConfig:
             raise ConfigError(f"invalid tcp_idle_timeout {self.tcp_idle_timeout!r}: must be > 0 seconds")
         if self.answer_cache_s < 0:
             raise ConfigError(f"invalid answer_cache_s {self.answer_cache_s!r}: must be >= 0")
-        from meshagent.dns.upstreams import parse_upstream  # it imports this module
-
         for upstream in (*(self.upstreams or ()), *self.cluster_upstreams):
             parse_upstream(upstream)
         return self
+
+
+class Upstream(NamedTuple):
+    host: str
+    port: int = DNS_PORT
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_upstream(text: str) -> Upstream:
+    """"10.0.0.2", "10.0.0.2:5353", "fd00::1", "[fd00::1]:5353" -> Upstream."""
+    raw = text.strip()
+    host, port = raw, DNS_PORT
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"invalid upstream {text!r}: use host, host:port or [v6]:port")
+        if rest:
+            port = _port(rest[1:], text)
+    elif raw.count(":") == 1:
+        host, _, p = raw.partition(":")
+        port = _port(p, text)
+    try:
+        # A scope (fe80::1%eth0) is kept for the socket but not for the check.
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        raise ConfigError(f"invalid upstream {text!r}: must be an IP address "
+                          "(resolvers are not looked up by name)") from None
+    return Upstream(host, port)
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"invalid upstream {whole!r}: port must be 1-65535")
+    return int(text)
 
 
 def zone_labels(domain: str) -> tuple[bytes, ...]:

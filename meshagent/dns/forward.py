@@ -16,7 +16,7 @@ import asyncio
 import random
 import struct
 
-from meshagent.dns.upstreams import Upstream
+from meshagent.dns.config import Upstream
 
 _SERVFAIL, _REFUSED = 2, 5
 MAX_MESSAGE = 65535

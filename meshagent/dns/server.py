@@ -17,9 +17,8 @@ import asyncio
 import logging
 import random
 import struct
-import time
-from collections.abc import Callable
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import Unavailable
 
 from meshagent.dns.answer import Answerer, Outcome
@@ -36,10 +35,10 @@ BIND_ATTEMPTS = 20  # with port 0: the UDP port may be taken for TCP; pick again
 
 class DnsServer:
     def __init__(self, config: DnsConfig, lookup: Lookup, registry=None,
-                 clock: Callable[[], float] = time.perf_counter,
+                 clock: Clock = SYSTEM,
                  rng: random.Random | None = None) -> None:
         self.config = config.validate()
-        self._clock = clock
+        self._monotonic = clock.monotonic  # query latency
         self._metrics = DnsMetrics(registry)
         self._forwarder = Forwarder(config.upstream_timeout, rng)
         # Upstreams are filled in by start(): the loop check needs the bound port.
@@ -111,7 +110,7 @@ class DnsServer:
     # -- per query --------------------------------------------------------
 
     def _done(self, outcome: Outcome, started: float, result: str | None = None) -> None:
-        self._metrics.observe(outcome.qtype, result or outcome.result, self._clock() - started)
+        self._metrics.observe(outcome.qtype, result or outcome.result, self._monotonic() - started)
 
     async def _forwarded(self, outcome: Outcome, data: bytes, udp: bool) -> bytes:
         reply = await self._forwarder.forward(data, outcome.forward_to)
@@ -136,7 +135,7 @@ class DnsServer:
         self._done(outcome, started, "servfail" if servfail else None)
 
     def _datagram(self, data: bytes, addr) -> None:
-        started = self._clock()
+        started = self._monotonic()
         try:
             outcome = self.answerer.respond(data, udp=True)
             if outcome.forward_to is not None:
@@ -172,7 +171,7 @@ class DnsServer:
                     data = await asyncio.wait_for(reader.readexactly(length), self.config.tcp_idle_timeout)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     break
-                started = self._clock()
+                started = self._monotonic()
                 outcome = self.answerer.respond(data, udp=False)
                 result = None
                 reply = outcome.reply

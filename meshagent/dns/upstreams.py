@@ -12,49 +12,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
-from meshcore.errors import ConfigError
+from meshcore.defaults import DNS_PORT
 
-from meshagent.dns.config import DnsConfig
-
-DNS_PORT = 53
-
-
-class Upstream(NamedTuple):
-    host: str
-    port: int = DNS_PORT
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_upstream(text: str) -> Upstream:
-    """"10.0.0.2", "10.0.0.2:5353", "fd00::1", "[fd00::1]:5353" -> Upstream."""
-    raw = text.strip()
-    host, port = raw, DNS_PORT
-    if raw.startswith("["):
-        host, sep, rest = raw[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ConfigError(f"invalid upstream {text!r}: use host, host:port or [v6]:port")
-        if rest:
-            port = _port(rest[1:], text)
-    elif raw.count(":") == 1:
-        host, _, p = raw.partition(":")
-        port = _port(p, text)
-    try:
-        # A scope (fe80::1%eth0) is kept for the socket but not for the check.
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        raise ConfigError(f"invalid upstream {text!r}: must be an IP address "
-                          "(resolvers are not looked up by name)") from None
-    return Upstream(host, port)
-
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"invalid upstream {whole!r}: port must be 1-65535")
-    return int(text)
+from meshagent.dns.config import DnsConfig, Upstream, parse_upstream
 
 
 def parse_resolv_conf(text: str) -> list[Upstream]:

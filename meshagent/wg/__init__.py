@@ -1,7 +1,11 @@
-"""WireGuard devices as desired state: model, keys, backends (kernel, wireguard-go)."""
+"""WireGuard devices as desired state: model, keys, backends (kernel, wireguard-go).
 
-from meshagent.wg.backend import Backend, BackendConfig, Probe, choose, make_backend, probe
+`factory.make_backend` picks and builds a backend; it is not imported here, so that
+using the model does not load both implementations.
+"""
+
+from meshagent.wg.backend import Backend, BackendConfig, Probe, choose, probe
 from meshagent.wg.model import Diff, InterfaceConfig, PeerConfig, diff
 
 __all__ = ["Backend", "BackendConfig", "Diff", "InterfaceConfig", "PeerConfig", "Probe", "choose", "diff",
-           "make_backend", "probe"]
+           "probe"]

@@ -8,6 +8,7 @@ Choice (`choose`): kernel WireGuard when the module is loaded or loadable
 (faster, no process to supervise), else `wireguard-go`; neither is a
 `FailedPrecondition` naming what to install. `probe()` gathers the facts and
 takes PATH and the module directories as arguments so the choice is testable.
+`factory.make_backend` builds the backend chosen.
 """
 
 from __future__ import annotations
@@ -134,17 +135,3 @@ class Backend(abc.ABC):
         if desired.name != self.name:
             raise InvalidArgument(f"desired state is for interface '{desired.name}' but this backend drives "
                                   f"'{self.name}': one backend per interface")
-
-
-def make_backend(name: str, config: BackendConfig = BackendConfig(), found: Probe | None = None,
-                 on_restart: Callable[[], Awaitable[None]] | None = None) -> Backend:
-    """The backend this machine supports for interface `name` (see `choose`)."""
-    found = found or probe(config.wireguard_go)
-    kind = choose(found, config.prefer)
-    if kind == "kernel":
-        from meshagent.wg.kernel import KernelBackend
-
-        return KernelBackend(name, config, on_restart)
-    from meshagent.wg.userspace import UserspaceBackend
-
-    return UserspaceBackend(name, config, on_restart, binary=found.wireguard_go)

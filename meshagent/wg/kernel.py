@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 
 from meshcore.errors import AlreadyExists, InvalidArgument, Unavailable
+from meshcore.names import parse_hostport
 from meshagent.wg.backend import Backend
 from meshagent.wg.command import Runner
 from meshagent.wg.link import apply_link, link_state
@@ -124,6 +125,5 @@ def _write(name: str, desired: InterfaceConfig, d: Diff) -> None:
             peer = {"public_key": key, "persistent_keepalive": p.persistent_keepalive,
                     "replace_allowed_ips": True, "allowed_ips": list(p.allowed_ips)}
             if p.endpoint is not None:
-                host, _, port = p.endpoint.rpartition(":")
-                peer["endpoint_addr"], peer["endpoint_port"] = host.strip("[]"), int(port)
+                peer["endpoint_addr"], peer["endpoint_port"] = parse_hostport(p.endpoint, "endpoint")
             wg.set(name, peer=peer)

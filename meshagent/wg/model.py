@@ -23,6 +23,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from meshcore.defaults import WIREGUARD_PORT
 from meshcore.errors import InvalidArgument
 
 KEY_RULE = "a WireGuard key must be 32 bytes in standard base64 (44 characters ending in '=')"
@@ -137,7 +138,7 @@ class InterfaceConfig:
     name: str
     private_key: str
     address: str
-    listen_port: int = 51820
+    listen_port: int = WIREGUARD_PORT
     mtu: int = DEFAULT_MTU
     peers: tuple[PeerConfig, ...] = ()
 

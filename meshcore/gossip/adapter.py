@@ -29,10 +29,10 @@ import json
 import logging
 import random
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, Unavailable
 from meshcore.gossip.keyring import Keyring, Plaintext
 from meshcore.gossip.messages import Addr, Record
@@ -86,7 +86,7 @@ class GossipNode:
                  profile: GossipProfile | None = None, keyring: Keyring | Plaintext,
                  verify_record: Callable[[Record], bool], facts: bytes | dict[str, Any] = b"",
                  seeds: list[str] | None = None, advertise_host: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 clock: Clock = SYSTEM,
                  rng: random.Random | None = None) -> None:
         if host in ("0.0.0.0", "::") and not advertise_host:
             raise InvalidArgument(f"gossip binds to {host}: set advertise_host to the address peers should use")
@@ -101,7 +101,6 @@ class GossipNode:
         self.seeds = [parse_seed(s) for s in (seeds or [])]
         self.advertise_host = advertise_host or host
         self._clock = clock
-        self._wall = wall
         self._rng = rng or random.Random()
         self._swim: Swim | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -132,7 +131,7 @@ class GossipNode:
         self._udp, _ = await self._loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(self.host, self.port))
         self._swim = Swim(self.node_id, self.name, self.addr, self.profile, self._rng, self.keyring,
-                          self.verify_record, self.facts, epoch=int(self._wall() * 1000), now=self._clock())
+                          self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now())
         self._flush()
         if not self.seeds:
             return 0
@@ -156,11 +155,11 @@ class GossipNode:
     async def stop(self, leave: bool = True) -> None:
         """Leave gracefully (gossip our departure for up to leave_propagate_time), then close."""
         if self._swim is not None and leave and self._udp is not None:
-            self._swim.leave(self._clock())
+            self._swim.leave(self._now())
             self._flush()
-            deadline = self._clock() + self.profile.leave_propagate_time
+            deadline = self._now() + self.profile.leave_propagate_time
             # Bounded: at most leave_propagate_time, polling every gossip interval.
-            while self._swim.pending_broadcasts() and self._clock() < deadline:
+            while self._swim.pending_broadcasts() and self._now() < deadline:
                 await asyncio.sleep(self.profile.gossip_interval)
         if self._timer is not None:
             self._timer.cancel()
@@ -186,13 +185,13 @@ class GossipNode:
         return self.swim.records()
 
     def publish(self, record: Record) -> bool:
-        ok = self.swim.publish(record, self._clock())
+        ok = self.swim.publish(record, self._now())
         self._flush()
         return ok
 
     def update_facts(self, facts: bytes | dict[str, Any]) -> None:
         self.facts = encode_facts(facts)
-        self.swim.update_facts(self.facts, self._clock())
+        self.swim.update_facts(self.facts, self._now())
         self._flush()
 
     def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
@@ -224,10 +223,14 @@ class GossipNode:
 
     # ---------------------------------------------------------------- driving
 
+    def _now(self) -> float:
+        """Swim's `now`: monotonic seconds (the wall clock only stamps the incarnation epoch)."""
+        return self._clock.monotonic()
+
     def _on_datagram(self, data: bytes, addr: Addr) -> None:
         if self._swim is None:
             return
-        self._swim.receive(data, addr, self._clock())
+        self._swim.receive(data, addr, self._now())
         self._flush()
 
     def _on_timer(self) -> None:
@@ -235,7 +238,7 @@ class GossipNode:
         self._timer_at = float("inf")
         if self._swim is None:
             return
-        self._swim.tick(self._clock())
+        self._swim.tick(self._now())
         self._flush()
 
     def _flush(self) -> None:
@@ -265,7 +268,7 @@ class GossipNode:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self._loop.call_later(max(0.0, at - self._clock()), self._on_timer)
+        self._timer = self._loop.call_later(max(0.0, at - self._now()), self._on_timer)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -279,11 +282,11 @@ class GossipNode:
         try:
             async with asyncio.timeout(PUSHPULL_TIMEOUT):
                 reader, writer = await asyncio.open_connection(addr[0], addr[1])
-                data = self.swim.make_pushpull(self._clock(), join=join)
+                data = self.swim.make_pushpull(self._now(), join=join)
                 writer.write(_LEN.pack(len(data)) + data)
                 await writer.drain()
                 reply = await _read_frame(reader)
-            self.swim.receive_stream(reply, addr, self._clock())
+            self.swim.receive_stream(reply, addr, self._now())
             return True
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             log.debug("gossip push-pull with %s:%s failed: %s", addr[0], addr[1], e)
@@ -298,7 +301,7 @@ class GossipNode:
         try:
             async with asyncio.timeout(PUSHPULL_TIMEOUT):
                 data = await _read_frame(reader)
-                reply = self.swim.receive_stream(data, (peer[0], peer[1]), self._clock())
+                reply = self.swim.receive_stream(data, (peer[0], peer[1]), self._now())
                 if reply is not None:
                     writer.write(_LEN.pack(len(reply)) + reply)
                     await writer.drain()

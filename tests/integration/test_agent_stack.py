@@ -41,7 +41,7 @@ async def test_spot_stop_notice_withdraws_names_and_the_node_comes_back_under_it
     try:
         a = await m.agent("spotty", spot=True, imds=imds.url)
         resp = await a.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(name="model", port=8000)))
-        a.remember(resp.service)
+        a.desired.remember(resp.service)
         imds.post_notice("stop")
 
         async def state():

@@ -32,12 +32,12 @@ async def test_meshd_down_names_resolve_and_a_crash_is_detected(tmp_path):
         await until(lambda: all(a.gossip.alive_count() == 4 for a in agents), timeout=15)
         await expose(agents[0], "on-zero")
         await expose(agents[1], "on-one")
-        await until(lambda: all(a.lookup("on-zero") and a.lookup("on-one") for a in agents))
+        await until(lambda: all(a.catalog.lookup("on-zero") and a.catalog.lookup("on-one") for a in agents))
         await m.stop_coordinator()                     # meshd is gone
         await crash(agents[0])                         # and then a node crashes
         rest = agents[1:]
-        await until(lambda: all(not a.lookup("on-zero") for a in rest), timeout=15)
-        assert all(a.lookup("on-one") for a in rest)   # the living keep resolving
+        await until(lambda: all(not a.catalog.lookup("on-zero") for a in rest), timeout=15)
+        assert all(a.catalog.lookup("on-one") for a in rest)   # the living keep resolving
         assert all(agents[0].identity.node_id in a.gossip.down() for a in rest)
         m.agents.remove(agents[0])
         await agents[0].stop()
@@ -70,7 +70,7 @@ async def test_agent_restarted_while_meshd_is_down_learns_the_catalog_from_peers
     try:
         a, b = await m.agent("stay-a"), await m.agent("phoenix")
         await expose(a, "svc-a")
-        await until(lambda: (tmp_path / "agent-phoenix" / "peers.json").exists() and b.lookup("svc-a"), timeout=15)
+        await until(lambda: (tmp_path / "agent-phoenix" / "peers.json").exists() and b.catalog.lookup("svc-a"), timeout=15)
         await m.stop_coordinator()
         await b.stop()
         m.agents.remove(b)
@@ -79,8 +79,8 @@ async def test_agent_restarted_while_meshd_is_down_learns_the_catalog_from_peers
         m.agents.append(again)
         await again.start()
         assert not again.catalog.services.synced   # nothing from meshd...
-        await until(lambda: again.lookup("svc-a"), timeout=15)   # ...all from a peer, by push-pull
-        assert again.lookup("svc-a")[0].address == a.identity.mesh_address
+        await until(lambda: again.catalog.lookup("svc-a"), timeout=15)   # ...all from a peer, by push-pull
+        assert again.catalog.lookup("svc-a")[0].address == a.identity.mesh_address
     finally:
         await m.close()
 

@@ -35,14 +35,14 @@ async def test_http_check_gates_dns(mesh):
     assert resp.service.health_state == types_pb2.HEALTH_STATE_CRITICAL
     await until(lambda: "vllm" in other.catalog.services.items)
     await asyncio.sleep(1.5)
-    assert other.lookup("vllm") == []                      # critical: not served
+    assert other.catalog.lookup("vllm") == []                      # critical: not served
     server = http.server.ThreadingHTTPServer((owner.identity.mesh_address, svc.port), Page)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        await until(lambda: other.lookup("vllm"), timeout=10)  # passing: served
+        await until(lambda: other.catalog.lookup("vllm"), timeout=10)  # passing: served
         assert other.catalog.services.items["vllm"].health_state == types_pb2.HEALTH_STATE_PASSING
     finally:
         server.shutdown()
         server.server_close()
-    await until(lambda: not other.lookup("vllm"), timeout=10)  # failing again: gone
+    await until(lambda: not other.catalog.lookup("vllm"), timeout=10)  # failing again: gone

@@ -8,9 +8,9 @@ import pytest
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSQuestion, DNSRecord, EDNSOption
 
 from meshagent.dns.answer import Answerer
-from meshagent.dns.config import DnsConfig
+from meshagent.dns.config import DnsConfig, Upstream
 from meshagent.dns.target import Target
-from meshagent.dns.upstreams import Upstream
+from meshcore.clock import ManualClock
 
 UP = (Upstream("192.0.2.53"),)
 CLUSTER_UP = (Upstream("10.43.0.10"),)
@@ -29,14 +29,6 @@ class Catalog:
     def lookup(self, name: str) -> list[Target]:
         self.calls.append(name)
         return list(self.services.get(name, []))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -311,8 +303,7 @@ def test_fit_truncates_big_forwarded_replies_for_udp_only(answerer):
 # -- the answer cache -----------------------------------------------------------
 
 def test_cache_serves_repeats_and_invalidate_forgets(catalog):
-    clock = Clock()
-    answerer = Answerer(DnsConfig(answer_cache_s=1.0), catalog.lookup, clock=clock)
+    answerer = Answerer(DnsConfig(answer_cache_s=1.0), catalog.lookup, clock=ManualClock())
     first = DNSRecord.question("new.mesh")
     assert answerer.respond(first.pack()).result == "nxdomain"
     catalog.services["new"] = [Target("10.9.9.9", 80)]
@@ -327,12 +318,12 @@ def test_cache_serves_repeats_and_invalidate_forgets(catalog):
 
 
 def test_cache_entries_expire(catalog):
-    clock = Clock()
+    clock = ManualClock()
     answerer = Answerer(DnsConfig(answer_cache_s=1.0), catalog.lookup, clock=clock)
     ask(answerer, "web.mesh")
     ask(answerer, "web.mesh")
     assert catalog.calls == ["web"]
-    clock.now += 1.5
+    clock.advance(1.5)
     ask(answerer, "web.mesh")
     assert catalog.calls == ["web", "web"]
 

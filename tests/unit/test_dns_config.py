@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from meshcore.errors import ConfigError, InvalidArgument
-from meshagent.dns.config import DnsConfig
+from meshagent.dns.config import DnsConfig, Upstream, parse_upstream
 from meshagent.dns.target import Target
-from meshagent.dns.upstreams import Upstream, parse_resolv_conf, parse_upstream, resolve_upstreams
+from meshagent.dns.upstreams import parse_resolv_conf, resolve_upstreams
 
 
 def test_defaults_are_valid():

@@ -10,10 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshagent.dns.answer import Answerer, Outcome
-from meshagent.dns.config import DnsConfig
+from meshagent.dns.config import DnsConfig, Upstream
 from meshagent.dns.metrics import RESULTS
 from meshagent.dns.target import Target
-from meshagent.dns.upstreams import Upstream
 
 CATALOG = {"web": [Target("10.1.0.5", 8000, "tcp", "gpu-1"), Target("fd00::5", 8000, "tcp", "gpu-1")]}
 SEEDS = [DNSRecord.question(n, t).pack() for n, t in [

@@ -94,7 +94,7 @@ def test_invocation_uses_mesh_address_interface_name_labels_and_keeps_token_out_
 @pytest.mark.parametrize("kwargs, rule", [
     ({"node_name": "Qwen_Coder"}, "RFC 1123"),
     ({"mesh_address": "mesh-node"}, "must be an IP address"),
-    ({"labels": {"gpu model": "L4"}}, "Kubernetes label key"),
+    ({"labels": {"gpu model": "L4"}}, "Kubernetes label syntax"),
     ({"labels": {"note": "x" * 64}}, "at most 63"),
     ({"labels": {"Bad.Prefix/x": "y"}}, "DNS subdomain"),
     ({"join": K3sJoin("http://10.4.0.4:6443", "t")}, "must be https://"),

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from meshcore.errors import FailedPrecondition, InvalidArgument
-from meshagent.wg.backend import BackendConfig, Probe, choose, make_backend, probe
+from meshagent.wg.backend import BackendConfig, Probe, choose, probe
+from meshagent.wg.factory import make_backend
 
 
 def fake_wireguard_go(dirpath):

@@ -1,0 +1,226 @@
+"""The agent's connection to meshd: join, the two watch streams, lease renewal.
+
+Join: with no identity on disk, the agent fetches meshd's CA (checked against
+the pin in the join token) from the join listener, sends a CSR and its facts,
+and keeps the certificate it gets back. While meshd is unreachable it retries
+with capped, jittered backoff; a refusal that retrying cannot change (bad
+token, bad facts) is raised at once.
+
+After join, one mTLS channel carries everything:
+- two watch streams (services, nodes) feed the catalog copy (`view.Catalog`).
+  Each resumes from the last revision it applied after any disconnect, so a
+  reconnect costs only the events missed; batched PUTs of the current set
+  arrive first, then one event per change;
+- renewal every third of the lease TTL, carrying the node's current facts.
+
+The uplink does not know what the rest of the agent does with what it hears;
+the agent wires that in with hooks: `on_record` (a signed catalog record, for
+gossip), `on_synced(kind)` (a stream caught up: re-assert services, find
+gossip peers) and `on_renewed(response)` (key rotations, peer snapshots).
+
+The connection is logged once per change of state, not per retry, and
+`connected`, `last_contact` (wall clock, for people) and `reconnects` are
+what `meshctl status` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
+from meshagent import metrics
+from meshagent.config import AgentConfig
+from meshagent.identity import Identity, fetch_pinned_ca
+from meshagent.view import Catalog
+from meshcore import pki
+from meshcore.backoff import Backoff
+from meshcore.clock import SYSTEM, Clock
+from meshcore.errors import StateError, Unauthenticated, Unavailable, from_code
+from meshcore.jointoken import parse_token
+
+log = logging.getLogger("meshagent")
+
+# Codes after which retrying the same request cannot help.
+FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
+         grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Jitter of the reconnect backoff: each delay is spread over [0.5, 1.5) of its base,
+# so agents reconnecting after the same outage do not stampede.
+JITTER = 0.5
+RPC_TIMEOUT_S = 10
+# Renewal interval before the first answer tells the lease TTL, and after a failed renewal at most.
+FIRST_RENEW_S, RETRY_RENEW_S = 5.0, 2.0
+
+
+def channel_options() -> list[tuple[str, object]]:
+    return [("grpc.ssl_target_name_override", pki.SERVER_NAME),
+            ("grpc.keepalive_time_ms", 15000), ("grpc.keepalive_timeout_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.max_reconnect_backoff_ms", 5000)]
+
+
+def mtls_channel(target: str, ident: Identity) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(ident.ca_pem, ident.key_pem, ident.cert_pem)
+    return grpc.aio.secure_channel(target, creds, options=channel_options())
+
+
+async def _nothing(*_args) -> None:
+    return None
+
+
+class Uplink:
+    """meshd as this agent sees it: one channel, its stubs, and whether it answers."""
+
+    def __init__(self, config: AgentConfig, catalog: Catalog, facts: Callable[[], types_pb2.Node],
+                 rng: random.Random | None = None, clock: Clock = SYSTEM) -> None:
+        self.config = config
+        self.catalog = catalog
+        self._facts = facts
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.connected = False
+        self.last_contact = 0.0  # wall clock: shown by `meshctl status`
+        self.reconnects = 0
+        self.left = False  # after a spot notice: no renewals, no re-asserting services
+        self.channel: grpc.aio.Channel | None = None
+        self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
+        self.node_stub: nodes_pb2_grpc.NodeServiceStub | None = None
+        self.admission_stub: admission_pb2_grpc.AdmissionServiceStub | None = None
+        self.on_record: Callable[[bytes], None] = lambda raw: None
+        self.on_synced: Callable[[str], Awaitable[None]] = _nothing
+        self.on_renewed: Callable[[admission_pb2.RenewResponse], Awaitable[None]] = _nothing
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.config.backoff_min_s, self.config.backoff_max_s, JITTER, self.rng)
+
+    # -- join -------------------------------------------------------------------------
+    async def join(self) -> tuple[Identity, admission_pb2.GossipConfig]:
+        """Join with the configured token; the identity is saved in the state directory and
+        returned with the gossip keyring meshd handed out."""
+        token = self.config.token
+        state_dir = Path(self.config.state_dir)
+        if not token:
+            raise StateError(f"no identity in {state_dir} and no join token: "
+                             f"start meshagent once with --token (from `meshctl token create` on the main node)")
+        _, _, pin = parse_token(token)
+        if pin is None:
+            raise Unauthenticated("the join token has no CA pin: use the full token printed by `meshctl token create`")
+        host, port = self.config.join_target()
+        backoff = self._backoff()
+        warned = False
+        while True:
+            try:
+                ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, port, pin)
+                key = pki.new_key()
+                csr = pki.make_csr(key, self.config.name)
+                creds = grpc.ssl_channel_credentials(ca_pem)
+                async with grpc.aio.secure_channel(f"{host}:{port}", creds, options=channel_options()) as ch:
+                    resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
+                        admission_pb2.JoinRequest(token=token, node=self._facts(), csr_pem=csr.decode()),
+                        timeout=RPC_TIMEOUT_S)
+                break
+            except (Unavailable, grpc.aio.AioRpcError) as e:
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
+                    raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
+                if not warned:
+                    if isinstance(e, Unavailable) or e.code() == grpc.StatusCode.UNAVAILABLE:
+                        log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
+                                    e if isinstance(e, Unavailable) else e.details())
+                    else:
+                        log.warning("join attempt failed (%s: %s); retrying", e.code().name, e.details())
+                    warned = True
+                await asyncio.sleep(backoff.next())
+        ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,
+                         pki.key_pem(key), resp.certificate_pem.encode(), resp.ca_pem.encode())
+        ident.save(state_dir)
+        log.info("joined the mesh as %s (%s), mesh address %s", ident.name, ident.node_id, ident.mesh_address)
+        return ident, resp.gossip
+
+    # -- the mTLS channel ---------------------------------------------------------------
+    def connect(self, identity: Identity) -> None:
+        """Open the channel (it connects lazily and reconnects by itself) and its stubs."""
+        self.channel = mtls_channel(self.config.coordinator, identity)
+        self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        self.node_stub = nodes_pb2_grpc.NodeServiceStub(self.channel)
+        self.admission_stub = admission_pb2_grpc.AdmissionServiceStub(self.channel)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+    def _set_connected(self, up: bool, why: str = "") -> None:
+        if up:
+            self.last_contact = self.clock.wall()
+        if up != self.connected:
+            self.connected = up
+            metrics.CONNECTED.set(1 if up else 0)
+            if up:
+                log.info("connected to meshd at %s", self.config.coordinator)
+            else:
+                self.reconnects += 1
+                metrics.RECONNECTS.inc()
+                log.warning("lost meshd at %s (%s); serving names from the local copy and reconnecting",
+                            self.config.coordinator, why)
+
+    # -- the watch streams ----------------------------------------------------------------
+    async def watch(self, kind: str) -> None:
+        """Follow meshd's services or nodes into the catalog copy, forever."""
+        services = kind == "services"
+        view = self.catalog.services if services else self.catalog.nodes
+        backoff = self._backoff()
+        while True:
+            try:
+                request = types_pb2.WatchRequest(from_revision=view.revision, batch=True)
+                stream = self.catalog_stub.WatchServices(request) if services else self.node_stub.WatchNodes(request)
+                async for ev in stream:
+                    self._set_connected(True)
+                    backoff.reset()
+                    many = ev.services if services else ev.nodes
+                    if many:  # a batch of the current set
+                        for obj in many:
+                            view.apply(ev.type, obj, obj.revision)
+                        if services:
+                            for record in ev.records:
+                                self.on_record(record)
+                        continue
+                    obj = ev.service if services else ev.node
+                    view.apply(ev.type, obj, ev.revision)
+                    if services and ev.record:
+                        self.on_record(ev.record)
+                    if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                        await self.on_synced(kind)
+                why = "stream ended"
+            except grpc.aio.AioRpcError as e:
+                why = f"{e.code().name}: {e.details()}"
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("meshd refuses this node: %s", e.details())
+            self._set_connected(False, why)
+            await asyncio.sleep(backoff.next())
+
+    # -- the lease ------------------------------------------------------------------------
+    async def renew(self) -> None:
+        """Renew the lease every third of its TTL until the node leaves."""
+        interval = FIRST_RENEW_S
+        while not self.left:
+            try:
+                resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self._facts()),
+                                                       timeout=RPC_TIMEOUT_S)
+                interval = max(0.2, resp.lease_ttl_s / 3)
+                self.last_contact = self.clock.wall()
+                await self.on_renewed(resp)
+            except grpc.aio.AioRpcError as e:
+                log.debug("renew failed: %s", e.code().name)
+                interval = min(interval, RETRY_RENEW_S)
+            await asyncio.sleep(interval)
+
+    async def leave(self) -> None:
+        """Tell meshd this node leaves: its services leave the catalog at once."""
+        await self.admission_stub.Leave(admission_pb2.LeaveRequest(), timeout=5)
+
+    async def expose(self, service: types_pb2.Service) -> catalog_pb2.ExposeResponse:
+        return await self.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=service), timeout=RPC_TIMEOUT_S)
