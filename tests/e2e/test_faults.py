@@ -13,7 +13,8 @@ import pytest
 
 from meshcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from meshagent.routes import MESH_PROTO
-from meshagent.wg.backend import BackendConfig, make_backend, probe
+from meshagent.wg.backend import BackendConfig, probe
+from meshagent.wg.factory import make_backend
 from meshagent.wg.model import PeerConfig
 from meshagent.wg.userspace import UserspaceBackend
 from tests.conftest import require_netns
