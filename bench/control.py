@@ -50,7 +50,8 @@ def rss_mb(pid: int) -> float:
 
 def _config(mesh: LocalMesh, root: Path, name: str, token: str) -> AgentConfig:
     return AgentConfig(state_dir=root / name, coordinator=mesh.coordinator, join_address=mesh.join_address,
-                       token=token, name=name, socket=str(root / f"{name}.sock"), dns="", metrics="")
+                       token=token, name=name, socket=str(root / f"{name}.sock"), dns="", metrics="", imds="",
+                       gpus=False, spot=False)
 
 
 async def _joins(mesh: LocalMesh, root: Path, token: str, n: int, concurrency: int) -> list[tuple[float, object]]:

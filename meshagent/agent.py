@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ from mesh.v1 import admission_pb2, agent_pb2_grpc, types_pb2
 from meshagent import metrics
 from meshagent.config import AgentConfig
 from meshagent.desired import Desired
+from meshagent.facts import Facts, describe, discover
 from meshagent.gossip import AgentGossip, facts_of, load_config, save_config
 from meshagent.health import HealthChecker
 from meshagent.identity import Identity
@@ -38,6 +40,7 @@ from meshagent.uplink import Uplink
 from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/test_control.py imports it from here)
 from meshagent.view import Catalog
 from meshcore.clock import SYSTEM, Clock
+from meshcore.jointoken import parse_token
 from meshcore.metrics import split_hostport
 
 log = logging.getLogger("meshagent")
@@ -49,6 +52,8 @@ class Agent:
         self.rng = rng or random.Random()
         self.clock = clock
         self.catalog = Catalog()
+        #: what the machine says about itself, with the flags' overrides (see meshagent/facts)
+        self.node_facts = Facts()
         self.identity: Identity | None = None
         self.dns_address = ""
         self.dns = None
@@ -109,14 +114,42 @@ class Agent:
     def state_dir(self) -> Path:
         return Path(self.config.state_dir)
 
+    def labels(self) -> dict[str, str]:
+        """Labels from the facts (GPUs, instance type, zone), then the user's, which win."""
+        return {**self.node_facts.labels(), **self.config.labels}
+
     def facts(self) -> types_pb2.Node:
-        c = self.config
-        return types_pb2.Node(name=c.name, hostname=c.name, cloud=c.cloud, region=c.region, vpc_id=c.vpc_id,
-                              vpc_cidr=c.vpc_cidr, private_address=c.private_address,
-                              public_address=c.public_address, labels=c.labels,
+        f = self.node_facts
+        return types_pb2.Node(name=self.config.name, hostname=self.config.name, cloud=f.cloud, region=f.region,
+                              vpc_id=f.vpc_id, vpc_cidr=f.vpc_cidr, private_address=f.private_address,
+                              public_address=f.public_address, labels=self.labels(),
                               gossip_port=self.gossip.node.port if self.gossip else 0,
                               wireguard_public_key=self.dataplane.public_key if self.dataplane else "",
                               wireguard_port=self.config.wireguard_port if self.dataplane else 0)
+
+    async def discover_facts(self, gpus: bool = True) -> Facts:
+        c = self.config
+        found = await asyncio.to_thread(discover, c.imds, c.facts_timeout_s, gpus=gpus and c.gpus,
+                                        nvidia_smi=c.nvidia_smi)
+        if not gpus and self.node_facts.gpus is not None:  # GPUs do not come and go; keep what start found
+            found = replace(found, gpus=self.node_facts.gpus,
+                            sources={**found.sources, "gpus": self.node_facts.sources.get("gpus", "")})
+        return found.with_overrides(cloud=c.cloud, region=c.region, vpc_id=c.vpc_id, vpc_cidr=c.vpc_cidr,
+                                    private_address=c.private_address, public_address=c.public_address)
+
+    async def refresh_facts(self) -> None:
+        """Look again, now and then, at what can change while the VM runs (a new public address)."""
+        while True:
+            await asyncio.sleep(self.config.facts_refresh_s)
+            try:
+                found = await self.discover_facts(gpus=False)
+            except Exception as e:  # discovery must never end the agent
+                log.warning("facts refresh failed: %s", e)
+                continue
+            if found != self.node_facts:
+                log.info("facts changed: %s (was %s); the next renewal carries them",
+                         describe(found), describe(self.node_facts))
+                self.node_facts = found
 
     async def join(self) -> Identity:
         ident, gossip = await self.uplink.join()
@@ -161,7 +194,10 @@ class Agent:
             self.identity = Identity.load(self.state_dir)
             if self.config.token:
                 log.info("identity found in %s: the join token is not needed and was ignored", self.state_dir)
-        else:
+        elif self.config.token:
+            parse_token(self.config.token)  # a mistyped token is said before anything else happens
+        self.node_facts = await self.discover_facts()
+        if self.identity is None:
             self.identity = await self.join()
         self.desired.load()
         await self._start_gossip()
@@ -180,8 +216,9 @@ class Agent:
         self._tasks = [asyncio.create_task(self.uplink.watch("services"), name="watch-services"),
                        asyncio.create_task(self.uplink.watch("nodes"), name="watch-nodes"),
                        asyncio.create_task(self.uplink.renew(), name="renew"),
-                       asyncio.create_task(self.health.run(), name="health")]
-        if self.config.spot:
+                       asyncio.create_task(self.health.run(), name="health"),
+                       asyncio.create_task(self.refresh_facts(), name="facts")]
+        if self.config.spot and self.config.imds:
             from meshagent.spot import SpotConfig, SpotWatcher
             watcher = SpotWatcher(self._spot_notice, SpotConfig(endpoint=self.config.imds))
             self._tasks.append(asyncio.create_task(watcher.run(), name="spot-watch"))
@@ -190,7 +227,7 @@ class Agent:
 
     async def _start_k3s(self) -> None:
         from meshagent.k3s import K3sAgent, K3sConfig
-        self.k3s = K3sAgent(self.identity.name, self.identity.mesh_address, self.config.labels,
+        self.k3s = K3sAgent(self.identity.name, self.identity.mesh_address, self.labels(),
                             K3sConfig(binary=self.config.k3s_binary))
         try:
             await self.k3s.start(self.uplink.channel)
@@ -219,8 +256,8 @@ class Agent:
         from meshcore.gossip import profiles
         host, port = split_hostport(self.config.gossip, "gossip address")
         profile = getattr(profiles, self.config.gossip_profile)()
-        node = types_pb2.Node(mesh_address=self.identity.mesh_address, region=self.config.region,
-                              cloud=self.config.cloud, labels=self.config.labels)
+        node = types_pb2.Node(mesh_address=self.identity.mesh_address, region=self.node_facts.region,
+                              cloud=self.node_facts.cloud, labels=self.labels())
         self.gossip = AgentGossip(self.identity.node_id, self.identity.name, host, port, self.identity.mesh_address,
                                   cfg, facts_of(node), profile, self.rng, self.clock)
         await self.gossip.start()

@@ -47,10 +47,17 @@ class AgentConfig:
     k3s_binary: str = "k3s"
     #: watch EC2 instance metadata for a spot interruption and leave gracefully before it
     spot: bool = True
-    #: instance metadata endpoint (link-local on EC2)
+    #: the clouds' instance metadata endpoint (link-local on AWS, GCP and Azure); "" skips it
     imds: str = "http://169.254.169.254"
-    #: node facts sent at join
+    #: bound on each metadata request while discovering facts, seconds
+    facts_timeout_s: float = 1.0
+    #: how often facts that can change (public address, life cycle) are looked at again, seconds
+    facts_refresh_s: float = 60.0
+    #: look for GPUs (NVML, else this nvidia-smi)
+    gpus: bool = True
+    nvidia_smi: str = "nvidia-smi"
     name: str = field(default_factory=lambda: socket.gethostname().split(".")[0].lower())
+    #: overrides of discovered facts ("" keeps what was discovered; see meshagent/facts)
     cloud: str = ""
     region: str = ""
     vpc_id: str = ""
@@ -79,6 +86,8 @@ class AgentConfig:
             split_hostport(self.gossip, "gossip address")
         if self.gossip_profile not in ("lan", "wan", "local"):
             raise ConfigError(f"invalid gossip profile {self.gossip_profile!r}: must be lan, wan or local")
+        if not 0 < self.facts_timeout_s <= 10 or self.facts_refresh_s <= 0:
+            raise ConfigError("facts timeouts must satisfy 0 < timeout <= 10 s and a positive refresh interval")
         if self.backoff_min_s <= 0 or self.backoff_max_s < self.backoff_min_s:
             raise ConfigError("backoff bounds must satisfy 0 < min <= max")
         return self

@@ -34,21 +34,25 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
     p.add_argument("--gossip", default=d.gossip, help=f"gossip listener (default {d.gossip}; '' disables)")
     p.add_argument("--gossip-profile", default=d.gossip_profile, choices=["lan", "wan", "local"])
-    p.add_argument("--wireguard", default="", metavar="IFACE",
-                   help="run the data plane on this WireGuard interface (e.g. mesh0; default off)")
+    p.add_argument("--wireguard", default="auto", metavar="IFACE",
+                   help="WireGuard interface of the data plane (default: mesh0 where it can run, i.e. as root "
+                        "with kernel WireGuard or wireguard-go; '' turns the data plane off)")
     p.add_argument("--wireguard-port", type=int, default=d.wireguard_port)
     p.add_argument("--hub", default=d.hub, help=f"name of the main node, which relays (default {d.hub})")
     p.add_argument("--mtu", type=int, default=None, help="tunnel MTU (default 1420 on a 1500 path)")
     p.add_argument("--k3s", action="store_true", help="join the main node's K3s cluster as an agent")
     p.add_argument("--k3s-binary", default=d.k3s_binary, help=f"k3s executable (default {d.k3s_binary})")
     p.add_argument("--no-spot-watch", action="store_true", help="do not watch EC2 metadata for spot interruptions")
-    p.add_argument("--imds", default=d.imds, help=f"instance metadata endpoint (default {d.imds})")
-    p.add_argument("--cloud", default="", help="aws, gcp, azure, lambda, onprem, ...")
-    p.add_argument("--region", default="")
-    p.add_argument("--vpc-id", default="")
-    p.add_argument("--vpc-cidr", default="")
-    p.add_argument("--private-address", default="")
-    p.add_argument("--public-address", default="")
+    p.add_argument("--imds", default=d.imds,
+                   help=f"cloud instance metadata endpoint, for facts and spot notices (default {d.imds}; '' skips)")
+    p.add_argument("--no-gpus", action="store_true", help="do not look for GPUs (NVML, nvidia-smi)")
+    o = p.add_argument_group("overrides", "facts are discovered (see `meshctl status`); a flag overrides its fact")
+    o.add_argument("--cloud", default="", help="aws, gcp, azure, lambda, onprem, ...")
+    o.add_argument("--region", default="")
+    o.add_argument("--vpc-id", default="")
+    o.add_argument("--vpc-cidr", default="")
+    o.add_argument("--private-address", default="")
+    o.add_argument("--public-address", default="")
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable), e.g. gpu.model=L4")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
@@ -61,10 +65,27 @@ def parse_args(argv: list[str]) -> AgentConfig:
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
                        gossip=a.gossip, gossip_profile=a.gossip_profile, k3s=a.k3s, k3s_binary=a.k3s_binary,
-                       spot=not a.no_spot_watch, imds=a.imds, wireguard=a.wireguard,
+                       spot=not a.no_spot_watch, imds=a.imds, gpus=not a.no_gpus,
+                       wireguard=wireguard_interface(a.wireguard),
                        wireguard_port=a.wireguard_port, hub=a.hub, mtu=a.mtu,
                        cloud=a.cloud, region=a.region, vpc_id=a.vpc_id, vpc_cidr=a.vpc_cidr,
                        private_address=a.private_address, public_address=a.public_address, labels=labels)
+
+
+def wireguard_interface(value: str, default: str = "mesh0") -> str:
+    """'auto': the data plane runs where it can (root, and kernel WireGuard or wireguard-go)."""
+    if value != "auto":
+        return value
+    from meshagent.wg.backend import probe
+    if os.geteuid() != 0:
+        logging.getLogger("meshagent").info("data plane off: WireGuard needs root (--wireguard '' says so quietly)")
+        return ""
+    found = probe()
+    if not (found.kernel_module or found.wireguard_go):
+        logging.getLogger("meshagent").warning(
+            "data plane off: neither kernel WireGuard nor wireguard-go is here (install 'wireguard-go')")
+        return ""
+    return default
 
 
 async def run(config: AgentConfig) -> None:

@@ -112,7 +112,9 @@ class LocalMesh:
         argv = [str(BIN / "meshagent"), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
                 "--join-address", self.join_address, "--name", name, "--socket", self.socket(name),
                 "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
-                "--gossip-profile", self.gossip_profile, "--no-spot-watch", *extra]
+                "--gossip-profile", self.gossip_profile, "--no-spot-watch",
+                # the loopback mesh: no cloud metadata, no GPUs, no data plane
+                "--imds", "", "--no-gpus", "--wireguard", "", *extra]
         if token:
             argv += ["--token", token]
         p, log = self._spawn(name, argv)

@@ -75,7 +75,8 @@ def test_user_mistakes_get_one_clear_line_and_a_non_zero_exit(local_mesh):
 def test_bad_token_and_corrupted_state_are_clear_errors(local_mesh, tmp_path):
     p = subprocess.run([str(BIN / "meshagent"), "--state-dir", str(tmp_path / "a"), "--coordinator",
                         local_mesh.coordinator, "--join-address", local_mesh.join_address, "--token", "garbage",
-                        "--socket", str(tmp_path / "a.sock"), "--dns", "", "--metrics", ""],
+                        "--socket", str(tmp_path / "a.sock"), "--dns", "", "--metrics", "", "--imds", "",
+                        "--wireguard", ""],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "malformed join token" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "bad-meshd"
@@ -90,7 +91,8 @@ def test_bad_token_and_corrupted_state_are_clear_errors(local_mesh, tmp_path):
     (tmp_path / "agent-state").mkdir()
     (tmp_path / "agent-state" / "node.json").write_text("{broken")
     p = subprocess.run([str(BIN / "meshagent"), "--state-dir", str(tmp_path / "agent-state"), "--coordinator",
-                        local_mesh.coordinator, "--dns", "", "--metrics", "", "--socket", str(tmp_path / "b.sock")],
+                        local_mesh.coordinator, "--dns", "", "--metrics", "", "--socket", str(tmp_path / "b.sock"),
+                        "--imds", "", "--wireguard", ""],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "unreadable" in p.stderr and "Traceback" not in p.stderr
 

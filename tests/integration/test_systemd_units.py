@@ -226,7 +226,7 @@ def test_meshd_and_meshagent_speak_sd_notify(tmp_path):
                               "--coordinator", f"127.0.0.1:{ports['listen']}",
                               "--join-address", f"127.0.0.1:{ports['join']}", "--token", token,
                               "--socket", str(tmp_path / "agent.sock"), "--dns", "127.0.0.1:0", "--metrics", "",
-                              "--name", "notify-test"], tmp_path / "agent.notify", tmp_path / "agent.log")
+                              "--imds", "", "--no-gpus", "--wireguard", "", "--name", "notify-test"], tmp_path / "agent.notify", tmp_path / "agent.log")
         procs.append(agent)
         assert agent_n.until("READY=1")[-1] == "READY=1"
         assert agent_n.next() == "WATCHDOG=1" and agent_n.next() == "WATCHDOG=1"
