@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
 from meshcore.jointoken import join_string, parse_token
+from meshcore.names import check_labels
 from meshd.store.base import Compare, KeyValue, Op, Put, Store, absent
 
 PREFIX = "/tokens/"
@@ -74,9 +74,7 @@ class Admission:
             raise InvalidArgument(f"invalid token TTL {ttl_s}s: must be between 1 second and 30 days")
         if max_uses < 0:
             raise InvalidArgument("invalid max uses: must be 0 (unlimited) or more")
-        for k in (labels or {}):
-            if not re.match(r"^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$", k):
-                raise InvalidArgument(f"invalid label key {k!r}: lowercase letters, digits, '.', '_', '/', '-'")
+        check_labels(labels or {}, "token label")
         token_id = "t" + secrets.token_hex(4)
         secret = secrets.token_hex(16)
         now = self.clock.wall()

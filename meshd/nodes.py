@@ -20,7 +20,7 @@ from mesh.v1 import types_pb2
 from meshcore import pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
-from meshcore.names import check_name, check_port
+from meshcore.names import check_labels, check_name, check_port
 from meshd.addresses import AddressPool
 from meshd.admission import Admission
 from meshd.catalog import watch_prefix
@@ -69,9 +69,7 @@ def check_facts(node: types_pb2.Node) -> None:
             ipaddress.ip_network(node.vpc_cidr)
         except ValueError:
             raise InvalidArgument(f"invalid VPC CIDR {node.vpc_cidr!r}") from None
-    for k, v in node.labels.items():
-        if len(k) > 63 or len(v) > 253:
-            raise InvalidArgument(f"invalid label {k!r}: keys up to 63 and values up to 253 characters")
+    check_labels(node.labels, "node label")
 
 
 def decode(kv: KeyValue) -> types_pb2.Node:
@@ -184,6 +182,8 @@ class Nodes:
             check_port(facts.gossip_port)
         await self.liveness.renewed(node_id)
         current = await self.get(node_id)
+        if facts.labels and dict(facts.labels) != dict(current.labels):
+            check_labels(facts.labels, "node label")  # new labels only: a node keeps the ones it joined with
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
         wanted.state = types_pb2.NODE_STATE_READY

@@ -281,3 +281,29 @@ async def test_batched_watch_sends_the_current_set_in_few_events(mesh):
     assert shapes == [("EVENT_TYPE_RESET", 0, 0), ("EVENT_TYPE_PUT", 256, 256), ("EVENT_TYPE_PUT", 44, 44),
                       ("EVENT_TYPE_SYNCED", 0, 0)]
     await until(lambda: len(a.catalog.services.items) == 300)  # the agent's own (batched) copy
+
+
+async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_renewals(mesh):
+    rev = await mesh.coordinator.store.revision()
+    code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
+        ttl_s=60, labels={"gpu model": "L4"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
+    code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
+        ttl_s=60, labels={"pool": "two words"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
+    assert await mesh.coordinator.store.revision() == rev
+    token = await mesh.token(uses=1, **{"gpu.model": "L4"})
+    agent = Agent(mesh.agent_config("labelled", token))
+    real_facts = agent.facts
+
+    def bad_facts():
+        f = real_facts()
+        f.labels["pool"] = "two words"
+        return f
+    agent.facts = bad_facts
+    with pytest.raises(InvalidArgument, match="Kubernetes label syntax"):
+        await agent.join()
+    renew = await mesh.agent("honest")
+    code, details = await code_of(renew.admission_stub.Renew(admission_pb2.RenewRequest(
+        node=types_pb2.Node(labels={"pool": "two words"}))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
