@@ -11,6 +11,10 @@ Consuming a token (one use) happens in the same store transaction that
 creates the node, guarded by a compare on the token's revision, so a
 single-use token admits exactly one node even under concurrent joins, and a
 refused join changes nothing.
+
+Expiry and creation times are points in time that are stored and shown, so
+they are on the wall clock (`clock.wall()`), and so is the expiry check
+against them.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
 from meshcore.jointoken import join_string, parse_token
+from meshcore.names import check_labels
 from meshd.store.base import Compare, KeyValue, Op, Put, Store, absent
 
 PREFIX = "/tokens/"
@@ -58,7 +62,7 @@ def _hash(secret: str) -> str:
 
 
 class Admission:
-    def __init__(self, store: Store, ca_pin: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, ca_pin: str, clock: Clock = SYSTEM) -> None:
         self.store = store
         self.ca_pin = ca_pin
         self.clock = clock
@@ -70,12 +74,10 @@ class Admission:
             raise InvalidArgument(f"invalid token TTL {ttl_s}s: must be between 1 second and 30 days")
         if max_uses < 0:
             raise InvalidArgument("invalid max uses: must be 0 (unlimited) or more")
-        for k in (labels or {}):
-            if not re.match(r"^[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?$", k):
-                raise InvalidArgument(f"invalid label key {k!r}: lowercase letters, digits, '.', '_', '/', '-'")
+        check_labels(labels or {}, "token label")
         token_id = "t" + secrets.token_hex(4)
         secret = secrets.token_hex(16)
-        now = self.clock()
+        now = self.clock.wall()
         rec = TokenRecord(token_id, _hash(secret), now + ttl_s, max_uses, labels=dict(labels or {}),
                           created_at=now, description=description)
         await self.store.put(PREFIX + token_id, rec.encode())
@@ -89,7 +91,7 @@ class Admission:
         token_id, secret, pin = parse_token(token)
         if pin is not None and pin != self.ca_pin:
             raise InvalidArgument("bootstrap join token is for another mesh: its CA pin does not match this meshd's CA")
-        now = self.clock()
+        now = self.clock.wall()
         rec = TokenRecord(token_id, _hash(secret), now + BOOTSTRAP_TTL_S, 0, created_at=now, description=description)
         res = await self.store.txn([absent(PREFIX + token_id)], [Put(PREFIX + token_id, rec.encode())])
         if not res.succeeded:
@@ -126,7 +128,7 @@ class Admission:
             raise Unauthenticated(f"join token {token_id}: wrong secret")
         if rec.revoked:
             raise Unauthenticated(f"join token {token_id} was revoked")
-        if self.clock() >= rec.expires_at:
+        if self.clock.wall() >= rec.expires_at:
             raise Unauthenticated(f"join token {token_id} expired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(rec.expires_at))}")
         if rec.max_uses and rec.uses >= rec.max_uses:
             raise Unauthenticated(f"join token {token_id} is used up ({rec.uses} of {rec.max_uses} joins)")

@@ -8,12 +8,15 @@ Callers:
 
 The TCP listener requires a client certificate from the mesh CA (the TLS
 handshake refuses any other); the join listener asks for none. Both share
-the servicers, which ask `caller_of(context)`.
+the servicers, which ask `caller_of(context)`, or `Callers` when the answer
+depends on the mesh as it is now: a removed node's certificate stays valid
+until it expires, so a node caller is also looked up.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -65,6 +68,29 @@ def require_node(caller: Caller) -> str:
     if caller.kind != "node":
         raise PermissionDenied(f"{caller} is not a node: only a node can call this for itself")
     return caller.id
+
+
+class Callers:
+    """Caller checks that read the store; `node_exists(id)` is Nodes.exists."""
+
+    def __init__(self, node_exists: Callable[[str], Awaitable[bool]]) -> None:
+        self._node_exists = node_exists
+
+    async def node_caller(self, context) -> str:
+        """The calling node's id; Unauthenticated if it was removed."""
+        node_id = require_node(caller_of(context))
+        if not await self._node_exists(node_id):
+            raise Unauthenticated(f"node {node_id} was removed from the mesh: join again with a new token")
+        return node_id
+
+    async def any_member(self, context) -> Caller:
+        """Any admin, or a node still in the mesh."""
+        caller = caller_of(context)
+        if caller.kind == "anonymous":
+            raise Unauthenticated("this call needs a mesh certificate (join first) or meshd's admin socket")
+        if caller.kind == "node":
+            await self.node_caller(context)
+        return caller
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):

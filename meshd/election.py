@@ -26,19 +26,20 @@ when that lease expires; SQLite expiry is driven by its owner, so while
 waiting the election calls the store's `expire_leases` (a no-op on etcd).
 
 `on_change(is_leader)` is called on every change of leadership; `is_leader`,
-`wait_leader()` and `wait_follower()` give the same information. The clock and
-sleep are injected so the renewal and step-down timing are tested with a fake
-clock.
+`wait_leader()` and `wait_follower()` give the same information. The clock
+(its monotonic time: a wall-clock step must not end or extend a term) and
+sleep are injected so the renewal and step-down timing are tested with a
+manual clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, MeshError, NotFound
 from meshd.store.base import Compacted, Compare, Delete, Put, Store, absent
 
@@ -92,7 +93,7 @@ class _Lost(Exception):
 class Election:
     def __init__(self, store: Store, candidate: str, config: ElectionConfig = ElectionConfig(), *,
                  on_change: Callable[[bool], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Clock = SYSTEM,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not candidate:
             raise InvalidArgument("invalid election candidate id: must not be empty")
@@ -185,7 +186,7 @@ class Election:
 
     async def _term(self) -> None:
         """Grant a lease, then campaign and lead while keeping it alive; raises when the term ends."""
-        sent = self._clock()
+        sent = self._clock.monotonic()
         self._lease = await self.store.lease_grant(self.config.ttl)
         self._renewed = sent
         tasks = [asyncio.create_task(self._keepalive()), asyncio.create_task(self._campaign())]
@@ -205,8 +206,8 @@ class Election:
         while True:  # ends by raising _Lost, or cancellation
             deadline = self._renewed + cfg.ttl - cfg.margin
             pause = cfg.interval if ok else min(cfg.interval, cfg.retry_interval)
-            await self._sleep(max(0.0, min(pause, deadline - self._clock())))
-            sent = self._clock()
+            await self._sleep(max(0.0, min(pause, deadline - self._clock.monotonic())))
+            sent = self._clock.monotonic()
             if sent >= deadline:
                 raise _Lost(f"no lease renewal for {sent - self._renewed:.1f}s: stepping down "
                             f"before the lease can expire")

@@ -11,6 +11,12 @@ Rotation (`meshctl keys rotate`) in three stages, each advanced by meshd's
 lease loop once every live node has renewed since the previous stage (so it
 has the keyring of that stage): install the new key as secondary, make it
 primary, retire the old one. No restart anywhere.
+
+The stored `since` of a stage is a wall-clock timestamp, for people. Whether
+every node has renewed since a stage began is asked on the monotonic clock
+(renewals are kept there): this replica notes when it first saw each stage.
+A replica that takes over leadership mid-rotation counts the stage from then,
+which can only make it wait one renewal period longer, never advance early.
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh.v1 import admission_pb2, types_pb2
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import FailedPrecondition
 from meshcore.gossip.codec import encode_record
 from meshcore.gossip.records import make_record
@@ -39,9 +45,10 @@ def key_id(key: bytes) -> str:
 
 
 class GossipKeys:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM) -> None:
         self.store = store
         self.clock = clock
+        self._stage_began: dict[tuple[str, str], float] = {}  # (key id, stage) -> monotonic time first seen
         self._signing: ed25519.Ed25519PrivateKey | None = None
         self._ring: dict | None = None
         self._cache: dict[tuple[str, int, bool], bytes] = {}
@@ -91,24 +98,27 @@ class GossipKeys:
             raise FailedPrecondition(f"a key rotation is already under way (key {r['key_id']}, stage {r['stage']})")
         new = os.urandom(32)
         ring["keys"].append(new.hex())
-        ring["rotation"] = {"key_id": key_id(new), "stage": "installing", "since": self.clock()}
+        ring["rotation"] = {"key_id": key_id(new), "stage": "installing", "since": self.clock.wall()}
         res = await self.store.txn([unchanged(kv)], [Put(KEYRING, json.dumps(ring).encode())])
         if not res.succeeded:
             raise FailedPrecondition("the keyring changed concurrently; retry")
         self._ring = ring
+        self._stage_began[(key_id(new), "installing")] = self.clock.monotonic()
         return ring["rotation"]["key_id"], "installing"
 
     async def advance(self, all_renewed_since: Callable[[float], bool]) -> str | None:
-        """Move a rotation one stage forward when every live node has the current keyring."""
+        """Move a rotation one stage forward when every live node has the current keyring.
+        `all_renewed_since(t)`: every live node renewed after monotonic time t."""
         kv = await self.store.get(KEYRING)
         ring = json.loads(kv.value)
         r = ring.get("rotation")
-        if not r or not all_renewed_since(r["since"]):
+        began = self._stage_began.setdefault((r["key_id"], r["stage"]), self.clock.monotonic()) if r else 0.0
+        if not r or not all_renewed_since(began):
             self._ring = ring
             return None
         new_index = len(ring["keys"]) - 1
         if r["stage"] == "installing":
-            r.update(stage="primary", since=self.clock(), old=ring["primary"])
+            r.update(stage="primary", since=self.clock.wall(), old=ring["primary"])
             ring["primary"] = new_index
         elif r["stage"] == "primary":
             ring["keys"] = [ring["keys"][new_index]]
@@ -117,5 +127,9 @@ class GossipKeys:
         res = await self.store.txn([unchanged(kv)], [Put(KEYRING, json.dumps(ring).encode())])
         if res.succeeded:
             self._ring = ring
-            return ring["rotation"]["stage"] if ring["rotation"] else "done"
+            if ring["rotation"]:
+                self._stage_began[(r["key_id"], "primary")] = self.clock.monotonic()
+                return "primary"
+            self._stage_began.clear()
+            return "done"
         return None

@@ -1,12 +1,10 @@
-"""Nodes: joining, leases, drain and removal.
+"""Nodes: joining, facts, drain and removal.
 
 Stored: `/nodes/<id>` (the Node message without liveness), `/nodenames/<name>`
-(the id holding the name). Liveness is kept in memory, as etcd keeps lease
-deadlines: a renewal is not a disk write. A node whose lease is not renewed
-within `lease_ttl_s` is marked UNREACHABLE (one write); after a further
-`grace_s` its services leave the catalog, so no stale name resolves. When it
-renews again it is READY, and its agent re-asserts its services. After a
-meshd restart every node gets a fresh lease period.
+(the id holding the name). A join consumes a token use, claims the name and
+an address in one transaction. Whether a node is alive is not stored here:
+renewals go to `meshd.leases.Liveness`, which also supplies the `last_seen`
+shown with a node.
 """
 
 from __future__ import annotations
@@ -16,32 +14,22 @@ import base64
 import binascii
 import ipaddress
 import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 
 from mesh.v1 import types_pb2
 from meshcore import pki
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
-from meshcore.names import check_name, check_port
+from meshcore.names import check_labels, check_name, check_port
 from meshd.addresses import AddressPool
 from meshd.admission import Admission
+from meshd.catalog import watch_prefix
+from meshd.leases import HEARTBEATS, Liveness
 from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/nodes/"
 NAMES = "/nodenames/"
-HEARTBEATS = "/heartbeats/"
 SERVICES = "/services/"
-
-
-@dataclass
-class NodesConfig:
-    #: seconds within which a node must renew (agents renew every third of it)
-    lease_ttl_s: float = 15.0
-    #: seconds an unreachable node keeps its services before they leave the catalog
-    grace_s: float = 30.0
-    #: replicas share renewals through the store (etcd); a lone meshd keeps them in memory
-    shared_heartbeats: bool = False
 
 
 def check_wireguard_key(key: str) -> str:
@@ -81,9 +69,7 @@ def check_facts(node: types_pb2.Node) -> None:
             ipaddress.ip_network(node.vpc_cidr)
         except ValueError:
             raise InvalidArgument(f"invalid VPC CIDR {node.vpc_cidr!r}") from None
-    for k, v in node.labels.items():
-        if len(k) > 63 or len(v) > 253:
-            raise InvalidArgument(f"invalid label {k!r}: keys up to 63 and values up to 253 characters")
+    check_labels(node.labels, "node label")
 
 
 def decode(kv: KeyValue) -> types_pb2.Node:
@@ -94,24 +80,26 @@ def decode(kv: KeyValue) -> types_pb2.Node:
 
 class Nodes:
     def __init__(self, store: Store, admission: Admission, addresses: AddressPool, ca: pki.CertificateAuthority,
-                 config: NodesConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+                 liveness: Liveness, clock: Clock = SYSTEM) -> None:
         self.store = store
         self.admission = admission
         self.addresses = addresses
         self.ca = ca
-        self.config = config or NodesConfig()
+        self.liveness = liveness
         self.clock = clock
-        self.last_seen: dict[str, float] = {}
         # Joins on one replica take turns: they would all race for the same address cursor.
         # The store's compare-and-swap still guards against other replicas.
         self._joining = asyncio.Lock()
 
     # -- reads ----------------------------------------------------------------
     def _live(self, node: types_pb2.Node) -> types_pb2.Node:
-        seen = self.last_seen.get(node.id)
+        seen = self.liveness.seen_at(node.id)
         if seen is not None:
             node.last_seen = int(seen)
         return node
+
+    async def exists(self, node_id: str) -> bool:
+        return await self.store.get(PREFIX + node_id) is not None
 
     async def list(self) -> tuple[list[types_pb2.Node], int]:
         kvs, rev = await self.store.range(PREFIX)
@@ -129,6 +117,9 @@ class Nodes:
 
     async def get(self, id_or_name: str) -> types_pb2.Node:
         return self._live(decode(await self._find(id_or_name)))
+
+    def watch(self, from_revision: int) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
+        return watch_prefix(self.store, PREFIX, from_revision, decode)
 
     # -- join -----------------------------------------------------------------
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
@@ -152,7 +143,7 @@ class Nodes:
             node.id = node_id
             node.mesh_address = alloc.address
             node.state = types_pb2.NODE_STATE_READY
-            node.joined_at = int(self.clock())
+            node.joined_at = int(self.clock.wall())
             node.last_seen = 0
             node.revision = 0
             for k, v in tok.labels.items():
@@ -165,7 +156,7 @@ class Nodes:
                  *alloc.ops])
             if res.succeeded:
                 node.revision = res.revision
-                self.last_seen[node_id] = self.clock()
+                await self.liveness.renewed(node_id)
                 return node, cert
         raise Conflict("join lost too many races with concurrent joins; retry")
 
@@ -189,10 +180,10 @@ class Nodes:
             check_port(facts.wireguard_port)
         if facts.gossip_port:
             check_port(facts.gossip_port)
-        self.last_seen[node_id] = self.clock()
-        if self.config.shared_heartbeats:  # the leader may be another replica: tell it through the store
-            await self.store.put(HEARTBEATS + node_id, repr(self.last_seen[node_id]).encode())
+        await self.liveness.renewed(node_id)
         current = await self.get(node_id)
+        if facts.labels and dict(facts.labels) != dict(current.labels):
+            check_labels(facts.labels, "node label")  # new labels only: a node keeps the ones it joined with
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
         wanted.state = types_pb2.NODE_STATE_READY
@@ -226,35 +217,9 @@ class Nodes:
         res = await self.store.txn([unchanged(kv)], ops)
         if not res.succeeded:
             raise Conflict(f"node {id_or_name} changed concurrently; retry")
-        self.last_seen.pop(node.id, None)
+        self.liveness.forget(node.id)
         node.state = types_pb2.NODE_STATE_LEFT
         return node
-
-    # -- liveness -------------------------------------------------------------
-    async def load_heartbeats(self) -> None:
-        """Merge renewals other replicas saw (shared heartbeats only)."""
-        if not self.config.shared_heartbeats:
-            return
-        kvs, _ = await self.store.range(HEARTBEATS)
-        for kv in kvs:
-            node_id = kv.key[len(HEARTBEATS):]
-            seen = float(kv.value)
-            if seen > self.last_seen.get(node_id, 0.0):
-                self.last_seen[node_id] = seen
-
-    def overdue(self, nodes: list[types_pb2.Node]) -> tuple[list[types_pb2.Node], list[types_pb2.Node]]:
-        """(READY nodes whose lease expired, UNREACHABLE nodes past the grace period)."""
-        now = self.clock()
-        expired, gone = [], []
-        for n in nodes:
-            seen = self.last_seen.setdefault(n.id, now)  # unknown (after a restart): a fresh lease
-            age = now - seen
-            if n.state == types_pb2.NODE_STATE_READY and age > self.config.lease_ttl_s:
-                expired.append(n)
-            elif n.state in (types_pb2.NODE_STATE_UNREACHABLE, types_pb2.NODE_STATE_LEFT) \
-                    and age > self.config.lease_ttl_s + self.config.grace_s:
-                gone.append(n)
-        return expired, gone
 
 
 def _stored(node: types_pb2.Node) -> bytes:

@@ -1,18 +1,23 @@
-"""gRPC servicers: thin translations between protobuf and the domain objects."""
+"""gRPC servicers: thin translations between protobuf and the domain objects.
+
+Each servicer is handed the collaborators it uses (built by meshd.server),
+never the coordinator: what a servicer can touch is what its constructor
+names.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
 from meshcore import __version__, pki
 from meshcore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from meshd import metrics
-from meshd.admission import TokenRecord
-from meshd.auth import caller_of, require_admin
-
-if TYPE_CHECKING:
-    from meshd.server import Coordinator
+from meshd.admission import Admission, TokenRecord
+from meshd.auth import Callers, caller_of, require_admin
+from meshd.catalog import Catalog
+from meshd.gossipkeys import GossipKeys
+from meshd.nodes import Nodes
 
 EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
@@ -49,42 +54,53 @@ def token_pb(rec: TokenRecord) -> admission_pb2.Token:
 
 
 class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
-    def __init__(self, c: Coordinator) -> None:
-        self.c = c
+    def __init__(self, admission: Admission, nodes: Nodes, catalog: Catalog, gossip: GossipKeys, callers: Callers,
+                 ca: pki.CertificateAuthority, lease_ttl_s: float,
+                 k3s_join: Callable[[], tuple[str, str] | None]) -> None:
+        self.admission = admission
+        self.nodes = nodes
+        self.catalog = catalog
+        self.gossip = gossip
+        self.callers = callers
+        self.ca = ca
+        self.lease_ttl_s = lease_ttl_s
+        self.k3s_join = k3s_join
 
     async def CreateToken(self, request, context):
         require_admin(caller_of(context))
         max_uses = request.max_uses if request.HasField("max_uses") else 1
-        rec, secret = await self.c.admission.create(request.ttl_s, max_uses, dict(request.labels), request.description)
+        rec, secret = await self.admission.create(request.ttl_s, max_uses, dict(request.labels), request.description)
         return admission_pb2.CreateTokenResponse(token=token_pb(rec), secret=secret)
 
     async def ListTokens(self, request, context):
         require_admin(caller_of(context))
-        return admission_pb2.ListTokensResponse(tokens=[token_pb(t) for t in await self.c.admission.list()])
+        return admission_pb2.ListTokensResponse(tokens=[token_pb(t) for t in await self.admission.list()])
 
     async def RevokeToken(self, request, context):
         require_admin(caller_of(context))
-        return admission_pb2.RevokeTokenResponse(token=token_pb(await self.c.admission.revoke(request.id)))
+        return admission_pb2.RevokeTokenResponse(token=token_pb(await self.admission.revoke(request.id)))
 
     async def Join(self, request, context):
         try:
-            node, cert = await self.c.nodes.join(request.token, request.node, request.csr_pem)
+            node, cert = await self.nodes.join(request.token, request.node, request.csr_pem)
         except Exception as e:
             metrics.JOINS.labels(getattr(e, "code", "INTERNAL").lower()).inc()
             raise
         metrics.JOINS.labels("ok").inc()
-        return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.c.ca.pem.decode(),
-                                          lease_ttl_s=int(self.c.config.lease_ttl_s), gossip=self.c.gossip.config())
+        return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode(),
+                                          lease_ttl_s=int(self.lease_ttl_s), gossip=self.gossip.config())
 
     async def Renew(self, request, context):
-        node_id = await self.c.node_caller(context)
-        node = await self.c.nodes.renew(node_id, request.node)
-        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.c.config.lease_ttl_s),
-                                           gossip=self.c.gossip.config())
+        node_id = await self.callers.node_caller(context)
+        node = await self.nodes.renew(node_id, request.node)
+        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.lease_ttl_s),
+                                           gossip=self.gossip.config())
 
     async def Leave(self, request, context):
-        node_id = await self.c.node_caller(context)
-        await self.c.leave(node_id)
+        node_id = await self.callers.node_caller(context)
+        # graceful leave (shutdown, spot interruption): services go at once; the node keeps its name
+        await self.catalog.remove_node_services(node_id)
+        await self.nodes.set_state(node_id, types_pb2.NODE_STATE_LEFT)
         return admission_pb2.LeaveResponse()
 
     async def IssueAdminCert(self, request, context):
@@ -95,86 +111,93 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             name = csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
         except (ValueError, IndexError) as e:
             raise InvalidArgument(f"invalid CSR: a PEM CSR with a common name is needed ({e})") from e
-        cert = self.c.ca.sign_csr(request.csr_pem, str(name), pki.KIND_ADMIN, days=90)
-        return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.c.ca.pem.decode())
+        cert = self.ca.sign_csr(request.csr_pem, str(name), pki.KIND_ADMIN, days=90)
+        return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode())
 
     async def K3sJoin(self, request, context):
-        await self.c.node_caller(context)
-        k3s = self.c.k3s_join()
+        await self.callers.node_caller(context)
+        k3s = self.k3s_join()
         if k3s is None:
             raise FailedPrecondition("meshd runs without K3s: start it with --k3s-server-url and --k3s-token-file")
         return admission_pb2.K3sJoinResponse(server_url=k3s[0], token=k3s[1])
 
     async def RotateGossipKey(self, request, context):
         require_admin(caller_of(context))
-        key_id, stage = await self.c.gossip.rotate()
+        key_id, stage = await self.gossip.rotate()
         return admission_pb2.RotateGossipKeyResponse(key_id=key_id, stage=stage)
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, c: Coordinator) -> None:
-        self.c = c
+    def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
+                 sync_errors: Callable[[], dict[str, str]]) -> None:
+        self.catalog = catalog
+        self.nodes = nodes
+        self.gossip = gossip
+        self.callers = callers
+        self.sync_errors = sync_errors
 
     async def Expose(self, request, context):
-        node_id = await self.c.node_caller(context)
-        node = await self.c.nodes.get(node_id)
-        return catalog_pb2.ExposeResponse(service=await self.c.catalog.expose(node, request.service))
+        node_id = await self.callers.node_caller(context)
+        node = await self.nodes.get(node_id)
+        return catalog_pb2.ExposeResponse(service=await self.catalog.expose(node, request.service))
 
     async def Unexpose(self, request, context):
         caller = caller_of(context)
-        node_id = None if caller.is_admin else await self.c.node_caller(context)
-        return catalog_pb2.UnexposeResponse(service=await self.c.catalog.unexpose(request.name, node_id))
+        node_id = None if caller.is_admin else await self.callers.node_caller(context)
+        return catalog_pb2.UnexposeResponse(service=await self.catalog.unexpose(request.name, node_id))
 
     async def ListServices(self, request, context):
-        await self.c.any_member(context)
-        services, rev = await self.c.catalog.list()
-        return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.c.sync_errors())
+        await self.callers.any_member(context)
+        services, rev = await self.catalog.list()
+        return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.sync_errors())
 
     async def WatchServices(self, request, context):
-        await self.c.any_member(context)
+        await self.callers.any_member(context)
         metrics.WATCH_STREAMS.labels("services").inc()
         try:
-            async for kind, svc, rev in batched(self.c.catalog.watch(request.from_revision), request.batch):
+            async for kind, svc, rev in batched(self.catalog.watch(request.from_revision), request.batch):
                 if kind == "batch":
                     yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
                                                    services=[s for s, _ in svc],
-                                                   records=[self.c.gossip.sign(s, r, False) for s, r in svc])
+                                                   records=[self.gossip.sign(s, r, False) for s, r in svc])
                     continue
-                record = self.c.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
+                record = self.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
                 yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
         finally:
             metrics.WATCH_STREAMS.labels("services").dec()
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
-    def __init__(self, c: Coordinator) -> None:
-        self.c = c
+    def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str) -> None:
+        self.nodes = nodes
+        self.catalog = catalog
+        self.callers = callers
+        self.store_name = store_name
+        self.overlay_pool = overlay_pool
 
     async def ListNodes(self, request, context):
-        await self.c.any_member(context)
-        nodes, rev = await self.c.nodes.list()
+        await self.callers.any_member(context)
+        nodes, rev = await self.nodes.list()
         return nodes_pb2.ListNodesResponse(nodes=nodes, revision=rev)
 
     async def GetNode(self, request, context):
-        await self.c.any_member(context)
-        return nodes_pb2.GetNodeResponse(node=await self.c.nodes.get(request.id_or_name))
+        await self.callers.any_member(context)
+        return nodes_pb2.GetNodeResponse(node=await self.nodes.get(request.id_or_name))
 
     async def DrainNode(self, request, context):
         require_admin(caller_of(context))
-        return nodes_pb2.DrainNodeResponse(node=await self.c.nodes.drain(request.id_or_name, request.drain))
+        return nodes_pb2.DrainNodeResponse(node=await self.nodes.drain(request.id_or_name, request.drain))
 
     async def RemoveNode(self, request, context):
         require_admin(caller_of(context))
-        return nodes_pb2.RemoveNodeResponse(node=await self.c.remove_node(request.id_or_name))
+        services, _ = await self.catalog.list()
+        return nodes_pb2.RemoveNodeResponse(node=await self.nodes.remove(request.id_or_name, services))
 
     async def WatchNodes(self, request, context):
-        await self.c.any_member(context)
-        from meshd.catalog import watch_prefix
-        from meshd.nodes import PREFIX, decode
+        await self.callers.any_member(context)
         metrics.WATCH_STREAMS.labels("nodes").inc()
         try:
-            events = watch_prefix(self.c.store, PREFIX, request.from_revision, decode)
-            async for kind, node, rev in batched(events, request.batch):
+            async for kind, node, rev in batched(self.nodes.watch(request.from_revision), request.batch):
                 if kind == "batch":
                     yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, nodes=[n for n, _ in node])
                     continue
@@ -186,8 +209,8 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         caller = caller_of(context)
         if caller.kind == "anonymous":
             raise Unauthenticated("Status needs a mesh certificate or meshd's admin socket")
-        nodes, rev = await self.c.nodes.list()
-        services, _ = await self.c.catalog.list()
+        nodes, rev = await self.nodes.list()
+        services, _ = await self.catalog.list()
         return nodes_pb2.StatusResponse(version=__version__, revision=rev, nodes=len(nodes), services=len(services),
-                                        caller=str(caller), store=self.c.store.describe,
-                                        overlay_pool=str(self.c.addresses.network))
+                                        caller=str(caller), store=self.store_name,
+                                        overlay_pool=self.overlay_pool)

@@ -14,23 +14,21 @@ import pytest
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2_grpc, nodes_pb2_grpc
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
+from meshcore.clock import ManualClock
 from meshd.server import Coordinator, MeshdConfig
 
 _names = itertools.count()
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def manual_clock() -> ManualClock:
+    """The clock control-plane tests move by hand (meshcore.clock.ManualClock)."""
+    return ManualClock(monotonic=1000.0, wall=1_800_000_000.0)
 
 
 class Mesh:
     """A coordinator plus the agents a test starts; everything is stopped at the end."""
 
-    def __init__(self, tmp: Path, clock=None, **config) -> None:
+    def __init__(self, tmp: Path, clock: ManualClock | None = None, **config) -> None:
         self.tmp = tmp
         self.clock = clock
         self.config = MeshdConfig(state_dir=tmp / "meshd", listen="127.0.0.1:0", join_listen="127.0.0.1:0",

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import ConfigError
 from meshd.store.base import Store
 
 
-def open_store(spec: str, state_dir: Path) -> Store:
+def open_store(spec: str, state_dir: Path, clock: Clock = SYSTEM) -> Store:
     """`sqlite` (state_dir/state.db), `sqlite:///path/to.db` or `etcd://host:2379,host:2379`."""
     if spec in ("", "sqlite"):
         from meshd.store.sqlite import SQLiteStore
-        return SQLiteStore(state_dir / "state.db")
+        return SQLiteStore(state_dir / "state.db", clock)
     if spec.startswith("sqlite://"):
         from meshd.store.sqlite import SQLiteStore
-        return SQLiteStore(Path(spec[len("sqlite://"):]))
+        return SQLiteStore(Path(spec[len("sqlite://"):]), clock)
     if spec.startswith("etcd://"):
         try:
             from meshd.store.etcd import EtcdStore
         except ImportError as e:
             raise ConfigError(f"--store {spec}: the etcd backend is not available ({e})") from e
-        return EtcdStore.from_url(spec)
+        return EtcdStore.from_url(spec, clock)
     raise ConfigError(f"invalid --store {spec!r}: use sqlite, sqlite:///path/state.db or etcd://host:2379[,host:2379...]")

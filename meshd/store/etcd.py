@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import ConfigError, NotFound, Unavailable
 from meshd.store import etcd_txn
 from meshd.store.base import Compacted, Compare, Event, KeyValue, Op, Put, Store, TxnResult
@@ -101,7 +101,7 @@ class EtcdConfig:
 
 
 class EtcdStore(Store):
-    def __init__(self, config: EtcdConfig, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: EtcdConfig, clock: Clock = SYSTEM,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         from meshd.store.etcdpb import rpc_pb2
 
@@ -115,8 +115,8 @@ class EtcdStore(Store):
                                 clock=clock, sleep=sleep)
 
     @classmethod
-    def from_url(cls, url: str, **overrides: Any) -> EtcdStore:
-        return cls(EtcdConfig.from_url(url, **overrides))
+    def from_url(cls, url: str, clock: Clock = SYSTEM, **overrides: Any) -> EtcdStore:
+        return cls(EtcdConfig.from_url(url, **overrides), clock)
 
     # -- reads ----------------------------------------------------------------
     async def _range(self, what: str, req) -> Any:
@@ -320,14 +320,14 @@ class EtcdStore(Store):
                 raise Compacted(start_revision - 1, first.compact_revision)
             return call, first.header.revision
 
-        deadline = self._clock() + self.config.watch_reconnect_timeout
+        deadline = self._clock.monotonic() + self.config.watch_reconnect_timeout
         while True:  # bounded by the deadline
             try:
                 return await self._members.call(f"watch {prefix!r}", attempt, mutation=False)
             except Compacted:
                 raise
             except Unavailable:
-                if self._clock() >= deadline:
+                if self._clock.monotonic() >= deadline:
                     raise
                 await self._sleep(0.2)
 

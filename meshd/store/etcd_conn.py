@@ -32,11 +32,11 @@ reads; they may lag the last committed write).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import (
     FailedPrecondition, InvalidArgument, MeshError, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
     Unavailable,
@@ -134,7 +134,7 @@ class Members:
     """Channels to every member and the failover policy described in the module docstring."""
 
     def __init__(self, endpoints: tuple[str, ...], request_timeout: float, failover_timeout: float,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Clock = SYSTEM,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.endpoints = endpoints
         self.request_timeout = request_timeout
@@ -208,7 +208,7 @@ class Members:
             if live:
                 self._leader, self._failed_leader = by_id[live[0]], 0
                 return
-            if self._failed_leader not in named or self._clock() >= deadline:
+            if self._failed_leader not in named or self._clock.monotonic() >= deadline:
                 return  # no leader to wait for (no quorum, or unknown): plain order
             await self._sleep(0.05)
 
@@ -222,7 +222,7 @@ class Members:
         """
         import grpc
 
-        deadline = self._clock() + self.failover_timeout
+        deadline = self._clock.monotonic() + self.failover_timeout
         pause = 0.05
         while True:  # bounded by `deadline`
             if self._leader is None and len(self.endpoints) > 1:
@@ -259,7 +259,7 @@ class Members:
                 return result
             no_quorum = any(f.kind == "no_leader" for f in failures) and all(
                 f.kind in ("no_leader", "unreachable") for f in failures)
-            if self._clock() >= deadline or (no_quorum and not wait_for_leader):
+            if self._clock.monotonic() >= deadline or (no_quorum and not wait_for_leader):
                 raise self.no_service(what, failures, mutation)
             if relocate:
                 continue

@@ -8,17 +8,28 @@ nothing acknowledged is lost when meshd is killed, or the machine loses power.
 Tables: `kv` (current values), `log` (every change, for watch-from-revision;
 trimmed to the last `retain` revisions), `leases`, `meta` (revision and
 compaction point).
+
+Leases count on the injected clock's monotonic time, so a wall-clock step
+neither expires nor prolongs one. A monotonic reading means nothing to
+another process (it restarts with every boot), so `leases.expires_at` is a
+deadline for this process only: on open, every persisted lease is given its
+full TTL again from then, as etcd's new leader does with every lease when it
+takes over. A lease thus never ends sooner than its TTL after the last
+keepalive anyone could have seen (however long meshd was down, or wherever
+the wall clock was stepped meanwhile), and at worst outlives a restart by one
+TTL. Leases only carry the election's leader key, so the cost is that a
+leader key left by a crashed meshd is released one TTL after the restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import NotFound, StateError
 from meshd.store.base import (
     Compacted, Compare, Delete, Event, KeyValue, Op, Put, Store, TxnResult,
@@ -30,6 +41,7 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, create
 CREATE TABLE IF NOT EXISTS log (rev INTEGER NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, key TEXT NOT NULL,
                                 value BLOB NOT NULL, create_rev INTEGER NOT NULL, version INTEGER NOT NULL,
                                 lease INTEGER NOT NULL, PRIMARY KEY (rev, seq));
+-- expires_at: a deadline on this process's monotonic clock (see the module docstring)
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0), ('schema', 1);
@@ -46,7 +58,7 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time, retain: int = 10_000) -> None:
+    def __init__(self, path: Path | str, clock: Clock = SYSTEM, retain: int = 10_000) -> None:
         self.path = Path(path)
         self.describe = f"sqlite:{self.path}"
         self._clock = clock
@@ -67,6 +79,8 @@ class SQLiteStore(Store):
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
             db.executescript(SCHEMA)
+            # deadlines of a previous process are on another monotonic clock: a full TTL from now
+            db.execute("UPDATE leases SET expires_at = ? + ttl", (self._clock.monotonic(),))
         except (sqlite3.DatabaseError, OSError) as e:
             raise StateError(
                 f"state database {self.path} cannot be used: {e}. meshd never overwrites it: "
@@ -173,14 +187,14 @@ class SQLiteStore(Store):
     def _lease_grant(self, ttl: float) -> int:
         import secrets
         lease = secrets.randbits(62) or 1
-        self._db.execute("INSERT INTO leases VALUES (?,?,?)", (lease, ttl, self._clock() + ttl))
+        self._db.execute("INSERT INTO leases VALUES (?,?,?)", (lease, ttl, self._clock.monotonic() + ttl))
         return lease
 
     def _lease_keepalive(self, lease: int) -> float:
         r = self._db.execute("SELECT ttl, expires_at FROM leases WHERE id=?", (lease,)).fetchone()
-        if not r or r[1] <= self._clock():
+        if not r or r[1] <= self._clock.monotonic():
             raise NotFound(f"lease {lease:x} not found (expired or revoked)")
-        self._db.execute("UPDATE leases SET expires_at=? WHERE id=?", (self._clock() + r[0], lease))
+        self._db.execute("UPDATE leases SET expires_at=? WHERE id=?", (self._clock.monotonic() + r[0], lease))
         return r[0]
 
     def _lease_revoke(self, leases: Sequence[int]) -> TxnResult:
@@ -211,7 +225,7 @@ class SQLiteStore(Store):
 
     async def expire_leases(self) -> int:
         """Revoke every lease past its expiry (call periodically); returns how many."""
-        now = self._clock()
+        now = self._clock.monotonic()
         ids = await self._run(lambda: [i for (i,) in self._db.execute("SELECT id FROM leases WHERE expires_at <= ?", (now,))])
         if ids:
             self._publish((await self._run(self._lease_revoke, ids)).events)

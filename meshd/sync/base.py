@@ -16,11 +16,12 @@ The `SyncLoop` owns *when* to reconcile, never *what*:
   catalog change; a target that watches its registry may also call the
   loop's `kick()` (thread-safe) when it sees an object of ours change;
 - a reconcile that raises is retried after a capped exponential backoff with
-  jitter (`backoff_initial_s` doubling up to `backoff_max_s`); the error is
-  kept in `status` and never escapes into the catalog, whose only contact
+  jitter (meshcore.backoff; `backoff_initial_s` doubling up to `backoff_max_s`);
+  the error is kept in `status` and never escapes into the catalog, whose only contact
   with the loop is the non-blocking `update`.
 
-Clock and randomness are injected (`clock`, `rng`) so backoff is testable.
+Clock (its monotonic time) and randomness are injected (`clock`, `rng`) so
+timing and backoff are testable.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 from mesh.v1 import types_pb2
+from meshcore.backoff import delay
+from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,13 +131,6 @@ class SyncLoopConfig:
             raise ConfigError(f"invalid sync jitter {self.jitter}: must be in [0, 1)")
 
 
-def backoff_delay(failures: int, cfg: SyncLoopConfig, rng: random.Random) -> float:
-    """Delay before retry number `failures` (1-based): capped exponential with jitter."""
-    # The exponent is capped so a registry down for days cannot overflow the float.
-    base = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(max(0, failures - 1), 40)))
-    return max(0.0, base * (1 + cfg.jitter * (2 * rng.random() - 1)))
-
-
 @dataclass
 class SyncStatus:
     generation: int = 0          # desired-state updates received
@@ -151,7 +146,7 @@ class SyncLoop:
     """Runs one SyncTarget: debounced on change, periodic for drift, retried with backoff."""
 
     def __init__(self, target: SyncTarget, config: SyncLoopConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
+                 clock: Clock = SYSTEM, rng: random.Random | None = None) -> None:
         self.target = target
         self.config = config or SyncLoopConfig()
         self.clock = clock
@@ -195,7 +190,7 @@ class SyncLoop:
         set_kick = getattr(self.target, "set_kick", None)
         if callable(set_kick):
             set_kick(self.kick)
-        self._next_resync = self.clock() + self.config.resync_interval_s
+        self._next_resync = self.clock.monotonic() + self.config.resync_interval_s
         self._task = asyncio.create_task(self._run(), name=f"sync-{self.target.name}")
 
     async def stop(self) -> None:
@@ -235,7 +230,7 @@ class SyncLoop:
         pending = True  # reconcile once at start: a restarted coordinator repairs what it missed
         while not self._stopping:
             if not pending:
-                woke = await self._sleep_or_wake(self._next_resync - self.clock())
+                woke = await self._sleep_or_wake(self._next_resync - self.clock.monotonic())
                 if not woke:
                     self.target.invalidate()
                 pending = True
@@ -245,13 +240,13 @@ class SyncLoop:
             generation = self.status.generation
             if await self._reconcile_once(generation):
                 pending = False
-                self._next_resync = self.clock() + self.config.resync_interval_s
+                self._next_resync = self.clock.monotonic() + self.config.resync_interval_s
                 continue
             # Failed: wait out the backoff. An update during the wait does not cut it
             # short (that would hammer a failing registry) but is not lost: the retry
             # reads the newest desired state.
-            delay = backoff_delay(self.status.failures, self.config, self.rng)
-            await asyncio.sleep(delay)
+            cfg = self.config
+            await asyncio.sleep(delay(self.status.failures, cfg.backoff_initial_s, cfg.backoff_max_s, cfg.jitter, self.rng))
             self.target.invalidate()  # after a failure the registry's state is uncertain
 
     async def _reconcile_once(self, generation: int) -> bool:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from mesh.v1 import types_pb2
+from meshcore.backoff import Backoff
 from meshd.sync.base import (MANAGED_BY, Node, Service, SyncReport, service_address, service_is_healthy,
                              service_is_live)
 from meshd.sync.consul_client import ConsulAPI, ConsulConfig
@@ -192,17 +193,16 @@ class ConsulTarget:
         Our own writes wake it too: the reconcile that follows spends one call to see
         that nothing else changed."""
         index: str | None = None
-        failures = 0
+        backoff = Backoff(initial=1.0, maximum=30.0, jitter=0.2)
         while not stop.is_set():
             try:
                 new_index = api.wait_for_change(OWNER_META, index, self.config.watch_wait_s)
             except Exception as e:
-                failures += 1
-                if failures == 1:
+                if backoff.attempts == 0:
                     log.info("consul watch failed (%s); retrying", e)
-                stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                stop.wait(backoff.next())
                 continue
-            failures = 0
+            backoff.reset()
             if index is not None and new_index != index and not stop.is_set():
                 self._suspect = True
                 self._kick()

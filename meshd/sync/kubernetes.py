@@ -34,6 +34,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from meshcore.backoff import Backoff
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from meshd.sync.base import Node, Service, SyncReport, service_address, service_is_healthy, service_is_live
 from meshd.sync.kube_client import SERVICES, SLICES, KubeAPI, KubernetesConfig
@@ -141,11 +142,11 @@ class KubernetesTarget:
     def _watch(self, api: KubeAPI, view: _View, resource: str, stop: threading.Event) -> None:
         """Follow changes to our objects of one resource until stopped or expired."""
         version = view.versions.get(resource, "")
-        failures = 0
+        backoff = Backoff(initial=0.4, maximum=5.0, jitter=0.2)
         while not stop.is_set():
             try:
                 for event in api.watch(resource, SELECTOR, version, self._responses, stop):
-                    failures = 0
+                    backoff.reset()
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         # 410 Gone: our version is older than the server keeps; list again.
@@ -164,13 +165,12 @@ class KubernetesTarget:
             except Exception as e:
                 if stop.is_set():
                     return
-                failures += 1
-                if failures >= 5:
+                if backoff.attempts >= 4:  # the fifth failure in a row
                     log.warning("kubernetes watch of %s keeps failing (%s); will list again", resource, e)
                     view.stale = True
                     self._kick()
                     return
-                stop.wait(min(5.0, 0.2 * 2 ** failures))
+                stop.wait(backoff.next())
 
     async def _stop_watchers(self) -> None:
         self._stop.set()

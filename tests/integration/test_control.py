@@ -12,7 +12,7 @@ from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_
 from meshagent.agent import Agent, channel_options
 from meshcore import pki
 from meshcore.errors import InvalidArgument, Unauthenticated
-from tests.meshfix import FakeClock, Mesh, mesh, until  # noqa: F401  (fixture)
+from tests.meshfix import Mesh, manual_clock, mesh, until  # noqa: F401  (fixture)
 
 
 def svc(name: str, port: int = 8000, **kw) -> catalog_pb2.ExposeRequest:
@@ -40,7 +40,7 @@ async def test_join_expose_and_resolve_through_another_agents_dns(mesh):
 
 
 async def test_tokens_are_checked_and_refused_joins_persist_nothing(tmp_path):
-    clock = FakeClock()
+    clock = manual_clock()
     m = await Mesh(tmp_path, clock=clock).start()
     try:
         good = await m.token(uses=1, ttl_s=60)
@@ -58,10 +58,10 @@ async def test_tokens_are_checked_and_refused_joins_persist_nothing(tmp_path):
         assert await m.coordinator.store.revision() == rev0  # nothing persisted
 
         # expired
-        clock.now += 61
+        clock.step_wall(61)  # expiry is a point in time on the wall clock
         with pytest.raises(Unauthenticated, match="expired"):
             await Agent(m.agent_config("late", good)).join()
-        clock.now -= 61
+        clock.step_wall(-61)
         # revoked
         revoked = await m.token()
         await m.admission().RevokeToken(admission_pb2.RevokeTokenRequest(id=revoked.split(".")[0]))
@@ -192,20 +192,20 @@ async def test_agent_restarts_without_token_and_reasserts_services(mesh):
 
 
 async def test_lease_expiry_marks_unreachable_then_removes_services(tmp_path):
-    clock = FakeClock()
+    clock = manual_clock()
     m = await Mesh(tmp_path, clock=clock, lease_ttl_s=10, grace_s=20).start()
     try:
         a = await m.agent("sleepy")
         await a.catalog_stub.Expose(svc("nap"))
         for t in a._tasks:  # the agent stops renewing
             t.cancel()
-        clock.now += 11
-        await m.coordinator.check_leases()
+        clock.advance(11)
+        await m.coordinator.leases.check()
         node = (await m.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="sleepy"))).node
         assert node.state == types_pb2.NODE_STATE_UNREACHABLE
         assert (await m.catalog().ListServices(catalog_pb2.ListServicesRequest())).services  # still in grace
-        clock.now += 20
-        await m.coordinator.check_leases()
+        clock.advance(20)
+        await m.coordinator.leases.check()
         assert not (await m.catalog().ListServices(catalog_pb2.ListServicesRequest())).services
     finally:
         await m.close()
@@ -281,3 +281,29 @@ async def test_batched_watch_sends_the_current_set_in_few_events(mesh):
     assert shapes == [("EVENT_TYPE_RESET", 0, 0), ("EVENT_TYPE_PUT", 256, 256), ("EVENT_TYPE_PUT", 44, 44),
                       ("EVENT_TYPE_SYNCED", 0, 0)]
     await until(lambda: len(a.catalog.services.items) == 300)  # the agent's own (batched) copy
+
+
+async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_renewals(mesh):
+    rev = await mesh.coordinator.store.revision()
+    code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
+        ttl_s=60, labels={"gpu model": "L4"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
+    code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
+        ttl_s=60, labels={"pool": "two words"})))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
+    assert await mesh.coordinator.store.revision() == rev
+    token = await mesh.token(uses=1, **{"gpu.model": "L4"})
+    agent = Agent(mesh.agent_config("labelled", token))
+    real_facts = agent.facts
+
+    def bad_facts():
+        f = real_facts()
+        f.labels["pool"] = "two words"
+        return f
+    agent.facts = bad_facts
+    with pytest.raises(InvalidArgument, match="Kubernetes label syntax"):
+        await agent.join()
+    renew = await mesh.agent("honest")
+    code, details = await code_of(renew.admission_stub.Renew(admission_pb2.RenewRequest(
+        node=types_pb2.Node(labels={"pool": "two words"}))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details

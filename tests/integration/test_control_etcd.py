@@ -61,8 +61,8 @@ async def test_join_expose_watch_and_survive_the_etcd_leader_dying(mesh_on_etcd,
 async def test_two_replicas_share_renewals_so_the_leader_never_expires_a_live_node(tmp_path, cluster):
     """An agent renews with replica B; replica A (leading) must still see it alive."""
     from mesh.v1 import nodes_pb2
-    from tests.meshfix import FakeClock
-    clock = FakeClock()
+    from tests.meshfix import manual_clock
+    clock = manual_clock()
     a = Mesh(tmp_path / "a", clock=clock, store=cluster.url + "/replicas", lease_ttl_s=10, grace_s=10)
     await a.start()
     b = Mesh(tmp_path / "b", clock=clock, store=cluster.url + "/replicas", lease_ttl_s=10, grace_s=10)
@@ -74,13 +74,13 @@ async def test_two_replicas_share_renewals_so_the_leader_never_expires_a_live_no
         for t in agent._tasks:                    # the test drives renewals itself, on the fake clock
             t.cancel()
         for _ in range(4):
-            clock.now += 6                        # beyond the lease, were renewals not shared
+            clock.advance(6)                      # beyond the lease, were renewals not shared
             await b.coordinator.nodes.renew(agent.identity.node_id, types_pb2.Node())
-            await a.coordinator.check_leases()    # A judges liveness
+            await a.coordinator.leases.check()    # A judges liveness
         node = (await a.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="roamer"))).node
         assert node.state == types_pb2.NODE_STATE_READY
-        clock.now += 11                           # now it really stopped renewing
-        await a.coordinator.check_leases()
+        clock.advance(11)                         # now it really stopped renewing
+        await a.coordinator.leases.check()
         node = (await a.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="roamer"))).node
         assert node.state == types_pb2.NODE_STATE_UNREACHABLE
     finally:

@@ -8,20 +8,13 @@ import asyncio
 
 import pytest
 
+from meshcore.clock import ManualClock
 from meshcore.errors import InvalidArgument, Unavailable
 from meshd.election import Election, ElectionConfig
 from meshd.store.base import Put
 from meshd.store.sqlite import SQLiteStore
 
 FAST = ElectionConfig(key="/election/test", ttl=3.0, keepalive_interval=0.1, step_down_margin=0.5, retry_interval=0.05)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -82,7 +75,7 @@ async def test_the_follower_takes_over_on_resign_and_on_revoke(store, elections)
 
 
 async def test_a_stale_leader_key_from_a_previous_run_expires(tmp_path, elections):
-    clock = FakeClock()
+    clock = ManualClock()
     store = SQLiteStore(tmp_path / "db", clock=clock)
     try:
         old = await store.lease_grant(5)
@@ -92,7 +85,7 @@ async def test_a_stale_leader_key_from_a_previous_run_expires(tmp_path, election
         e.start()
         await asyncio.sleep(0.3)
         assert not e.is_leader and await e.leader() == "meshd-before-restart"
-        clock.now += 6  # the old lease is past its TTL; the election drives SQLite's expiry
+        clock.advance(6)  # the old lease is past its TTL; the election drives SQLite's expiry
         await asyncio.wait_for(e.wait_leader(), 5)
         assert await e.leader() == "meshd-now"
         await e.resign()
@@ -115,15 +108,15 @@ class FlakyKeepalive:
     async def lease_keepalive(self, lease: int) -> float:
         if self.broken:
             raise Unavailable("etcd unreachable (test)")
-        self.last_ok = self._clock()
+        self.last_ok = self._clock.monotonic()
         return await self._store.lease_keepalive(lease)
 
 
 async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_can_expire(store, elections):
-    clock = FakeClock()
+    clock = ManualClock()
 
-    async def sleep(seconds: float) -> None:  # fake time: advance the clock, let other tasks run
-        clock.now += seconds
+    async def sleep(seconds: float) -> None:  # manual time: advance the clock, let other tasks run
+        clock.advance(seconds)
         await asyncio.sleep(0.001)
 
     flaky = FlakyKeepalive(store, clock)
@@ -131,7 +124,7 @@ async def test_a_leader_that_cannot_renew_steps_down_before_its_lease_can_expire
                          retry_interval=0.5)
     stepped = []
     e = Election(flaky, "a", cfg, clock=clock, sleep=sleep,
-                 on_change=lambda leading: None if leading else stepped.append(clock.now))
+                 on_change=lambda leading: None if leading else stepped.append(clock.monotonic()))
     elections.append(e)
     e.start()
     await asyncio.wait_for(e.wait_leader(), 5)

@@ -16,7 +16,7 @@ async def test_meshd_metrics_count_rpcs_joins_and_catalog(tmp_path):
         a = await m.agent("counted")
         from mesh.v1 import catalog_pb2, types_pb2
         await a.catalog_stub.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(name="m", port=80)))
-        await m.coordinator.check_leases()
+        await m.coordinator.leases.check()
         port = m.coordinator.ports["metrics"]
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
                                        .read().decode())

@@ -20,19 +20,12 @@ import uuid
 
 import pytest
 
+from meshcore.clock import ManualClock
 from meshcore.errors import InvalidArgument, NotFound, StateError
 from meshd.store.base import Compacted, Compare, Delete, DeletePrefix, Put, absent
 from meshd.store.sqlite import SQLiteStore
 from tests.conftest import require_netns
 from testbed.etcd_cluster import EtcdCluster
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def etcd_store(cluster: EtcdCluster, prefix: str | None = None):
 @pytest.fixture(params=["sqlite", "etcd"])
 async def store(request, tmp_path):
     if request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "state.db", clock=FakeClock(), retain=5)
+        s = SQLiteStore(tmp_path / "state.db", clock=ManualClock(), retain=5)
     else:
         s = etcd_store(request.getfixturevalue("etcd_server"))
     try:
@@ -66,7 +59,7 @@ async def store(request, tmp_path):
 
 @pytest.fixture
 async def sqlite_store(tmp_path):
-    s = SQLiteStore(tmp_path / "state.db", clock=FakeClock(), retain=5)
+    s = SQLiteStore(tmp_path / "state.db", clock=ManualClock(), retain=5)
     try:
         yield s
     finally:
@@ -184,17 +177,38 @@ async def test_leases_expire_with_injected_clock(sqlite_store):
     clock = store._clock
     lease = await store.lease_grant(10)
     await store.put("/lease/x", b"1", lease=lease)
-    clock.now += 5
+    clock.advance(5)
     assert await store.lease_keepalive(lease) == 10
-    clock.now += 9
+    clock.advance(9)
+    clock.step_wall(3600)  # a wall-clock step does not touch a lease
     assert await store.expire_leases() == 0
-    clock.now += 2
+    clock.advance(2)
     assert await store.expire_leases() == 1
     assert await store.get("/lease/x") is None
     with pytest.raises(NotFound):
         await store.lease_keepalive(lease)
     with pytest.raises(NotFound):
         await store.put("/lease/y", b"1", lease=lease)
+
+
+async def test_a_persisted_lease_gets_its_full_ttl_again_after_a_restart(tmp_path):
+    """A monotonic deadline means nothing to the next process: a reopened store counts every
+    lease's TTL afresh, whatever the wall clock did meanwhile."""
+    first = SQLiteStore(tmp_path / "state.db", clock=ManualClock(monotonic=5000.0))
+    lease = await first.lease_grant(10)
+    await first.put("/lease/x", b"1", lease=lease)
+    await first.close()
+    clock = ManualClock(monotonic=3.0)  # after a reboot: the monotonic clock starts low again
+    clock.step_wall(86400)              # and a day went by on the wall clock
+    again = SQLiteStore(tmp_path / "state.db", clock=clock)
+    try:
+        clock.advance(9)
+        assert await again.expire_leases() == 0 and await again.get("/lease/x") is not None
+        assert await again.lease_keepalive(lease) == 10
+        clock.advance(10.5)
+        assert await again.expire_leases() == 1 and await again.get("/lease/x") is None
+    finally:
+        await again.close()
 
 
 async def test_value_compares_treat_a_missing_key_as_none(store):

@@ -7,11 +7,10 @@ import asyncio
 import pytest
 
 from mesh.v1 import types_pb2
-from meshcore.errors import ConfigError, InvalidArgument, PermissionDenied, Unavailable
+from meshcore.errors import ConfigError, PermissionDenied, Unavailable
 from meshd.sync.base import SyncLoop, SyncLoopConfig
 from meshd.sync.consul import ConsulTarget
-from meshd.sync.consul_client import ConsulAPI, ConsulConfig
-from meshd.sync.consul_import import ConsulImportConfig, list_consul_records
+from meshd.sync.consul_client import ConsulConfig
 from testbed.doubles.consul import ConsulDouble
 from testbed.doubles.sync_helpers import by_id, node, service
 from tests.meshfix import eventually
@@ -264,8 +263,6 @@ async def test_config_rules_are_named():
         ConsulConfig(address="ftp://x:1")
     with pytest.raises(ConfigError, match="together"):
         ConsulConfig(client_cert="/c.pem")
-    with pytest.raises(InvalidArgument, match="RFC 1123"):
-        ConsulImportConfig(services=["Bad_Name"])
 
 
 async def test_config_token_wins_over_environment(consul, monkeypatch):
@@ -284,25 +281,6 @@ async def test_unreachable_consul_is_unavailable_not_a_traceback():
             await t.verify()
     finally:
         await t.close()
-
-
-async def test_reverse_lists_named_consul_services(consul, target):
-    consul.put_service("db1", "10.9.0.1", {"ID": "pg", "Service": "postgres", "Port": 5432},
-                       check={"CheckID": "pg-alive", "ServiceID": "pg", "Status": "passing"})
-    consul.put_service("db2", "10.9.0.2", {"ID": "pg", "Service": "postgres", "Port": 5432, "Address": "10.9.1.2"},
-                       check={"CheckID": "pg-alive", "ServiceID": "pg", "Status": "passing"})
-    consul.put_service("db3", "10.9.0.3", {"ID": "pg", "Service": "postgres", "Port": 5432},
-                       check={"CheckID": "pg-alive", "ServiceID": "pg", "Status": "critical"})
-    consul.put_service("cache", "10.9.0.4", {"ID": "redis", "Service": "redis", "Port": 6379})
-    vm = node("vm1")
-    await target.reconcile([service("postgres", vm)], by_id(vm))  # our own entry of the same name
-
-    api = ConsulAPI(ConsulConfig(address=consul.url, token=TOKEN))
-    try:
-        records = await list_consul_records(api, ConsulImportConfig(services=["postgres"]))
-    finally:
-        api.close()
-    assert [(r.address, r.port, r.node) for r in records] == [("10.9.0.1", 5432, "db1"), ("10.9.1.2", 5432, "db2")]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from meshd.store.etcdpb import rpc_pb2 as pb
+from meshcore.clock import ManualClock
 from meshcore.errors import ConfigError, InvalidArgument, NotFound
 from meshd.store import open_store
 from meshd.store.base import Compare, Delete, DeletePrefix, Put
@@ -121,12 +122,12 @@ def test_etcd_answers_map_to_typed_errors():
 
 
 async def test_without_quorum_the_error_says_read_only():
-    clock = [0.0]
+    clock = ManualClock(monotonic=0.0)
 
     async def sleep(s):
-        clock[0] += s
+        clock.advance(s)
 
-    m = Members(("a:1", "b:1", "c:1"), 1.0, 2.0, clock=lambda: clock[0], sleep=sleep)
+    m = Members(("a:1", "b:1", "c:1"), 1.0, 2.0, clock=clock, sleep=sleep)
     m._leader = "a:1"  # skip the Status look-up: no server here
 
     async def attempt(ep):
@@ -137,4 +138,4 @@ async def test_without_quorum_the_error_says_read_only():
     m._lost = lambda ep: False
     with pytest.raises(ReadOnly, match="read-only for lack of quorum: 1 of 3 members.*2 unreachable.*2 of 3"):
         await m.call("put", attempt, mutation=True)
-    assert clock[0] >= 2.0  # a writer waits out a possible election first
+    assert clock.monotonic() >= 2.0  # a writer waits out a possible election first

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from meshcore.backoff import delay
 from meshcore.errors import InvalidArgument, Unavailable
-from meshd.sync.base import SyncLoop, SyncLoopConfig, SyncReport, SyncTarget, backoff_delay
+from meshd.sync.base import SyncLoop, SyncLoopConfig, SyncReport, SyncTarget
 from testbed.doubles.sync_helpers import by_id, node, service
 from tests.meshfix import eventually
 
@@ -49,6 +50,11 @@ VM = node("vm1")
 
 def test_scripted_target_satisfies_the_protocol():
     assert isinstance(ScriptedTarget(), SyncTarget)
+
+
+def backoff_delay(failures: int, cfg: SyncLoopConfig, rng: random.Random) -> float:
+    """The delay SyncLoop waits after `failures` failed reconciles in a row."""
+    return delay(failures, cfg.backoff_initial_s, cfg.backoff_max_s, cfg.jitter, rng)
 
 
 def test_backoff_doubles_up_to_the_cap_with_bounded_jitter():

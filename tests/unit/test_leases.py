@@ -1,0 +1,74 @@
+"""Node leases are durations: judged on the monotonic clock, never on the wall clock."""
+
+from __future__ import annotations
+
+from mesh.v1 import types_pb2
+from meshcore.clock import ManualClock
+from meshd.leases import LeaseConfig, Liveness
+from meshd.store.sqlite import SQLiteStore
+
+READY, UNREACHABLE = types_pb2.NODE_STATE_READY, types_pb2.NODE_STATE_UNREACHABLE
+
+
+def node(node_id: str, state: int = READY) -> types_pb2.Node:
+    return types_pb2.Node(id=node_id, name=node_id, state=state)
+
+
+async def test_a_wall_clock_step_expires_no_lease_but_monotonic_time_past_ttl_and_grace_does():
+    clock = ManualClock()
+    live = Liveness(store=None, config=LeaseConfig(lease_ttl_s=10, grace_s=20), clock=clock)
+    await live.renewed("n1")
+    clock.step_wall(60)  # NTP or an operator steps the wall clock forward
+    assert live.overdue([node("n1")]) == ([], [])
+    assert live.overdue([node("n1", UNREACHABLE)]) == ([], [])
+    clock.step_wall(-120)  # ...or back: no lease lives longer for it
+    clock.advance(10.5)
+    assert live.overdue([node("n1")]) == ([node("n1")], [])
+    clock.advance(20)  # past TTL + grace
+    assert live.overdue([node("n1", UNREACHABLE)]) == ([], [node("n1", UNREACHABLE)])
+
+
+async def test_last_seen_is_shown_on_the_wall_clock():
+    clock = ManualClock(monotonic=50.0, wall=1_700_000_000.0)
+    live = Liveness(store=None, clock=clock)
+    assert live.seen_at("n1") is None
+    await live.renewed("n1")
+    clock.advance(5)
+    assert live.seen_at("n1") == 1_700_000_000.0
+
+
+async def test_all_renewed_since_counts_live_nodes_only():
+    clock = ManualClock()
+    live = Liveness(store=None, config=LeaseConfig(lease_ttl_s=10), clock=clock)
+    await live.renewed("gone")
+    clock.advance(11)  # "gone" no longer counts
+    await live.renewed("a")
+    t = clock.monotonic()
+    await live.renewed("b")
+    clock.advance(1)
+    assert not live.all_renewed_since(clock.monotonic())
+    await live.renewed("a")
+    assert not live.all_renewed_since(t + 0.5)
+    await live.renewed("b")
+    assert live.all_renewed_since(t + 0.5)
+
+
+async def test_shared_renewals_cross_replicas_as_revisions_not_times(tmp_path):
+    """Replica B's renewal reaches leader A as a new heartbeat revision, timed on A's own clock."""
+    store = SQLiteStore(tmp_path / "db")
+    try:
+        a_clock, b_clock = ManualClock(monotonic=1000.0), ManualClock(monotonic=9_999_999.0, wall=1.0)
+        cfg = LeaseConfig(lease_ttl_s=10, grace_s=10, shared=True)
+        a, b = Liveness(store, cfg, a_clock), Liveness(store, cfg, b_clock)
+        assert a.overdue([node("n1")]) == ([], [])  # first sight: a fresh lease
+        for _ in range(3):
+            a_clock.advance(6)
+            await b.renewed("n1")
+            await a.load_heartbeats()
+            assert a.overdue([node("n1")]) == ([], [])
+        a_clock.advance(6)
+        await a.load_heartbeats()  # no new renewal: the same revision counts once
+        a_clock.advance(5)
+        assert a.overdue([node("n1")]) == ([node("n1")], [])
+    finally:
+        await store.close()
