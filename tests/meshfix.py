@@ -97,7 +97,8 @@ class Mesh:
                            join_address=self.join_address, token=token, name=name,
                            socket=str(self.tmp / f"{name}.sock"), dns="127.0.0.1:0", dns_upstreams=(),
                            metrics="", backoff_min_s=0.05, backoff_max_s=0.5, gossip=kw.pop("gossip", "0.0.0.0:0"),
-                           gossip_profile=kw.pop("gossip_profile", "local"), spot=kw.pop("spot", False), **kw)
+                           gossip_profile=kw.pop("gossip_profile", "local"), spot=kw.pop("spot", False),
+                           imds=kw.pop("imds", ""), gpus=kw.pop("gpus", False), **kw)
 
     async def agent(self, name: str | None = None, token: str | None = None, **kw) -> Agent:
         cfg = self.agent_config(name, token if token is not None else await self.token(), **kw)

@@ -52,7 +52,7 @@ def installed(tmp_path):
         stub.chmod(0o755)
     runner = CliRunner()
     root = tmp_path / "root"
-    for args in (["agent", "--coordinator", "10.4.0.4:7443", "--token", "t-0123abcd.s3cret"],
+    for args in (["agent", "--coordinator", "10.4.0.4:7443", "--token", "t0123abcd." + "5" * 32 + "." + "a" * 64],
                  ["coordinator"]):
         r = runner.invoke(install_app, args + ["--root", str(root), "--bin-dir", str(bin_dir), "--no-start"])
         assert r.exit_code == 0, r.output
