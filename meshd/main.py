@@ -26,6 +26,11 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
     p.add_argument("--store", default=d.store, help="sqlite (default), sqlite:///path.db or etcd://host:2379,...")
     p.add_argument("--overlay-pool", default=d.overlay_pool, help=f"mesh addresses for non-AWS nodes (default {d.overlay_pool})")
+    p.add_argument("--vpc-range", action="append", default=None, metavar="CIDR",
+                   help=f"the AWS address plan: AWS nodes' VPCs must lie inside (repeatable; "
+                        f"default {', '.join(d.vpc_ranges)})")
+    p.add_argument("--allow-endpoint-range", action="append", default=[], metavar="CIDR",
+                   help="accept public endpoints in this non-public range too (repeatable; for labs)")
     p.add_argument("--lease-ttl", type=float, default=d.lease_ttl_s, help=f"seconds a node may go without renewing (default {d.lease_ttl_s})")
     p.add_argument("--grace", type=float, default=d.grace_s, help=f"seconds an unreachable node keeps its services (default {d.grace_s})")
     p.add_argument("--advertise", action="append", default=[], help="extra name or address for meshd's certificate (repeatable)")
@@ -56,7 +61,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     except (MeshError, OSError) as e:
         p.error(str(e))
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
-                       metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool, lease_ttl_s=a.lease_ttl,
+                       metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool,
+                       vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, bootstrap_token_file=a.bootstrap_token_file,
                        consul=consul, kubernetes=kubernetes)

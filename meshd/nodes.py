@@ -1,8 +1,10 @@
 """Nodes: joining, facts, drain and removal.
 
 Stored: `/nodes/<id>` (the Node message without liveness), `/nodenames/<name>`
-(the id holding the name). A join consumes a token use, claims the name and
-an address in one transaction. Whether a node is alive is not stored here:
+(the id holding the name), `/nodebound/<id>` (the labels the join token set,
+which bind the node for good). A join consumes a token use, claims the name and
+an address in one transaction. What a node says about itself is checked
+against `meshd.claims` at join and whenever a renewal changes it. Whether a node is alive is not stored here:
 renewals go to `meshd.leases.Liveness`, which also supplies the `last_seen`
 shown with a node.
 """
@@ -13,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 
@@ -23,12 +26,15 @@ from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from meshcore.names import check_labels, check_name, check_port
 from meshd.addresses import AddressPool
 from meshd.admission import Admission
+from meshd import claims
 from meshd.catalog import watch_prefix
+from meshd.claims import ClaimRules
 from meshd.leases import HEARTBEATS, Liveness
 from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/nodes/"
 NAMES = "/nodenames/"
+BOUND = "/nodebound/"
 SERVICES = "/services/"
 
 
@@ -80,13 +86,14 @@ def decode(kv: KeyValue) -> types_pb2.Node:
 
 class Nodes:
     def __init__(self, store: Store, admission: Admission, addresses: AddressPool, ca: pki.CertificateAuthority,
-                 liveness: Liveness, clock: Clock = SYSTEM) -> None:
+                 liveness: Liveness, clock: Clock = SYSTEM, rules: ClaimRules | None = None) -> None:
         self.store = store
         self.admission = admission
         self.addresses = addresses
         self.ca = ca
         self.liveness = liveness
         self.clock = clock
+        self.rules = rules or ClaimRules(overlay_pool=str(addresses.network))
         # Joins on one replica take turns: they would all race for the same address cursor.
         # The store's compare-and-swap still guards against other replicas.
         self._joining = asyncio.Lock()
@@ -135,6 +142,10 @@ class Nodes:
             if holder is not None:
                 raise AlreadyExists(f"node name {facts.name!r} is already held by node {holder.value.decode()}; "
                                     f"remove it with `meshctl node remove {facts.name}` or pick another name")
+            # Labels from the token bind the node: it may add labels, never change these.
+            claims.check_token_labels({**tok.labels, **facts.labels}, tok.labels)
+            others, _ = await self.list()
+            claims.check(facts, others, self.rules)
             node_id = "n" + secrets.token_hex(8)
             fixed = facts.private_address if facts.cloud == "aws" and facts.private_address else None
             alloc = await self.addresses.plan(node_id, fixed)
@@ -146,14 +157,13 @@ class Nodes:
             node.joined_at = int(self.clock.wall())
             node.last_seen = 0
             node.revision = 0
-            for k, v in tok.labels.items():
-                node.labels.setdefault(k, v)
+            node.labels.update(tok.labels)
             # Sign first: a CSR refused here leaves nothing behind.
             cert = self.ca.sign_csr(csr_pem, node_id, pki.KIND_NODE)
             res = await self.store.txn(
                 [*tok_cmp, absent(NAMES + node.name), *alloc.compares],
                 [*tok_ops, Put(PREFIX + node_id, _stored(node)), Put(NAMES + node.name, node_id.encode()),
-                 *alloc.ops])
+                 Put(BOUND + node_id, json.dumps(dict(tok.labels), sort_keys=True).encode()), *alloc.ops])
             if res.succeeded:
                 node.revision = res.revision
                 await self.liveness.renewed(node_id)
@@ -191,11 +201,22 @@ class Nodes:
             if getattr(facts, f):
                 setattr(wanted, f, getattr(facts, f))
         if facts.labels:
+            bound = await self._bound(node_id)
+            claims.check_token_labels({**bound, **facts.labels}, bound)
             wanted.labels.clear()
-            wanted.labels.update(facts.labels)
+            wanted.labels.update({**facts.labels, **bound})  # a renewal may not drop them either
         if _stored(wanted) == _stored(current):
             return current  # nothing changed: no write
+        if (wanted.public_address, wanted.wireguard_public_key) != (current.public_address,
+                                                                    current.wireguard_public_key):
+            others, _ = await self.list()
+            claims.check_public(wanted, self.rules)
+            claims.check_unique(wanted, others)
         return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
+
+    async def _bound(self, node_id: str) -> dict[str, str]:
+        kv = await self.store.get(BOUND + node_id)
+        return json.loads(kv.value) if kv is not None else {}
 
     async def set_state(self, node_id: str, state: int) -> types_pb2.Node:
         def change(n: types_pb2.Node) -> None:
@@ -212,7 +233,7 @@ class Nodes:
         kv = await self._find(id_or_name)
         node = decode(kv)
         ops = [Delete(kv.key), Delete(NAMES + node.name), self.addresses.release(node.mesh_address),
-               Delete(HEARTBEATS + node.id)]
+               Delete(HEARTBEATS + node.id), Delete(BOUND + node.id)]
         ops += [Delete(SERVICES + s.name) for s in services if s.node_id == node.id]
         res = await self.store.txn([unchanged(kv)], ops)
         if not res.succeeded:

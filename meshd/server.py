@@ -40,6 +40,7 @@ from meshd.addresses import DEFAULT_POOL, AddressPool
 from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
+from meshd.claims import DEFAULT_VPC_RANGES, ClaimRules
 from meshd.gossipkeys import GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
@@ -68,6 +69,10 @@ class MeshdConfig:
     store: str = "sqlite"
     #: where non-AWS nodes get their mesh address
     overlay_pool: str = DEFAULT_POOL
+    #: the mesh's AWS address plan: an AWS node's VPC CIDR must lie inside one of these
+    vpc_ranges: tuple[str, ...] = DEFAULT_VPC_RANGES
+    #: extra ranges accepted as public endpoints besides public unicast (a lab's own "internet")
+    endpoint_ranges: tuple[str, ...] = ()
     #: a node must renew within this many seconds or it is marked unreachable
     lease_ttl_s: float = 15.0
     #: an unreachable node's services leave the catalog after this many more seconds
@@ -104,7 +109,10 @@ class Coordinator:
         # a lone meshd on SQLite sees every renewal itself; replicas on etcd share them
         self.liveness = Liveness(self.store, LeaseConfig(config.lease_ttl_s, config.grace_s,
                                                          shared=not isinstance(self.store, SQLiteStore)), clock)
-        self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock)
+        rules = ClaimRules(vpc_ranges=tuple(config.vpc_ranges), overlay_pool=config.overlay_pool,
+                           endpoint_ranges=tuple(config.endpoint_ranges))
+        rules.nets("vpc"), rules.nets("endpoint")  # a bad range is a start-up error, not a join error
+        self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules)
         self.gossip = GossipKeys(self.store, clock)
         self.leases = LeaseLoop(self.liveness, self.nodes, self.catalog, self.gossip, self.store,
                                 is_leader=lambda: self.is_leader)

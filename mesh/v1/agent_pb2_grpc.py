@@ -66,6 +66,16 @@ class AgentServiceStub:
                 request_serializer=mesh_dot_v1_dot_agent__pb2.AgentStatusRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_agent__pb2.AgentStatusResponse.FromString,
                 _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/mesh.v1.AgentService/ListPeers',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/mesh.v1.AgentService/Ping',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.PingResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -111,6 +121,20 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPeers(self, request, context):
+        """Every peer of the data plane: its path, endpoint, latest handshake and bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """The path to one node (or the node of a service) and round trips over the mesh to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=mesh_dot_v1_dot_agent__pb2.AgentStatusRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_agent__pb2.AgentStatusResponse.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.ListPeersRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.PingRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.PingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class AgentService:
             '/mesh.v1.AgentService/Status',
             mesh_dot_v1_dot_agent__pb2.AgentStatusRequest.SerializeToString,
             mesh_dot_v1_dot_agent__pb2.AgentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AgentService/ListPeers',
+            mesh_dot_v1_dot_agent__pb2.ListPeersRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AgentService/Ping',
+            mesh_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,
