@@ -167,7 +167,7 @@ def invalid_status(res: Res, name: str, errors: list[tuple[str, str, str]]) -> R
 
 
 # --- selectors -------------------------------------------------------------------
-_REQ = re.compile(r"\s*(!?)\s*([A-Za-z0-9./_-]+)\s*(?:(==|=|!=|\s+in\s+|\s+notin\s+)\s*(\([^)]*\)|[A-Za-z0-9._-]*))?\s*")
+_REQ = re.compile(r"\s*(!?)\s*([A-Za-z0-9./_-]+)(?:\s*(==|!=|=)\s*([A-Za-z0-9._-]*)|\s+(in|notin)\s*(\([^)]*\)))?\s*")
 
 
 def parse_selector(text: str) -> list[tuple[str, str, Any]]:
@@ -179,17 +179,12 @@ def parse_selector(text: str) -> list[tuple[str, str, Any]]:
         m = _REQ.match(text, pos)
         if not m or m.end() == pos:
             raise ValueError(f"unable to parse requirement: {text[pos:]!r}")
-        neg, key, op, val = m.groups()
-        op = (op or "").strip()
-        if neg and op:
+        neg, key, op, val, set_op, values = m.groups()
+        if neg and (op or set_op):
             raise ValueError(f"unable to parse requirement: {m.group(0)!r}")
-        if op in ("in", "notin"):
-            if not (val or "").startswith("("):
-                raise ValueError(f"unable to parse requirement: {m.group(0)!r}: expected a set")
-            out.append((op, key, {v.strip() for v in val[1:-1].split(",") if v.strip()}))
+        if set_op:
+            out.append((set_op, key, {v.strip() for v in values[1:-1].split(",") if v.strip()}))
         elif op:
-            if val.startswith("("):
-                raise ValueError(f"unable to parse requirement: {m.group(0)!r}")
             out.append(("!=" if op == "!=" else "=", key, val))
         else:
             out.append(("!exists" if neg else "exists", key, None))
