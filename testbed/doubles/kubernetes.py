@@ -57,7 +57,8 @@ exist from the start.
 - discovery: /version (every field of version.Info), /api, /api/v1, /apis,
   /apis/discovery.k8s.io/v1, and OpenAPI v3 (/openapi/v3 and one document per
   group version, listing the paths and their query parameters, no schemas)
-  which kubectl reads to learn that the server validates fields itself.
+  which kubectl reads to learn that the server validates fields itself;
+  /openapi/v2 (protobuf, read by kubectl before 1.27 to validate) is not served.
 
 Authentication: when `token` is set, `Authorization: Bearer <token>` is
 required (401 otherwise). Faults come from HTTPDouble.
