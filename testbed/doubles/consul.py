@@ -424,7 +424,8 @@ class ConsulDouble(HTTPDouble):
         if req.method != "GET":
             return _text(405, "method not allowed")
         if rest in ("self", "members"):
-            denied = self._denied(token, "agent", "read", AGENT)
+            # self needs agent:read; the member list is filtered by node:read.
+            denied = self._denied(token, "agent", "read", AGENT) if rest == "self" else None
             if denied:
                 return denied
             member = {"Name": AGENT, "Addr": AGENT_ADDR, "Port": 8301, "Status": 1, "ProtocolMin": 1,
@@ -432,7 +433,8 @@ class ConsulDouble(HTTPDouble):
                       "Tags": {"dc": DATACENTER, "role": "consul", "port": "8300", "build": "1.20.0:double",
                                "vsn": "2", "bootstrap": "1"}}
             if rest == "members":
-                return Reply(200, [member])
+                ok = self._may(token, "node", "read")
+                return Reply(200, [member] if ok else [], self._headers(not ok))
             return Reply(200, {"Config": {"Datacenter": DATACENTER, "NodeName": AGENT, "NodeID": str(
                 uuid.uuid5(uuid.NAMESPACE_DNS, AGENT)), "Server": True, "Revision": "double",
                 "Version": "1.20.0-double", "PrimaryDatacenter": DATACENTER},
