@@ -628,7 +628,8 @@ class ConsulDouble(HTTPDouble):
             for c in self.checks.get(node, {}).values():
                 if c["ServiceID"] == service_id:
                     out = dict(c)
-                    out["Definition"] = {k: v for k, v in c["Definition"].items() if v not in ("", "0s", 0, None, False)}
+                    out["Definition"] = {k: v for k, v in c["Definition"].items()
+                                         if v not in ("", "0s", 0, None, False)}
                     return out
         return None
 

@@ -500,10 +500,7 @@ def validate_slice(obj: dict[str, Any], old: dict[str, Any] | None) -> list[tupl
         errs.append(unsupported("addressType", at, types))
     if old is not None and at != old.get("addressType"):
         errs.append(invalid("addressType", at, "field is immutable"))
-    eps = obj.get("endpoints")
-    if eps is None and old is None:
-        pass  # endpoints may be empty
-    eps = eps or []
+    eps = obj.get("endpoints") or []  # may be empty
     if len(eps) > 1000:
         errs.append(("FieldValueTooMany", "endpoints", f"Too many: {len(eps)}: must have at most 1000 items"))
     for i, ep in enumerate(eps):
