@@ -29,11 +29,14 @@ def by_id(*nodes: types_pb2.Node) -> dict[str, types_pb2.Node]:
     return {n.id: n for n in nodes}
 
 
-def write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
-    """A kubeconfig with one cluster, user (bearer token) and context, as kubectl writes it."""
+def write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default",
+                     ca_file: str | None = None) -> Path:
+    """A kubeconfig with one cluster, user (bearer token) and context, as kubectl writes it.
+    `ca_file`: the CA that signed an https server's certificate."""
+    cluster = {"server": server, **({"certificate-authority": ca_file} if ca_file else {})}
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "double",
-        "clusters": [{"name": "double", "cluster": {"server": server}}],
+        "clusters": [{"name": "double", "cluster": cluster}],
         "users": [{"name": "sync", "user": {"token": token}}],
         "contexts": [{"name": "double", "context": {"cluster": "double", "user": "sync", "namespace": namespace}}],
     }))

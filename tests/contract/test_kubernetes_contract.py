@@ -31,29 +31,23 @@ LABEL = {"mesh-contract": "yes"}
 def cluster(request, tmp_path):
     """(KubernetesConfig, KubeAPI) for one namespace of a double or a real cluster."""
     ns = f"mesh-contract-{secrets.token_hex(3)}"
-    if request.param == "double":
-        d = KubernetesDouble(token=TOKEN).start()
-        cfg = KubernetesConfig(kubeconfig=str(write_kubeconfig(tmp_path / "kc", d.url, TOKEN)), namespace=ns)
-        api = KubeAPI(cfg)
-        try:
-            yield cfg, api
-        finally:
-            api.close()
-            d.stop()
-        return
-    path = os.environ["KUBECONFIG"].split(os.pathsep)[0]
     from kubernetes import client
     from kubernetes import config as kconfig
 
+    d = KubernetesDouble(token=TOKEN).start() if request.param == "double" else None
+    path = str(write_kubeconfig(tmp_path / "kc", d.url, TOKEN)) if d else os.environ["KUBECONFIG"].split(os.pathsep)[0]
     cfg = KubernetesConfig(kubeconfig=path, namespace=ns)
     core = client.CoreV1Api(kconfig.new_client_from_config(config_file=path))
-    core.create_namespace({"metadata": {"name": ns}})
+    core.create_namespace({"metadata": {"name": ns}})  # the double, like a cluster, has only the usual ones
     api = KubeAPI(cfg)
     try:
         yield cfg, api
     finally:
         api.close()
         core.delete_namespace(ns)
+        core.api_client.close()
+        if d:
+            d.stop()
 
 
 def svc_body(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
