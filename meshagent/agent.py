@@ -271,7 +271,8 @@ class Agent:
         server = grpc.aio.server()
         servicer = AgentServicer(self.uplink, self.desired, self.catalog, self.health,
                                  node_id=lambda: self.identity.node_id if self.identity else "",
-                                 dns_address=lambda: self.dns_address, counters=self.counters)
+                                 dns_address=lambda: self.dns_address, counters=self.counters,
+                                 facts=lambda: self.node_facts, dataplane=lambda: self.dataplane)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
         server.add_insecure_port(f"unix:{sock}")
         old = os.umask(0o117)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
+from pathlib import Path as FilePath
 
 from mesh.v1 import types_pb2
-from meshagent.paths import NodeFacts, PlanSettings, plan
+from meshagent.paths import NodeFacts, Path, PlanSettings, plan
 from meshagent.routes import RouteManager, choose_mtu
 from meshagent.wg.backend import BackendConfig
 from meshagent.wg.command import Runner
@@ -30,7 +30,7 @@ log = logging.getLogger("meshagent.dataplane")
 
 
 class DataPlane:
-    def __init__(self, state_dir: Path, ifname: str, port: int, hub: str, mtu: int | None = None) -> None:
+    def __init__(self, state_dir: FilePath, ifname: str, port: int, hub: str, mtu: int | None = None) -> None:
         self.ifname = ifname
         self.port = port
         self.hub = hub
@@ -45,6 +45,8 @@ class DataPlane:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.paths: dict[str, str] = {}
+        #: node name -> the chosen path (kind, relay, reason) and the peer key it uses
+        self.routes_to: dict[str, tuple[Path, str]] = {}
         self.refused: dict[str, str] = {}
         self.applied = 0
 
@@ -94,4 +96,12 @@ class DataPlane:
         await self.backend.apply(p.interface)  # first: the routes name the interface
         await self.routes.apply(p.routes)
         self.paths = {name: path.kind for name, path in p.paths.items()}
+        keys = {f.name: f.wireguard_public_key for f in facts}
+        self.routes_to = {name: (path, keys.get(path.via or name, "")) for name, path in p.paths.items()}
         self.applied += 1
+
+    async def peer_stats(self) -> dict[str, object]:
+        """The device's counters by peer public key (endpoint, latest handshake, bytes)."""
+        if self.backend is None:
+            return {}
+        return {st.public_key: st for st in await self.backend.stats()}

@@ -9,21 +9,29 @@ while meshd is away.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 
 from mesh.v1 import agent_pb2, agent_pb2_grpc, catalog_pb2, nodes_pb2, types_pb2
 from meshagent.desired import Desired
+from meshagent.facts import Facts
 from meshagent.health import HealthChecker
 from meshagent.uplink import RPC_TIMEOUT_S, Uplink
 from meshagent.view import Catalog, strip_zone
+
+if TYPE_CHECKING:
+    from meshagent.dataplane import DataPlane
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, uplink: Uplink, desired: Desired, catalog: Catalog, health: HealthChecker | None = None,
                  node_id: Callable[[], str] = str, dns_address: Callable[[], str] = str,
-                 counters: Callable[[], dict[str, int]] = dict) -> None:
+                 counters: Callable[[], dict[str, int]] = dict, facts: Callable[[], Facts] = Facts,
+                 dataplane: Callable[[], DataPlane | None] = lambda: None) -> None:
         self.uplink = uplink
         self.desired = desired
         self.catalog = catalog
@@ -31,6 +39,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._node_id = node_id
         self._dns_address = dns_address
         self._counters = counters
+        self._facts = facts
+        self._dataplane = dataplane
 
     async def _forward(self, call, request, context):
         try:
@@ -83,4 +93,76 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             node=node, coordinator=up.config.coordinator, connected=up.connected,
             catalog_revision=self.catalog.services.revision, services=len(self.catalog.services.items),
             nodes=len(self.catalog.nodes.items), dns_address=self._dns_address(), last_contact=int(up.last_contact),
-            counters=self._counters())
+            counters=self._counters(), facts=fact_table(f := self._facts()), fact_sources=f.sources)
+
+    async def ListPeers(self, request, context):
+        dp = self._dataplane()
+        if dp is None:
+            return agent_pb2.ListPeersResponse(data_plane=False, peers=[
+                agent_pb2.Peer(node_id=n.id, name=n.name, mesh_address=n.mesh_address)
+                for n in sorted(self.catalog.nodes.items.values(), key=lambda n: n.name) if n.id != self._node_id()])
+        stats = await dp.peer_stats()
+        peers = [self._peer(n, dp, stats) for n in sorted(self.catalog.nodes.items.values(), key=lambda n: n.name)
+                 if n.id != self._node_id()]
+        return agent_pb2.ListPeersResponse(data_plane=True, peers=peers)
+
+    def _peer(self, node: types_pb2.Node, dp: DataPlane | None, stats: dict) -> agent_pb2.Peer:
+        peer = agent_pb2.Peer(node_id=node.id, name=node.name, mesh_address=node.mesh_address)
+        if dp is None:
+            return peer
+        path, key = dp.routes_to.get(node.name, (None, ""))
+        if path is None:
+            peer.path, peer.reason = "unreachable", dp.refused.get(node.name, "not planned yet")
+            return peer
+        peer.path, peer.reason, peer.via = path.kind, path.reason, path.via or ""
+        st = stats.get(key)
+        if st is not None:
+            peer.endpoint = st.endpoint or ""
+            peer.latest_handshake, peer.rx_bytes, peer.tx_bytes = st.last_handshake_s, st.rx_bytes, st.tx_bytes
+        return peer
+
+    async def Ping(self, request, context):
+        target = strip_zone(request.target)
+        nodes = self.catalog.nodes.items
+        node = nodes.get(target) or next((n for n in nodes.values() if n.name == target), None)
+        if node is None and target in self.catalog.services.items:
+            node = nodes.get(self.catalog.services.items[target].node_id)
+        if node is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node or service named {target!r} in the mesh")
+        if not node.gossip_port:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {node.name} runs no gossip listener to answer a ping")
+        count = min(max(request.count or 3, 1), MAX_PINGS)
+        dp = self._dataplane()
+        peer = self._peer(node, dp, await dp.peer_stats() if dp else {})
+        rtts, lost = await tcp_rtts(node.mesh_address, node.gossip_port, count)
+        return agent_pb2.PingResponse(peer=peer, rtt_ms=rtts, lost=lost,
+                                      probed=f"{node.mesh_address}:{node.gossip_port}")
+
+
+MAX_PINGS = 20
+
+
+async def tcp_rtts(host: str, port: int, count: int, timeout_s: float = 2.0) -> tuple[list[float], int]:
+    """Round trips over the mesh: the time to open a TCP connection to the peer's gossip port
+    (SYN out, SYN-ACK back, through whatever path the data plane chose)."""
+    rtts, lost = [], 0
+    for _ in range(count):
+        t0 = time.perf_counter()
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        except (OSError, asyncio.TimeoutError):
+            lost += 1
+            continue
+        rtts.append(round((time.perf_counter() - t0) * 1000, 3))
+        writer.close()
+    return rtts, lost
+
+
+def fact_table(f: Facts) -> dict[str, str]:
+    out = {k: getattr(f, k) for k in ("cloud", "region", "zone", "instance_id", "instance_type", "lifecycle",
+                                        "vpc_id", "vpc_cidr", "subnet_id", "private_address", "public_address",
+                                        "project") if getattr(f, k)}
+    if f.gpus is not None:
+        out["gpus"] = f"{f.gpus.count} x {f.gpus.model} ({f.gpus.memory_mib} MiB)"
+    return out

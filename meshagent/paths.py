@@ -185,8 +185,16 @@ def plan(me: NodeFacts, nodes: Iterable[NodeFacts], main: NodeFacts | None, priv
     refused: dict[str, str] = {}
     valid: list[NodeFacts] = []
     seen_addr: dict[str, str] = {me.mesh_address: me.name}
+    nodes = list(nodes)
+    # A key held by two nodes would send one node's traffic to the other: neither gets a peer
+    # (meshd refuses such a claim; this is the second line). The others are planned as usual.
+    holders = Counter(n.wireguard_public_key for n in nodes if n.wireguard_public_key)
     for n in nodes:
         if n.name == me.name:
+            continue
+        if holders[n.wireguard_public_key] > 1 or (n.wireguard_public_key and
+                                                   n.wireguard_public_key == me.wireguard_public_key):
+            refused[n.name] = "its WireGuard public key is claimed by another node too"
             continue
         try:
             check_facts(n)

@@ -258,3 +258,14 @@ def test_plans_are_consistent_across_every_random_mesh(m):
 
 def _priv(name: str) -> str:
     return KEYS.setdefault(name, generate_private_key())
+
+
+def test_a_stolen_key_refuses_both_holders_and_plans_everyone_else():
+    thief = dataclasses.replace(CLOUD, wireguard_public_key=RA.wireguard_public_key)
+    p = plan(HUB, [RA, RB, NAT, thief], HUB, KEYS["hub"])
+    assert "claimed by another node" in p.refused["cloud"] and "claimed by another node" in p.refused["ra"]
+    assert set(p.paths) == {"rb", "nat"}
+    assert p.interface.validated() == p.interface  # the device still gets a valid config
+    mine = dataclasses.replace(CLOUD, wireguard_public_key=HUB.wireguard_public_key)
+    p = plan(HUB, [RA, mine], HUB, KEYS["hub"])
+    assert "claimed by another node" in p.refused["cloud"] and "ra" in p.paths
