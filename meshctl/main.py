@@ -307,10 +307,10 @@ def _mount() -> None:
     app.add_typer(install_app, name="install")
     app.add_typer(dns_app, name="dns")
     app.add_typer(k3s_app, name="k3s")
-    from infra.cli import infra_app, quotas_app  # boto3 itself is imported only when a command runs
+    from meshctl.infra_cmd import infra_app, quotas_app  # boto3 itself is imported only when a command runs
     app.add_typer(infra_app, name="infra")
     app.add_typer(quotas_app, name="quotas")
-    from infra.cluster.cli import cluster_app, clusters_cmd, role_app
+    from meshctl.cluster_cmd import cluster_app, clusters_cmd, role_app
     infra_app.add_typer(role_app, name="role")
     app.add_typer(cluster_app, name="cluster")
     app.command("clusters")(clusters_cmd)
