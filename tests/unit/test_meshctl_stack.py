@@ -117,10 +117,19 @@ def test_install_coordinator(host):
     assert ["restart", "meshd.service"] in host.calls()
 
 
+def test_install_coordinator_on_ipv6(host):
+    r = host.run("install", "coordinator", "--listen", "[::]:7443", "--no-start")
+    assert r.exit_code == 0, r.output
+    assert env_lines(host.root / "etc/mesh/meshd.env") == ['MESHD_OPTS="--listen [::]:7443"']
+
+
 @pytest.mark.parametrize("args, message", [
     (["install", "agent", "--coordinator", "10.4.0.4"], "must be HOST:PORT"),
     (["install", "agent", "--coordinator", "10.4.0.4:70000", "--token", TOKEN], "between 1 and 65535"),
     (["install", "agent", "--coordinator", "bad host:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "fd00::1:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "[mesh]:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "coordinator", "--listen", "0.0.0.0:0"], "between 1 and 65535"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443"], "a join token is needed"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", "abc def"], "malformed join token"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", 'x."$(reboot)'], "malformed join token"),
