@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore import backoff
 from meshcore.errors import (FailedPrecondition, InvalidArgument, MeshError, PermissionDenied, Unauthenticated,
                              Unavailable)
 
@@ -57,14 +58,16 @@ class AwsError(FailedPrecondition):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with full jitter (delay uniform in [0, min(cap, base·2^n)])."""
+    """Bounded exponential backoff with full jitter: the mesh's capped schedule
+    (meshcore.backoff), each wait drawn uniformly below it, as AWS advises for throttling."""
 
     max_attempts: int = 8
     base_s: float = 0.5
     max_s: float = 20.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0.0, min(self.max_s, self.base_s * (2 ** attempt)))
+        """Seconds before the retry that follows failed attempt `attempt` (0-based)."""
+        return rng.uniform(0.0, backoff.delay(attempt + 1, self.base_s, self.max_s, jitter=0))
 
 
 SessionFactory = Callable[[], Any]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshcore.defaults import WIREGUARD_PORT
 from meshcore.errors import ConfigError, InvalidArgument
 from meshcore.names import check_cluster_name
 
@@ -61,7 +62,7 @@ class InfraConfig:
     # WireGuard is authenticated by keys, and NAT'd or other-cloud nodes
     # connect from anywhere, so it is open by default.
     wireguard_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
-    wireguard_port: int = 51820
+    wireguard_port: int = WIREGUARD_PORT
     # Instances launched in mesh subnets get a public address (SkyPilot needs
     # one unless it is told to use internal IPs; WireGuard peers outside AWS
     # reach nodes directly through it).

@@ -20,8 +20,9 @@ import typer
 from google.protobuf import json_format
 
 from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2, nodes_pb2, types_pb2
+from meshcore.defaults import MESHD_PORT, NODE_STATE_NAMES
 from meshcore.errors import MeshError
-from meshcore.names import check_name, check_port, default_service_name
+from meshcore.names import check_name, check_port, default_service_name, parse_labels
 from meshctl.client import Endpoints, call
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -39,7 +40,6 @@ app.add_typer(keys_app, name="keys")
 
 ENDPOINTS = Endpoints()
 PROTOCOLS = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
-STATES = {0: "-", 1: "ready", 2: "unreachable", 3: "left"}
 
 
 def _dict(msg) -> dict:
@@ -159,7 +159,7 @@ def nodes(output: Output = OUTPUT_OPTION) -> None:
         resp = call(ENDPOINTS.agent().ListNodes, nodes_pb2.ListNodesRequest())
     else:
         resp = call(ENDPOINTS.nodes().ListNodes, nodes_pb2.ListNodesRequest())
-    rows = [{"NAME": n.name, "ID": n.id, "MESH ADDRESS": n.mesh_address, "STATE": STATES.get(n.state, "?")
+    rows = [{"NAME": n.name, "ID": n.id, "MESH ADDRESS": n.mesh_address, "STATE": NODE_STATE_NAMES.get(n.state, "?")
              + (" (drained)" if n.drained else ""), "CLOUD": n.cloud or "-", "REGION": n.region or "-",
              "GPU": " x".join(filter(None, [n.labels.get("gpu.model", ""), n.labels.get("gpu.count", "")])) or "-",
              "JOINED": _ago(n.joined_at)} for n in resp.nodes]
@@ -219,12 +219,7 @@ def token_create(ttl: str = typer.Option("1h", "--ttl", help="lifetime, e.g. 30m
                  description: str = typer.Option("", "--description"),
                  output: Output = OUTPUT_OPTION) -> None:
     """Create a join token; the full token is printed once."""
-    labels = {}
-    for item in label:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            fail(f"invalid --label {item!r}: expected key=value")
-        labels[k] = v
+    labels = _checked(parse_labels, label)
     if uses < 0:
         fail("invalid --uses: must be 0 (unlimited) or more")
     resp = call(ENDPOINTS.admission().CreateToken, admission_pb2.CreateTokenRequest(
@@ -278,11 +273,11 @@ def keys_rotate(output: Output = OUTPUT_OPTION) -> None:
 
 
 # -- admin certificates ---------------------------------------------------------
-@admin_app.command("cert")
+@admin_app.command("cert", help="Issue an admin certificate (90 days). Then, anywhere: "
+                   f"MESH_COORDINATOR=host:{MESHD_PORT} MESH_ADMIN_CERT_DIR=DIR meshctl …")
 def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 1123 label)"),
                out: str = typer.Option(..., "--out", help="directory for admin.key (0600), admin.crt and ca.crt"),
                output: Output = OUTPUT_OPTION) -> None:
-    """Issue an admin certificate (90 days). Then, anywhere: MESH_COORDINATOR=host:7443 MESH_ADMIN_CERT_DIR=DIR meshctl …"""
     from pathlib import Path
 
     from meshcore import pki
@@ -307,10 +302,10 @@ def _mount() -> None:
     app.add_typer(install_app, name="install")
     app.add_typer(dns_app, name="dns")
     app.add_typer(k3s_app, name="k3s")
-    from infra.cli import infra_app, quotas_app  # boto3 itself is imported only when a command runs
+    from meshctl.infra_cmd import infra_app, quotas_app  # boto3 itself is imported only when a command runs
     app.add_typer(infra_app, name="infra")
     app.add_typer(quotas_app, name="quotas")
-    from infra.cluster.cli import cluster_app, clusters_cmd, role_app
+    from meshctl.cluster_cmd import cluster_app, clusters_cmd, role_app
     infra_app.add_typer(role_app, name="role")
     app.add_typer(cluster_app, name="cluster")
     app.command("clusters")(clusters_cmd)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import typer
 
-from meshagent.k3s import check_label
+from meshcore.defaults import DNS_ADDRESS, DNS_PORT, MESHD_PORT
 from meshcore.errors import InvalidArgument, MeshError
 from meshcore.jointoken import check_token
-from meshcore.names import check_name, check_port
+from meshcore.names import check_name, parse_hostport, parse_labels
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
 UNIT_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
@@ -50,17 +50,20 @@ NO_START_OPTION = typer.Option(False, "--no-start", help="write files only; do n
 # -- validation --------------------------------------------------------------------
 
 def check_host_port(value: str, what: str) -> str:
-    rule = f"invalid {what} {value!r}: must be HOST:PORT, e.g. 10.4.0.4:7443 or [fd00::1]:7443"
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise InvalidArgument(rule)
+    """`value` if it is HOST:PORT, where HOST is a host name, an IPv4 address or a
+    bracketed IPv6 address; stricter than parse_hostport, since the value ends up
+    in a systemd environment file."""
+    rule = (f"invalid {what} {value!r}: must be HOST:PORT with a port between 1 and 65535, "
+            f"e.g. 10.4.0.4:{MESHD_PORT} or [fd00::1]:{MESHD_PORT}")
     try:
-        check_port(int(port))
-    except InvalidArgument as e:
-        raise InvalidArgument(f"invalid {what} {value!r}: {e}") from None
-    if host.startswith("[") and host.endswith("]"):
+        host, _ = parse_hostport(value, what)
+    except InvalidArgument:
+        raise InvalidArgument(rule) from None
+    if value.startswith("["):
+        if value.rpartition(":")[0] != f"[{host}]":
+            raise InvalidArgument(rule)
         try:
-            ipaddress.IPv6Address(host[1:-1])
+            ipaddress.IPv6Address(host)
         except ValueError:
             raise InvalidArgument(rule) from None
     elif not _HOST.match(host):
@@ -227,11 +230,8 @@ def install_agent(
         opts = ["--coordinator", coordinator]
         if name:
             opts += ["--name", check_name(name, "node name")]
+        parse_labels(label)  # node labels become Kubernetes node labels
         for item in label:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise InvalidArgument(f"invalid --label {item!r}: expected key=value")
-            check_label(key, value)  # node labels become Kubernetes node labels
             opts += ["--label", item]
         if dns:
             opts += ["--dns", check_host_port(dns, "DNS address")]
@@ -247,7 +247,7 @@ def install_agent(
 
 @install_app.command("coordinator")
 def install_coordinator(
-    listen: str = typer.Option("0.0.0.0:7443", "--listen", help="gRPC address agents and meshctl reach"),
+    listen: str = typer.Option(f"0.0.0.0:{MESHD_PORT}", "--listen", help="gRPC address agents and meshctl reach"),
     daemon_arg: list[str] = typer.Option([], "--daemon-arg", help="one more meshd option, repeatable"),
     bin_dir: str = typer.Option(DEFAULT_BIN, "--bin-dir", help="where the meshd executable is"),
     root: Path = ROOT_OPTION,
@@ -264,7 +264,7 @@ def install_coordinator(
 
 # -- meshctl dns -------------------------------------------------------------------
 
-def _hostdns(root: Path, address: str = "127.0.0.77", port: int = 53, mode: str = "auto"):
+def _hostdns(root: Path, address: str = DNS_ADDRESS, port: int = DNS_PORT, mode: str = "auto"):
     from meshcore.hostdns import HostDns, HostDnsConfig
 
     def restart(argv) -> None:
@@ -283,8 +283,8 @@ def _dns_rows(result) -> list[dict]:
 
 @dns_app.command("install")
 def dns_install(
-    address: str = typer.Option("127.0.0.77", "--address", help="where the agent answers DNS"),
-    port: int = typer.Option(53, "--port", help="the agent's DNS port (resolv.conf mode needs 53)"),
+    address: str = typer.Option(DNS_ADDRESS, "--address", help="where the agent answers DNS"),
+    port: int = typer.Option(DNS_PORT, "--port", help="the agent's DNS port (resolv.conf mode needs 53)"),
     mode: str = typer.Option("auto", "--mode", help="auto, resolved or resolv.conf"),
     root: Path = ROOT_OPTION,
     output: Output = OUTPUT_OPTION,

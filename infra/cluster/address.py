@@ -3,7 +3,7 @@
 - cost-savings: an Elastic IP on `coordinator-0` (survives stop/start and
   replacement of the instance);
 - performance: an internet-facing Network Load Balancer in the main region's
-  subnets, TCP passthrough on 7443 (mTLS API) and 7444 (join), IP targets at
+  subnets, TCP passthrough on meshd's mTLS API and join ports, IP targets at
   the replicas' fixed private addresses, health-checked, so a dead replica
   stops receiving connections and agents reconnect to a live one.
 
@@ -21,8 +21,9 @@ from infra.aws import Aws, AwsError
 from infra.cluster.instances import cluster_filters, cluster_tags, tag_of, TAG_CLUSTER
 from infra.cluster.spec import COST_SAVINGS, ClusterDoc
 from infra.state import RegionState
+from meshcore.defaults import JOIN_PORT, MESHD_PORT
 
-PORTS = (7443, 7444)
+PORTS = (MESHD_PORT, JOIN_PORT)
 
 
 def lb_name(doc: ClusterDoc) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 from infra.aws import Aws
 from infra.cluster.spec import COST_SAVINGS, ClusterDoc, ClusterSpec
 from infra.state import MANAGED_BY, TAG_MANAGED, RegionState
+from meshcore.defaults import MESHD_PORT
 from meshcore.errors import FailedPrecondition
 
 TAG_CLUSTER = "mesh:cluster"
@@ -132,7 +133,7 @@ def user_data(doc: ClusterDoc, slot: Slot, coordinator: str, etcd_cluster: str) 
               "NODE_NAME": slot.name, "COORDINATOR": coordinator, "HUB": hub(doc),
               "ETCD_CLUSTER": etcd_cluster if slot.role == "replica" else "",
               "ETCD_NAME": slot.name.replace("replica-", "r") if slot.role == "replica" else "",
-              "PRIVATE_IP": slot.private_ip, "PACKAGE": doc.spec.package}
+              "PRIVATE_IP": slot.private_ip, "PACKAGE": doc.spec.package, "MESHD_PORT": str(MESHD_PORT)}
     for k, v in values.items():
         if "'" in v:
             raise FailedPrecondition(f"{k} must not contain a quote: {v!r}")

@@ -9,7 +9,7 @@
 2. the stable address (Elastic IP or load balancer), so it can be written
    into the join parameters and the instances' user data;
 3. the network: `infra.apply` with the join parameters;
-4. the coordinators' secrets in SSM, their security group (7443/7444);
+4. the coordinators' secrets in SSM, their security group (meshd's API and join ports);
 5. instances: missing slots launched, extra or mismatched ones terminated,
    the address pointed at the coordinators.
 
@@ -45,6 +45,7 @@ from infra.destroy import destroy
 from infra.regions import ENABLED, Selection, list_regions, select_regions
 from infra.state import read_region, tag_filters
 from meshcore import pki
+from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import AlreadyExists, FailedPrecondition, MeshError, Unavailable
 from meshcore.names import check_cluster_name
 
@@ -256,7 +257,7 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
         _apply(ops, spec.to_infra(doc.name, ca_cert_file=str(sec.ca_file), join_token_file=str(sec.token_file)), sel)
         main = read_region(aws, doc.name, region)
     host = address.ensure(aws, doc, main)
-    result.address = f"{host}:7443"
+    result.address = f"{host}:{MESHD_PORT}"
     cfg = spec.to_infra(doc.name, meshd_address=result.address, ca_cert_file=str(sec.ca_file),
                         join_token_file=str(sec.token_file))
     if _apply(ops, cfg, sel):
@@ -328,7 +329,7 @@ def _groups(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:
 
 
 def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
-    """The security group that opens meshd's ports (mTLS 7443, join 7444) to the world."""
+    """The security group that opens meshd's ports (mTLS API and join, adjacent: one range) to the world."""
     region = doc.spec.main_region
     found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc]
     if found:
@@ -338,7 +339,7 @@ def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
                    TagSpecifications=[{"ResourceType": "security-group",
                                        "Tags": cluster_tags(doc.name, role="coordinator")}])["GroupId"]
     aws.call("ec2", region, "AuthorizeSecurityGroupIngress", GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 7443, "ToPort": 7444, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        {"IpProtocol": "tcp", "FromPort": MESHD_PORT, "ToPort": JOIN_PORT, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
     return gid
 
 

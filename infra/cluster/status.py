@@ -27,6 +27,7 @@ from infra.aws import Aws
 from infra.cluster import instances
 from infra.cluster.spec import ClusterDoc
 from infra.state import tag_filters, is_ours
+from meshcore.defaults import JOIN_PORT
 
 BOOT_S = 15 * 60
 Probe = Callable[[str], bool]  # "host:port" → meshd is serving
@@ -97,7 +98,7 @@ def status(aws: Aws, doc: ClusterDoc, probe: Probe, regions: list[str] | None = 
         state = inst.get("State", {}).get("Name", "?") if inst else "missing"
         if state == "running":
             host = inst.get("PublicIpAddress") or inst.get("PrivateIpAddress", "")
-            ok = bool(host) and probe(f"{host}:7444")
+            ok = bool(host) and probe(f"{host}:{JOIN_PORT}")
             healthy += ok
             state = "healthy" if ok else "meshd not answering"
         coords[slot] = state

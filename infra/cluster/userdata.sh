@@ -64,7 +64,7 @@ EOF
     systemctl restart etcd
     store="etcd://$(echo "$ETCD_CLUSTER" | sed -E 's#[a-z0-9]+=http://([0-9.]+):2380#\1:2379#g')"
   fi
-  meshctl install coordinator --listen 0.0.0.0:7443 --daemon-arg="--store=$store" \
+  meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" \
     --daemon-arg=--bootstrap-token-file=/etc/mesh/bootstrap-token --daemon-arg="--advertise=$PRIVATE_IP" \
     --daemon-arg="--advertise=${COORDINATOR%:*}"
 fi

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infra.cli import infra_app, quotas_app
+from meshctl.infra_cmd import infra_app, quotas_app
 from tests.infra.helpers import tagged
 
 runner = CliRunner()
@@ -117,5 +117,5 @@ def test_quotas_explain(tmp_path) -> None:
 
 
 def test_importing_the_cli_does_not_import_boto3() -> None:
-    code = "import sys, infra.cli; assert 'boto3' not in sys.modules and 'botocore' not in sys.modules"
+    code = "import sys, meshctl.infra_cmd; assert 'boto3' not in sys.modules and 'botocore' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT_DIR, timeout=60)

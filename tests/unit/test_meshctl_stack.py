@@ -117,10 +117,19 @@ def test_install_coordinator(host):
     assert ["restart", "meshd.service"] in host.calls()
 
 
+def test_install_coordinator_on_ipv6(host):
+    r = host.run("install", "coordinator", "--listen", "[::]:7443", "--no-start")
+    assert r.exit_code == 0, r.output
+    assert env_lines(host.root / "etc/mesh/meshd.env") == ['MESHD_OPTS="--listen [::]:7443"']
+
+
 @pytest.mark.parametrize("args, message", [
     (["install", "agent", "--coordinator", "10.4.0.4"], "must be HOST:PORT"),
     (["install", "agent", "--coordinator", "10.4.0.4:70000", "--token", TOKEN], "between 1 and 65535"),
     (["install", "agent", "--coordinator", "bad host:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "fd00::1:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "[mesh]:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "coordinator", "--listen", "0.0.0.0:0"], "between 1 and 65535"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443"], "a join token is needed"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", "abc def"], "malformed join token"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", 'x."$(reboot)'], "malformed join token"),
@@ -202,3 +211,16 @@ def test_written_options_are_understood_by_the_daemons(host):
         else:
             assert config.k3s_server_url == "https://10.4.0.4:6443" and config.listen == "0.0.0.0:7443"
             assert str(config.state_dir) == "/var/lib/meshd" and config.admin_socket == "/run/meshd/admin.sock"
+
+
+def test_meshctl_imports_no_daemon_code() -> None:
+    """meshctl reaches meshd and meshagent over their APIs; shared rules come from meshcore."""
+    import ast
+
+    bad = []
+    for f in sorted((ROOT / "meshctl").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bad += [f"{f.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] in ("meshd", "meshagent")]
+    assert bad == []

@@ -1,6 +1,6 @@
 """`meshctl infra …` and `meshctl quotas …`: thin commands over the infra API.
 
-Two typer apps, mounted by meshctl. Each command reads `--config`
+Two typer apps, mounted by meshctl.main. Each command reads `--config`
 (default ./mesh-infra.yaml), builds one `Aws` (endpoint overridable for
 tests and for AWS-compatible endpoints), calls the API and ends through
 `emit` or `fail`: a table or JSON, or one error line and a non-zero exit.
@@ -314,17 +314,6 @@ def quotas_explain(logfile: Path = typer.Argument(..., help="a `sky launch` log"
         emit(rows, ["region", "code", "quota", "failures", "types"], output, title="VcpuLimitExceeded")
 
     _run(body)
-
-
-def main() -> None:  # pragma: no cover - convenience entry for `python -m infra.cli`
-    app = typer.Typer(no_args_is_help=True)
-    app.add_typer(infra_app, name="infra")
-    app.add_typer(quotas_app, name="quotas")
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 __all__ = ["infra_app", "quotas_app"]

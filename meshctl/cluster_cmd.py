@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import typer
 
-from infra.cli import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshcore.errors import FailedPrecondition, InvalidArgument
 from meshcore.names import check_cluster_name
+from meshctl.infra_cmd import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
 cluster_app = typer.Typer(help="Mesh clusters in your own AWS account: create, use, edit, delete.",
