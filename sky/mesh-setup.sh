@@ -92,10 +92,13 @@ coordinator() {
       --agent-token-file /etc/mesh/k3s-agent-token \
       --write-kubeconfig-mode 0600 --disable traefik
   fi
+  # MESHD_ARGS: more meshd options, e.g. "--consul=http://127.0.0.1:8500" (words without spaces).
+  local extra=()
+  for arg in ${MESHD_ARGS:-}; do extra+=("--daemon-arg=$arg"); done
   sudo meshctl install coordinator --listen 0.0.0.0:7443 \
     --daemon-arg="--advertise=$addr" \
     --daemon-arg="--k3s-server-url=https://$addr:6443" \
-    --daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token
+    --daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token "${extra[@]}"
   # One multi-use token for the fleet, refreshed on every setup run.
   local token
   token=$(sudo meshctl token create --ttl "${MESH_TOKEN_TTL:-30d}" --uses 0 \

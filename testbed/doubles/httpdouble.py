@@ -89,6 +89,8 @@ class HTTPDouble:
     WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
     def __init__(self) -> None:
+        # Set before start() to listen elsewhere: a lab namespace's 169.254.169.254:80, say.
+        self.bind: tuple[str, int] = ("127.0.0.1", 0)
         # Set before start() to serve HTTPS: (certfile, keyfile) and, for mutual TLS,
         # a CA file that client certificates must chain to.
         self.tls: tuple[str, str] | None = None
@@ -118,7 +120,7 @@ class HTTPDouble:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.bind[0]}:{self.port}"
 
     def start(self) -> "HTTPDouble":
         double = self
@@ -137,7 +139,7 @@ class HTTPDouble:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(self.bind, Handler)
         self._server.daemon_threads = True
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

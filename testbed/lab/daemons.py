@@ -1,90 +1,195 @@
-"""Real meshd and meshagent processes on the lab's nodes (used by the lab tests and `make demo-lab`).
+"""The mesh in the lab, booted the way users boot it (used by the lab tests, `make demo-lab` and the bench).
 
-meshd runs on the hub (the main node). Each node's agent joins with one
-token, reaching meshd over the VPC peering inside AWS and at the hub's public
-address from elsewhere, and runs WireGuard on its lab interface.
+Nothing about a VM is typed here. Each VM gets what a real one has: an
+instance metadata service on 169.254.169.254 inside its namespace (AWS
+IMDSv2 for the VPC VMs with the lab's own VPC ids, CIDRs and addresses;
+GCP's metadata server for the VM on another cloud; nothing for the VM behind
+NAT), `nvidia-smi` on the two VMs with GPUs, and a file system of its own
+(testbed/lab/vm.py). Then the shipped scripts run unchanged:
+
+- the main node (lab role "hub"): `bash sky/mesh-setup.sh coordinator`, as
+  sky/main.yaml runs it: meshd through `meshctl install coordinator` and the
+  unit in systemd/, a fleet token, the join parameters into SSM Parameter
+  Store (a moto server inside the hub's namespace stands in for AWS), and
+  the main node's own agent;
+- every other VM: `bash sky/mesh-setup.sh agent NAME` with MESH_COORDINATOR
+  and MESH_JOIN_TOKEN in the environment, as a VM outside the SSM region
+  gets them: `meshctl install agent` writes the unit and its environment
+  file, and `systemctl` (the stand-in) runs the unit's own ExecStart.
+
+Each agent discovers its cloud, VPC, addresses and GPUs, and runs WireGuard
+on mesh0 by default.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from testbed.localmesh import BIN, _wait_ready
+from testbed.doubles.imds import aws_instance
 from testbed.lab.lab import Lab
+from testbed.lab.topology import MAIN_REGION
+from testbed.lab.vm import ROOT, VmRoot
 
 ROLES = ("hub", "ra", "rb", "cloud", "nat")
-COORDINATOR = {"hub": "10.4.0.10", "ra": "10.4.0.10", "rb": "10.4.0.10", "cloud": "198.18.0.4", "nat": "198.18.0.4"}
+#: node names: the main node is "main" (sky/main.yaml's cluster), the others their SkyPilot cluster names
+NAMES = {"hub": "main", "ra": "ra", "rb": "rb", "cloud": "cloud", "nat": "nat"}
+COORDINATOR = {"hub": "10.4.0.10", "ra": "10.4.0.10", "rb": "10.4.0.10", "cloud": "198.18.0.4",
+               "nat": "198.18.0.4"}
+GPUS = {"ra": "NVIDIA L4, 23034, 550.90.07\nNVIDIA L4, 23034, 550.90.07",
+        "cloud": "NVIDIA A100-SXM4-40GB, 40960, 535.104.05"}
+INSTANCE_TYPES = {"hub": "m6i.large", "ra": "g6.12xlarge", "rb": "g6.xlarge"}
+#: the lab's "internet" is 198.18.0.0/15, a range reserved for test networks: meshd is told to take it as public
+MESHD_ARGS = "--allow-endpoint-range=198.18.0.0/15"
+MOTO_PORT = 5000
+AWS_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": MAIN_REGION}
+
+
+def metadata(lab: Lab, role: str) -> tuple[str, dict] | None:
+    s = lab.nodes[role].spec
+    if s.cloud == "aws":
+        meta = aws_instance(s.private_address, s.vpc_id, s.vpc_cidr, region=s.region, public=s.public_address,
+                            instance_type=INSTANCE_TYPES[role], instance_id=f"i-0{role:0>16}"[:19])
+        return "aws", {"meta": meta, "lifecycle": "spot" if role == "rb" else "on-demand"}
+    if s.cloud == "gcp":
+        return "gcp", {"zone": f"{s.region}-a", "machine_type": "a2-highgpu-1g", "ip": s.public_address,
+                       "external_ip": s.public_address}
+    return None  # the VM behind NAT has no metadata service
 
 
 class LabDaemons:
     def __init__(self, lab: Lab, state: Path) -> None:
         self.lab = lab
         self.state = state
-        self.env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-        self.ctl_env = {**self.env, "MESHD_ADMIN_SOCKET": str(state / "admin.sock"), "MESH_AGENT_SOCKET": "/nonexistent"}
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.vms = {role: VmRoot(state, role) for role in ROLES}
         self.ready: dict[str, dict] = {}
+        self.token = ""
+        self._started_meta: set[str] = set()
 
-    def _start(self, where: str, name: str, argv: list[str], prefix: str) -> None:
-        with open(self.state / f"{name}.log", "ab") as log:
-            p = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=log, env=self.env)
-        self.procs[name] = p
-        self.ready[name] = _wait_ready(p, prefix, self.state / f"{name}.log", 30)
+    # -- where things are -------------------------------------------------------------
+    def name(self, role: str) -> str:
+        return NAMES[role]
 
-    def start_meshd(self) -> None:
-        self._start("hub", "meshd", [str(BIN / "meshd"), "--state-dir", str(self.state / "meshd"), "--listen",
-                                     "0.0.0.0:7443", "--join-listen", "0.0.0.0:7444", "--admin-socket",
-                                     str(self.state / "admin.sock"), "--metrics", "", "--overlay-pool",
-                                     "100.64.0.0/24", "--lease-ttl", "5", "--grace", "10"], "meshd")
+    def ifname(self, role: str) -> str:
+        return "mesh0"
 
-    def start_agent(self, role: str, token: str = "") -> None:
-        node = self.lab.nodes[role]
-        s = node.spec
-        argv = [str(BIN / "meshagent"), "--state-dir", str(self.state / role), "--coordinator",
-                f"{COORDINATOR[role]}:7443", "--name", role, "--socket", str(self.state / f"{role}.sock"),
-                "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
-                "--gossip-profile", "local", "--no-spot-watch", "--wireguard", node.ifname, "--hub", "hub",
-                "--cloud", s.cloud, "--region", s.region]
-        if token:
-            argv += ["--token", token]
-        for flag, value in (("--vpc-id", s.vpc_id), ("--vpc-cidr", s.vpc_cidr),
-                            ("--private-address", s.private_address), ("--public-address", s.public_address)):
-            if value:
-                argv += [flag, value]
-        self._start(role, role, argv, "meshagent")
+    def agent_socket(self, role: str) -> Path:
+        return self.vms[role].host_path("/run/meshagent/agent.sock")
 
-    def meshctl(self, *args: str, agent: str | None = None) -> subprocess.CompletedProcess:
-        env = dict(self.ctl_env)
-        if agent:
-            env["MESH_AGENT_SOCKET"] = str(self.state / f"{agent}.sock")
-        return subprocess.run([str(BIN / "meshctl"), *args], env=env, capture_output=True, text=True, check=True,
-                              timeout=60)
+    def node_file(self, role: str) -> Path:
+        return self.vms[role].host_path("/var/lib/meshagent/node.json")
+
+    def journal(self, role: str, unit: str = "meshagent") -> Path:
+        return self.vms[role].host_path(f"/var/log/mesh-lab/{unit}.log")
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.vms["hub"].host_path("/run/meshd/admin.sock")
+
+    # -- booting ------------------------------------------------------------------------
+    def _metadata(self, role: str) -> None:
+        found = metadata(self.lab, role)
+        if found is None or role in self._started_meta:
+            return
+        self.lab.run(role, ["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], check=False)
+        cloud, spec = found
+        p = self.lab.popen(role, [sys.executable, "-m", "testbed.doubles.metadata_server", cloud, json.dumps(spec),
+                                  "169.254.169.254:80"], stdout=subprocess.PIPE, text=True)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"metadata double in {role} did not start")
+        self._started_meta.add(role)
+
+    def _moto(self) -> None:
+        p = self.lab.popen("hub", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(MOTO_PORT)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = self.lab.run("hub", ["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', "
+                                                      f"{MOTO_PORT}), 1)"], check=False)
+            if r.returncode == 0:
+                return
+            if p.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError("moto server in the hub did not start")
+
+    def vm_run(self, role: str, command: list[str], env: dict[str, str] | None = None,
+               timeout: float = 180) -> subprocess.CompletedProcess:
+        """Run a command in a VM (its namespace and its file system), as root with a login-like env."""
+        full = {"HOME": "/root", "LANG": "C.UTF-8", "MESH_NAME": "lab", "MESH_REGION": MAIN_REGION,
+                **(env or {})}
+        r = subprocess.run(["ip", "netns", "exec", self.lab.netns(role), "env", "-i",
+                            *[f"{k}={v}" for k, v in full.items()], *self.vms[role].argv(command)],
+                           capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed in {role} (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
+                               f"\n--- journal ---\n{self._tail(role)}")
+        return r
+
+    def _tail(self, role: str) -> str:
+        out = []
+        for unit in ("meshd", "meshagent"):
+            j = self.journal(role, unit)
+            if j.exists():
+                out += [f"[{unit}] {line}" for line in j.read_text(errors="replace").splitlines()[-20:]]
+        return "\n".join(out)
+
+    def _read_ready(self, role: str) -> dict[str, str]:
+        for line in reversed(self.journal(role).read_text(errors="replace").splitlines()):
+            if line.startswith("meshagent ready"):
+                return dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
+        raise RuntimeError(f"no ready line from the agent in {role}:\n{self._tail(role)}")
+
+    def start_coordinator(self) -> None:
+        self.vms["hub"].prepare(k3s=True)  # K3s cannot run here: a k3s that is "installed" is enough for the script
+        self._metadata("hub")
+        self._moto()
+        self.vm_run("hub", ["bash", "sky/mesh-setup.sh", "coordinator"], {**AWS_ENV, "MESHD_ARGS": MESHD_ARGS})
+        self.token = self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import boto3; print(boto3.client('ssm').get_parameter(Name='/mesh/lab/join-token', "
+            "WithDecryption=True)['Parameter']['Value'])")], AWS_ENV).stdout.strip()
+        self.ready["hub"] = self._read_ready("hub")
+
+    def start_agent(self, role: str, token: str | None = None) -> None:
+        """`sky/mesh-setup.sh agent NAME` on the VM; again on a VM that has joined, it just restarts the agent."""
+        if role == "hub":
+            self.vm_run("hub", ["systemctl", "restart", "meshagent"])
+            self.ready["hub"] = self._read_ready("hub")
+            return
+        self.vms[role].prepare(gpus=GPUS.get(role, ""))
+        self._metadata(role)
+        env = {"MESH_COORDINATOR": f"{COORDINATOR[role]}:7443"}
+        joined = self.node_file(role).exists()
+        if not joined:
+            env["MESH_JOIN_TOKEN"] = token if token is not None else self.token
+        self.vm_run(role, ["bash", "sky/mesh-setup.sh", "agent", NAMES[role]], env)
+        self.ready[role] = self._read_ready(role)
 
     def start(self) -> LabDaemons:
-        self.start_meshd()
-        token = self.meshctl("token", "create", "--uses", str(len(ROLES))).stdout.strip()
-        for role in ROLES:
-            self.start_agent(role, token)
+        self.start_coordinator()
+        for role in ROLES[1:]:
+            self.start_agent(role)
         return self
 
-    def stop(self, name: str | None = None) -> None:
-        names = [name] if name else list(self.procs)
-        for n in names:
-            p = self.procs[n]
-            if p.poll() is None:
-                p.terminate()
-        for n in names:
-            p = self.procs.pop(n)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-            if p.stdout:
-                p.stdout.close()
+    def meshctl(self, *args: str, agent: str | None = None) -> subprocess.CompletedProcess:
+        """meshctl from the host: at a VM's agent socket, or at meshd's admin socket on the main node."""
+        env = {**os.environ, "MESHD_ADMIN_SOCKET": str(self.admin_socket),
+               "MESH_AGENT_SOCKET": str(self.agent_socket(agent)) if agent else "/nonexistent"}
+        return subprocess.run([str(Path(sys.executable).parent / "meshctl"), *args], env=env, capture_output=True,
+                              text=True, check=True, timeout=60)
+
+    def stop(self, role: str | None = None) -> None:
+        """Stop the agent on one VM (`systemctl stop meshagent`), or everything."""
+        roles = [role] if role else list(ROLES)
+        for r in roles:
+            if self.vms[r].root.exists():
+                units = ["meshagent"] + (["meshd"] if r == "hub" and role is None else [])
+                self.vm_run(r, ["systemctl", "stop", *units], timeout=60)
 
 
 def query(lab: Lab, role: str, dns: str, name: str) -> list[str]:

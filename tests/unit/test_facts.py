@@ -24,12 +24,12 @@ META = aws_instance("10.4.1.20", "vpc-0abc", "10.4.0.0/16", region="us-east-1", 
 def test_aws_imdsv2_gives_instance_vpc_and_addresses():
     with ImdsDouble(lifecycle="spot", meta=META) as imds:
         found = facts_mod.discover(imds.url, 0.5, gpus=False)
-        methods = [m for m, _, _ in imds.requests]
+        aws_calls = [(m, path) for m, path, _ in imds.requests if path.startswith("/latest/")]
     assert (found.cloud, found.region, found.zone, found.instance_type) == ("aws", "us-east-1", "us-east-1b",
                                                                             "g6.12xlarge")
     assert (found.vpc_id, found.vpc_cidr, found.subnet_id) == ("vpc-0abc", "10.4.0.0/16", "subnet-0123abcd")
     assert (found.private_address, found.public_address, found.lifecycle) == ("10.4.1.20", "54.1.2.3", "spot")
-    assert found.sources["vpc_id"] == "aws-imds" and methods[0] == "PUT"
+    assert found.sources["vpc_id"] == "aws-imds" and aws_calls[0] == ("PUT", "/latest/api/token")
     assert found.labels()["node.kubernetes.io/instance-type"] == "g6.12xlarge"
     assert found.labels()["topology.kubernetes.io/zone"] == "us-east-1b"
 
