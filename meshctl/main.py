@@ -186,6 +186,7 @@ def status(output: Output = OUTPUT_OPTION) -> None:
             ("coordinator", s.coordinator), ("connected", "yes" if s.connected else "no (serving the local copy)"),
             ("last contact", _ago(s.last_contact)), ("catalog revision", s.catalog_revision),
             ("services", s.services), ("nodes", s.nodes), ("dns", s.dns_address or "-"),
+            *[(f"fact {k}", f"{v}  ({s.fact_sources.get(k, '?')})") for k, v in sorted(s.facts.items())],
             *sorted(s.counters.items())]]
     else:
         s = call(ENDPOINTS.nodes().Status, nodes_pb2.StatusRequest())
@@ -193,6 +194,38 @@ def status(output: Output = OUTPUT_OPTION) -> None:
             ("meshd version", s.version), ("store", s.store), ("revision", s.revision), ("nodes", s.nodes),
             ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller)]]
     emit(rows, ["KEY", "VALUE"], output, raw=_dict(s))
+
+
+def _peer_row(p: agent_pb2.Peer) -> dict:
+    path = p.path or "-"
+    if p.via:
+        path += f" via {p.via}"
+    return {"NAME": p.name, "MESH ADDRESS": p.mesh_address, "PATH": path, "ENDPOINT": p.endpoint or "-",
+            "HANDSHAKE": _ago(p.latest_handshake) if p.latest_handshake else "-",
+            "RX": p.rx_bytes, "TX": p.tx_bytes, "WHY": p.reason or "-"}
+
+
+@app.command()
+def peers(output: Output = OUTPUT_OPTION) -> None:
+    """Every peer of this VM: its path (direct, tunnel, relay), endpoint, latest handshake, bytes each way."""
+    resp = call(ENDPOINTS.agent().ListPeers, agent_pb2.ListPeersRequest())
+    title = "peers" if resp.data_plane else "peers (this agent runs no data plane: paths unknown)"
+    emit([_peer_row(p) for p in resp.peers], ["NAME", "MESH ADDRESS", "PATH", "ENDPOINT", "HANDSHAKE", "RX", "TX",
+                                               "WHY"], output, title=title, raw=_dict(resp))
+
+
+@app.command()
+def ping(target: str = typer.Argument(..., help="node name or id, or a service name (its node is pinged)"),
+         count: int = typer.Option(3, "--count", "-c", min=1, max=20, help="round trips (1-20)"),
+         output: Output = OUTPUT_OPTION) -> None:
+    """The path to a node and round-trip times over the mesh (like `tailscale ping`)."""
+    resp = call(ENDPOINTS.agent().Ping, agent_pb2.PingRequest(target=target, count=count))
+    row = _peer_row(resp.peer)
+    rtts = list(resp.rtt_ms)
+    row.update({"PROBED": resp.probed, "RTT MS": " ".join(f"{r:.2f}" for r in rtts) or "-", "LOST": resp.lost})
+    emit([row], ["NAME", "PATH", "ENDPOINT", "HANDSHAKE", "RTT MS", "LOST", "WHY"], output, raw=_dict(resp))
+    if not rtts:
+        fail(f"no answer from {resp.peer.name} at {resp.probed} ({resp.lost} of {count} lost)")
 
 
 # -- tokens -------------------------------------------------------------------

@@ -131,6 +131,10 @@ class LabDaemons:
                                f"\n--- journal ---\n{self._tail(role)}")
         return r
 
+    def wg(self, role: str, *args: str) -> str:
+        """`wg ARGS` in a VM (wireguard-go's socket is in the VM's own /run/wireguard)."""
+        return self.vm_run(role, ["wg", *args], timeout=30).stdout
+
     def _tail(self, role: str) -> str:
         out = []
         for unit in ("meshd", "meshagent"):

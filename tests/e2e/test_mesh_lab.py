@@ -1,21 +1,26 @@
-"""The whole mesh in the lab: real meshd and meshagent processes in five namespaces.
+"""The whole mesh in the lab, booted as shipped: real meshd and meshagent processes in five namespaces.
 
-meshd runs on the hub (the main node). Every node's agent joins with a token,
-runs WireGuard from meshd's node list, and exposes a port under a name; then
-every node resolves every other node's name through its own agent's DNS and
-opens a TCP connection to it, over the path the selection rules say
-(VPC-direct, tunnel, or relayed through the hub).
+The main node ("hub", node name main) runs `sky/mesh-setup.sh coordinator`;
+every other VM runs `sky/mesh-setup.sh agent NAME`; each agent runs from its
+unit's ExecStart and discovers its facts from the VM's metadata service,
+default route and nvidia-smi (testbed/lab/daemons.py). No fact is typed.
+Then every node resolves every other node's name through its own agent's DNS
+and opens a TCP connection to it, over the path the selection rules say
+(VPC-direct, tunnel, or relayed through the main node).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from meshagent.paths import DIRECT, RELAY, TUNNEL, NodeFacts, select_path
-from testbed.lab.daemons import ROLES, LabDaemons, query
+from testbed.lab.daemons import NAMES, ROLES, LabDaemons, query
 from tests.meshfix import wait_for
 
 
@@ -41,7 +46,7 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
                                20, f"{src} resolving svc-{dst}")
                 address[dst] = answers[0]
         nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
-        assert {r: address[r] for r in ROLES} == {r: nodes[r]["mesh_address"] for r in ROLES}
+        assert {r: address[r] for r in ROLES} == {r: nodes[NAMES[r]]["mesh_address"] for r in ROLES}
         facts = {r: lab.nodes[r].facts() for r in ROLES}
         facts = {r: NodeFacts(**{**f.__dict__, "mesh_address": address[r]}) for r, f in facts.items()}
         for src in ROLES:
@@ -54,7 +59,7 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
                     continue
                 kind = select_path(facts[src], facts[dst], facts["hub"], facts["hub"].region).kind
                 dev = lab.route_dev(src, address[dst])
-                assert (dev == lab.nodes[src].ifname) == (kind in (TUNNEL, RELAY)), (src, dst, kind, dev)
+                assert (dev == mesh_lab.ifname(src)) == (kind in (TUNNEL, RELAY)), (src, dst, kind, dev)
         kinds = {select_path(facts[a], facts[b], facts["hub"], facts["hub"].region).kind
                  for a in ROLES for b in ROLES if a != b}
         assert kinds == {DIRECT, TUNNEL, RELAY}
@@ -63,26 +68,78 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
             s.terminate()
 
 
+def test_discovered_facts_gpu_labels_peers_and_ping(lab, mesh_lab):
+    nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
+    ra, cloud, rb = nodes["ra"], nodes["cloud"], nodes["rb"]
+    assert (ra["cloud"], ra["region"], ra["vpc_id"], ra["vpc_cidr"]) == ("aws", "eu-west-1", "vpc-ra", "10.21.0.0/16")
+    assert ra["labels"]["gpu.model"] == "NVIDIA-L4" and ra["labels"]["gpu.count"] == "2"
+    assert ra["labels"]["node.kubernetes.io/instance-type"] == "g6.12xlarge"
+    assert cloud["cloud"] == "gcp" and cloud["public_address"] == "198.18.0.20"
+    assert cloud["labels"]["gpu.model"] == "NVIDIA-A100-SXM4-40GB"
+    assert rb["labels"]["mesh.lifecycle"] == "spot" and "gpu.model" not in rb["labels"]
+    assert nodes["nat"]["cloud"] == "" and nodes["nat"]["private_address"] == "192.168.77.10"
+    assert "gpu.model" not in nodes["main"]["labels"]
+    table = mesh_lab.meshctl("nodes", agent="nat").stdout
+    assert "NVIDIA-L4 x2" in table
+    status = json.loads(mesh_lab.meshctl("status", "-o", "json", agent="ra").stdout)
+    assert status["facts"]["vpc_id"] == "vpc-ra" and status["fact_sources"]["vpc_id"] == "aws-imds"
+    assert status["fact_sources"]["gpus"] == "nvidia-smi"
+    peers = {p["name"]: p for p in json.loads(mesh_lab.meshctl("peers", "-o", "json", agent="nat").stdout)["peers"]}
+    assert peers["ra"]["path"] == RELAY and peers["ra"]["via"] == "main" and peers["main"]["path"] == TUNNEL
+    wait_for(lambda: json.loads(mesh_lab.meshctl("peers", "-o", "json", agent="nat").stdout)["peers"][0]
+             .get("latest_handshake"), 20, "a handshake with the main node")
+    pong = json.loads(mesh_lab.meshctl("ping", "ra", "-c", "3", "-o", "json", agent="rb").stdout)
+    assert pong["peer"]["path"] == RELAY and pong["peer"]["via"] == "main" and len(pong["rtt_ms"]) == 3
+    pong = json.loads(mesh_lab.meshctl("ping", "main", "-o", "json", agent="cloud").stdout)
+    assert (pong["peer"]["path"], pong["peer"]["reason"]) == (TUNNEL, "public endpoint")
+    assert pong["peer"]["endpoint"] == "198.18.0.4:51820" and not pong.get("lost")
+
+
+@pytest.mark.parametrize("claim, rule", [
+    (["--private-address", "169.254.169.254"], "link-local"),
+    (["--private-address", "8.8.8.8"], "public address"),
+    (["--vpc-cidr", "172.31.0.0/16", "--private-address", "172.31.0.9"], "outside the mesh's VPC ranges"),
+    (["--private-address", "10.4.0.10", "--vpc-cidr", "10.4.0.0/16"], "belongs to node main"),
+])
+def test_false_claims_are_refused_in_the_lab_and_the_mesh_goes_on(lab, mesh_lab, tmp_path, claim, rule):
+    """A VM in rb's VPC that claims what it is not: its agent is refused at join, says why, and stops."""
+    token = mesh_lab.token
+    bin_dir = Path(sys.executable).parent
+    r = subprocess.run(
+        ["ip", "netns", "exec", lab.netns("rb"), str(bin_dir / "meshagent"), "--state-dir", str(tmp_path / "liar"),
+         "--name", "liar", "--coordinator", "10.4.0.10:7443", "--socket", str(tmp_path / "liar.sock"), "--dns", "",
+         "--metrics", "", "--gossip", "", "--wireguard", "", "--no-gpus", "--imds", "", "--cloud", "aws",
+         "--vpc-id", "vpc-rb", "--vpc-cidr", "10.31.0.0/16", *claim],
+        env={"PATH": "/usr/bin:/bin", "MESH_JOIN_TOKEN": token}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and rule in r.stderr and "Traceback" not in r.stderr
+    names = [n["name"] for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]]
+    assert "liar" not in names
+    # the rest of the mesh keeps converging: a new name from ra reaches nat
+    svc = f"after-{len(rule)}"
+    mesh_lab.meshctl("expose", "--port", "7002", "--name", svc, agent="ra")
+    wait_for(lambda: query(lab, "nat", mesh_lab.ready["nat"]["dns"], f"{svc}.mesh"), 20, f"nat resolving {svc}")
+    mesh_lab.meshctl("unexpose", svc, agent="ra")
+
+
 def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):
-    state = mesh_lab.state
-    hub_if = lab.nodes["hub"].ifname
-    nat_key = lab.run("nat", ["wg", "show", lab.nodes["nat"].ifname, "public-key"]).stdout.strip()
-    assert nat_key in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout
-    nat_addr = json.loads((state / "nat" / "node.json").read_text())["mesh_address"]
-    cloud_if = lab.nodes["cloud"].ifname
-    assert nat_addr in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout  # relayed via the hub
+    hub_if = mesh_lab.ifname("hub")
+    nat_key = mesh_lab.wg("nat", "show", "mesh0", "public-key").strip()
+    assert nat_key in mesh_lab.wg("hub", "show", hub_if, "peers")
+    nat_addr = json.loads(mesh_lab.node_file("nat").read_text())["mesh_address"]
+    cloud_if = mesh_lab.ifname("cloud")
+    assert nat_addr in mesh_lab.wg("cloud", "show", cloud_if, "allowed-ips")  # relayed via the hub
     mesh_lab.meshctl("node", "remove", "nat")
-    wait_for(lambda: nat_key not in lab.run("hub", ["wg", "show", hub_if, "peers"]).stdout, 10, "nat leaving the hub")
-    wait_for(lambda: nat_addr not in lab.run("cloud", ["wg", "show", cloud_if, "allowed-ips"]).stdout, 10,
+    wait_for(lambda: nat_key not in mesh_lab.wg("hub", "show", hub_if, "peers"), 10, "nat leaving the hub")
+    wait_for(lambda: nat_addr not in mesh_lab.wg("cloud", "show", cloud_if, "allowed-ips"), 10,
          "nat leaving cloud's allowed addresses")
     for role in ("hub", "cloud", "ra"):  # routes follow the device (applied right after it)
         wait_for(lambda: nat_addr not in lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout,
              10, f"nat's routes leaving {role}")
 
 
-def wg_state(lab, role: str) -> tuple[list, str]:
+def wg_state(lab, mesh_lab, role: str) -> tuple[list, str]:
     """The peers (key, allowed addresses, keepalive) and our routes, without counters that move."""
-    dump = lab.run(role, ["wg", "show", lab.nodes[role].ifname, "dump"]).stdout.splitlines()[1:]
+    dump = mesh_lab.wg(role, "show", "mesh0", "dump").splitlines()[1:]
     peers = sorted((f[0], f[3], f[7]) for f in (line.split("\t") for line in dump))
     return peers, lab.run(role, ["ip", "route", "show", "table", "all", "proto", "151"]).stdout
 
@@ -90,16 +147,16 @@ def wg_state(lab, role: str) -> tuple[list, str]:
 def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh_lab):
     servers = [lab.serve(r, 7001) for r in ("ra", "rb")]
     try:
-        rb = json.loads((mesh_lab.state / "rb" / "node.json").read_text())["mesh_address"]
+        rb = json.loads(mesh_lab.node_file("rb").read_text())["mesh_address"]
         wait_for(lambda: lab.connect("ra", [f"{rb}:7001"])[0]["ok"], 20, "ra reaching rb through the hub")
-        before = wg_state(lab, "cloud")
+        before = wg_state(lab, mesh_lab, "cloud")
         mesh_lab.stop("cloud")
         mesh_lab.start_agent("cloud")  # no token: it rejoins from its state directory
         time.sleep(1.5)
-        assert wg_state(lab, "cloud") == before  # the same peers and routes, none added twice
+        assert wg_state(lab, mesh_lab, "cloud") == before  # the same peers and routes, none added twice
         # the hub goes down, device and all; relayed pairs fail, then come back with it
         mesh_lab.stop("hub")
-        lab.run("hub", ["ip", "link", "del", lab.nodes["hub"].ifname], check=False)
+        lab.run("hub", ["ip", "link", "del", mesh_lab.ifname("hub")], check=False)
         wait_for(lambda: not lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 10, "relay down with the hub")
         mesh_lab.start_agent("hub")
         wait_for(lambda: lab.connect("ra", [f"{rb}:7001"], timeout=1)[0]["ok"], 30, "relay back with the hub")
