@@ -70,6 +70,7 @@ class LabDaemons:
         self.ready: dict[str, dict] = {}
         self.token = ""
         self._started_meta: set[str] = set()
+        self._netns: dict[str, str] = {}  # a VM that replaced another lives in that one's namespace
 
     # -- where things are -------------------------------------------------------------
     def name(self, role: str) -> str:
@@ -105,7 +106,8 @@ class LabDaemons:
         self._started_meta.add(role)
 
     def _moto(self) -> None:
-        p = self.lab.popen("hub", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(MOTO_PORT)],
+        # On every address of the hub, so VMs in the peered VPCs reach "SSM" too (cluster user data reads it).
+        p = self.lab.popen("hub", [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", str(MOTO_PORT)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -119,16 +121,19 @@ class LabDaemons:
         raise RuntimeError("moto server in the hub did not start")
 
     def vm_run(self, role: str, command: list[str], env: dict[str, str] | None = None,
-               timeout: float = 180) -> subprocess.CompletedProcess:
-        """Run a command in a VM (its namespace and its file system), as root with a login-like env."""
+               timeout: float = 180, vm: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command in a VM (its namespace and its file system), as root with a login-like env.
+
+        `vm` picks another file system in the same namespace (a VM that replaced `role`'s)."""
+        vm = vm or role
         full = {"HOME": "/root", "LANG": "C.UTF-8", "MESH_NAME": "lab", "MESH_REGION": MAIN_REGION,
                 **(env or {})}
         r = subprocess.run(["ip", "netns", "exec", self.lab.netns(role), "env", "-i",
-                            *[f"{k}={v}" for k, v in full.items()], *self.vms[role].argv(command)],
+                            *[f"{k}={v}" for k, v in full.items()], *self.vms[vm].argv(command)],
                            capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
         if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed in {role} (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
-                               f"\n--- journal ---\n{self._tail(role)}")
+            raise RuntimeError(f"{' '.join(command)} failed in {vm} (exit {r.returncode}):\n{r.stdout}\n{r.stderr}"
+                               f"\n--- journal ---\n{self._tail(vm)}")
         return r
 
     def wg(self, role: str, *args: str) -> str:
@@ -144,6 +149,8 @@ class LabDaemons:
         return "\n".join(out)
 
     def _read_ready(self, role: str) -> dict[str, str]:
+        if not self.journal(role).exists():
+            raise RuntimeError(f"the agent in {role} never started:\n{self._tail(role)}")
         for line in reversed(self.journal(role).read_text(errors="replace").splitlines()):
             if line.startswith("meshagent ready"):
                 return dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
@@ -174,6 +181,33 @@ class LabDaemons:
         self.vm_run(role, ["bash", "sky/mesh-setup.sh", "agent", NAMES[role]], env)
         self.ready[role] = self._read_ready(role)
 
+    def boot_user_data(self, role: str, vm: str, script: str) -> None:
+        """First boot of a `meshctl cluster` instance from its user data, on a fresh VM in `role`'s network.
+
+        Stand-ins: apt-get and pip (the package is this checkout's virtualenv); SSM is the hub's moto
+        server, reached over the VPC peering as the real one is reached over AWS's network."""
+        root = VmRoot(self.state, vm).prepare(gpus=GPUS.get(role, ""))
+        self.vms[vm] = root
+        self._netns[vm] = role
+        bin_dir = root.host_path("/usr/local/bin")
+        (bin_dir / "apt-get").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "apt-get").chmod(0o755)
+        pip = root.host_path("/opt/mesh/bin/pip")
+        pip.unlink()
+        pip.write_text("#!/bin/sh\nexit 0\n")
+        pip.chmod(0o755)
+        self._metadata(role)
+        path = root.root / "user-data.sh"
+        path.write_text(script)
+        self.vm_run(role, ["bash", str(path)],
+                    {**AWS_ENV, "AWS_ENDPOINT_URL": f"http://10.4.0.10:{MOTO_PORT}"}, vm=vm)
+        self.ready[vm] = self._read_ready(vm)
+
+    def ssm_put(self, name: str, value: str) -> None:
+        self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import sys, boto3; boto3.client('ssm').put_parameter(Name=sys.argv[1], Value=sys.argv[2], "
+            "Type='SecureString', Overwrite=True)"), name, value], AWS_ENV)
+
     def start(self) -> LabDaemons:
         self.start_coordinator()
         for role in ROLES[1:]:
@@ -189,11 +223,11 @@ class LabDaemons:
 
     def stop(self, role: str | None = None) -> None:
         """Stop the agent on one VM (`systemctl stop meshagent`), or everything."""
-        roles = [role] if role else list(ROLES)
-        for r in roles:
-            if self.vms[r].root.exists():
-                units = ["meshagent"] + (["meshd"] if r == "hub" and role is None else [])
-                self.vm_run(r, ["systemctl", "stop", *units], timeout=60)
+        vms = [role] if role else list(self.vms)
+        for vm in vms:
+            if self.vms[vm].root.exists():
+                units = ["meshagent"] + (["meshd"] if vm == "hub" and role is None else [])
+                self.vm_run(self._netns.get(vm, vm), ["systemctl", "stop", *units], timeout=60, vm=vm)
 
 
 def query(lab: Lab, role: str, dns: str, name: str) -> list[str]:

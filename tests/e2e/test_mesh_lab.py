@@ -163,3 +163,39 @@ def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh
     finally:
         for s in servers:
             s.terminate()
+
+
+def test_a_cluster_instance_boots_from_its_user_data_and_joins_the_lab(lab, mesh_lab):
+    """`meshctl cluster create`'s user data, run unchanged on a fresh VM in rb's VPC (replacing rb).
+
+    The lab's main node plays the cluster's coordinator, so HUB names it; the join string is where the
+    cluster keeps it (SSM, /mesh/<cluster>/join-token) and the instance reads it with its instance role."""
+    from infra.cluster.instances import Slot, hub, user_data
+    from infra.cluster.lifecycle import new_doc
+    from infra.cluster.spec import ClusterSpec
+
+    mesh_lab.stop("rb")
+    mesh_lab.meshctl("node", "remove", "rb")
+    lab.run("rb", ["ip", "link", "del", "mesh0"], check=False)
+    doc = new_doc("lab-cluster", ClusterSpec(package="mesh==0"))
+    slot = Slot("warm-g6-xlarge-0", "agent", "ap-northeast-1", "g6.xlarge")
+    script = user_data(doc, slot, "10.4.0.10:7443", "")
+    assert f"HUB='{hub(doc)}'" in script
+    script = script.replace(f"HUB='{hub(doc)}'", "HUB='main'")
+    mesh_lab.ssm_put("/mesh/lab-cluster/join-token", mesh_lab.token)
+    mesh_lab.boot_user_data("rb", "rb-cluster", script)
+    nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
+    warm = nodes["warm-g6-xlarge-0"]
+    assert (warm["cloud"], warm["vpc_id"], warm["private_address"]) == ("aws", "vpc-rb", "10.31.0.10")
+    assert warm["labels"]["mesh.cluster"] == "lab-cluster" and warm["labels"]["mesh.role"] == "agent"
+    server = lab.serve("rb", 7003)
+    try:
+        env_sock = mesh_lab.vms["rb-cluster"].host_path("/run/meshagent/agent.sock")
+        subprocess.run([str(Path(sys.executable).parent / "meshctl"), "--agent-socket", str(env_sock), "expose",
+                        "--port", "7003", "--name", "warm"], check=True, capture_output=True, text=True, timeout=60)
+        for src in ("hub", "ra", "cloud", "nat"):
+            got = wait_for(lambda: query(lab, src, mesh_lab.ready[src]["dns"], "warm.mesh"), 20, f"{src} resolving warm")
+            assert got == ["10.31.0.10"]
+            wait_for(lambda: lab.connect(src, ["10.31.0.10:7003"], timeout=1)[0]["ok"], 30, f"{src} reaching warm")
+    finally:
+        server.terminate()
