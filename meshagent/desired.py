@@ -2,9 +2,11 @@
 
 Anti-entropy: every service exposed through this agent is remembered in
 state_dir/services.json (0600) and forgotten when it is unexposed. Whenever
-the services watch reaches SYNCED, `reassert()` exposes again each one the
-catalog lacks or holds differently: meshd restarted on an old backup, or
-removed the services while the node was unreachable. meshd stays the judge:
+the services watch reaches SYNCED, and after every lease renewal while the
+copy is in sync, `reassert()` exposes again each one the catalog lacks or
+holds differently: meshd restarted on an old backup, or removed the services
+while it judged the node unreachable (a lost renewal, a clock step) though
+the agent never disconnected. meshd stays the judge:
 a name another node now holds is logged, not fought over.
 
 A service with a health check is exposed with its last checked state, or

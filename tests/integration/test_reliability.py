@@ -1,0 +1,66 @@
+"""Reliability of the control plane in-process: supervised agent loops, re-asserting services,
+and a store that is not the one the agents last saw."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mesh.v1 import agent_pb2, agent_pb2_grpc, catalog_pb2, nodes_pb2, types_pb2
+from meshagent import metrics
+from tests.meshfix import Mesh, until
+
+
+async def _status(agent) -> agent_pb2.AgentStatusResponse:
+    import grpc
+    async with grpc.aio.insecure_channel(f"unix:{agent.config.socket}") as ch:
+        return await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.AgentStatusRequest())
+
+
+async def test_a_renew_loop_whose_disk_write_fails_keeps_renewing_and_says_degraded(tmp_path):
+    m = await Mesh(tmp_path, lease_ttl_s=1.0, grace_s=1.0).start()
+    try:
+        a = await m.agent("disk")
+        await a.uplink.expose(types_pb2.Service(name="web", port=8000))
+
+        def full_disk(path):
+            raise OSError(28, "No space left on device", str(path))
+        a.gossip.save_peers = full_disk  # every renewal now ends in a failed file write
+        failures = metrics.LOOP_FAILURES.labels("renew")._value.get()
+        await until(lambda: a.supervisor.failures.get("renew", 0) >= 2, timeout=10)
+        status = await _status(a)
+        assert status.health.startswith("degraded: renew (OSError") and "No space left" in status.health
+        assert status.counters["loop_failures"] >= 2
+        assert metrics.LOOP_FAILURES.labels("renew")._value.get() >= failures + 2
+        # the lease is still renewed: over three lease-plus-grace periods the node stays ready with its name
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3 * (1.0 + 1.0)
+        while loop.time() < end:
+            node = (await m.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name=a.identity.node_id))).node
+            assert node.state == types_pb2.NODE_STATE_READY
+            await asyncio.sleep(0.1)
+        listed = await m.catalog().ListServices(catalog_pb2.ListServicesRequest())
+        assert [s.name for s in listed.services] == ["web"]
+    finally:
+        await m.close()
+
+
+async def test_services_meshd_dropped_while_the_agent_stayed_connected_are_reasserted(tmp_path):
+    m = await Mesh(tmp_path, lease_ttl_s=3, grace_s=3).start()
+    try:
+        a = await m.agent("steady")
+        resp = await a.uplink.expose(types_pb2.Service(name="api", port=8000))
+        a.remember(resp.service)
+        reconnects = a.uplink.reconnects
+        # what meshd's lease loop does to a node it judged gone past the grace period (a clock
+        # step, a renewal lost): the names leave the catalog while the agent stays connected
+        seen: list[int] = []
+        a.catalog.services.listeners.append(lambda: seen.append(len(a.catalog.services.items)))
+        removed = await m.coordinator.catalog.remove_node_services(a.identity.node_id)
+        assert [s.name for s in removed] == ["api"]
+        await until(lambda: 0 in seen, timeout=10)
+        await until(lambda: "api" in a.catalog.services.items, timeout=10)
+        listed = await m.catalog().ListServices(catalog_pb2.ListServicesRequest())
+        assert [(s.name, s.node_id) for s in listed.services] == [("api", a.identity.node_id)]
+        assert a.uplink.reconnects == reconnects  # re-asserted without a reconnect
+    finally:
+        await m.close()
