@@ -63,9 +63,14 @@ def _checked(fn, *args):
 def _globals(agent_socket: Optional[str] = typer.Option(None, "--agent-socket", envvar="MESH_AGENT_SOCKET",
                                                         help="meshagent's local socket"),
              admin_socket: Optional[str] = typer.Option(None, "--admin-socket", envvar="MESHD_ADMIN_SOCKET",
-                                                        help="meshd's admin socket")) -> None:
+                                                        help="meshd's admin socket"),
+             admin: bool = typer.Option(False, "--admin", envvar="MESH_ADMIN",
+                                        help="services, nodes, status and unexpose ask meshd, not this VM's agent")
+             ) -> None:
+    ENDPOINTS.admin = admin
     if agent_socket:
         ENDPOINTS.agent_socket = agent_socket
+        ENDPOINTS.agent_given = True
     if admin_socket:
         ENDPOINTS.admin_socket = admin_socket
     if not (ENDPOINTS.cert_dir or ENDPOINTS.coordinator):
@@ -130,7 +135,7 @@ def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (
 def unexpose(name: str = typer.Argument(..., help="service name"), output: Output = OUTPUT_OPTION) -> None:
     """Remove one of this VM's services from the mesh."""
     _checked(check_name, name, "service name")
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().Unexpose, catalog_pb2.UnexposeRequest(name=name))
     else:  # an admin on the main node may remove any service
         resp = call(ENDPOINTS.catalog().Unexpose, catalog_pb2.UnexposeRequest(name=name))
@@ -140,7 +145,7 @@ def unexpose(name: str = typer.Argument(..., help="service name"), output: Outpu
 @app.command()
 def services(output: Output = OUTPUT_OPTION) -> None:
     """The services in the mesh."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListServices, catalog_pb2.ListServicesRequest())
     else:
         resp = call(ENDPOINTS.catalog().ListServices, catalog_pb2.ListServicesRequest())
@@ -155,7 +160,7 @@ def services(output: Output = OUTPUT_OPTION) -> None:
 @app.command()
 def nodes(output: Output = OUTPUT_OPTION) -> None:
     """The nodes in the mesh."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListNodes, nodes_pb2.ListNodesRequest())
     else:
         resp = call(ENDPOINTS.nodes().ListNodes, nodes_pb2.ListNodesRequest())
@@ -179,19 +184,20 @@ def resolve(name: str = typer.Argument(..., help="name, name.mesh or name.defaul
 @app.command()
 def status(output: Output = OUTPUT_OPTION) -> None:
     """The agent's (or, on the main node, meshd's) status."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         s = call(ENDPOINTS.agent().Status, agent_pb2.AgentStatusRequest())
         rows = [{"KEY": k, "VALUE": v} for k, v in [
             ("node", f"{s.node.name} ({s.node.id})" if s.node.id else "-"), ("mesh address", s.node.mesh_address or "-"),
             ("coordinator", s.coordinator), ("connected", "yes" if s.connected else "no (serving the local copy)"),
             ("last contact", _ago(s.last_contact)), ("catalog revision", s.catalog_revision),
             ("services", s.services), ("nodes", s.nodes), ("dns", s.dns_address or "-"),
-            *sorted(s.counters.items())]]
+            ("health", s.health or "ok"), *sorted(s.counters.items())]]
     else:
         s = call(ENDPOINTS.nodes().Status, nodes_pb2.StatusRequest())
         rows = [{"KEY": k, "VALUE": v} for k, v in [
             ("meshd version", s.version), ("store", s.store), ("revision", s.revision), ("nodes", s.nodes),
-            ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller)]]
+            ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller),
+            ("store id", s.store_id or "-"), ("alarms", ", ".join(s.alarms) or "none")]]
     emit(rows, ["KEY", "VALUE"], output, raw=_dict(s))
 
 

@@ -24,7 +24,7 @@ class LabDaemons:
         self.lab = lab
         self.state = state
         self.env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
-        self.ctl_env = {**self.env, "MESHD_ADMIN_SOCKET": str(state / "admin.sock"), "MESH_AGENT_SOCKET": "/nonexistent"}
+        self.ctl_env = {**self.env, "MESHD_ADMIN_SOCKET": str(state / "admin.sock"), "MESH_ADMIN": "1"}
         self.procs: dict[str, subprocess.Popen] = {}
         self.ready: dict[str, dict] = {}
 
@@ -60,6 +60,7 @@ class LabDaemons:
         env = dict(self.ctl_env)
         if agent:
             env["MESH_AGENT_SOCKET"] = str(self.state / f"{agent}.sock")
+            env.pop("MESH_ADMIN")
         return subprocess.run([str(BIN / "meshctl"), *args], env=env, capture_output=True, text=True, check=True,
                               timeout=60)
 
