@@ -32,6 +32,9 @@ from meshcore import pki
 from meshcore.errors import StateError
 
 log = logging.getLogger("meshagent")
+#: answers after which exposing the same service again cannot help
+REFUSED = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+           grpc.StatusCode.FAILED_PRECONDITION}
 
 
 class Desired:
@@ -43,6 +46,7 @@ class Desired:
         # Last check result per service name (the health checker's); read at each expose.
         self.health_states = health_states
         self.services: dict[str, types_pb2.Service] = {}
+        self._refused: dict[str, str] = {}  # service name -> the refusal last logged
 
     def load(self) -> None:
         if not self.path.exists():
@@ -101,7 +105,9 @@ class Desired:
                 await self.uplink.expose(again)
                 log.info("re-asserted service %s", name)
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    log.error("cannot re-assert service %s: %s", name, e.details())
+                if e.code() in REFUSED:  # meshd is the judge: said once per refusal, not fought over
+                    if self._refused.get(name) != e.details():
+                        log.error("cannot re-assert service %s: %s", name, e.details())
+                        self._refused[name] = e.details()
                 else:
                     raise

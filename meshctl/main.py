@@ -21,7 +21,7 @@ from google.protobuf import json_format
 
 from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2, nodes_pb2, types_pb2
 from meshcore.errors import MeshError
-from meshcore.names import check_name, check_port, default_service_name
+from meshcore.names import check_name, check_port, check_service_name, default_service_name
 from meshctl.client import Endpoints, call
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -114,7 +114,7 @@ def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (
     _checked(check_port, port)
     if name is None:
         name = _checked(default_service_name, os.environ, socket.gethostname())
-    _checked(check_name, name, "service name")
+    _checked(check_service_name, name, "service name")
     if protocol not in PROTOCOLS:
         fail(f"invalid protocol {protocol!r}: must be tcp or udp")
     if health_http and health_tcp:

@@ -64,3 +64,26 @@ async def test_services_meshd_dropped_while_the_agent_stayed_connected_are_reass
         assert a.uplink.reconnects == reconnects  # re-asserted without a reconnect
     finally:
         await m.close()
+
+
+async def test_new_service_names_start_with_a_letter_and_stored_ones_keep_working(tmp_path):
+    import grpc
+
+    from meshd.catalog import PREFIX
+    m = await Mesh(tmp_path).start()
+    try:
+        a = await m.agent("gpu")
+        with __import__("pytest").raises(grpc.aio.AioRpcError) as refused:
+            await a.uplink.expose(types_pb2.Service(name="1web", port=80))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must start with a letter" in refused.value.details()
+        # a name stored before the rule: it resolves, and its node may still update it
+        old = types_pb2.Service(name="2old", port=80, node_id=a.identity.node_id, node_name="gpu",
+                                address=a.identity.mesh_address, protocol=types_pb2.PROTOCOL_TCP)
+        await m.coordinator.store.put(PREFIX + "2old", old.SerializeToString())
+        await until(lambda: "2old" in a.catalog.services.items)
+        assert a.catalog.lookup("2old")[0].address == a.identity.mesh_address
+        resp = await a.uplink.expose(types_pb2.Service(name="2old", port=81))
+        assert resp.service.port == 81
+    finally:
+        await m.close()
