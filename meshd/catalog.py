@@ -109,8 +109,11 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn)
     """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
 
     Resuming after `from_revision` replays exactly what was missed, then
-    "synced". From 0, or a compacted revision: "reset", the current set,
-    "synced". Then live changes."""
+    "synced". From 0, a compacted revision, or one ahead of the store (the
+    caller's copy came from a store restored since): "reset", the current
+    set, "synced". Then live changes."""
+    if from_revision > await store.revision():
+        from_revision = 0
     if from_revision > 0:
         stream = store.watch(prefix, from_revision)
         try:

@@ -51,6 +51,7 @@ from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer
 from meshd.store import open_store, sqlite_path
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
+from meshd.storeid import MARK_EVERY_S, StoreMark
 
 log = logging.getLogger("meshd")
 
@@ -116,6 +117,7 @@ class Coordinator:
         except BaseException:
             self._release_locks()
             raise
+        self.store_mark = StoreMark(self.store, state, clock)
         self.admission = Admission(self.store, pki.pin(self.ca.pem), clock)
         self.addresses = AddressPool(self.store, config.overlay_pool)
         self.catalog = Catalog(self.store)
@@ -158,15 +160,32 @@ class Coordinator:
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
             self.k3s_join), server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors), server)
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token), server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
-            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network)), server)
+            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),
+            self._store_token, self.store_alarms), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
                                       nodes_pb2.DESCRIPTOR.services_by_name["NodeService"])]
 
+    def _store_token(self) -> str:
+        return self.store_mark.identity.token
+
+    def store_alarms(self) -> list[str]:
+        """Alarms the store raised (etcd's NOSPACE), for Status and metrics."""
+        return list(getattr(self.store, "alarms", []))
+
+    async def _mark_store(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_EVERY_S)
+            try:
+                await self.store_mark.mark()
+            except Exception as e:  # the store is away: marked next time
+                log.debug("store mark skipped: %s", e)
+
     async def start(self) -> None:
+        await self.store_mark.load()
         await self.gossip.load()
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
@@ -207,6 +226,7 @@ class Coordinator:
             from meshcore.metrics import serve_metrics
             self.ports["metrics"] = serve_metrics(self.config.metrics)
         self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
+        self._tasks.append(asyncio.create_task(self._mark_store(), name="store-mark"))
         self._start_election()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
@@ -254,6 +274,10 @@ class Coordinator:
         if self.server:
             await self.server.stop(grace)
             self.server = None
+        try:
+            await self.store_mark.mark(force=True)
+        except Exception as e:
+            log.debug("store mark at stop skipped: %s", e)
         await self.store.close()
         self._release_locks()
 

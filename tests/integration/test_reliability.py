@@ -87,3 +87,42 @@ async def test_new_service_names_start_with_a_letter_and_stored_ones_keep_workin
         assert resp.service.port == 81
     finally:
         await m.close()
+
+
+async def test_a_store_restored_from_an_older_copy_is_resynced_in_full(tmp_path, caplog):
+    import logging
+    import shutil
+
+    m = await Mesh(tmp_path).start()
+    try:
+        a = await m.agent("reader")
+        b = await m.agent("writer")
+        await b.uplink.expose(types_pb2.Service(name="kept", port=80))
+        first = m.coordinator.store_mark.identity
+        await m.stop_coordinator()
+        backup = tmp_path / "backup"
+        shutil.copytree(m.config.state_dir, backup)
+        m.config.listen = f"127.0.0.1:{m.ports['listen']}"
+        m.config.join_listen = f"127.0.0.1:{m.ports['join']}"
+        await m.start()
+        # after the backup: a name that the restored store will not have
+        await b.uplink.expose(types_pb2.Service(name="later", port=81))
+        await until(lambda: "later" in a.catalog.services.items)
+        await m.stop_coordinator()
+        db = m.config.state_dir / "state.db"
+        for suffix in ("", "-wal", "-shm"):
+            db.with_name(db.name + suffix).unlink(missing_ok=True)
+            if (backup / ("state.db" + suffix)).exists():
+                shutil.copy(backup / ("state.db" + suffix), db.with_name(db.name + suffix))
+        caplog.set_level(logging.INFO)
+        await m.start()
+        assert m.coordinator.store_mark.identity.epoch == first.epoch + 1
+        assert "restored from a backup" in caplog.text
+        await until(lambda: "later" not in a.catalog.services.items, timeout=15)
+        assert sorted(a.catalog.services.items) == ["kept"]
+        assert a.catalog.services.store == m.coordinator.store_mark.identity.token
+        assert a.catalog.lookup("later") == []
+        resync = [r for r in caplog.records if "resyncing in full" in r.getMessage() and "services" in r.getMessage()]
+        assert resync  # said, not silent
+    finally:
+        await m.close()
