@@ -181,11 +181,25 @@ class Coordinator:
             await asyncio.sleep(MARK_EVERY_S)
             try:
                 await self.store_mark.mark()
+                await self._check_alarms()
             except Exception as e:  # the store is away: marked next time
                 log.debug("store mark skipped: %s", e)
 
+    async def _check_alarms(self) -> None:
+        check = getattr(self.store, "check_alarms", None)
+        if check is None:
+            return
+        before = set(self.store_alarms())
+        now = await check()
+        from meshd import metrics
+        for alarm in before | set(now):
+            metrics.STORE_ALARMS.labels(alarm.split(":")[0]).set(1 if alarm in now else 0)
+        for alarm in set(now) - before:
+            log.error("store alarm: %s", alarm)
+
     async def start(self) -> None:
         await self.store_mark.load()
+        await self._check_alarms()
         await self.gossip.load()
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
