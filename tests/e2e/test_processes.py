@@ -55,7 +55,7 @@ def test_user_mistakes_get_one_clear_line_and_a_non_zero_exit(local_mesh):
     token = local_mesh.token()
     local_mesh.start_agent("vm", token)
     cases = [
-        (["expose", "--port", "8000", "--name", "Bad_Name"], "RFC 1123"),
+        (["expose", "--port", "8000", "--name", "Bad_Name"], "DNS-1035"),
         (["expose", "--port", "70000", "--name", "ok"], "between 1 and 65535"),
         (["expose", "--port", "0", "--name", "ok"], "between 1 and 65535"),
         (["unexpose", "missing"], "not found"),
