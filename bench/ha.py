@@ -12,6 +12,12 @@
 - `failover_lost_writes`: writes acknowledged before a kill that are missing
   afterwards, summed over the trials (must be 0).
 
+- `etcd_writes_per_node_s`: 200 simulated agents renew (every third of a
+  15 s lease) round-robin through three replicas' lease tables on one real
+  etcd member, for a simulated 120 s on a manual clock; each replica runs its
+  lease tick every second. The etcd revisions written, per node per second
+  (before renewal digests: one write per renewal, 0.2).
+
 - `cluster_create_s_moto` / `cluster_delete_s_moto` (and `_calls_moto`): a
   performance cluster (three coordinators behind a load balancer, one warm
   g6.xlarge) for LMRun's instance types, through the assumed cluster role,
@@ -119,6 +125,40 @@ async def _run(root: Path) -> list[dict]:
     return records
 
 
+async def _renewal_writes(root: Path, agents: int = 200, replicas: int = 3, seconds: int = 120) -> list[dict]:
+    from meshcore.clock import ManualClock
+    from meshd.leases import LeaseConfig, Liveness
+    from meshd.store.etcd import EtcdConfig, EtcdStore
+    from testbed.etcd_cluster import EtcdCluster
+
+    cluster = EtcdCluster(1, root / "etcd-renewals").start()
+    stores = [EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix="/renewals")) for _ in range(replicas)]
+    try:
+        clock = ManualClock()
+        cfg = LeaseConfig(lease_ttl_s=15, grace_s=30, shared=True)
+        tables = [Liveness(s, cfg, clock, replica=f"r{i}") for i, s in enumerate(stores)]
+        every = cfg.lease_ttl_s / 3
+        before = await stores[0].revision()
+        renewals = 0
+        for second in range(seconds):
+            for n in range(agents):  # each agent renews every `every` s, spread over the period
+                if (second + n) % int(every) == 0:
+                    await tables[n % replicas].renewed(f"n{n}")
+                    renewals += 1
+            for t in tables:
+                await t.flush()
+            clock.advance(1.0)
+        writes = await stores[0].revision() - before
+    finally:
+        for s in stores:
+            await s.close()
+        cluster.stop()
+    params = {"agents": agents, "replicas": replicas, "simulated_s": seconds, "renewals": renewals,
+              "etcd_writes": writes, "digest_interval_s": cfg.digest_every_s, "before_digests": 0.2}
+    return [record("ha", "etcd_writes_per_node_s", writes / (agents * seconds), "writes/node/s", goal=0.01,
+                   **params)]
+
+
 def _clusters_on_moto(root: Path) -> list[dict]:
     import boto3
 
@@ -161,4 +201,5 @@ def _clusters_on_moto(root: Path) -> list[dict]:
 
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as d:
-        return asyncio.run(_run(Path(d))) + _clusters_on_moto(Path(d))
+        return (asyncio.run(_run(Path(d))) + asyncio.run(_renewal_writes(Path(d)))
+                + _clusters_on_moto(Path(d)))

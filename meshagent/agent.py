@@ -40,8 +40,11 @@ from meshagent.uplink import Uplink
 from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/test_control.py imports it from here)
 from meshagent.view import Catalog
 from meshcore.clock import SYSTEM, Clock
+from meshcore.errors import StateError, Unavailable
 from meshcore.jointoken import parse_token
 from meshcore.metrics import split_hostport
+from meshcore.statelock import StateLock, claim_socket
+from meshcore.supervise import Supervisor
 
 log = logging.getLogger("meshagent")
 
@@ -69,6 +72,11 @@ class Agent:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task] = []
         self._tasks_early: list[asyncio.Task] = []  # started before the meshd connection
+        # an unexpected error in a loop restarts it (and says so), never ends it silently
+        self.supervisor = Supervisor(clock, self.config.backoff_min_s, self.config.backoff_max_s, rng=self.rng,
+                                     on_failure=lambda name, _e: metrics.LOOP_FAILURES.labels(name).inc())
+        self._lock: StateLock | None = None
+        metrics.HEALTHY.set_function(lambda: 0.0 if self.supervisor.degraded() else 1.0)
         self.k3s = None
         self.dataplane = None
         if self.config.wireguard:
@@ -168,6 +176,10 @@ class Agent:
             await self.gossip.join_peers(list(self.catalog.nodes.items.values()), self.identity.node_id)
 
     async def _renewed(self, resp: admission_pb2.RenewResponse) -> None:
+        # meshd's view may lack our services without any reconnect (it judged the node gone
+        # past its grace period, or lost them): compare at every renewal, not only after SYNCED
+        if self.catalog.services.synced:
+            await self.desired.reassert(self.identity.node_id)
         if not self.gossip:
             return
         if resp.gossip.keys and list(resp.gossip.keys) != list(self.gossip.cfg.keys):
@@ -177,7 +189,8 @@ class Agent:
         self.gossip.save_peers(self.state_dir / "peers.json")
 
     def counters(self) -> dict[str, int]:
-        out = {"meshd_reconnects": self.uplink.reconnects, "desired_services": len(self.desired.services)}
+        out = {"meshd_reconnects": self.uplink.reconnects, "desired_services": len(self.desired.services),
+               "loop_failures": sum(self.supervisor.failures.values())}
         if self.dataplane is not None:
             out["dataplane_applies"] = self.dataplane.applied
             for kind in ("direct", "tunnel", "relay"):
@@ -189,11 +202,23 @@ class Agent:
         return out
 
     # -- lifecycle ------------------------------------------------------------------
+    def health_line(self) -> str:
+        """"ok", or "degraded: ..." while a background loop restarts after an unexpected error."""
+        return self.supervisor.health()
+
     async def start(self) -> None:
+        self._lock = StateLock(self.state_dir / "agent.lock", "meshagent",
+                               "stop it first, or give this agent its own --state-dir")
+        claim_socket(Path(self.config.socket), "meshagent", "--socket")  # before joining, not after
         if Identity.exists(self.state_dir):
             self.identity = Identity.load(self.state_dir)
             if self.config.token:
                 log.info("identity found in %s: the join token is not needed and was ignored", self.state_dir)
+            await self._check_same_mesh()
+            if self.identity.coordinator and self.identity.coordinator != self.config.coordinator:
+                log.warning("--coordinator %s differs from %s, where this node joined (%s): using %s",
+                            self.config.coordinator, self.identity.coordinator, self.state_dir / "node.json",
+                            self.config.coordinator)
         elif self.config.token:
             parse_token(self.config.token)  # a mistyped token is said before anything else happens
         self.node_facts = await self.discover_facts()
@@ -213,17 +238,35 @@ class Agent:
         if self.config.metrics:
             from meshcore.metrics import serve_metrics
             serve_metrics(self.config.metrics)
-        self._tasks = [asyncio.create_task(self.uplink.watch("services"), name="watch-services"),
-                       asyncio.create_task(self.uplink.watch("nodes"), name="watch-nodes"),
-                       asyncio.create_task(self.uplink.renew(), name="renew"),
-                       asyncio.create_task(self.health.run(), name="health"),
-                       asyncio.create_task(self.refresh_facts(), name="facts")]
+        spawn = self.supervisor.spawn
+        self._tasks = [spawn("watch-services", lambda: self.uplink.watch("services")),
+                       spawn("watch-nodes", lambda: self.uplink.watch("nodes")),
+                       spawn("renew", self.uplink.renew),
+                       spawn("health", self.health.run),
+                       spawn("facts", self.refresh_facts)]
         if self.config.spot and self.config.imds:
             from meshagent.spot import SpotConfig, SpotWatcher
             watcher = SpotWatcher(self._spot_notice, SpotConfig(endpoint=self.config.imds))
-            self._tasks.append(asyncio.create_task(watcher.run(), name="spot-watch"))
+            self._tasks.append(spawn("spot-watch", watcher.run))
         if self.config.k3s:
             await self._start_k3s()
+
+    async def _check_same_mesh(self) -> None:
+        """Refuse an identity from another mesh: meshd would refuse every call, and the agent
+        would serve an empty copy without a word. Unknown while meshd is away (checked later)."""
+        from meshagent.identity import server_ca_pins
+        from meshcore import pki
+        host, port = self.config.join_target()
+        try:
+            pins = await asyncio.to_thread(server_ca_pins, host, port, 3.0)
+        except Unavailable as e:
+            log.debug("cannot check meshd's CA at start: %s", e)
+            return
+        if pins and pki.pin(self.identity.ca_pem) not in pins:
+            raise StateError(
+                f"the identity in {self.state_dir} belongs to another mesh: meshd at {host}:{port} has another CA. "
+                f"Remove {self.state_dir} and join with a token from this mesh, or point --coordinator at the mesh "
+                f"this node joined ({self.identity.coordinator})")
 
     async def _start_k3s(self) -> None:
         from meshagent.k3s import K3sAgent, K3sConfig
@@ -266,13 +309,13 @@ class Agent:
     async def _start_local_api(self) -> None:
         sock = Path(self.config.socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
-        if sock.exists():
-            sock.unlink()
+        claim_socket(sock, "meshagent", "--socket")
         server = grpc.aio.server()
         servicer = AgentServicer(self.uplink, self.desired, self.catalog, self.health,
                                  node_id=lambda: self.identity.node_id if self.identity else "",
                                  dns_address=lambda: self.dns_address, counters=self.counters,
-                                 facts=lambda: self.node_facts, dataplane=lambda: self.dataplane)
+                                 facts=lambda: self.node_facts, dataplane=lambda: self.dataplane,
+                                 health_line=self.health_line)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
         server.add_insecure_port(f"unix:{sock}")
         old = os.umask(0o117)
@@ -318,6 +361,8 @@ class Agent:
         if self._server:
             await self._server.stop(0.5)
         await self.uplink.close()
+        if self._lock is not None:
+            self._lock.release()
 
     async def leave(self) -> None:
         """Leave gracefully: this node's services leave the catalog at once."""

@@ -2,9 +2,11 @@
 
 Anti-entropy: every service exposed through this agent is remembered in
 state_dir/services.json (0600) and forgotten when it is unexposed. Whenever
-the services watch reaches SYNCED, `reassert()` exposes again each one the
-catalog lacks or holds differently: meshd restarted on an old backup, or
-removed the services while the node was unreachable. meshd stays the judge:
+the services watch reaches SYNCED, and after every lease renewal while the
+copy is in sync, `reassert()` exposes again each one the catalog lacks or
+holds differently: meshd restarted on an old backup, or removed the services
+while it judged the node unreachable (a lost renewal, a clock step) though
+the agent never disconnected. meshd stays the judge:
 a name another node now holds is logged, not fought over.
 
 A service with a health check is exposed with its last checked state, or
@@ -30,6 +32,9 @@ from meshcore import pki
 from meshcore.errors import StateError
 
 log = logging.getLogger("meshagent")
+#: answers after which exposing the same service again cannot help
+REFUSED = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+           grpc.StatusCode.FAILED_PRECONDITION}
 
 
 class Desired:
@@ -41,6 +46,7 @@ class Desired:
         # Last check result per service name (the health checker's); read at each expose.
         self.health_states = health_states
         self.services: dict[str, types_pb2.Service] = {}
+        self._refused: dict[str, str] = {}  # service name -> the refusal last logged
 
     def load(self) -> None:
         if not self.path.exists():
@@ -99,7 +105,9 @@ class Desired:
                 await self.uplink.expose(again)
                 log.info("re-asserted service %s", name)
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    log.error("cannot re-assert service %s: %s", name, e.details())
+                if e.code() in REFUSED:  # meshd is the judge: said once per refusal, not fought over
+                    if self._refused.get(name) != e.details():
+                        log.error("cannot re-assert service %s: %s", name, e.details())
+                        self._refused[name] = e.details()
                 else:
                     raise

@@ -76,12 +76,8 @@ class Identity:
         pki.write_file(state_dir / "node.json", json.dumps(meta, indent=2).encode(), private=True)
 
 
-def fetch_pinned_ca(host: str, port: int, pin: str, timeout: float = 5.0) -> bytes:
-    """The mesh CA certificate, trusted because its SHA-256 equals the token's pin.
-
-    meshd's join listener sends its certificate chain (server cert + CA); we
-    read it without verification and keep the CA only if it matches the pin,
-    as K3s agents check the CA hash in their token."""
+def server_chain(host: str, port: int, timeout: float = 5.0) -> list[bytes]:
+    """The PEM certificates meshd's join listener presents (server certificate and CA), unverified."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -93,9 +89,21 @@ def fetch_pinned_ca(host: str, port: int, pin: str, timeout: float = 5.0) -> byt
             ders = [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]
     except OSError as e:
         raise Unavailable(f"meshd join address {host}:{port} is unreachable: {e}") from e
-    for der in ders:
-        cert = x509.load_der_x509_certificate(der)
-        pem = pki.cert_pem(cert)
+    return [pki.cert_pem(x509.load_der_x509_certificate(der)) for der in ders]
+
+
+def server_ca_pins(host: str, port: int, timeout: float = 5.0) -> set[str]:
+    """Pins of every certificate in meshd's chain: the mesh CA's is among them."""
+    return {pki.pin(pem) for pem in server_chain(host, port, timeout)}
+
+
+def fetch_pinned_ca(host: str, port: int, pin: str, timeout: float = 5.0) -> bytes:
+    """The mesh CA certificate, trusted because its SHA-256 equals the token's pin.
+
+    meshd's join listener sends its certificate chain (server cert + CA); we
+    read it without verification and keep the CA only if it matches the pin,
+    as K3s agents check the CA hash in their token."""
+    for pem in server_chain(host, port, timeout):
         if pki.pin(pem) == pin:
             return pem
     raise Unauthenticated(f"the server at {host}:{port} is not the meshd this token belongs to "

@@ -31,7 +31,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, uplink: Uplink, desired: Desired, catalog: Catalog, health: HealthChecker | None = None,
                  node_id: Callable[[], str] = str, dns_address: Callable[[], str] = str,
                  counters: Callable[[], dict[str, int]] = dict, facts: Callable[[], Facts] = Facts,
-                 dataplane: Callable[[], DataPlane | None] = lambda: None) -> None:
+                 dataplane: Callable[[], DataPlane | None] = lambda: None,
+                 health_line: Callable[[], str] = lambda: "ok") -> None:
         self.uplink = uplink
         self.desired = desired
         self.catalog = catalog
@@ -41,6 +42,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._counters = counters
         self._facts = facts
         self._dataplane = dataplane
+        self._health_line = health_line
 
     async def _forward(self, call, request, context):
         try:
@@ -63,8 +65,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return resp
 
     async def Unexpose(self, request, context):
-        resp = await self._forward(self.uplink.catalog_stub.Unexpose, request, context)
+        # forgotten first: a re-assertion between meshd's delete and our answer must not bring it back
+        held = self.desired.services.get(request.name)
         self.desired.forget(request.name)
+        try:
+            resp = await self._forward(self.uplink.catalog_stub.Unexpose, request, context)
+        except BaseException:
+            if held is not None:
+                self.desired.remember(held)
+            raise
         self.catalog.services.apply(types_pb2.EVENT_TYPE_DELETE, resp.service, resp.service.revision)
         return resp
 
@@ -93,7 +102,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             node=node, coordinator=up.config.coordinator, connected=up.connected,
             catalog_revision=self.catalog.services.revision, services=len(self.catalog.services.items),
             nodes=len(self.catalog.nodes.items), dns_address=self._dns_address(), last_contact=int(up.last_contact),
-            counters=self._counters(), facts=fact_table(f := self._facts()), fact_sources=f.sources)
+            counters=self._counters(), facts=fact_table(f := self._facts()), fact_sources=f.sources,
+            health=self._health_line())
 
     async def ListPeers(self, request, context):
         dp = self._dataplane()

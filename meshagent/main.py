@@ -95,7 +95,7 @@ async def run(config: AgentConfig) -> None:
         await agent.start()
         return {"node": agent.identity.name, "address": agent.identity.mesh_address,
                 "dns": agent.dns_address or "-", "socket": config.socket}
-    await daemon.serve("meshagent", start, agent.stop)
+    await daemon.serve("meshagent", start, agent.stop, health=agent.health_line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,7 +175,7 @@ class Uplink:
         backoff = self._backoff()
         while True:
             try:
-                request = types_pb2.WatchRequest(from_revision=view.revision, batch=True)
+                request = types_pb2.WatchRequest(from_revision=view.revision, batch=True, store=view.store)
                 stream = self.catalog_stub.WatchServices(request) if services else self.node_stub.WatchNodes(request)
                 async for ev in stream:
                     self._set_connected(True)
@@ -189,6 +189,10 @@ class Uplink:
                                 self.on_record(record)
                         continue
                     obj = ev.service if services else ev.node
+                    if ev.type == types_pb2.EVENT_TYPE_RESET and view.revision:
+                        self._resync_said(kind, view, ev)
+                    if ev.type == types_pb2.EVENT_TYPE_SYNCED and ev.store:
+                        view.store = ev.store
                     view.apply(ev.type, obj, ev.revision)
                     if services and ev.record:
                         self.on_record(ev.record)
@@ -201,6 +205,19 @@ class Uplink:
                     log.error("meshd refuses this node: %s", e.details())
             self._set_connected(False, why)
             await asyncio.sleep(backoff.next())
+
+    @staticmethod
+    def _resync_said(kind: str, view, ev) -> None:
+        """Say why the copy is replaced in full (once per replacement)."""
+        if view.store and ev.store and ev.store != view.store:
+            log.warning("meshd's store is not the one the %s copy came from (%s, now %s: another store, or one "
+                        "restored from a backup): resyncing in full", kind, view.store, ev.store)
+        elif view.revision > ev.revision:
+            log.warning("meshd's store is behind the %s copy (revision %d > %d: restored from a backup?): "
+                        "resyncing in full", kind, view.revision, ev.revision)
+        else:
+            log.info("meshd's history no longer reaches revision %d of the %s copy (compacted): resyncing in full",
+                     view.revision, kind)
 
     # -- the lease ------------------------------------------------------------------------
     async def renew(self) -> None:

@@ -33,6 +33,8 @@ class View:
         self._key = key
         self.items: dict[str, object] = {}
         self.revision = 0
+        #: meshd's store identity the copy came from ("<id>/<epoch>"; meshd/storeid.py)
+        self.store = ""
         self.synced = False
         self._staging: dict[str, object] | None = None
         self.listeners: list[Callable[[], None]] = []
@@ -43,7 +45,9 @@ class View:
             return
         if event_type == types_pb2.EVENT_TYPE_SYNCED:
             if self._staging is not None:
+                # a fresh copy: its revision is the store's, even below ours (a restored store)
                 self.items, self._staging = self._staging, None
+                self.revision = revision
             self.revision = max(self.revision, revision)
             self.synced = True
             self._changed()

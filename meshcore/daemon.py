@@ -18,10 +18,11 @@ from meshcore.errors import MeshError
 
 
 async def serve(name: str, start: Callable[[], Awaitable[dict[str, object]]],
-                stop: Callable[[], Awaitable[None]]) -> None:
+                stop: Callable[[], Awaitable[None]], health: Callable[[], str] | None = None) -> None:
     """Run `start()` (returns the facts for the ready line), serve until SIGTERM/SIGINT, then `stop()`.
 
-    A signal during start-up (an agent waiting for an unreachable meshd) stops at once."""
+    A signal during start-up (an agent waiting for an unreachable meshd) stops at once.
+    `health()` ("ok" or "degraded: ...") goes to systemd as STATUS= whenever it changes."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -38,13 +39,25 @@ async def serve(name: str, start: Callable[[], Awaitable[dict[str, object]]],
     print(f"{name} ready " + " ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
     sdnotify.notify("READY=1")
     watchdog = sdnotify.start_watchdog()
+    status = asyncio.create_task(_report_health(health)) if health else None
     try:
         await stopping.wait()
     finally:
         sdnotify.notify("STOPPING=1")
-        if watchdog:
-            watchdog.cancel()
+        for task in (watchdog, status):
+            if task:
+                task.cancel()
         await stop()
+
+
+async def _report_health(health: Callable[[], str], interval: float = 1.0) -> None:
+    last = "ok"
+    while True:
+        await asyncio.sleep(interval)
+        now = health()
+        if now != last:
+            sdnotify.notify(f"STATUS={now}")
+            last = now
 
 
 def run(name: str, main: Callable[[], Awaitable[None]]) -> int:

@@ -1,9 +1,14 @@
 """Names: RFC 1123 labels, ports and the default service name.
 
 A mesh name is one DNS label: 1-63 characters, lowercase letters, digits and
-'-', starting and ending with a letter or digit. That is the rule of
-Kubernetes Service names (RFC 1123 label), so every mesh name is also a valid
-`<name>.default.svc.cluster.local`.
+'-', starting and ending with a letter or digit (RFC 1123 label): node,
+cluster and admin names.
+
+A service name is stricter: a DNS-1035 label, which also starts with a
+letter, because that is the rule of Kubernetes Service names and every
+service is mirrored as `<name>.default.svc.cluster.local`. Names stored
+before this rule keep resolving; the Kubernetes mirror reports them as not
+mirrored (`is_service_name`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,22 @@ NAME_RULE = "a name must be 1-63 lowercase letters, digits or '-', starting and 
 def check_name(name: str, what: str = "name") -> str:
     """Return `name` if it is a valid RFC 1123 label, else raise InvalidArgument naming the rule."""
     return _check(name, what, _LABEL, "-", NAME_RULE, "must not start or end with '-'")
+
+
+_DNS1035 = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+SERVICE_NAME_RULE = ("a service name must be 1-63 lowercase letters, digits or '-', starting with a letter and "
+                     "ending with a letter or digit (DNS-1035 label, as Kubernetes Service names)")
+
+
+def check_service_name(name: str, what: str = "service name") -> str:
+    """Return `name` if it is a DNS-1035 label, else raise InvalidArgument naming the rule."""
+    if isinstance(name, str) and name and len(name) <= 63 and name[0].isdigit() and _LABEL.match(name):
+        raise InvalidArgument(f"invalid {what} '{name}': must start with a letter; {SERVICE_NAME_RULE}")
+    return _check(name, what, _DNS1035, "-", SERVICE_NAME_RULE, "must not start or end with '-'")
+
+
+def is_service_name(name: str) -> bool:
+    return bool(isinstance(name, str) and _DNS1035.match(name))
 
 
 _CLUSTER = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -79,17 +100,23 @@ def default_service_name(env: Mapping[str, str], hostname: str | None = None) ->
     """The VM's SkyPilot cluster name when launched by SkyPilot, else the host name.
 
     SkyPilot gives its tasks SKYPILOT_CLUSTER_INFO, a JSON object whose
-    `cluster_name` is the `sky launch -c` name.
+    `cluster_name` is the `sky launch -c` name. A default that is no service
+    name (a host called 4090-box) is refused with the rule: give --name.
     """
     info = env.get("SKYPILOT_CLUSTER_INFO")
+    source, raw = "host name", hostname if hostname is not None else socket.gethostname()
     if info:
         try:
             name = json.loads(info).get("cluster_name")
         except (ValueError, AttributeError):
             name = None
         if isinstance(name, str) and name:
-            return normalize_name(name)
-    return normalize_name(hostname if hostname is not None else socket.gethostname())
+            source, raw = "SkyPilot cluster name", name
+    name = normalize_name(raw)
+    try:
+        return check_service_name(name)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{e} (derived from the {source} {raw!r}): give one with --name") from None
 
 
 # Node labels follow Kubernetes' label syntax (k8s.io/apimachinery validation),

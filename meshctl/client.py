@@ -4,6 +4,13 @@ On a VM, meshctl talks to its agent (which forwards writes to meshd with the
 node's certificate). On the main node, admin commands go to meshd's root-only
 unix socket. gRPC errors become one clear line; an unreachable socket says
 which daemon to check.
+
+Commands both daemons answer (services, nodes, status, unexpose) go to the
+daemon the user meant, never to the other one as a fallback: to meshd with
+`--admin`, or on the main node when no agent socket was given and none is at
+the default path; to the agent otherwise, and a missing agent socket is an
+error naming it. (A mistyped agent socket once sent `unexpose` to meshd,
+which removed another node's service.)
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from meshctl.output import fail
 AGENT_SOCKET = "/run/meshagent/agent.sock"
 ADMIN_SOCKET = "/run/meshd/admin.sock"
 T = TypeVar("T")
+#: the daemon and socket the last channel was opened to, named in errors
+_tried = ""
 
 
 @dataclass
@@ -31,6 +40,10 @@ class Endpoints:
     cert_dir: str = os.environ.get("MESH_ADMIN_CERT_DIR", "")
     coordinator: str = os.environ.get("MESH_COORDINATOR", "")
     timeout: float = 10.0
+    #: the agent socket was given (--agent-socket or MESH_AGENT_SOCKET): never go to meshd instead
+    agent_given: bool = "MESH_AGENT_SOCKET" in os.environ
+    #: --admin: commands both daemons answer go to meshd
+    admin: bool = False
 
     def agent(self) -> agent_pb2_grpc.AgentServiceStub:
         return agent_pb2_grpc.AgentServiceStub(self._channel(self.agent_socket, "meshagent"))
@@ -58,14 +71,23 @@ class Endpoints:
         creds = grpc.ssl_channel_credentials(ca, key, crt)
         return grpc.secure_channel(self.coordinator, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
 
-    def has_agent(self) -> bool:
-        return os.path.exists(self.agent_socket)
+    def to_agent(self) -> bool:
+        """Whether a command both daemons answer goes to the agent (see the module docstring)."""
+        if self.admin:
+            return False
+        if self.agent_given or os.path.exists(self.agent_socket):
+            return True
+        return not (self.cert_dir or os.path.exists(self.admin_socket))  # the main node, with no agent
 
     def _channel(self, path: str, daemon: str) -> grpc.Channel:
+        global _tried
+        _tried = f"{daemon} at {path}"
         if not os.path.exists(path):
-            hint = "meshagent (on this VM)" if daemon == "meshagent" else "meshd (on the main node, as root)"
-            env = "MESH_AGENT_SOCKET" if daemon == "meshagent" else "MESHD_ADMIN_SOCKET"
-            fail(f"no {daemon} socket at {path}: is {hint} running? (or set {env})")
+            if daemon == "meshagent":
+                fail(f"no meshagent socket at {path}: is meshagent running on this VM? "
+                     f"(--agent-socket or MESH_AGENT_SOCKET; --admin talks to meshd on the main node)")
+            fail(f"no meshd socket at {path}: is meshd (on the main node, as root) running? "
+                 f"(--admin-socket or MESHD_ADMIN_SOCKET)")
         if not os.access(path, os.R_OK | os.W_OK):
             fail(f"permission denied on {path}: run meshctl as root (sudo)")
         return grpc.insecure_channel(f"unix:{path}")
@@ -79,5 +101,5 @@ def call(fn: Callable[..., T], request, timeout: float = 10.0) -> T:
         code = e.code()
         details = e.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "socket" in details.lower()):
-            details = f"the daemon is not answering ({details})"
+            details = f"{_tried or 'the daemon'} is not answering ({details})"
         fail(f"{details} ({code.name})")

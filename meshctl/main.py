@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2, nodes_pb2, types_pb2
 from meshcore.defaults import MESHD_PORT, NODE_STATE_NAMES
 from meshcore.errors import MeshError
-from meshcore.names import check_name, check_port, default_service_name, parse_labels
+from meshcore.names import check_name, check_port, check_service_name, default_service_name, parse_labels
 from meshctl.client import Endpoints, call
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -63,9 +63,14 @@ def _checked(fn, *args):
 def _globals(agent_socket: Optional[str] = typer.Option(None, "--agent-socket", envvar="MESH_AGENT_SOCKET",
                                                         help="meshagent's local socket"),
              admin_socket: Optional[str] = typer.Option(None, "--admin-socket", envvar="MESHD_ADMIN_SOCKET",
-                                                        help="meshd's admin socket")) -> None:
+                                                        help="meshd's admin socket"),
+             admin: bool = typer.Option(False, "--admin", envvar="MESH_ADMIN",
+                                        help="services, nodes, status and unexpose ask meshd, not this VM's agent")
+             ) -> None:
+    ENDPOINTS.admin = admin
     if agent_socket:
         ENDPOINTS.agent_socket = agent_socket
+        ENDPOINTS.agent_given = True
     if admin_socket:
         ENDPOINTS.admin_socket = admin_socket
     if not (ENDPOINTS.cert_dir or ENDPOINTS.coordinator):
@@ -109,7 +114,7 @@ def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (
     _checked(check_port, port)
     if name is None:
         name = _checked(default_service_name, os.environ, socket.gethostname())
-    _checked(check_name, name, "service name")
+    _checked(check_service_name, name, "service name")
     if protocol not in PROTOCOLS:
         fail(f"invalid protocol {protocol!r}: must be tcp or udp")
     if health_http and health_tcp:
@@ -130,7 +135,7 @@ def expose(port: int = typer.Option(..., "--port", "-p", help="port on this VM (
 def unexpose(name: str = typer.Argument(..., help="service name"), output: Output = OUTPUT_OPTION) -> None:
     """Remove one of this VM's services from the mesh."""
     _checked(check_name, name, "service name")
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().Unexpose, catalog_pb2.UnexposeRequest(name=name))
     else:  # an admin on the main node may remove any service
         resp = call(ENDPOINTS.catalog().Unexpose, catalog_pb2.UnexposeRequest(name=name))
@@ -140,7 +145,7 @@ def unexpose(name: str = typer.Argument(..., help="service name"), output: Outpu
 @app.command()
 def services(output: Output = OUTPUT_OPTION) -> None:
     """The services in the mesh."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListServices, catalog_pb2.ListServicesRequest())
     else:
         resp = call(ENDPOINTS.catalog().ListServices, catalog_pb2.ListServicesRequest())
@@ -155,7 +160,7 @@ def services(output: Output = OUTPUT_OPTION) -> None:
 @app.command()
 def nodes(output: Output = OUTPUT_OPTION) -> None:
     """The nodes in the mesh."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListNodes, nodes_pb2.ListNodesRequest())
     else:
         resp = call(ENDPOINTS.nodes().ListNodes, nodes_pb2.ListNodesRequest())
@@ -179,7 +184,7 @@ def resolve(name: str = typer.Argument(..., help="name, name.mesh or name.defaul
 @app.command()
 def status(output: Output = OUTPUT_OPTION) -> None:
     """The agent's (or, on the main node, meshd's) status."""
-    if ENDPOINTS.has_agent():
+    if ENDPOINTS.to_agent():
         s = call(ENDPOINTS.agent().Status, agent_pb2.AgentStatusRequest())
         rows = [{"KEY": k, "VALUE": v} for k, v in [
             ("node", f"{s.node.name} ({s.node.id})" if s.node.id else "-"), ("mesh address", s.node.mesh_address or "-"),
@@ -187,12 +192,13 @@ def status(output: Output = OUTPUT_OPTION) -> None:
             ("last contact", _ago(s.last_contact)), ("catalog revision", s.catalog_revision),
             ("services", s.services), ("nodes", s.nodes), ("dns", s.dns_address or "-"),
             *[(f"fact {k}", f"{v}  ({s.fact_sources.get(k, '?')})") for k, v in sorted(s.facts.items())],
-            *sorted(s.counters.items())]]
+            ("health", s.health or "ok"), *sorted(s.counters.items())]]
     else:
         s = call(ENDPOINTS.nodes().Status, nodes_pb2.StatusRequest())
         rows = [{"KEY": k, "VALUE": v} for k, v in [
             ("meshd version", s.version), ("store", s.store), ("revision", s.revision), ("nodes", s.nodes),
-            ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller)]]
+            ("services", s.services), ("overlay pool", s.overlay_pool), ("you are", s.caller),
+            ("store id", s.store_id or "-"), ("alarms", ", ".join(s.alarms) or "none")]]
     emit(rows, ["KEY", "VALUE"], output, raw=_dict(s))
 
 

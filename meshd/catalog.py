@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from mesh.v1 import types_pb2
 from meshcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from meshcore.names import check_name, check_port
+from meshcore.names import check_name, check_port, check_service_name
 from meshd.store.base import Compacted, Delete, Event, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/services/"
@@ -29,8 +29,10 @@ def decode(kv: KeyValue) -> types_pb2.Service:
     return s
 
 
-def check_service(svc: types_pb2.Service) -> None:
-    check_name(svc.name, "service name")
+def check_service(svc: types_pb2.Service, stored: bool = False) -> None:
+    """The rules of a service; `stored`: the name is already in the catalog (kept from before
+    service names had to start with a letter), so only the older RFC 1123 rule applies."""
+    (check_name if stored else check_service_name)(svc.name, "service name")
     check_port(svc.port)
     if svc.protocol not in (types_pb2.PROTOCOL_UNSPECIFIED, types_pb2.PROTOCOL_TCP, types_pb2.PROTOCOL_UDP):
         raise InvalidArgument(f"invalid protocol {svc.protocol}: must be tcp or udp")
@@ -48,7 +50,8 @@ class Catalog:
         self.store = store
 
     async def expose(self, node: types_pb2.Node, svc: types_pb2.Service) -> types_pb2.Service:
-        check_service(svc)
+        check_name(svc.name, "service name")
+        check_service(svc, stored=await self.store.get(PREFIX + svc.name) is not None)
         if node.drained:
             raise FailedPrecondition(f"node {node.name} is drained: it cannot expose new services")
         want = types_pb2.Service()
@@ -106,8 +109,11 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn)
     """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
 
     Resuming after `from_revision` replays exactly what was missed, then
-    "synced". From 0, or a compacted revision: "reset", the current set,
-    "synced". Then live changes."""
+    "synced". From 0, a compacted revision, or one ahead of the store (the
+    caller's copy came from a store restored since): "reset", the current
+    set, "synced". Then live changes."""
+    if from_revision > await store.revision():
+        from_revision = 0
     if from_revision > 0:
         stream = store.watch(prefix, from_revision)
         try:

@@ -12,12 +12,22 @@ Every duration here is on the injected clock's monotonic time, so neither
 NTP nor an operator stepping the wall clock expires (or prolongs) a lease.
 The wall clock only turns a renewal into the `last_seen` timestamp shown.
 
-Replicas on etcd share renewals (`shared=True`): a renewal received by any
-replica bumps `/heartbeats/<node id>`, and the leader, which judges liveness,
-counts a new revision of that key as a renewal seen at that moment on its own
-clock. Revisions, not times, cross between machines: monotonic clocks of two
-machines cannot be compared, and wall clocks may disagree. The leader looks at
-least every lease check (at most 1 s apart), which bounds the error.
+Replicas on etcd share renewals (`shared=True`) without a store write per
+renewal (0.2 per node per second would fill etcd's space quota): each replica
+collects the node ids it heard from and writes them as one digest,
+`/heartbeats/<replica id>`, at most every `digest_interval_s` (a fifth of the
+lease TTL, 3 s by default); the leader, which judges liveness, counts a new
+revision of a digest as a renewal, seen at that moment on its own clock, of
+every node it lists. Revisions, not times, cross between machines: monotonic
+clocks of two machines cannot be compared, and wall clocks may disagree. A
+node renewing every third of the TTL appears in a digest at least every
+TTL/3 + TTL/5 (+ one lease check), well inside its TTL; the store sees one
+write per replica per interval, whatever the number of nodes.
+
+The leader also compacts the store's history (shared stores: the SQLite
+backend trims its own), keeping the last `keep_revisions` so that an agent
+reconnecting after an outage resumes from its revision rather than reloading
+the catalog; one further back gets the full current set (watch_prefix).
 
 `Liveness` is the table of renewals (sans-IO but for the shared heartbeats);
 `LeaseLoop` is meshd's background loop that acts on it when leading: it marks
@@ -28,7 +38,9 @@ key rotations, exports the gauges and drives the store's own lease expiry.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,27 +63,56 @@ class LeaseConfig:
     grace_s: float = 30.0
     #: replicas share renewals through the store (etcd); a lone meshd keeps them in memory
     shared: bool = False
+    #: seconds between a replica's renewal digests (0: a fifth of the lease TTL)
+    digest_interval_s: float = 0.0
+    #: history the leader keeps when it compacts a shared store, in revisions (a watch resumes within it)
+    keep_revisions: int = 10_000
+    #: seconds between compactions of a shared store
+    compact_every_s: float = 300.0
+
+    @property
+    def digest_every_s(self) -> float:
+        return self.digest_interval_s or self.lease_ttl_s / 5
 
 
 class Liveness:
     """When each node last renewed, on the monotonic clock."""
 
-    def __init__(self, store: Store, config: LeaseConfig | None = None, clock: Clock = SYSTEM) -> None:
+    def __init__(self, store: Store, config: LeaseConfig | None = None, clock: Clock = SYSTEM,
+                 replica: str = "") -> None:
         self.store = store
         self.config = config or LeaseConfig()
         self.clock = clock
+        self.replica = replica or uuid.uuid4().hex[:12]
         self.last_seen: dict[str, float] = {}  # node id -> monotonic time of the last renewal
-        self._beats: dict[str, int] = {}  # node id -> revision of its heartbeat key last counted
+        self._beats: dict[str, int] = {}  # digest key -> its revision last counted
+        self._pending: set[str] = set()  # nodes renewed here since the last digest
+        self._flushed_at = clock.monotonic()
 
     async def renewed(self, node_id: str) -> None:
         """A renewal (or the join) of `node_id`, received now by this replica."""
         self.last_seen[node_id] = self.clock.monotonic()
-        if self.config.shared:  # the leader may be another replica: tell it through the store
-            self._beats[node_id] = await self.store.put(HEARTBEATS + node_id, repr(self.clock.wall()).encode())
+        if self.config.shared:  # the leader may be another replica: the next digest tells it
+            self._pending.add(node_id)
+
+    async def flush(self, force: bool = False) -> bool:
+        """Write this replica's digest of renewals if one is due; True if written."""
+        now = self.clock.monotonic()
+        if not self._pending or (not force and now - self._flushed_at < self.config.digest_every_s):
+            return False
+        nodes, self._pending = sorted(self._pending), set()
+        key = HEARTBEATS + self.replica
+        try:
+            self._beats[key] = await self.store.put(key, json.dumps(nodes).encode())
+        except Exception:
+            self._pending.update(nodes)  # told next time
+            raise
+        self._flushed_at = now
+        return True
 
     def forget(self, node_id: str) -> None:
         self.last_seen.pop(node_id, None)
-        self._beats.pop(node_id, None)
+        self._pending.discard(node_id)
 
     def seen_at(self, node_id: str) -> float | None:
         """Wall-clock time of the last renewal, for display; None if none was seen since start."""
@@ -87,10 +128,16 @@ class Liveness:
         kvs, _ = await self.store.range(HEARTBEATS)
         now = self.clock.monotonic()
         for kv in kvs:
-            node_id = kv.key[len(HEARTBEATS):]
-            if self._beats.get(node_id) != kv.mod_revision:
-                self._beats[node_id] = kv.mod_revision
-                self.last_seen[node_id] = now
+            if self._beats.get(kv.key) == kv.mod_revision:
+                continue
+            self._beats[kv.key] = kv.mod_revision
+            try:
+                nodes = json.loads(kv.value)
+            except ValueError:
+                continue
+            if isinstance(nodes, list):  # (a per-node key of an older meshd holds a time: skipped)
+                for node_id in nodes:
+                    self.last_seen[str(node_id)] = now
 
     def overdue(self, nodes: list[types_pb2.Node]) -> tuple[list[types_pb2.Node], list[types_pb2.Node]]:
         """(READY nodes whose lease expired, UNREACHABLE or LEFT nodes past the grace period)."""
@@ -127,6 +174,8 @@ class LeaseLoop:
         self.store = store
         self.is_leader = is_leader
         self.interval = max(0.2, min(1.0, liveness.config.lease_ttl_s / 5))
+        self._compacted_at = liveness.clock.monotonic()
+        self._compacted = 0
 
     async def check(self) -> None:
         """Mark nodes past their lease unreachable; drop the services of those past the grace period."""
@@ -153,12 +202,31 @@ class LeaseLoop:
         services, rev = await self.catalog.list()
         metrics.CATALOG_SERVICES.set(len(services))
         metrics.REVISION.set(rev)
+        await self.liveness.flush()
         if self.is_leader():
             await self.check()
             stage = await self.gossip.advance(self.liveness.all_renewed_since)
             if stage:
                 log.info("gossip key rotation: %s", stage)
+            await self.compact(rev)
         await self.store.expire_leases()
+
+    async def compact(self, revision: int, force: bool = False) -> int:
+        """Compact a shared store's history to `keep_revisions` behind `revision`, every
+        `compact_every_s`; returns the compaction point (0: not now)."""
+        cfg = self.liveness.config
+        now = self.liveness.clock.monotonic()
+        if not cfg.shared or (not force and now - self._compacted_at < cfg.compact_every_s):
+            return 0
+        self._compacted_at = now
+        point = revision - cfg.keep_revisions
+        if point <= self._compacted:
+            return 0
+        await self.store.compact(point)
+        self._compacted = point
+        metrics.COMPACTED.set(point)
+        log.info("compacted the store's history up to revision %d (keeping %d)", point, cfg.keep_revisions)
+        return point
 
     async def run(self) -> None:
         while True:

@@ -13,3 +13,6 @@ NODES = Gauge("meshd_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("meshd_store_revision", "Current store revision")
 WATCH_STREAMS = Gauge("meshd_watch_streams", "Open watch streams", ["kind"])
 LEASE_EXPIRIES = Counter("meshd_lease_expiries_total", "Nodes marked unreachable after their lease expired")
+COMPACTED = Gauge("meshd_store_compacted_revision", "Revision the leader last compacted the store's history to")
+STORE_ALARMS = Gauge("meshd_store_alarms", "Store alarms raised (1 per alarm; etcd NOSPACE: the store is read-only)",
+                     ["alarm"])

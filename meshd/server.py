@@ -22,6 +22,7 @@ monotonic time, stored and shown timestamps on its wall time.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from meshcore import pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
+from meshcore.statelock import StateLock, claim_socket
 from meshd.addresses import DEFAULT_POOL, AddressPool
 from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
@@ -46,9 +48,10 @@ from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
 from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer
-from meshd.store import open_store
+from meshd.store import open_store, sqlite_path
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
+from meshd.storeid import MARK_EVERY_S, StoreMark
 
 log = logging.getLogger("meshd")
 
@@ -101,8 +104,20 @@ class Coordinator:
             os.chmod(state, 0o700)
         except OSError as e:
             raise StateError(f"cannot use state directory {state}: {e}") from e
-        self.ca = pki.CertificateAuthority.load_or_create(state)
-        self.store = store or open_store(config.store, state, clock)
+        # One coordinator per state directory and per SQLite file: a second one would judge
+        # leases on half the renewals and delete the services of nodes it never hears from.
+        self._locks = [StateLock(state / "meshd.lock", "meshd", "stop it first, or give this meshd its own --state-dir")]
+        try:
+            db = sqlite_path(config.store, state) if store is None else None
+            if db is not None and db.parent.resolve() != state.resolve():
+                self._locks.append(StateLock(db.with_name(db.name + ".lock"), "meshd",
+                                             f"stop it first; two meshd cannot share {db}"))
+            self.ca = pki.CertificateAuthority.load_or_create(state)
+            self.store = store or open_store(config.store, state, clock)
+        except BaseException:
+            self._release_locks()
+            raise
+        self.store_mark = StoreMark(self.store, state, clock)
         self.admission = Admission(self.store, pki.pin(self.ca.pem), clock)
         self.addresses = AddressPool(self.store, config.overlay_pool)
         self.catalog = Catalog(self.store)
@@ -145,35 +160,70 @@ class Coordinator:
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
             self.k3s_join), server)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors), server)
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token), server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
-            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network)), server)
+            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),
+            self._store_token, self.store_alarms), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
                                       nodes_pb2.DESCRIPTOR.services_by_name["NodeService"])]
 
+    def _store_token(self) -> str:
+        return self.store_mark.identity.token
+
+    def store_alarms(self) -> list[str]:
+        """Alarms the store raised (etcd's NOSPACE), for Status and metrics."""
+        return list(getattr(self.store, "alarms", []))
+
+    async def _mark_store(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_EVERY_S)
+            try:
+                await self.store_mark.mark()
+                await self._check_alarms()
+            except Exception as e:  # the store is away: marked next time
+                log.debug("store mark skipped: %s", e)
+
+    async def _check_alarms(self) -> None:
+        check = getattr(self.store, "check_alarms", None)
+        if check is None:
+            return
+        before = set(self.store_alarms())
+        now = await check()
+        from meshd import metrics
+        for alarm in before | set(now):
+            metrics.STORE_ALARMS.labels(alarm.split(":")[0]).set(1 if alarm in now else 0)
+        for alarm in set(now) - before:
+            log.error("store alarm: %s", alarm)
+
     async def start(self) -> None:
+        await self.store_mark.load()
+        await self._check_alarms()
         await self.gossip.load()
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
+        for what, addr in (("--listen", self.config.listen), ("--join-listen", self.config.join_listen)):
+            if addr:
+                check_port_free(addr, what)
+        # no SO_REUSEPORT: a second meshd on the same port must fail, not share the connections
         server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                 options=[("grpc.keepalive_time_ms", 20000),
+                                 options=[("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 20000),
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10000)])
         names = self._add_servicers(server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         pair = [(self._server_key, self._server_cert)]
         if self.config.listen:
-            self.ports["listen"] = server.add_secure_port(
-                self.config.listen, grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
+            self.ports["listen"] = _bind(server, self.config.listen, "--listen",
+                                         grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.join_listen:
-            self.ports["join"] = server.add_secure_port(self.config.join_listen, grpc.ssl_server_credentials(pair))
+            self.ports["join"] = _bind(server, self.config.join_listen, "--join-listen",
+                                       grpc.ssl_server_credentials(pair))
         if self.config.admin_socket:
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
-            if sock.exists():
-                sock.unlink()
+            claim_socket(sock, "meshd", "--admin-socket")
             old = os.umask(0o177)
             try:
                 server.add_insecure_port(f"unix:{sock}")
@@ -190,6 +240,7 @@ class Coordinator:
             from meshcore.metrics import serve_metrics
             self.ports["metrics"] = serve_metrics(self.config.metrics)
         self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
+        self._tasks.append(asyncio.create_task(self._mark_store(), name="store-mark"))
         self._start_election()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
@@ -237,7 +288,48 @@ class Coordinator:
         if self.server:
             await self.server.stop(grace)
             self.server = None
+        try:
+            await self.store_mark.mark(force=True)
+        except Exception as e:
+            log.debug("store mark at stop skipped: %s", e)
         await self.store.close()
+        self._release_locks()
+
+    def _release_locks(self) -> None:
+        for lock in getattr(self, "_locks", []):
+            lock.release()
+
+
+def check_port_free(addr: str, what: str) -> None:
+    """Refuse a listen address whose port another program holds, naming it (gRPC's own bind
+    error is a traceback and a log line about "add_port")."""
+    import socket
+
+    from meshcore.metrics import split_hostport
+    host, port = split_hostport(addr, f"{what} address")
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {addr} ({what}): {e.strerror or e}") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sockaddr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {addr} ({what}): port {port} is in use by another program "
+                                  f"(another meshd?); stop it or choose another port") from None
+            raise ConfigError(f"cannot listen on {addr} ({what}): {e.strerror}") from None
+
+
+def _bind(server: grpc.aio.Server, addr: str, what: str, creds) -> int:
+    try:
+        return server.add_secure_port(addr, creds)
+    except RuntimeError:
+        raise ConfigError(f"cannot listen on {addr} ({what}): the address is in use or not on this machine") from None
 
 
 async def _maybe_await(x):

@@ -129,8 +129,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
-                 sync_errors: Callable[[], dict[str, str]]) -> None:
+                 sync_errors: Callable[[], dict[str, str]], store_token: Callable[[], str] = str) -> None:
         self.catalog = catalog
+        self.store_token = store_token
         self.nodes = nodes
         self.gossip = gossip
         self.callers = callers
@@ -155,20 +156,26 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         await self.callers.any_member(context)
         metrics.WATCH_STREAMS.labels("services").inc()
         try:
-            async for kind, svc, rev in batched(self.catalog.watch(request.from_revision), request.batch):
+            store = self.store_token()
+            start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+            async for kind, svc, rev in batched(self.catalog.watch(start), request.batch):
                 if kind == "batch":
                     yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
                                                    services=[s for s, _ in svc],
                                                    records=[self.gossip.sign(s, r, False) for s, r in svc])
                     continue
                 record = self.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
-                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
+                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record,
+                                               store=store if kind in ("reset", "synced") else "")
         finally:
             metrics.WATCH_STREAMS.labels("services").dec()
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
-    def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str) -> None:
+    def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str,
+                 store_token: Callable[[], str] = str, store_alarms: Callable[[], list[str]] = list) -> None:
+        self.store_token = store_token
+        self.store_alarms = store_alarms
         self.nodes = nodes
         self.catalog = catalog
         self.callers = callers
@@ -197,11 +204,14 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         await self.callers.any_member(context)
         metrics.WATCH_STREAMS.labels("nodes").inc()
         try:
-            async for kind, node, rev in batched(self.nodes.watch(request.from_revision), request.batch):
+            store = self.store_token()
+            start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+            async for kind, node, rev in batched(self.nodes.watch(start), request.batch):
                 if kind == "batch":
                     yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, nodes=[n for n, _ in node])
                     continue
-                yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev)
+                yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev,
+                                          store=store if kind in ("reset", "synced") else "")
         finally:
             metrics.WATCH_STREAMS.labels("nodes").dec()
 
@@ -213,4 +223,5 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         services, _ = await self.catalog.list()
         return nodes_pb2.StatusResponse(version=__version__, revision=rev, nodes=len(nodes), services=len(services),
                                         caller=str(caller), store=self.store_name,
-                                        overlay_pool=self.overlay_pool)
+                                        overlay_pool=self.overlay_pool, store_id=self.store_token(),
+                                        alarms=self.store_alarms())

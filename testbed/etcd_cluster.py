@@ -57,6 +57,8 @@ class EtcdCluster:
     root: Path
     heartbeat_ms: int = 100
     election_ms: int = 1000
+    #: etcd's --quota-backend-bytes (0: etcd's default, 2 GiB)
+    quota_backend_bytes: int = 0
     members: list[Member] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -85,7 +87,8 @@ class EtcdCluster:
                 "--initial-cluster-token", f"meshtest-{os.getpid()}-{self.root.name}",
                 "--heartbeat-interval", str(self.heartbeat_ms),
                 "--election-timeout", str(self.election_ms),
-                "--log-level", "warn", "--logger", "zap"]
+                "--log-level", "warn", "--logger", "zap",
+                *(["--quota-backend-bytes", str(self.quota_backend_bytes)] if self.quota_backend_bytes else [])]
 
     def start_member(self, i: int, state: str = "new") -> None:
         m = self.members[i]

@@ -132,7 +132,8 @@ class LocalMesh:
         if agent:
             full_env["MESH_AGENT_SOCKET"] = self.socket(agent)
         else:
-            full_env["MESH_AGENT_SOCKET"] = str(self.root / "no-agent-here.sock")
+            full_env.pop("MESH_AGENT_SOCKET", None)
+            full_env["MESH_ADMIN"] = "1"
         r = subprocess.run([str(BIN / "meshctl"), *args], capture_output=True, text=True, env=full_env,
                            timeout=60, cwd=self.root)
         if check and r.returncode != 0:

@@ -27,7 +27,7 @@ from mesh.v1 import catalog_pb2 as mesh_dot_v1_dot_catalog__pb2
 from mesh.v1 import nodes_pb2 as mesh_dot_v1_dot_nodes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\x1a\x15mesh/v1/catalog.proto\x1a\x13mesh/v1/nodes.proto\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0fResolveResponse\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\"\x14\n\x12\x41gentStatusRequest\"\x8e\x04\n\x13\x41gentStatusResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10\x63\x61talog_revision\x18\x04 \x01(\x03\x12\x10\n\x08services\x18\x05 \x01(\r\x12\r\n\x05nodes\x18\x06 \x01(\r\x12\x13\n\x0b\x64ns_address\x18\x07 \x01(\t\x12\x14\n\x0clast_contact\x18\x08 \x01(\x03\x12<\n\x08\x63ounters\x18\t \x03(\x0b\x32*.mesh.v1.AgentStatusResponse.CountersEntry\x12\x36\n\x05\x66\x61\x63ts\x18\n \x03(\x0b\x32\'.mesh.v1.AgentStatusResponse.FactsEntry\x12\x43\n\x0c\x66\x61\x63t_sources\x18\x0b \x03(\x0b\x32-.mesh.v1.AgentStatusResponse.FactSourcesEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x46\x61\x63tSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListPeersRequest\"\xb6\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmesh_address\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0b\n\x03via\x18\x06 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x18\n\x10latest_handshake\x18\x08 \x01(\x03\x12\x10\n\x08rx_bytes\x18\t \x01(\x04\x12\x10\n\x08tx_bytes\x18\n \x01(\x04\"E\n\x11ListPeersResponse\x12\x1c\n\x05peers\x18\x01 \x03(\x0b\x32\r.mesh.v1.Peer\x12\x12\n\ndata_plane\x18\x02 \x01(\x08\",\n\x0bPingRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"Y\n\x0cPingResponse\x12\x1b\n\x04peer\x18\x01 \x01(\x0b\x32\r.mesh.v1.Peer\x12\x0e\n\x06rtt_ms\x18\x02 \x03(\x01\x12\x0c\n\x04lost\x18\x03 \x01(\r\x12\x0e\n\x06probed\x18\x04 \x01(\t2\x97\x04\n\x0c\x41gentService\x12\x39\n\x06\x45xpose\x12\x16.mesh.v1.ExposeRequest\x1a\x17.mesh.v1.ExposeResponse\x12?\n\x08Unexpose\x12\x18.mesh.v1.UnexposeRequest\x1a\x19.mesh.v1.UnexposeResponse\x12K\n\x0cListServices\x12\x1c.mesh.v1.ListServicesRequest\x1a\x1d.mesh.v1.ListServicesResponse\x12\x42\n\tListNodes\x12\x19.mesh.v1.ListNodesRequest\x1a\x1a.mesh.v1.ListNodesResponse\x12<\n\x07Resolve\x12\x17.mesh.v1.ResolveRequest\x1a\x18.mesh.v1.ResolveResponse\x12\x43\n\x06Status\x12\x1b.mesh.v1.AgentStatusRequest\x1a\x1c.mesh.v1.AgentStatusResponse\x12\x42\n\tListPeers\x12\x19.mesh.v1.ListPeersRequest\x1a\x1a.mesh.v1.ListPeersResponse\x12\x33\n\x04Ping\x12\x14.mesh.v1.PingRequest\x1a\x15.mesh.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\x1a\x15mesh/v1/catalog.proto\x1a\x13mesh/v1/nodes.proto\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0fResolveResponse\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\"\x14\n\x12\x41gentStatusRequest\"\x9e\x04\n\x13\x41gentStatusResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x13\n\x0b\x63oordinator\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x18\n\x10\x63\x61talog_revision\x18\x04 \x01(\x03\x12\x10\n\x08services\x18\x05 \x01(\r\x12\r\n\x05nodes\x18\x06 \x01(\r\x12\x13\n\x0b\x64ns_address\x18\x07 \x01(\t\x12\x14\n\x0clast_contact\x18\x08 \x01(\x03\x12<\n\x08\x63ounters\x18\t \x03(\x0b\x32*.mesh.v1.AgentStatusResponse.CountersEntry\x12\x36\n\x05\x66\x61\x63ts\x18\n \x03(\x0b\x32\'.mesh.v1.AgentStatusResponse.FactsEntry\x12\x43\n\x0c\x66\x61\x63t_sources\x18\x0b \x03(\x0b\x32-.mesh.v1.AgentStatusResponse.FactSourcesEntry\x12\x0e\n\x06health\x18\x0c \x01(\t\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x46\x61\x63tSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListPeersRequest\"\xb6\x01\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x14\n\x0cmesh_address\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0b\n\x03via\x18\x06 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x18\n\x10latest_handshake\x18\x08 \x01(\x03\x12\x10\n\x08rx_bytes\x18\t \x01(\x04\x12\x10\n\x08tx_bytes\x18\n \x01(\x04\"E\n\x11ListPeersResponse\x12\x1c\n\x05peers\x18\x01 \x03(\x0b\x32\r.mesh.v1.Peer\x12\x12\n\ndata_plane\x18\x02 \x01(\x08\",\n\x0bPingRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"Y\n\x0cPingResponse\x12\x1b\n\x04peer\x18\x01 \x01(\x0b\x32\r.mesh.v1.Peer\x12\x0e\n\x06rtt_ms\x18\x02 \x03(\x01\x12\x0c\n\x04lost\x18\x03 \x01(\r\x12\x0e\n\x06probed\x18\x04 \x01(\t2\x97\x04\n\x0c\x41gentService\x12\x39\n\x06\x45xpose\x12\x16.mesh.v1.ExposeRequest\x1a\x17.mesh.v1.ExposeResponse\x12?\n\x08Unexpose\x12\x18.mesh.v1.UnexposeRequest\x1a\x19.mesh.v1.UnexposeResponse\x12K\n\x0cListServices\x12\x1c.mesh.v1.ListServicesRequest\x1a\x1d.mesh.v1.ListServicesResponse\x12\x42\n\tListNodes\x12\x19.mesh.v1.ListNodesRequest\x1a\x1a.mesh.v1.ListNodesResponse\x12<\n\x07Resolve\x12\x17.mesh.v1.ResolveRequest\x1a\x18.mesh.v1.ResolveResponse\x12\x43\n\x06Status\x12\x1b.mesh.v1.AgentStatusRequest\x1a\x1c.mesh.v1.AgentStatusResponse\x12\x42\n\tListPeers\x12\x19.mesh.v1.ListPeersRequest\x1a\x1a.mesh.v1.ListPeersResponse\x12\x33\n\x04Ping\x12\x14.mesh.v1.PingRequest\x1a\x15.mesh.v1.PingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,23 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTSTATUSREQUEST']._serialized_start=184
   _globals['_AGENTSTATUSREQUEST']._serialized_end=204
   _globals['_AGENTSTATUSRESPONSE']._serialized_start=207
-  _globals['_AGENTSTATUSRESPONSE']._serialized_end=733
-  _globals['_AGENTSTATUSRESPONSE_COUNTERSENTRY']._serialized_start=588
-  _globals['_AGENTSTATUSRESPONSE_COUNTERSENTRY']._serialized_end=635
-  _globals['_AGENTSTATUSRESPONSE_FACTSENTRY']._serialized_start=637
-  _globals['_AGENTSTATUSRESPONSE_FACTSENTRY']._serialized_end=681
-  _globals['_AGENTSTATUSRESPONSE_FACTSOURCESENTRY']._serialized_start=683
-  _globals['_AGENTSTATUSRESPONSE_FACTSOURCESENTRY']._serialized_end=733
-  _globals['_LISTPEERSREQUEST']._serialized_start=735
-  _globals['_LISTPEERSREQUEST']._serialized_end=753
-  _globals['_PEER']._serialized_start=756
-  _globals['_PEER']._serialized_end=938
-  _globals['_LISTPEERSRESPONSE']._serialized_start=940
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1009
-  _globals['_PINGREQUEST']._serialized_start=1011
-  _globals['_PINGREQUEST']._serialized_end=1055
-  _globals['_PINGRESPONSE']._serialized_start=1057
-  _globals['_PINGRESPONSE']._serialized_end=1146
-  _globals['_AGENTSERVICE']._serialized_start=1149
-  _globals['_AGENTSERVICE']._serialized_end=1684
+  _globals['_AGENTSTATUSRESPONSE']._serialized_end=749
+  _globals['_AGENTSTATUSRESPONSE_COUNTERSENTRY']._serialized_start=604
+  _globals['_AGENTSTATUSRESPONSE_COUNTERSENTRY']._serialized_end=651
+  _globals['_AGENTSTATUSRESPONSE_FACTSENTRY']._serialized_start=653
+  _globals['_AGENTSTATUSRESPONSE_FACTSENTRY']._serialized_end=697
+  _globals['_AGENTSTATUSRESPONSE_FACTSOURCESENTRY']._serialized_start=699
+  _globals['_AGENTSTATUSRESPONSE_FACTSOURCESENTRY']._serialized_end=749
+  _globals['_LISTPEERSREQUEST']._serialized_start=751
+  _globals['_LISTPEERSREQUEST']._serialized_end=769
+  _globals['_PEER']._serialized_start=772
+  _globals['_PEER']._serialized_end=954
+  _globals['_LISTPEERSRESPONSE']._serialized_start=956
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1025
+  _globals['_PINGREQUEST']._serialized_start=1027
+  _globals['_PINGREQUEST']._serialized_end=1071
+  _globals['_PINGRESPONSE']._serialized_start=1073
+  _globals['_PINGRESPONSE']._serialized_end=1162
+  _globals['_AGENTSERVICE']._serialized_start=1165
+  _globals['_AGENTSERVICE']._serialized_end=1700
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ class AgentStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatusResponse(_message.Message):
-    __slots__ = ("node", "coordinator", "connected", "catalog_revision", "services", "nodes", "dns_address", "last_contact", "counters", "facts", "fact_sources")
+    __slots__ = ("node", "coordinator", "connected", "catalog_revision", "services", "nodes", "dns_address", "last_contact", "counters", "facts", "fact_sources", "health")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class AgentStatusResponse(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     FACTS_FIELD_NUMBER: _ClassVar[int]
     FACT_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     coordinator: str
     connected: bool
@@ -70,7 +71,8 @@ class AgentStatusResponse(_message.Message):
     counters: _containers.ScalarMap[str, int]
     facts: _containers.ScalarMap[str, str]
     fact_sources: _containers.ScalarMap[str, str]
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., coordinator: _Optional[str] = ..., connected: _Optional[bool] = ..., catalog_revision: _Optional[int] = ..., services: _Optional[int] = ..., nodes: _Optional[int] = ..., dns_address: _Optional[str] = ..., last_contact: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., facts: _Optional[_Mapping[str, str]] = ..., fact_sources: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    health: str
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., coordinator: _Optional[str] = ..., connected: _Optional[bool] = ..., catalog_revision: _Optional[int] = ..., services: _Optional[int] = ..., nodes: _Optional[int] = ..., dns_address: _Optional[str] = ..., last_contact: _Optional[int] = ..., counters: _Optional[_Mapping[str, int]] = ..., facts: _Optional[_Mapping[str, str]] = ..., fact_sources: _Optional[_Mapping[str, str]] = ..., health: _Optional[str] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.v1 import types_pb2 as mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mesh/v1/catalog.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"2\n\rExposeRequest\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"3\n\x0e\x45xposeResponse\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"\x1f\n\x0fUnexposeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x10UnexposeResponse\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"\x15\n\x13ListServicesRequest\"\xc3\x01\n\x14ListServicesResponse\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x42\n\x0bsync_errors\x18\x03 \x03(\x0b\x32-.mesh.v1.ListServicesResponse.SyncErrorsEntry\x1a\x31\n\x0fSyncErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x01\n\x0cServiceEvent\x12 \n\x04type\x18\x01 \x01(\x0e\x32\x12.mesh.v1.EventType\x12!\n\x07service\x18\x02 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x0e\n\x06record\x18\x04 \x01(\x0c\x12\"\n\x08services\x18\x05 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x0f\n\x07records\x18\x06 \x03(\x0c\x32\x9a\x02\n\x0e\x43\x61talogService\x12\x39\n\x06\x45xpose\x12\x16.mesh.v1.ExposeRequest\x1a\x17.mesh.v1.ExposeResponse\x12?\n\x08Unexpose\x12\x18.mesh.v1.UnexposeRequest\x1a\x19.mesh.v1.UnexposeResponse\x12K\n\x0cListServices\x12\x1c.mesh.v1.ListServicesRequest\x1a\x1d.mesh.v1.ListServicesResponse\x12?\n\rWatchServices\x12\x15.mesh.v1.WatchRequest\x1a\x15.mesh.v1.ServiceEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mesh/v1/catalog.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"2\n\rExposeRequest\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"3\n\x0e\x45xposeResponse\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"\x1f\n\x0fUnexposeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x10UnexposeResponse\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\"\x15\n\x13ListServicesRequest\"\xc3\x01\n\x14ListServicesResponse\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x42\n\x0bsync_errors\x18\x03 \x03(\x0b\x32-.mesh.v1.ListServicesResponse.SyncErrorsEntry\x1a\x31\n\x0fSyncErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb9\x01\n\x0cServiceEvent\x12 \n\x04type\x18\x01 \x01(\x0e\x32\x12.mesh.v1.EventType\x12!\n\x07service\x18\x02 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x0e\n\x06record\x18\x04 \x01(\x0c\x12\"\n\x08services\x18\x05 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x0f\n\x07records\x18\x06 \x03(\x0c\x12\r\n\x05store\x18\x07 \x01(\t2\x9a\x02\n\x0e\x43\x61talogService\x12\x39\n\x06\x45xpose\x12\x16.mesh.v1.ExposeRequest\x1a\x17.mesh.v1.ExposeResponse\x12?\n\x08Unexpose\x12\x18.mesh.v1.UnexposeRequest\x1a\x19.mesh.v1.UnexposeResponse\x12K\n\x0cListServices\x12\x1c.mesh.v1.ListServicesRequest\x1a\x1d.mesh.v1.ListServicesResponse\x12?\n\rWatchServices\x12\x15.mesh.v1.WatchRequest\x1a\x15.mesh.v1.ServiceEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,7 +49,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSERVICESRESPONSE_SYNCERRORSENTRY']._serialized_start=418
   _globals['_LISTSERVICESRESPONSE_SYNCERRORSENTRY']._serialized_end=467
   _globals['_SERVICEEVENT']._serialized_start=470
-  _globals['_SERVICEEVENT']._serialized_end=640
-  _globals['_CATALOGSERVICE']._serialized_start=643
-  _globals['_CATALOGSERVICE']._serialized_end=925
+  _globals['_SERVICEEVENT']._serialized_end=655
+  _globals['_CATALOGSERVICE']._serialized_start=658
+  _globals['_CATALOGSERVICE']._serialized_end=940
 # @@protoc_insertion_point(module_scope)

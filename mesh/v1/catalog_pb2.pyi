@@ -53,17 +53,19 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., revision: _Optional[int] = ..., sync_errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ServiceEvent(_message.Message):
-    __slots__ = ("type", "service", "revision", "record", "services", "records")
+    __slots__ = ("type", "service", "revision", "record", "services", "records", "store")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     type: _types_pb2.EventType
     service: _types_pb2.Service
     revision: int
     record: bytes
     services: _containers.RepeatedCompositeFieldContainer[_types_pb2.Service]
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ..., record: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    store: str
+    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ..., record: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., store: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.v1 import types_pb2 as mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/nodes.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"\x12\n\x10ListNodesRequest\"C\n\x11ListNodesResponse\x12\x1c\n\x05nodes\x18\x01 \x03(\x0b\x32\r.mesh.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"$\n\x0eGetNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\".\n\x0fGetNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"5\n\x10\x44rainNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"0\n\x11\x44rainNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"\'\n\x11RemoveNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\"1\n\x12RemoveNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"z\n\tNodeEvent\x12 \n\x04type\x18\x01 \x01(\x0e\x32\x12.mesh.v1.EventType\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.mesh.v1.Node\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x1c\n\x05nodes\x18\x04 \x03(\x0b\x32\r.mesh.v1.Node\"\x0f\n\rStatusRequest\"\x89\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05nodes\x18\x03 \x01(\r\x12\x10\n\x08services\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x12\x14\n\x0coverlay_pool\x18\x07 \x01(\t2\x90\x03\n\x0bNodeService\x12\x42\n\tListNodes\x12\x19.mesh.v1.ListNodesRequest\x1a\x1a.mesh.v1.ListNodesResponse\x12<\n\x07GetNode\x12\x17.mesh.v1.GetNodeRequest\x1a\x18.mesh.v1.GetNodeResponse\x12\x42\n\tDrainNode\x12\x19.mesh.v1.DrainNodeRequest\x1a\x1a.mesh.v1.DrainNodeResponse\x12\x45\n\nRemoveNode\x12\x1a.mesh.v1.RemoveNodeRequest\x1a\x1b.mesh.v1.RemoveNodeResponse\x12\x39\n\nWatchNodes\x12\x15.mesh.v1.WatchRequest\x1a\x12.mesh.v1.NodeEvent0\x01\x12\x39\n\x06Status\x12\x16.mesh.v1.StatusRequest\x1a\x17.mesh.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/nodes.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"\x12\n\x10ListNodesRequest\"C\n\x11ListNodesResponse\x12\x1c\n\x05nodes\x18\x01 \x03(\x0b\x32\r.mesh.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"$\n\x0eGetNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\".\n\x0fGetNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"5\n\x10\x44rainNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\x12\r\n\x05\x64rain\x18\x02 \x01(\x08\"0\n\x11\x44rainNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"\'\n\x11RemoveNodeRequest\x12\x12\n\nid_or_name\x18\x01 \x01(\t\"1\n\x12RemoveNodeResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"\x89\x01\n\tNodeEvent\x12 \n\x04type\x18\x01 \x01(\x0e\x32\x12.mesh.v1.EventType\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.mesh.v1.Node\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x1c\n\x05nodes\x18\x04 \x03(\x0b\x32\r.mesh.v1.Node\x12\r\n\x05store\x18\x05 \x01(\t\"\x0f\n\rStatusRequest\"\xab\x01\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05nodes\x18\x03 \x01(\r\x12\x10\n\x08services\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x05 \x01(\t\x12\r\n\x05store\x18\x06 \x01(\t\x12\x14\n\x0coverlay_pool\x18\x07 \x01(\t\x12\x10\n\x08store_id\x18\x08 \x01(\t\x12\x0e\n\x06\x61larms\x18\t \x03(\t2\x90\x03\n\x0bNodeService\x12\x42\n\tListNodes\x12\x19.mesh.v1.ListNodesRequest\x1a\x1a.mesh.v1.ListNodesResponse\x12<\n\x07GetNode\x12\x17.mesh.v1.GetNodeRequest\x1a\x18.mesh.v1.GetNodeResponse\x12\x42\n\tDrainNode\x12\x19.mesh.v1.DrainNodeRequest\x1a\x1a.mesh.v1.DrainNodeResponse\x12\x45\n\nRemoveNode\x12\x1a.mesh.v1.RemoveNodeRequest\x1a\x1b.mesh.v1.RemoveNodeResponse\x12\x39\n\nWatchNodes\x12\x15.mesh.v1.WatchRequest\x1a\x12.mesh.v1.NodeEvent0\x01\x12\x39\n\x06Status\x12\x16.mesh.v1.StatusRequest\x1a\x17.mesh.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,12 +48,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REMOVENODEREQUEST']._serialized_end=372
   _globals['_REMOVENODERESPONSE']._serialized_start=374
   _globals['_REMOVENODERESPONSE']._serialized_end=423
-  _globals['_NODEEVENT']._serialized_start=425
-  _globals['_NODEEVENT']._serialized_end=547
-  _globals['_STATUSREQUEST']._serialized_start=549
-  _globals['_STATUSREQUEST']._serialized_end=564
-  _globals['_STATUSRESPONSE']._serialized_start=567
-  _globals['_STATUSRESPONSE']._serialized_end=704
-  _globals['_NODESERVICE']._serialized_start=707
-  _globals['_NODESERVICE']._serialized_end=1107
+  _globals['_NODEEVENT']._serialized_start=426
+  _globals['_NODEEVENT']._serialized_end=563
+  _globals['_STATUSREQUEST']._serialized_start=565
+  _globals['_STATUSREQUEST']._serialized_end=580
+  _globals['_STATUSRESPONSE']._serialized_start=583
+  _globals['_STATUSRESPONSE']._serialized_end=754
+  _globals['_NODESERVICE']._serialized_start=757
+  _globals['_NODESERVICE']._serialized_end=1157
 # @@protoc_insertion_point(module_scope)

@@ -58,23 +58,25 @@ class RemoveNodeResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
 
 class NodeEvent(_message.Message):
-    __slots__ = ("type", "node", "revision", "nodes")
+    __slots__ = ("type", "node", "revision", "nodes", "store")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     type: _types_pb2.EventType
     node: _types_pb2.Node
     revision: int
     nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Node]
-    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., revision: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ...) -> None: ...
+    store: str
+    def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., revision: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ..., store: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "revision", "nodes", "services", "caller", "store", "overlay_pool")
+    __slots__ = ("version", "revision", "nodes", "services", "caller", "store", "overlay_pool", "store_id", "alarms")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +84,8 @@ class StatusResponse(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
     OVERLAY_POOL_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALARMS_FIELD_NUMBER: _ClassVar[int]
     version: str
     revision: int
     nodes: int
@@ -89,4 +93,6 @@ class StatusResponse(_message.Message):
     caller: str
     store: str
     overlay_pool: str
-    def __init__(self, version: _Optional[str] = ..., revision: _Optional[int] = ..., nodes: _Optional[int] = ..., services: _Optional[int] = ..., caller: _Optional[str] = ..., store: _Optional[str] = ..., overlay_pool: _Optional[str] = ...) -> None: ...
+    store_id: str
+    alarms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., revision: _Optional[int] = ..., nodes: _Optional[int] = ..., services: _Optional[int] = ..., caller: _Optional[str] = ..., store: _Optional[str] = ..., overlay_pool: _Optional[str] = ..., store_id: _Optional[str] = ..., alarms: _Optional[_Iterable[str]] = ...) -> None: ...

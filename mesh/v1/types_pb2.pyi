@@ -133,9 +133,11 @@ class Service(_message.Message):
     def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., health: _Optional[_Union[HealthCheck, _Mapping]] = ..., node_id: _Optional[str] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ..., revision: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., health_state: _Optional[_Union[HealthState, str]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("from_revision", "batch")
+    __slots__ = ("from_revision", "batch", "store")
     FROM_REVISION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     from_revision: int
     batch: bool
-    def __init__(self, from_revision: _Optional[int] = ..., batch: _Optional[bool] = ...) -> None: ...
+    store: str
+    def __init__(self, from_revision: _Optional[int] = ..., batch: _Optional[bool] = ..., store: _Optional[str] = ...) -> None: ...

@@ -9,6 +9,15 @@ from meshcore.errors import ConfigError
 from meshd.store.base import Store
 
 
+def sqlite_path(spec: str, state_dir: Path) -> Path | None:
+    """The database file of a SQLite store spec; None for other stores."""
+    if spec in ("", "sqlite"):
+        return state_dir / "state.db"
+    if spec.startswith("sqlite://"):
+        return Path(spec[len("sqlite://"):])
+    return None
+
+
 def open_store(spec: str, state_dir: Path, clock: Clock = SYSTEM) -> Store:
     """`sqlite` (state_dir/state.db), `sqlite:///path/to.db` or `etcd://host:2379,host:2379`."""
     if spec in ("", "sqlite"):

@@ -111,6 +111,8 @@ class EtcdStore(Store):
         self._keys = etcd_txn.Keys(config.prefix)
         self._clock = clock
         self._sleep = sleep
+        self.alarms: list[str] = []  # see check_alarms
+        self.db_size = 0
         self._members = Members(config.endpoints, config.request_timeout, config.failover_timeout,
                                 clock=clock, sleep=sleep)
 
@@ -340,6 +342,31 @@ class EtcdStore(Store):
                               self._pb.CompactionRequest(revision=min(revision, current)))
         except HistoryCompacted:
             pass  # already compacted at or past it: nothing to do, as the SQLite backend does
+
+    async def check_alarms(self) -> list[str]:
+        """Ask every member for its status: alarms raised (etcd's NOSPACE makes the store read-only)
+        go to `alarms`, the largest database size to `db_size`."""
+        import grpc
+
+        from meshd.store.etcdpb import rpc_pb2
+        raised: set[str] = set()
+        sizes = []
+        for ep in self._members.endpoints:
+            try:
+                st = await self._members.stub(ep, "Maintenance").Status(rpc_pb2.StatusRequest(), timeout=1.0)
+            except grpc.aio.AioRpcError:
+                continue
+            sizes.append(st.dbSize)
+            for err in st.errors:
+                if "NOSPACE" in err:
+                    raised.add("NOSPACE: etcd reached its space quota and is read-only (compact, defragment, "
+                               "then `etcdctl alarm disarm`; or raise --quota-backend-bytes)")
+                elif "alarm" in err.lower():
+                    raised.add(err)
+        self.alarms = sorted(raised)
+        if sizes:
+            self.db_size = max(sizes)
+        return self.alarms
 
     async def close(self) -> None:
         await self._members.close()

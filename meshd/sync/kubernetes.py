@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from meshcore.backoff import Backoff
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from meshcore.names import is_service_name
 from meshd.sync.base import Node, Service, SyncReport, service_address, service_is_healthy, service_is_live
 from meshd.sync.kube_client import SERVICES, SLICES, KubeAPI, KubernetesConfig
 from meshd.sync.kube_objects import (SELECTOR, address_type, is_managed, merged, owned_service, owned_slice,
@@ -212,6 +213,10 @@ class KubernetesTarget:
             if not service_is_live(svc, nodes):
                 continue
             node, addr = nodes[svc.node_id], service_address(svc, nodes)
+            if not is_service_name(svc.name):  # stored before service names had to start with a letter
+                errors[svc.name] = (f"not mirrored to Kubernetes: {svc.name!r} is no Service name there "
+                                    f"(DNS-1035: it must start with a letter); expose it under another name")
+                continue
             try:
                 address_type(addr)
             except ValueError:

@@ -216,8 +216,12 @@ class LabDaemons:
 
     def meshctl(self, *args: str, agent: str | None = None) -> subprocess.CompletedProcess:
         """meshctl from the host: at a VM's agent socket, or at meshd's admin socket on the main node."""
-        env = {**os.environ, "MESHD_ADMIN_SOCKET": str(self.admin_socket),
-               "MESH_AGENT_SOCKET": str(self.agent_socket(agent)) if agent else "/nonexistent"}
+        env = {**os.environ, "MESHD_ADMIN_SOCKET": str(self.admin_socket)}
+        env.pop("MESH_ADMIN", None)
+        if agent:
+            env["MESH_AGENT_SOCKET"] = str(self.agent_socket(agent))
+        else:
+            env["MESH_ADMIN"] = "1"
         return subprocess.run([str(Path(sys.executable).parent / "meshctl"), *args], env=env, capture_output=True,
                               text=True, check=True, timeout=60)
 

@@ -211,7 +211,15 @@ async def test_lease_expiry_marks_unreachable_then_removes_services(tmp_path):
         await m.close()
 
 
-async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path, caplog):
+async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path, caplog, monkeypatch):
+    import meshagent.uplink
+    attempts = []
+    real_fetch = meshagent.uplink.fetch_pinned_ca
+
+    def counted(*args, **kw):
+        attempts.append(1)
+        return real_fetch(*args, **kw)
+    monkeypatch.setattr(meshagent.uplink, "fetch_pinned_ca", counted)
     m = await Mesh(tmp_path).start()
     try:
         token = await m.token()
@@ -223,7 +231,7 @@ async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path
         agent = Agent(cfg)
         m.agents.append(agent)
         starting = asyncio.create_task(agent.start())
-        await asyncio.sleep(0.5)
+        await until(lambda: len(attempts) >= 3, timeout=15)  # retried several times, whatever the load
         assert not starting.done()
         assert sum("unreachable" in r.message for r in caplog.records) == 1  # said once, not per retry
         await m.start()

@@ -76,6 +76,7 @@ async def test_two_replicas_share_renewals_so_the_leader_never_expires_a_live_no
         for _ in range(4):
             clock.advance(6)                      # beyond the lease, were renewals not shared
             await b.coordinator.nodes.renew(agent.identity.node_id, types_pb2.Node())
+            await b.coordinator.liveness.flush()  # B's digest of renewals (its lease tick writes it)
             await a.coordinator.leases.check()    # A judges liveness
         node = (await a.nodes().GetNode(nodes_pb2.GetNodeRequest(id_or_name="roamer"))).node
         assert node.state == types_pb2.NODE_STATE_READY

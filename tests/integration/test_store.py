@@ -363,3 +363,26 @@ async def test_sigkill_mid_write_loses_nothing_acknowledged(tmp_path):
         assert all(f"/k/{i:06d}" in keys for i in range(acked + 1))
     finally:
         await s.close()
+
+
+async def test_etcd_space_quota_alarm_is_reported(tmp_path):
+    """etcd with a small --quota-backend-bytes under churn: NOSPACE is raised, and the store says so."""
+    from meshcore.errors import MeshError
+    from meshd.store.etcd import EtcdStore
+    from tests.conftest import require_netns
+
+    require_netns("etcd")
+    cluster = EtcdCluster(1, tmp_path / "etcd", heartbeat_ms=50, election_ms=250, quota_backend_bytes=1 << 20)
+    cluster.start()
+    store = EtcdStore.from_url(cluster.url)
+    try:
+        assert await store.check_alarms() == []
+        blob = b"x" * 64 * 1024
+        with pytest.raises(MeshError):
+            for i in range(400):  # bounded: 25 MB of churn against a 1 MB quota
+                await store.put(f"/churn/{i % 8}", blob)
+        alarms = await store.check_alarms()
+        assert alarms and alarms[0].startswith("NOSPACE") and "read-only" in alarms[0]
+    finally:
+        await store.close()
+        cluster.stop()

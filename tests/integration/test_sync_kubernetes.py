@@ -319,3 +319,10 @@ async def test_close_ends_the_watch_threads(kubeconfig, api):
     assert len(ours) == 2
     await t.close()
     assert await eventually(lambda: not any(th.is_alive() for th in ours), 5)
+
+
+async def test_a_stored_name_starting_with_a_digit_is_reported_not_mirrored(api, target):
+    vm = node("vm1", "10.1.0.7")
+    report = await target.reconcile([service("1web", vm, port=80), service("web", vm, port=81)], by_id(vm))
+    assert api.get("services", "web") is not None and api.get("services", "1web") is None
+    assert "not mirrored to Kubernetes" in report.errors["1web"] and "start with a letter" in report.errors["1web"]

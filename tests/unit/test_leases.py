@@ -64,11 +64,33 @@ async def test_shared_renewals_cross_replicas_as_revisions_not_times(tmp_path):
         for _ in range(3):
             a_clock.advance(6)
             await b.renewed("n1")
+            assert await b.flush(force=True)
             await a.load_heartbeats()
             assert a.overdue([node("n1")]) == ([], [])
         a_clock.advance(6)
         await a.load_heartbeats()  # no new renewal: the same revision counts once
         a_clock.advance(5)
         assert a.overdue([node("n1")]) == ([node("n1")], [])
+    finally:
+        await store.close()
+
+
+async def test_shared_renewals_are_one_digest_write_per_replica_not_one_per_node(tmp_path):
+    store = SQLiteStore(tmp_path / "db")
+    try:
+        clock = ManualClock()
+        live = Liveness(store, LeaseConfig(lease_ttl_s=15, grace_s=30, shared=True), clock)
+        before = await store.revision()
+        for _ in range(3):  # three rounds of 200 renewals within one digest interval
+            for i in range(200):
+                await live.renewed(f"n{i}")
+            assert not await live.flush()  # not due yet
+        assert await store.revision() == before
+        clock.advance(live.config.digest_every_s)
+        assert await live.flush()
+        assert await store.revision() == before + 1
+        leader = Liveness(store, LeaseConfig(lease_ttl_s=15, grace_s=30, shared=True), ManualClock(5000.0))
+        await leader.load_heartbeats()
+        assert len(leader.last_seen) == 200
     finally:
         await store.close()

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshcore.errors import InvalidArgument
-from meshcore.names import check_name, check_port, default_service_name, is_name, normalize_name
+from meshcore.errors import InvalidArgument
+from meshcore.names import (check_name, check_port, check_service_name, default_service_name, is_name,
+                            is_service_name, normalize_name)
 
 
 @pytest.mark.parametrize("name", ["a", "qwen-coder", "x" * 63, "0abc", "a-b-c9"])
@@ -44,3 +46,17 @@ def test_normalize_gives_a_valid_name_or_a_clear_error(raw):
         assert is_name(normalize_name(raw))
     except InvalidArgument as e:
         assert "RFC 1123" in str(e)
+
+
+@pytest.mark.parametrize("name", ["1web", "4090-box", "0"])
+def test_service_names_start_with_a_letter_dns_1035(name):
+    assert check_name(name) == name  # still a node name (RFC 1123)
+    with pytest.raises(InvalidArgument, match="must start with a letter.*DNS-1035"):
+        check_service_name(name)
+    assert not is_service_name(name)
+
+
+def test_a_default_service_name_that_is_no_service_name_asks_for_one():
+    with pytest.raises(InvalidArgument, match="'4090-box'.*start with a letter.*host name '4090-box'.*--name"):
+        default_service_name({}, "4090-box")
+    assert check_service_name("web1") == "web1" and default_service_name({}, "box-4090") == "box-4090"
