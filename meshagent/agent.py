@@ -31,7 +31,7 @@ from mesh.v1 import admission_pb2, agent_pb2_grpc, types_pb2
 from meshagent import metrics
 from meshagent.config import AgentConfig
 from meshagent.desired import Desired
-from meshagent.facts import Facts, describe, discover
+from meshagent.facts import Facts, describe, discover, observed
 from meshagent.gossip import AgentGossip, facts_of, load_config, save_config
 from meshagent.health import HealthChecker
 from meshagent.identity import Identity
@@ -66,6 +66,7 @@ class Agent:
         self.uplink.on_record = self._gossip_record
         self.uplink.on_synced = self._synced
         self.uplink.on_renewed = self._renewed
+        self.uplink.on_observed = self._observed
         self.health: HealthChecker | None = None
         self.desired = Desired(self.state_dir, self.catalog, self.uplink,
                                lambda: self.health.states if self.health else {})
@@ -154,10 +155,20 @@ class Agent:
             except Exception as e:  # discovery must never end the agent
                 log.warning("facts refresh failed: %s", e)
                 continue
+            found = observed(found, self.node_facts.observed_address)
             if found != self.node_facts:
                 log.info("facts changed: %s (was %s); the next renewal carries them",
                          describe(found), describe(self.node_facts))
                 self.node_facts = found
+
+    def _observed(self, addr: str) -> None:
+        before = self.node_facts
+        self.node_facts = observed(before, addr)
+        if before.observed_address and addr and before.observed_address.rsplit(":", 1)[0] != addr.rsplit(":", 1)[0]:
+            log.warning("meshd now sees this node at %s (was %s): its public address or NAT mapping changed",
+                        addr, before.observed_address)
+        elif not before.observed_address and self.node_facts.nat == "yes":
+            log.info("meshd sees this node at %s, an address it does not have: it sits behind NAT", addr)
 
     async def join(self) -> Identity:
         ident, gossip = await self.uplink.join()

@@ -172,7 +172,7 @@ async def tcp_rtts(host: str, port: int, count: int, timeout_s: float = 2.0) -> 
 def fact_table(f: Facts) -> dict[str, str]:
     out = {k: getattr(f, k) for k in ("cloud", "region", "zone", "instance_id", "instance_type", "lifecycle",
                                         "vpc_id", "vpc_cidr", "subnet_id", "private_address", "public_address",
-                                        "project") if getattr(f, k)}
+                                        "project", "observed_address", "nat") if getattr(f, k)}
     if f.gpus is not None:
         out["gpus"] = f"{f.gpus.count} x {f.gpus.model} ({f.gpus.memory_mib} MiB)"
     return out

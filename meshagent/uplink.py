@@ -94,6 +94,8 @@ class Uplink:
         self.on_record: Callable[[bytes], None] = lambda raw: None
         self.on_synced: Callable[[str], Awaitable[None]] = _nothing
         self.on_renewed: Callable[[admission_pb2.RenewResponse], Awaitable[None]] = _nothing
+        #: meshd's view of where this node's calls come from ("ip:port"), after each join and renewal
+        self.on_observed: Callable[[str], None] = lambda _addr: None
 
     def _backoff(self) -> Backoff:
         return Backoff(self.config.backoff_min_s, self.config.backoff_max_s, JITTER, self.rng)
@@ -123,6 +125,7 @@ class Uplink:
                     resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
                         admission_pb2.JoinRequest(token=token, node=self._facts(), csr_pem=csr.decode()),
                         timeout=RPC_TIMEOUT_S)
+                self.on_observed(resp.observed_address)
                 break
             except (Unavailable, grpc.aio.AioRpcError) as e:
                 if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
@@ -229,6 +232,7 @@ class Uplink:
                                                        timeout=RPC_TIMEOUT_S)
                 interval = max(0.2, resp.lease_ttl_s / 3)
                 self.last_contact = self.clock.wall()
+                self.on_observed(resp.observed_address)
                 await self.on_renewed(resp)
             except grpc.aio.AioRpcError as e:
                 log.debug("renew failed: %s", e.code().name)

@@ -88,13 +88,14 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             raise
         metrics.JOINS.labels("ok").inc()
         return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode(),
-                                          lease_ttl_s=int(self.lease_ttl_s), gossip=self.gossip.config())
+                                          lease_ttl_s=int(self.lease_ttl_s), gossip=self.gossip.config(),
+                                          observed_address=observed(context))
 
     async def Renew(self, request, context):
         node_id = await self.callers.node_caller(context)
         node = await self.nodes.renew(node_id, request.node)
         return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.lease_ttl_s),
-                                           gossip=self.gossip.config())
+                                           gossip=self.gossip.config(), observed_address=observed(context))
 
     async def Leave(self, request, context):
         node_id = await self.callers.node_caller(context)
@@ -225,3 +226,10 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                                         caller=str(caller), store=self.store_name,
                                         overlay_pool=self.overlay_pool, store_id=self.store_token(),
                                         alarms=self.store_alarms())
+
+
+def observed(context) -> str:
+    """'ip:port' of the caller from gRPC's peer string ('ipv4:1.2.3.4:5678', 'ipv6:[::1]:5678'); '' otherwise."""
+    peer = context.peer() or ""
+    kind, _, addr = peer.partition(":")
+    return addr if kind in ("ipv4", "ipv6") else ""

@@ -94,18 +94,20 @@ class JoinRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., csr_pem: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node", "certificate_pem", "ca_pem", "lease_ttl_s", "gossip")
+    __slots__ = ("node", "certificate_pem", "ca_pem", "lease_ttl_s", "gossip", "observed_address")
     NODE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     certificate_pem: str
     ca_pem: str
     lease_ttl_s: int
     gossip: GossipConfig
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
+    observed_address: str
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class GossipConfig(_message.Message):
     __slots__ = ("keys", "catalog_public_key")
@@ -122,14 +124,16 @@ class RenewRequest(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
-    __slots__ = ("node", "lease_ttl_s", "gossip")
+    __slots__ = ("node", "lease_ttl_s", "gossip", "observed_address")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     lease_ttl_s: int
     gossip: GossipConfig
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ...) -> None: ...
+    observed_address: str
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class RotateGossipKeyRequest(_message.Message):
     __slots__ = ()

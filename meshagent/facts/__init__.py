@@ -61,6 +61,9 @@ class Facts:
     private_address: str = ""
     public_address: str = ""
     gpus: GpuFacts | None = None
+    #: where meshd sees this node's calls come from ("ip:port"), and whether that means NAT ("yes"/"no")
+    observed_address: str = ""
+    nat: str = ""
     #: fact name -> where it came from
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +90,21 @@ class Facts:
         sources = dict(self.sources)
         sources.update({k: "flag" for k in given})
         return replace(self, **given, sources=sources)
+
+
+def observed(facts: Facts, addr: str) -> Facts:
+    """The facts with meshd's view of this node: behind NAT when meshd sees an address the node doesn't have."""
+    if not addr:
+        return facts
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return facts
+    own = {facts.private_address, facts.public_address}
+    nat = "no" if (host in own or ip.is_loopback) else "yes"
+    return replace(facts, observed_address=addr, nat=nat,
+                   sources={**facts.sources, "observed_address": "meshd", "nat": "meshd"})
 
 
 def _from(source: str, found: dict[str, str]) -> Facts:
@@ -153,4 +171,4 @@ def describe(facts: Facts) -> str:
     return " ".join(parts) or "-"
 
 
-__all__ = ["Facts", "FactsError", "GpuFacts", "METADATA_ENDPOINT", "describe", "discover"]
+__all__ = ["Facts", "FactsError", "GpuFacts", "METADATA_ENDPOINT", "describe", "discover", "observed"]

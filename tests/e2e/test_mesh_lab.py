@@ -83,7 +83,9 @@ def test_discovered_facts_gpu_labels_peers_and_ping(lab, mesh_lab):
     assert "NVIDIA-L4 x2" in table
     status = json.loads(mesh_lab.meshctl("status", "-o", "json", agent="ra").stdout)
     assert status["facts"]["vpc_id"] == "vpc-ra" and status["fact_sources"]["vpc_id"] == "aws-imds"
-    assert status["fact_sources"]["gpus"] == "nvidia-smi"
+    assert status["fact_sources"]["gpus"] == "nvidia-smi" and status["facts"]["nat"] == "no"
+    behind = json.loads(mesh_lab.meshctl("status", "-o", "json", agent="nat").stdout)["facts"]
+    assert behind["nat"] == "yes" and behind["observed_address"].startswith("198.18.0.30:")
     peers = {p["name"]: p for p in json.loads(mesh_lab.meshctl("peers", "-o", "json", agent="nat").stdout)["peers"]}
     assert peers["ra"]["path"] == RELAY and peers["ra"]["via"] == "main" and peers["main"]["path"] == TUNNEL
     wait_for(lambda: json.loads(mesh_lab.meshctl("peers", "-o", "json", agent="nat").stdout)["peers"][0]

@@ -211,3 +211,12 @@ def test_broken_nvidia_smi_gives_no_gpu(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pynvml", FailingNvml())
     smi = fake_smi(tmp_path, "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver", 9)
     assert gpu.discover_gpus(nvidia_smi=smi) == (None, "")
+
+
+def test_meshd_observing_another_address_means_nat():
+    f = facts_mod.Facts(private_address="192.168.77.10")
+    behind = facts_mod.observed(f, "198.18.0.30:40522")
+    assert (behind.nat, behind.observed_address, behind.sources["nat"]) == ("yes", "198.18.0.30:40522", "meshd")
+    assert facts_mod.observed(f, "192.168.77.10:40522").nat == "no"
+    assert facts_mod.observed(facts_mod.Facts(public_address="2001:db8::7"), "[2001:db8::7]:443").nat == "no"
+    assert facts_mod.observed(f, "") == f and facts_mod.observed(f, "unix:/x") == f
