@@ -4,6 +4,9 @@
   probe.py connect TIMEOUT HOST:PORT...   one TCP connect per target; prints a JSON list
                                           of {"target", "ok", "answer" | "error"}.
   probe.py rtt HOST PORT COUNT      UDP round trips to an echo server; prints JSON ms samples.
+  probe.py reach DNS PORT TIMEOUT NAME...  until TIMEOUT s: resolve each NAME (A record) at the
+                                          DNS server DNS and open a TCP connection to it on PORT,
+                                          retrying; prints JSON {name: monotonic time of success}.
 """
 
 from __future__ import annotations
@@ -63,6 +66,49 @@ def rtt(host: str, port: int, count: int) -> None:
     print(json.dumps(samples))
 
 
+def _a_record(server: tuple[str, int], name: str) -> str | None:
+    """One A query over UDP (stdlib only); the first address, or None."""
+    qid = int(time.monotonic() * 1000) & 0xFFFF
+    q = qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    q += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\x00\x00\x01\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(q, server)
+            r = s.recv(1500)
+        except OSError:
+            return None
+    if len(r) < 12 or r[:2] != q[:2] or int.from_bytes(r[6:8], "big") == 0:
+        return None
+    i = len(q)  # answers follow the echoed question
+    while i + 12 <= len(r):
+        i += 2 if r[i] & 0xC0 == 0xC0 else r.index(b"\x00", i) + 1 - i
+        rtype, rdlen = int.from_bytes(r[i:i + 2], "big"), int.from_bytes(r[i + 8:i + 10], "big")
+        if rtype == 1 and rdlen == 4:
+            return socket.inet_ntoa(r[i + 10:i + 14])
+        i += 10 + rdlen
+    return None
+
+
+def reach(dns: str, port: int, timeout: float, names: list[str]) -> None:
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(names) and time.monotonic() < deadline:
+        for name in names:
+            if name in done:
+                continue
+            addr = _a_record((dns, 53), name)
+            if addr is None:
+                continue
+            try:
+                with socket.create_connection((addr, port), timeout=0.3):
+                    done[name] = time.monotonic()
+            except OSError:
+                pass
+        time.sleep(0.02)
+    print(json.dumps(done), flush=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "serve":
@@ -71,5 +117,7 @@ if __name__ == "__main__":
         connect(float(args[0]), args[1:])
     elif cmd == "rtt":
         rtt(args[0], int(args[1]), int(args[2]))
+    elif cmd == "reach":
+        reach(args[0], int(args[1]), float(args[2]), args[3:])
     else:
         sys.exit(f"unknown command {cmd}")

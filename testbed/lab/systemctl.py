@@ -102,6 +102,7 @@ def start(unit: str) -> int:
         env["NOTIFY_SOCKET"] = sock_path
     LOG.mkdir(parents=True, exist_ok=True)
     log = open(LOG / f"{unit}.log", "ab")
+    (LOG / f"{unit}.started").write_text(repr(time.monotonic()))  # for timing from the process start
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                             cwd="/")
     (LOG / f"{unit}.pid").write_text(str(proc.pid))
