@@ -40,6 +40,8 @@ class ImdsDouble(HTTPDouble):
         self.lifecycle = lifecycle
         self.meta = dict(meta or {})
         self.imdsv1_only = imdsv1_only
+        #: answer the token call with this status instead of a token (None: a token)
+        self.token_status: int | None = None
         self.clock = clock
         self.notice: dict | None = None
         self.tokens: dict[str, float] = {}  # token -> expiry on `clock`
@@ -80,6 +82,8 @@ class ImdsDouble(HTTPDouble):
         if method == "PUT":
             if path != "/latest/api/token" or self.imdsv1_only:
                 return 405, b"", {}
+            if self.token_status is not None:
+                return self.token_status, b"", {}
             try:
                 ttl = int(headers.get("x-aws-ec2-metadata-token-ttl-seconds", ""))
             except ValueError:

@@ -69,7 +69,7 @@ class LabDaemons:
         self.vms = {role: VmRoot(state, role) for role in ROLES}
         self.ready: dict[str, dict] = {}
         self.token = ""
-        self._started_meta: set[str] = set()
+        self._meta_procs: dict[str, subprocess.Popen] = {}
         self._netns: dict[str, str] = {}  # a VM that replaced another lives in that one's namespace
 
     # -- where things are -------------------------------------------------------------
@@ -93,17 +93,30 @@ class LabDaemons:
         return self.vms["hub"].host_path("/run/meshd/admin.sock")
 
     # -- booting ------------------------------------------------------------------------
-    def _metadata(self, role: str) -> None:
-        found = metadata(self.lab, role)
-        if found is None or role in self._started_meta:
-            return
+    def _metadata(self, role: str, found: tuple[str, dict] | None = None) -> None:
+        """The VM's instance metadata service (again, with `found`: the cloud changed something)."""
+        if found is None:
+            if role in self._meta_procs and self._meta_procs[role].poll() is None:
+                return
+            found = metadata(self.lab, role)
+            if found is None:
+                return
+        old = self._meta_procs.pop(role, None)
+        if old is not None:
+            old.kill()
+            old.wait(5)
         self.lab.run(role, ["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], check=False)
         cloud, spec = found
         p = self.lab.popen(role, [sys.executable, "-m", "testbed.doubles.metadata_server", cloud, json.dumps(spec),
                                   "169.254.169.254:80"], stdout=subprocess.PIPE, text=True)
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"metadata double in {role} did not start")
-        self._started_meta.add(role)
+        self._meta_procs[role] = p
+
+    def cloud_changes(self, role: str, **spec) -> None:
+        """The cloud changes what its metadata says of the VM (a new public address after stop/start)."""
+        cloud, base = metadata(self.lab, role)
+        self._metadata(role, (cloud, {**base, **spec}))
 
     def _moto(self) -> None:
         # On every address of the hub, so VMs in the peered VPCs reach "SSM" too (cluster user data reads it).

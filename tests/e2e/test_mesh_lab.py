@@ -123,6 +123,42 @@ def test_false_claims_are_refused_in_the_lab_and_the_mesh_goes_on(lab, mesh_lab,
     mesh_lab.meshctl("unexpose", svc, agent="ra")
 
 
+def test_a_new_public_address_after_stop_start_reaches_every_peer(lab, mesh_lab):
+    """The cloud VM stops and starts with another public address: its agent finds it and every peer follows."""
+    mesh_lab.stop("cloud")
+    lab.run("cloud", ["ip", "addr", "del", "198.18.0.20/24", "dev", "pub"])
+    lab.run("cloud", ["ip", "addr", "add", "198.18.0.21/24", "dev", "pub"])
+    mesh_lab.cloud_changes("cloud", ip="198.18.0.21", external_ip="198.18.0.21")
+    server = lab.serve("cloud", 7004)
+    try:
+        started = time.monotonic()
+        mesh_lab.start_agent("cloud")
+        cloud = json.loads(mesh_lab.node_file("cloud").read_text())["mesh_address"]
+        for role in ("hub", "ra", "rb", "nat"):
+            wait_for(lambda: lab.connect(role, [f"{cloud}:7004"], timeout=1)[0]["ok"], 20, f"{role} reaching cloud")
+        assert time.monotonic() - started < 20
+        assert "198.18.0.21:51820" in mesh_lab.wg("hub", "show", "mesh0", "endpoints")
+        node = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}["cloud"]
+        assert node["public_address"] == "198.18.0.21"
+    finally:
+        server.terminate()
+
+
+def test_a_changed_nat_mapping_is_noticed_and_the_node_stays_reachable(lab, mesh_lab):
+    before = json.loads(mesh_lab.meshctl("status", "-o", "json", agent="nat").stdout)["facts"]["observed_address"]
+    assert before.startswith(f"{lab.nat_public}:")
+    lab.renat("198.18.0.31")
+    wait_for(lambda: json.loads(mesh_lab.meshctl("status", "-o", "json", agent="nat").stdout)["facts"]
+             .get("observed_address", "").startswith("198.18.0.31:"), 30, "meshd seeing the new mapping")
+    assert "NAT mapping changed" in mesh_lab.journal("nat").read_text()
+    ra = json.loads(mesh_lab.node_file("ra").read_text())["mesh_address"]
+    server = lab.serve("ra", 7005)
+    try:
+        wait_for(lambda: lab.connect("nat", [f"{ra}:7005"], timeout=1)[0]["ok"], 30, "nat reaching ra after the change")
+    finally:
+        server.terminate()
+
+
 def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):
     hub_if = mesh_lab.ifname("hub")
     nat_key = mesh_lab.wg("nat", "show", "mesh0", "public-key").strip()
@@ -195,7 +231,7 @@ def test_a_cluster_instance_boots_from_its_user_data_and_joins_the_lab(lab, mesh
         env_sock = mesh_lab.vms["rb-cluster"].host_path("/run/meshagent/agent.sock")
         subprocess.run([str(Path(sys.executable).parent / "meshctl"), "--agent-socket", str(env_sock), "expose",
                         "--port", "7003", "--name", "warm"], check=True, capture_output=True, text=True, timeout=60)
-        for src in ("hub", "ra", "cloud", "nat"):
+        for src in ("hub", "ra", "cloud"):  # nat left the mesh in an earlier test
             got = wait_for(lambda: query(lab, src, mesh_lab.ready[src]["dns"], "warm.mesh"), 20, f"{src} resolving warm")
             assert got == ["10.31.0.10"]
             wait_for(lambda: lab.connect(src, ["10.31.0.10:7003"], timeout=1)[0]["ok"], 30, f"{src} reaching warm")

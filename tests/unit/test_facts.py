@@ -49,7 +49,7 @@ def test_imdsv1_only_still_answers():
 
 def test_token_refused_falls_through_to_the_next_source(caplog):
     with ImdsDouble(meta=META) as imds:
-        imds.fail_next(401, 1)
+        imds.token_status = 401  # IMDS refuses this instance's token (e.g. a hop limit of 1 behind a proxy)
         with caplog.at_level(logging.INFO, logger="meshagent.facts"):
             found = facts_mod.discover(imds.url, 0.5, gpus=False)
     assert found.cloud == "" and found.sources.get("private_address") == "default-route"
