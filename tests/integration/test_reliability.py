@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
+
 from mesh.v1 import agent_pb2, agent_pb2_grpc, catalog_pb2, nodes_pb2, types_pb2
 from meshagent import metrics
 from tests.meshfix import Mesh, until
@@ -105,8 +107,16 @@ async def test_a_store_restored_from_an_older_copy_is_resynced_in_full(tmp_path,
         m.config.listen = f"127.0.0.1:{m.ports['listen']}"
         m.config.join_listen = f"127.0.0.1:{m.ports['join']}"
         await m.start()
-        # after the backup: a name that the restored store will not have
-        await b.uplink.expose(types_pb2.Service(name="later", port=81))
+        # after the backup: a name that the restored store will not have (once the agent is back)
+        for _ in range(150):  # bounded: until the agent's channel is back (~15 s at most)
+            try:
+                await b.uplink.expose(types_pb2.Service(name="later", port=81))
+                break
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the agent never reached the restarted meshd")
         await until(lambda: "later" in a.catalog.services.items)
         await m.stop_coordinator()
         db = m.config.state_dir / "state.db"
