@@ -26,9 +26,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh.v1 import admission_pb2, types_pb2
+from meshagent import metrics
 from meshcore import pki
 from meshcore.clock import SYSTEM, Clock
-from meshcore.errors import PeerError, StateError
+from meshcore.errors import InvalidArgument, PeerError, StateError
 from meshcore.gossip.adapter import GossipNode, decode_facts
 from meshcore.gossip.codec import decode_message
 from meshcore.gossip.keyring import Keyring
@@ -125,11 +126,13 @@ class AgentGossip:
 
     # -- records --------------------------------------------------------------
     def publish(self, raw: bytes) -> None:
-        """Pass on a record meshd signed (from the watch stream)."""
+        """Pass on a record meshd signed (from the watch stream). One that cannot be passed on
+        is skipped with a metric and a log line: the stream, and every other record, go on."""
         try:
             self.node.publish(decode_record(raw))
-        except PeerError as e:
-            log.warning("meshd sent a record that does not decode: %s", e)
+        except (PeerError, InvalidArgument) as e:
+            metrics.RECORDS_SKIPPED.inc()
+            log.warning("a catalog record from meshd cannot be gossiped, skipped: %s", e)
 
     def services(self) -> dict[str, types_pb2.Service]:
         """Live services from gossip records (origins not down, not tombstones)."""

@@ -10,3 +10,5 @@ CATALOG_SERVICES = Gauge("meshagent_catalog_services", "Services in the agent's 
 CATALOG_REVISION = Gauge("meshagent_catalog_revision", "Revision of the agent's catalog copy")
 CONNECTED = Gauge("meshagent_meshd_connected", "1 while the watch stream to meshd is up")
 RECONNECTS = Counter("meshagent_meshd_disconnects_total", "Times the connection to meshd was lost")
+RECORDS_SKIPPED = Counter("meshagent_records_skipped_total",
+                          "Signed catalog records from meshd that could not be passed on to gossip")

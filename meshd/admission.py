@@ -26,6 +26,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
+from meshcore import limits
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
 from meshcore.jointoken import join_string, parse_token
@@ -75,6 +76,9 @@ class Admission:
         if max_uses < 0:
             raise InvalidArgument("invalid max uses: must be 0 (unlimited) or more")
         check_labels(labels or {}, "token label")
+        if len(description.encode()) > limits.MAX_DESCRIPTION_BYTES:
+            raise InvalidArgument(f"token description is {len(description.encode())} bytes: "
+                                  f"at most {limits.MAX_DESCRIPTION_BYTES}")
         token_id = "t" + secrets.token_hex(4)
         secret = secrets.token_hex(16)
         now = self.clock.wall()

@@ -13,3 +13,8 @@ NODES = Gauge("meshd_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("meshd_store_revision", "Current store revision")
 WATCH_STREAMS = Gauge("meshd_watch_streams", "Open watch streams", ["kind"])
 LEASE_EXPIRIES = Counter("meshd_lease_expiries_total", "Nodes marked unreachable after their lease expired")
+RECORDS_SKIPPED = Counter("meshd_watch_records_skipped_total",
+                          "Catalog changes left out of a watch stream because they cannot be signed or sent")
+WATCHES_REFUSED = Counter("meshd_watches_refused_total", "Watch streams refused: the caller has too many open")
+WATCHERS_LAGGING = Counter("meshd_watchers_lagging_total",
+                           "Watchers whose event queue filled up (they re-read the history when they read again)")

@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc
-from meshcore import pki
+from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
@@ -45,7 +45,7 @@ from meshd.gossipkeys import GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
-from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer
+from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer, WatchSlots
 from meshd.store import open_store
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
@@ -144,10 +144,11 @@ class Coordinator:
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(AdmissionServicer(
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
             self.k3s_join), server)
+        slots = WatchSlots()
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors), server)
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, slots), server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
-            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network)), server)
+            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network), slots), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
@@ -158,7 +159,9 @@ class Coordinator:
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
         server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                 options=[("grpc.keepalive_time_ms", 20000),
+                                 options=[("grpc.max_receive_message_length", limits.GRPC_MAX_REQUEST_BYTES),
+                                          ("grpc.max_concurrent_streams", limits.GRPC_MAX_CONCURRENT_STREAMS),
+                                          ("grpc.keepalive_time_ms", 20000),
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10000)])
         names = self._add_servicers(server)

@@ -7,14 +7,16 @@ names.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
-from meshcore import __version__, pki
-from meshcore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from meshcore import __version__, limits, pki
+from meshcore.errors import FailedPrecondition, InvalidArgument, MeshError, ResourceExhausted, Unauthenticated
 from meshd import metrics
 from meshd.admission import Admission, TokenRecord
-from meshd.auth import Callers, caller_of, require_admin
+from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd.catalog import Catalog
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
@@ -45,6 +47,32 @@ async def batched(events, batch: bool):
                 pending = []
             in_reset = False
         yield kind, obj, rev
+
+
+log = logging.getLogger("meshd")
+
+
+class WatchSlots:
+    """Open watch streams per caller, bounded (meshcore.limits.WATCHES_PER_CALLER): one
+    member cannot hold meshd's memory with streams it never reads."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, caller: Caller):
+        key = str(caller)
+        limit = limits.WATCHES_PER_LOCAL_CALLER if caller.kind == "local" else limits.WATCHES_PER_CALLER
+        if self._open.get(key, 0) >= limit:
+            metrics.WATCHES_REFUSED.inc()
+            raise ResourceExhausted(f"{caller} already has {limit} watch streams open: at most {limit} per caller")
+        self._open[key] = self._open.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+            if not self._open[key]:
+                del self._open[key]
 
 
 def token_pb(rec: TokenRecord) -> admission_pb2.Token:
@@ -129,7 +157,8 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
-                 sync_errors: Callable[[], dict[str, str]]) -> None:
+                 sync_errors: Callable[[], dict[str, str]], slots: WatchSlots | None = None) -> None:
+        self.slots = slots or WatchSlots()
         self.catalog = catalog
         self.nodes = nodes
         self.gossip = gossip
@@ -151,24 +180,43 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         services, rev = await self.catalog.list()
         return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.sync_errors())
 
-    async def WatchServices(self, request, context):
-        await self.callers.any_member(context)
-        metrics.WATCH_STREAMS.labels("services").inc()
+    def _signed(self, svc: types_pb2.Service, rev: int, deleted: bool) -> bytes | None:
+        """The signed record of a change, or None (counted and logged) if it cannot be signed:
+        one bad record is left out of the stream, never an abort for every watcher."""
         try:
-            async for kind, svc, rev in batched(self.catalog.watch(request.from_revision), request.batch):
-                if kind == "batch":
-                    yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
-                                                   services=[s for s, _ in svc],
-                                                   records=[self.gossip.sign(s, r, False) for s, r in svc])
-                    continue
-                record = self.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
-                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
-        finally:
-            metrics.WATCH_STREAMS.labels("services").dec()
+            return self.gossip.sign(svc, rev, deleted)
+        except MeshError as e:
+            metrics.RECORDS_SKIPPED.inc()
+            log.error("catalog record %r at revision %d left out of watch streams: %s", svc.name, rev, e)
+            return None
+
+    async def WatchServices(self, request, context):
+        caller = await self.callers.any_member(context)
+        with self.slots.hold(caller):
+            metrics.WATCH_STREAMS.labels("services").inc()
+            try:
+                async for kind, svc, rev in batched(self.catalog.watch(request.from_revision), request.batch):
+                    if kind == "batch":
+                        signed = [(s, self._signed(s, r, False)) for s, r in svc]
+                        signed = [(s, rec) for s, rec in signed if rec is not None]
+                        yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                       services=[s for s, _ in signed],
+                                                       records=[rec for _, rec in signed])
+                        continue
+                    record = b""
+                    if svc is not None:
+                        record = self._signed(svc, rev, kind == "delete")
+                        if record is None:
+                            continue
+                    yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
+            finally:
+                metrics.WATCH_STREAMS.labels("services").dec()
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
-    def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str) -> None:
+    def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str,
+                 slots: WatchSlots | None = None) -> None:
+        self.slots = slots or WatchSlots()
         self.nodes = nodes
         self.catalog = catalog
         self.callers = callers
@@ -194,16 +242,18 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         return nodes_pb2.RemoveNodeResponse(node=await self.nodes.remove(request.id_or_name, services))
 
     async def WatchNodes(self, request, context):
-        await self.callers.any_member(context)
-        metrics.WATCH_STREAMS.labels("nodes").inc()
-        try:
-            async for kind, node, rev in batched(self.nodes.watch(request.from_revision), request.batch):
-                if kind == "batch":
-                    yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, nodes=[n for n, _ in node])
-                    continue
-                yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev)
-        finally:
-            metrics.WATCH_STREAMS.labels("nodes").dec()
+        caller = await self.callers.any_member(context)
+        with self.slots.hold(caller):
+            metrics.WATCH_STREAMS.labels("nodes").inc()
+            try:
+                async for kind, node, rev in batched(self.nodes.watch(request.from_revision), request.batch):
+                    if kind == "batch":
+                        yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                  nodes=[n for n, _ in node])
+                        continue
+                    yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev)
+            finally:
+                metrics.WATCH_STREAMS.labels("nodes").dec()
 
     async def Status(self, request, context):
         caller = caller_of(context)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 
+from meshcore import limits
 from meshcore.errors import InvalidArgument, PeerError
 from meshcore.gossip.messages import (
     Ack, Addr, Alive, Dead, IndirectPing, MemberState, Message, Nack, Ping, PushPull, Record,
@@ -26,8 +27,8 @@ from meshcore.gossip.messages import (
 )
 
 MAX_ID = 255
-MAX_FACTS = 1024
-MAX_PAYLOAD = 1024
+MAX_FACTS = limits.GOSSIP_MAX_FACTS
+MAX_PAYLOAD = limits.GOSSIP_MAX_PAYLOAD
 MAX_SIGNATURE = 255
 MAX_PUSHPULL_ITEMS = 100_000
 
