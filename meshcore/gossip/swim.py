@@ -61,6 +61,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from meshcore import limits
 from meshcore.errors import InvalidArgument, PeerError
 from meshcore.gossip import codec
 from meshcore.gossip.broadcasts import BroadcastQueue
@@ -77,7 +78,7 @@ from meshcore.gossip.records import RecordStore
 from meshcore.gossip.replay import ReplayWindows
 from meshcore.gossip.stats import GossipStats
 
-MAX_STREAM = 16 * 1024 * 1024
+MAX_STREAM = limits.GOSSIP_MAX_STREAM_BYTES
 
 
 @dataclass(slots=True)
