@@ -28,9 +28,9 @@ class LabDaemons:
         self.procs: dict[str, subprocess.Popen] = {}
         self.ready: dict[str, dict] = {}
 
-    def _start(self, where: str, name: str, argv: list[str], prefix: str) -> None:
+    def _start(self, where: str, name: str, argv: list[str], prefix: str, env: dict[str, str] | None = None) -> None:
         with open(self.state / f"{name}.log", "ab") as log:
-            p = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=log, env=self.env)
+            p = self.lab.popen(where, argv, stdout=subprocess.PIPE, stderr=log, env=env or self.env)
         self.procs[name] = p
         self.ready[name] = _wait_ready(p, prefix, self.state / f"{name}.log", 30)
 
@@ -48,13 +48,12 @@ class LabDaemons:
                 "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
                 "--gossip-profile", "local", "--no-spot-watch", "--wireguard", node.ifname, "--hub", "hub",
                 "--cloud", s.cloud, "--region", s.region]
-        if token:
-            argv += ["--token", token]
+        env = {**self.env, "MESH_JOIN_TOKEN": token} if token else None  # never on the command line
         for flag, value in (("--vpc-id", s.vpc_id), ("--vpc-cidr", s.vpc_cidr),
                             ("--private-address", s.private_address), ("--public-address", s.public_address)):
             if value:
                 argv += [flag, value]
-        self._start(role, role, argv, "meshagent")
+        self._start(role, role, argv, "meshagent", env)
 
     def meshctl(self, *args: str, agent: str | None = None) -> subprocess.CompletedProcess:
         env = dict(self.ctl_env)
