@@ -259,7 +259,7 @@ class Agent:
         node = types_pb2.Node(mesh_address=self.identity.mesh_address, region=self.node_facts.region,
                               cloud=self.node_facts.cloud, labels=self.labels())
         self.gossip = AgentGossip(self.identity.node_id, self.identity.name, host, port, self.identity.mesh_address,
-                                  cfg, facts_of(node), profile, self.rng, self.clock)
+                                  cfg, facts_of(node), profile, self.rng, self.clock, identity=self.identity)
         await self.gossip.start()
         self._tasks_early = [asyncio.create_task(self.gossip.join_saved_peers(self.state_dir / "peers.json"))]
 

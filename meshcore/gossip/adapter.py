@@ -94,7 +94,9 @@ class GossipNode:
                  verify_record: Callable[[Record], bool], facts: bytes | dict[str, Any] = b"",
                  seeds: list[str] | None = None, advertise_host: str | None = None,
                  clock: Clock = SYSTEM,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 verify_leave: Callable[[str, int, bytes], bool] | None = None,
+                 sign_leave: Callable[[str, int], bytes] | None = None) -> None:
         if host in ("0.0.0.0", "::") and not advertise_host:
             raise InvalidArgument(f"gossip binds to {host}: set advertise_host to the address peers should use")
         self.node_id = node_id
@@ -109,6 +111,7 @@ class GossipNode:
         self.advertise_host = advertise_host or host
         self._clock = clock
         self._rng = rng or random.Random()
+        self._leave = (verify_leave, sign_leave)
         self._swim: Swim | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -139,7 +142,8 @@ class GossipNode:
         self._udp, _ = await self._loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(self.host, self.port))
         self._swim = Swim(self.node_id, self.name, self.addr, self.profile, self._rng, self.keyring,
-                          self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now())
+                          self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now(),
+                          verify_leave=self._leave[0], sign_leave=self._leave[1])
         self._flush()
         if not self.seeds:
             return 0
