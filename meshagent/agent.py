@@ -40,6 +40,7 @@ from meshagent.uplink import Uplink
 from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/test_control.py imports it from here)
 from meshagent.view import Catalog
 from meshcore.clock import SYSTEM, Clock
+from meshcore import limits
 from meshcore.jointoken import parse_token
 from meshcore.metrics import split_hostport
 
@@ -268,17 +269,20 @@ class Agent:
         sock.parent.mkdir(parents=True, exist_ok=True)
         if sock.exists():
             sock.unlink()
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.LOCAL_API_MAX_REQUEST_BYTES)])
         servicer = AgentServicer(self.uplink, self.desired, self.catalog, self.health,
                                  node_id=lambda: self.identity.node_id if self.identity else "",
                                  dns_address=lambda: self.dns_address, counters=self.counters)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
-        server.add_insecure_port(f"unix:{sock}")
+        # The socket is created (bound) by add_insecure_port: its mode must be in place then,
+        # not after. 0660: root and the `mesh` group; nobody else can even connect.
         old = os.umask(0o117)
         try:
-            await server.start()
+            server.add_insecure_port(f"unix:{sock}")
         finally:
             os.umask(old)
+        restrict_socket(sock)
+        await server.start()
         self._server = server
 
     async def _start_dns(self) -> None:
@@ -324,3 +328,19 @@ class Agent:
         if self.gossip:
             await self.gossip.stop(leave=True)
             self.gossip = None
+
+
+#: the group whose members (besides root) may use the agent's local API
+SOCKET_GROUP = "mesh"
+
+
+def restrict_socket(path: Path) -> None:
+    """Mode 0660, group `mesh` when that group exists (else root's only)."""
+    import grp
+    try:
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        gid = -1
+    if gid >= 0 and os.geteuid() == 0:
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o660)

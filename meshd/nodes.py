@@ -228,6 +228,10 @@ class Nodes:
             claims.check_unique(wanted, others)
         return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
 
+    async def bound_labels(self, node_id: str) -> dict[str, str]:
+        """The labels the node's join token set (binding for good)."""
+        return await self._bound(node_id)
+
     async def _bound(self, node_id: str) -> dict[str, str]:
         kv = await self.store.get(BOUND + node_id)
         return json.loads(kv.value) if kv is not None else {}

@@ -10,10 +10,12 @@ it uses, and runs the server and the background loops.
 Listeners (all one grpc.aio server, same servicers):
 - `listen` (default 0.0.0.0:7443): mTLS; the client certificate must come
   from the mesh CA. Everything but Join.
-- `join_listen` (default 0.0.0.0:7444): server TLS only, for Join.
+- `join_listen` (default 0.0.0.0:7444): server TLS only, its own gRPC server
+  answering Join and nothing else (no health, no reflection, no other
+  method): the one door open to callers without a certificate.
 - `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, for
   root on the main node (tokens, node removal) without any certificate.
-Health checking and reflection are on.
+Health checking and reflection are on the mTLS listener and the admin socket.
 
 One clock (meshcore.clock) is injected into every part: durations on its
 monotonic time, stored and shown timestamps on its wall time.
@@ -120,6 +122,7 @@ class Coordinator:
         self.callers = Callers(self.nodes.exists)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
+        self.join_server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.election = None
@@ -141,9 +144,10 @@ class Coordinator:
         return self.config.k3s_server_url, token
 
     def _add_servicers(self, server: grpc.aio.Server) -> list[str]:
-        admission_pb2_grpc.add_AdmissionServiceServicer_to_server(AdmissionServicer(
+        self._admission_servicer = AdmissionServicer(
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
-            self.k3s_join), server)
+            self.k3s_join)
+        admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
         slots = WatchSlots()
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
             self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, slots), server)
@@ -154,16 +158,29 @@ class Coordinator:
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
                                       nodes_pb2.DESCRIPTOR.services_by_name["NodeService"])]
 
+    def _server_options(self) -> list[tuple[str, object]]:
+        return [("grpc.max_receive_message_length", limits.GRPC_MAX_REQUEST_BYTES),
+                ("grpc.max_concurrent_streams", limits.GRPC_MAX_CONCURRENT_STREAMS),
+                ("grpc.keepalive_time_ms", 20000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10000)]
+
+    def _join_server(self, pair) -> grpc.aio.Server:
+        """The join port's own server: Join and nothing else."""
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self._server_options())
+        join = grpc.unary_unary_rpc_method_handler(
+            self._admission_servicer.Join, request_deserializer=admission_pb2.JoinRequest.FromString,
+            response_serializer=admission_pb2.JoinResponse.SerializeToString)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("mesh.v1.AdmissionService",
+                                                                              {"Join": join}),))
+        self.ports["join"] = server.add_secure_port(self.config.join_listen, grpc.ssl_server_credentials(pair))
+        return server
+
     async def start(self) -> None:
         await self.gossip.load()
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                 options=[("grpc.max_receive_message_length", limits.GRPC_MAX_REQUEST_BYTES),
-                                          ("grpc.max_concurrent_streams", limits.GRPC_MAX_CONCURRENT_STREAMS),
-                                          ("grpc.keepalive_time_ms", 20000),
-                                          ("grpc.keepalive_permit_without_calls", 1),
-                                          ("grpc.http2.min_ping_interval_without_data_ms", 10000)])
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self._server_options())
         names = self._add_servicers(server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         pair = [(self._server_key, self._server_cert)]
@@ -171,7 +188,8 @@ class Coordinator:
             self.ports["listen"] = server.add_secure_port(
                 self.config.listen, grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.join_listen:
-            self.ports["join"] = server.add_secure_port(self.config.join_listen, grpc.ssl_server_credentials(pair))
+            self.join_server = self._join_server(pair)
+            await self.join_server.start()
         if self.config.admin_socket:
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +255,9 @@ class Coordinator:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.join_server:
+            await self.join_server.stop(grace)
+            self.join_server = None
         if self.server:
             await self.server.stop(grace)
             self.server = None

@@ -13,13 +13,18 @@ from collections.abc import Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
 from meshcore import __version__, limits, pki
-from meshcore.errors import FailedPrecondition, InvalidArgument, MeshError, ResourceExhausted, Unauthenticated
+from meshcore.errors import (
+    FailedPrecondition, InvalidArgument, MeshError, PermissionDenied, ResourceExhausted, Unauthenticated,
+)
 from meshd import metrics
 from meshd.admission import Admission, TokenRecord
 from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd.catalog import Catalog
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
+
+#: the token label that lets the nodes it admits fetch the K3s agent token
+K3S_LABEL = "mesh.k3s"
 
 EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
@@ -143,7 +148,12 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode())
 
     async def K3sJoin(self, request, context):
-        await self.callers.node_caller(context)
+        node_id = await self.callers.node_caller(context)
+        # The K3s agent token lets a machine into the Kubernetes cluster: only nodes whose
+        # join token said so (label K3S_LABEL=agent, bound at join) get it.
+        if (await self.nodes.bound_labels(node_id)).get(K3S_LABEL) != "agent":
+            raise PermissionDenied(f"this node's join token does not allow K3s: join with a token made by "
+                                   f"`meshctl token create --label {K3S_LABEL}=agent`")
         k3s = self.k3s_join()
         if k3s is None:
             raise FailedPrecondition("meshd runs without K3s: start it with --k3s-server-url and --k3s-token-file")
