@@ -152,7 +152,8 @@ class Coordinator:
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
             self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, slots), server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
-            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network), slots), server)
+            self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network), slots,
+            self.gossip), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],

@@ -225,8 +225,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
     def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str,
-                 slots: WatchSlots | None = None) -> None:
+                 slots: WatchSlots | None = None, gossip: GossipKeys | None = None) -> None:
         self.slots = slots or WatchSlots()
+        self.gossip = gossip
         self.nodes = nodes
         self.catalog = catalog
         self.callers = callers
@@ -249,7 +250,15 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
     async def RemoveNode(self, request, context):
         require_admin(caller_of(context))
         services, _ = await self.catalog.list()
-        return nodes_pb2.RemoveNodeResponse(node=await self.nodes.remove(request.id_or_name, services))
+        node = await self.nodes.remove(request.id_or_name, services)
+        if self.gossip is not None:
+            # The removed node still holds the gossip key: roll a new one through the mesh
+            # (it never gets it: keys travel only over mTLS to nodes still in the mesh).
+            try:
+                await self.gossip.rotate()
+            except FailedPrecondition:  # a rotation under way: the key it installs is new too
+                log.info("node %s removed during a gossip key rotation: no second rotation", node.name)
+        return nodes_pb2.RemoveNodeResponse(node=node)
 
     async def WatchNodes(self, request, context):
         caller = await self.callers.any_member(context)
