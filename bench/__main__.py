@@ -1,4 +1,4 @@
-"""Run benchmarks: python -m bench [all|control|gossip|dataplane|integrations|infra|ha]."""
+"""Run benchmarks: python -m bench [all|control|gossip|dataplane|integrations|infra|ha|security]."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 from bench.common import show, write
 
-ALL = ["control", "gossip", "dataplane", "integrations", "infra", "ha"]
+ALL = ["control", "gossip", "dataplane", "integrations", "infra", "ha", "security"]
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/t
 from meshagent.view import Catalog
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import StateError, Unavailable
+from meshcore import limits
 from meshcore.jointoken import parse_token
 from meshcore.metrics import split_hostport
 from meshcore.statelock import StateLock, claim_socket
@@ -313,7 +314,7 @@ class Agent:
         node = types_pb2.Node(mesh_address=self.identity.mesh_address, region=self.node_facts.region,
                               cloud=self.node_facts.cloud, labels=self.labels())
         self.gossip = AgentGossip(self.identity.node_id, self.identity.name, host, port, self.identity.mesh_address,
-                                  cfg, facts_of(node), profile, self.rng, self.clock)
+                                  cfg, facts_of(node), profile, self.rng, self.clock, identity=self.identity)
         await self.gossip.start()
         self._tasks_early = [asyncio.create_task(self.gossip.join_saved_peers(self.state_dir / "peers.json"))]
 
@@ -321,19 +322,22 @@ class Agent:
         sock = Path(self.config.socket)
         sock.parent.mkdir(parents=True, exist_ok=True)
         claim_socket(sock, "meshagent", "--socket")
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limits.LOCAL_API_MAX_REQUEST_BYTES)])
         servicer = AgentServicer(self.uplink, self.desired, self.catalog, self.health,
                                  node_id=lambda: self.identity.node_id if self.identity else "",
                                  dns_address=lambda: self.dns_address, counters=self.counters,
                                  facts=lambda: self.node_facts, dataplane=lambda: self.dataplane,
                                  health_line=self.health_line)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
-        server.add_insecure_port(f"unix:{sock}")
+        # The socket is created (bound) by add_insecure_port: its mode must be in place then,
+        # not after. 0660: root and the `mesh` group; nobody else can even connect.
         old = os.umask(0o117)
         try:
-            await server.start()
+            server.add_insecure_port(f"unix:{sock}")
         finally:
             os.umask(old)
+        restrict_socket(sock)
+        await server.start()
         self._server = server
 
     async def _start_dns(self) -> None:
@@ -381,3 +385,19 @@ class Agent:
         if self.gossip:
             await self.gossip.stop(leave=True)
             self.gossip = None
+
+
+#: the group whose members (besides root) may use the agent's local API
+SOCKET_GROUP = "mesh"
+
+
+def restrict_socket(path: Path) -> None:
+    """Mode 0660, group `mesh` when that group exists (else root's only)."""
+    import grp
+    try:
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        gid = -1
+    if gid >= 0 and os.geteuid() == 0:
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o660)

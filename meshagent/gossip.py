@@ -26,9 +26,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mesh.v1 import admission_pb2, types_pb2
+from meshagent import metrics
 from meshcore import pki
 from meshcore.clock import SYSTEM, Clock
-from meshcore.errors import PeerError, StateError
+from meshcore.errors import InvalidArgument, PeerError, StateError
 from meshcore.gossip.adapter import GossipNode, decode_facts
 from meshcore.gossip.codec import decode_message
 from meshcore.gossip.keyring import Keyring
@@ -66,14 +67,14 @@ def decode_record(raw: bytes) -> Record:
 class AgentGossip:
     def __init__(self, node_id: str, name: str, host: str, port: int, advertise: str,
                  cfg: admission_pb2.GossipConfig, facts: dict, profile: GossipProfile | None = None,
-                 rng: random.Random | None = None, clock: Clock = SYSTEM) -> None:
+                 rng: random.Random | None = None, clock: Clock = SYSTEM, identity=None) -> None:
         self.cfg = cfg
         self._verify = ed25519_verifier(ed25519.Ed25519PublicKey.from_public_bytes(cfg.catalog_public_key))
         keys = list(cfg.keys)
         self.keyring = Keyring(keys[0], keys[1:])
         self.node = GossipNode(node_id, name, host, port, profile=profile, keyring=self.keyring,
                                verify_record=self._verify, facts=facts, advertise_host=advertise, clock=clock,
-                               rng=rng)
+                               rng=rng, **_membership_proofs(identity, clock))
         self.rng = rng or random.Random()
         self.listeners: list = []
         self.node.on_event(self._event)
@@ -125,11 +126,13 @@ class AgentGossip:
 
     # -- records --------------------------------------------------------------
     def publish(self, raw: bytes) -> None:
-        """Pass on a record meshd signed (from the watch stream)."""
+        """Pass on a record meshd signed (from the watch stream). One that cannot be passed on
+        is skipped with a metric and a log line: the stream, and every other record, go on."""
         try:
             self.node.publish(decode_record(raw))
-        except PeerError as e:
-            log.warning("meshd sent a record that does not decode: %s", e)
+        except (PeerError, InvalidArgument) as e:
+            metrics.RECORDS_SKIPPED.inc()
+            log.warning("a catalog record from meshd cannot be gossiped, skipped: %s", e)
 
     def services(self) -> dict[str, types_pb2.Service]:
         """Live services from gossip records (origins not down, not tombstones)."""
@@ -164,6 +167,15 @@ class AgentGossip:
 
     def stats(self) -> dict[str, int]:
         return {f"gossip_{k}": int(v) for k, v in self.node.stats().items() if isinstance(v, (int, float))}
+
+
+def _membership_proofs(identity, clock: Clock) -> dict:
+    """Leaves signed with this node's mesh key and checked against the mesh CA (identity: meshagent.identity)."""
+    if identity is None:
+        return {}
+    from meshcore.gossip.leaveproof import leave_signer, leave_verifier
+    return {"sign_leave": leave_signer(identity.key_pem, identity.cert_pem, clock.wall),
+            "verify_leave": leave_verifier(identity.ca_pem, clock.wall)}
 
 
 def facts_of(node: types_pb2.Node) -> dict:

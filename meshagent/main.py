@@ -18,6 +18,7 @@ from meshagent.agent import Agent
 from meshagent.config import AgentConfig
 from meshcore import daemon
 from meshcore.errors import InvalidArgument
+from meshcore.jointoken import ARGV_REFUSED, read_token_file
 from meshcore.names import parse_labels
 
 
@@ -28,8 +29,9 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--coordinator", default=os.environ.get("MESH_COORDINATOR", d.coordinator),
                    help="meshd's API as host:port (env MESH_COORDINATOR)")
     p.add_argument("--join-address", default=d.join_address, help="meshd's join listener (default: coordinator port + 1)")
-    p.add_argument("--token", default=os.environ.get("MESH_JOIN_TOKEN", ""),
-                   help="join token, first start only (env MESH_JOIN_TOKEN)")
+    p.add_argument("--token-file", default="",
+                   help="file holding the join token, first start only (or env MESH_JOIN_TOKEN)")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see jointoken.ARGV_REFUSED
     p.add_argument("--name", default=d.name, help=f"node name (default: host name, {d.name})")
     p.add_argument("--socket", default=d.socket, help=f"local API socket (default {d.socket})")
     p.add_argument("--dns", default=d.dns, help=f"DNS responder address (default {d.dns}; '' disables)")
@@ -60,11 +62,14 @@ def parse_args(argv: list[str]) -> AgentConfig:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.token is not None:
+        p.error(f"--token is refused: {ARGV_REFUSED}")
     try:
         labels = parse_labels(a.label)
+        token = read_token_file(a.token_file) if a.token_file else os.environ.get("MESH_JOIN_TOKEN", "")
     except InvalidArgument as e:
         p.error(str(e))
-    return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=a.token,
+    return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=token,
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
                        gossip=a.gossip, gossip_profile=a.gossip_profile, k3s=a.k3s, k3s_binary=a.k3s_binary,

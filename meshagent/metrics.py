@@ -13,3 +13,5 @@ RECONNECTS = Counter("meshagent_meshd_disconnects_total", "Times the connection 
 LOOP_FAILURES = Counter("meshagent_loop_failures_total",
                         "Unexpected errors that restarted a background loop, by loop", ["loop"])
 HEALTHY = Gauge("meshagent_healthy", "1 while no background loop is restarting after an unexpected error (see Status)")
+RECORDS_SKIPPED = Counter("meshagent_records_skipped_total",
+                          "Signed catalog records from meshd that could not be passed on to gossip")

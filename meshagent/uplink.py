@@ -108,7 +108,8 @@ class Uplink:
         state_dir = Path(self.config.state_dir)
         if not token:
             raise StateError(f"no identity in {state_dir} and no join token: "
-                             f"start meshagent once with --token (from `meshctl token create` on the main node)")
+                             f"start meshagent once with --token-file PATH or MESH_JOIN_TOKEN "
+                             f"(a token from `meshctl token create` on the main node)")
         _, _, pin = parse_token(token)
         if pin is None:
             raise Unauthenticated("the join token has no CA pin: use the full token printed by `meshctl token create`")

@@ -40,3 +40,17 @@ def new_join_string(ca_pin: str) -> str:
 
 def join_string(token_id: str, secret: str, ca_pin: str) -> str:
     return f"{token_id}.{secret}.{ca_pin}"
+
+
+#: why a join token is never taken from a command line
+ARGV_REFUSED = ("a join token on the command line is readable by every local user (ps, /proc/<pid>/cmdline): "
+                "put it in a file only root can read and pass --token-file PATH, or set MESH_JOIN_TOKEN")
+
+
+def read_token_file(path: str) -> str:
+    """The join string in `path` (surrounding whitespace removed); InvalidArgument if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(4096).strip()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the join token file {path}: {e.strerror}") from None

@@ -144,6 +144,15 @@ def check_label(key: str, value: str, what: str = "label") -> None:
 
 
 def check_labels(labels: Mapping[str, str], what: str = "label") -> dict[str, str]:
+    """Each label by the label rule, and the set by its bounds (meshcore.limits): labels travel
+    in gossip facts, which must fit one datagram."""
+    from meshcore import limits
+    if len(labels) > limits.MAX_LABELS:
+        raise InvalidArgument(f"{len(labels)} {what}s: at most {limits.MAX_LABELS}")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in labels.items()
+               if isinstance(k, str) and isinstance(v, str))
+    if size > limits.MAX_LABELS_BYTES:
+        raise InvalidArgument(f"{what}s take {size} bytes (keys and values): at most {limits.MAX_LABELS_BYTES}")
     for k, v in labels.items():
         check_label(k, v, what)
     return dict(labels)

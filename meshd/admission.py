@@ -22,17 +22,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 
+from meshcore import limits
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, NotFound, Unauthenticated
 from meshcore.jointoken import join_string, parse_token
 from meshcore.names import check_labels
 from meshd.store.base import Compare, KeyValue, Op, Put, Store, absent
 
+log = logging.getLogger("meshd")
+
 PREFIX = "/tokens/"
+#: the one answer to a refused join token, whatever the reason
+REFUSED = ("join token refused: it is unknown, wrong, revoked, expired or used up "
+           "(make a new one with `meshctl token create` on the main node)")
 MAX_TTL_S = 30 * 24 * 3600
 BOOTSTRAP_TTL_S = 10 * 365 * 24 * 3600
 
@@ -75,6 +82,9 @@ class Admission:
         if max_uses < 0:
             raise InvalidArgument("invalid max uses: must be 0 (unlimited) or more")
         check_labels(labels or {}, "token label")
+        if len(description.encode()) > limits.MAX_DESCRIPTION_BYTES:
+            raise InvalidArgument(f"token description is {len(description.encode())} bytes: "
+                                  f"at most {limits.MAX_DESCRIPTION_BYTES}")
         token_id = "t" + secrets.token_hex(4)
         secret = secrets.token_hex(16)
         now = self.clock.wall()
@@ -118,19 +128,25 @@ class Admission:
         """Validate a join string. Returns the token and the compare/op that consume one use;
         the caller commits them in its own transaction."""
         token_id, secret, pin = parse_token(token)
-        if pin is not None and pin != self.ca_pin:
-            raise Unauthenticated("join token is for another mesh: its CA pin does not match this meshd's CA")
         kv: KeyValue | None = await self.store.get(PREFIX + token_id)
-        if kv is None:
-            raise Unauthenticated(f"join token {token_id} is unknown (never created, or meshd's state was reset)")
-        rec = TokenRecord.decode(kv.value)
-        if not hmac.compare_digest(rec.hash, _hash(secret)):
-            raise Unauthenticated(f"join token {token_id}: wrong secret")
-        if rec.revoked:
-            raise Unauthenticated(f"join token {token_id} was revoked")
-        if self.clock.wall() >= rec.expires_at:
-            raise Unauthenticated(f"join token {token_id} expired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(rec.expires_at))}")
-        if rec.max_uses and rec.uses >= rec.max_uses:
-            raise Unauthenticated(f"join token {token_id} is used up ({rec.uses} of {rec.max_uses} joins)")
+        rec = TokenRecord.decode(kv.value) if kv is not None else None
+        why = ""
+        if pin is not None and pin != self.ca_pin:
+            why = "its CA pin is another mesh's"
+        elif rec is None:
+            why = "unknown id"
+        elif not hmac.compare_digest(rec.hash, _hash(secret)):
+            why = "wrong secret"
+        elif rec.revoked:
+            why = "revoked"
+        elif self.clock.wall() >= rec.expires_at:
+            why = f"expired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(rec.expires_at))}"
+        elif rec.max_uses and rec.uses >= rec.max_uses:
+            why = f"used up ({rec.uses} of {rec.max_uses} joins)"
+        if why:
+            # One answer for every reason: the join port must not tell a caller which part
+            # was wrong (whether a token id exists, say). The reason is in meshd's log.
+            log.info("join refused: token %s: %s", token_id, why)
+            raise Unauthenticated(REFUSED)
         rec.uses += 1
         return rec, [Compare(kv.key, "mod", "=", kv.mod_revision)], [Put(kv.key, rec.encode())]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import grpc
 from cryptography import x509
 
-from meshcore import pki
-from meshcore.errors import MeshError, PermissionDenied, Unauthenticated
+from meshcore import limits, pki
+from meshcore.errors import InvalidArgument, MeshError, PermissionDenied, Unauthenticated
 from meshd import metrics
 
 
@@ -93,8 +93,18 @@ class Callers:
         return caller
 
 
+def check_request_size(method: str, request) -> None:
+    """Every method has a bound on its request (meshcore.limits.REQUEST_BYTES), checked before
+    the servicer sees it; the transport caps everything at GRPC_MAX_REQUEST_BYTES before that."""
+    size = request.ByteSize() if hasattr(request, "ByteSize") else 0
+    limit = limits.request_limit(method)
+    if size > limit:
+        raise InvalidArgument(f"{method} request is {size} bytes: at most {limit} accepted")
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps MeshError to its gRPC status (message = the rule broken) and records RPC metrics."""
+    """Maps MeshError to its gRPC status (message = the rule broken), bounds every request's
+    size per method, and records RPC metrics."""
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -108,6 +118,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 t0 = time.perf_counter()
                 code = "OK"
                 try:
+                    check_request_size(method, request)
                     return await inner(request, context)
                 except MeshError as e:
                     code = e.code
@@ -128,6 +139,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request, context):
                 code = "OK"
                 try:
+                    check_request_size(method, request)
                     async for item in inner_s(request, context):
                         yield item
                 except MeshError as e:

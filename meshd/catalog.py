@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from mesh.v1 import types_pb2
-from meshcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from meshcore import limits
+from meshcore.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+)
 from meshcore.names import check_name, check_port, check_service_name
 from meshd.store.base import Compacted, Delete, Event, KeyValue, Put, Store, absent, unchanged
 
@@ -36,13 +39,32 @@ def check_service(svc: types_pb2.Service, stored: bool = False) -> None:
     check_port(svc.port)
     if svc.protocol not in (types_pb2.PROTOCOL_UNSPECIFIED, types_pb2.PROTOCOL_TCP, types_pb2.PROTOCOL_UDP):
         raise InvalidArgument(f"invalid protocol {svc.protocol}: must be tcp or udp")
-    if svc.health.WhichOneof("kind") == "http_path" and not svc.health.http_path.startswith("/"):
-        raise InvalidArgument(f"invalid HTTP health check path {svc.health.http_path!r}: must start with '/'")
+    if svc.health.WhichOneof("kind") == "http_path":
+        path = svc.health.http_path
+        if not path.startswith("/"):
+            raise InvalidArgument(f"invalid HTTP health check path {path[:40]!r}: must start with '/'")
+        if len(path.encode()) > limits.MAX_HEALTH_PATH_BYTES:
+            raise InvalidArgument(f"HTTP health check path is {len(path.encode())} bytes: "
+                                  f"at most {limits.MAX_HEALTH_PATH_BYTES}")
     if svc.health.WhichOneof("kind") and svc.protocol == types_pb2.PROTOCOL_UDP:
         raise InvalidArgument("health checks are HTTP or TCP: a UDP service cannot have one")
+    if len(svc.tags) > limits.MAX_TAGS:
+        raise InvalidArgument(f"a service has {len(svc.tags)} tags: at most {limits.MAX_TAGS}")
     for t in svc.tags:
-        if not t or len(t) > 128:
-            raise InvalidArgument(f"invalid tag {t!r}: 1-128 characters")
+        if not t or len(t.encode()) > limits.MAX_TAG_BYTES:
+            raise InvalidArgument(f"invalid tag {t[:20]!r}: 1-{limits.MAX_TAG_BYTES} bytes")
+
+
+def check_record_size(svc: types_pb2.Service) -> None:
+    """The service as it will be stored, signed and gossiped must fit one record: refused
+    here, at the door, rather than by a watch stream or a peer later."""
+    probe = types_pb2.Service()
+    probe.CopyFrom(svc)
+    probe.revision = 2**62  # the widest revision it may ever carry
+    size = probe.ByteSize()
+    if size > limits.MAX_SERVICE_BYTES:
+        raise InvalidArgument(f"service {svc.name!r} takes {size} bytes as a catalog record: at most "
+                              f"{limits.MAX_SERVICE_BYTES} (use fewer or shorter tags, or a shorter health path)")
 
 
 class Catalog:
@@ -58,9 +80,14 @@ class Catalog:
         want.CopyFrom(svc)
         want.protocol = svc.protocol or types_pb2.PROTOCOL_TCP
         want.node_id, want.node_name, want.address, want.revision = node.id, node.name, node.mesh_address, 0
+        want.health_state = types_pb2.HEALTH_STATE_CRITICAL  # the widest state it may be given later
+        check_record_size(want)
+        want.health_state = svc.health_state
         key = PREFIX + svc.name
         for _ in range(8):
             kv = await self.store.get(key)
+            if kv is None:
+                await self._check_count(node.id)
             if kv is not None:
                 held = decode(kv)
                 if held.node_id != node.id:
@@ -75,6 +102,12 @@ class Catalog:
                 want.revision = res.revision
                 return want
         raise AlreadyExists(f"service name {svc.name!r} is being claimed concurrently")
+
+    async def _check_count(self, node_id: str) -> None:
+        services, _ = await self.list()
+        held = sum(1 for s in services if s.node_id == node_id)
+        if held >= limits.MAX_SERVICES_PER_NODE:
+            raise ResourceExhausted(f"node holds {held} services: at most {limits.MAX_SERVICES_PER_NODE} per node")
 
     async def unexpose(self, name: str, node_id: str | None) -> types_pb2.Service:
         """Remove a service; `node_id` None means an admin (may remove any)."""

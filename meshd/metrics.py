@@ -16,3 +16,8 @@ LEASE_EXPIRIES = Counter("meshd_lease_expiries_total", "Nodes marked unreachable
 COMPACTED = Gauge("meshd_store_compacted_revision", "Revision the leader last compacted the store's history to")
 STORE_ALARMS = Gauge("meshd_store_alarms", "Store alarms raised (1 per alarm; etcd NOSPACE: the store is read-only)",
                      ["alarm"])
+RECORDS_SKIPPED = Counter("meshd_watch_records_skipped_total",
+                          "Catalog changes left out of a watch stream because they cannot be signed or sent")
+WATCHES_REFUSED = Counter("meshd_watches_refused_total", "Watch streams refused: the caller has too many open")
+WATCHERS_LAGGING = Counter("meshd_watchers_lagging_total",
+                           "Watchers whose event queue filled up (they re-read the history when they read again)")

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 from mesh.v1 import types_pb2
-from meshcore import pki
+from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from meshcore.names import check_labels, check_name, check_port
@@ -62,9 +62,20 @@ def check_address(addr: str, what: str) -> str:
     return str(ip)
 
 
+def check_fact_sizes(node: types_pb2.Node) -> None:
+    """Free-text facts are bounded (meshcore.limits): cloud and region travel in gossip facts."""
+    for f in ("cloud", "region", "vpc_id", "vpc_cidr", "private_address", "public_address",
+              "wireguard_public_key"):
+        if len(getattr(node, f).encode()) > limits.MAX_FACT_BYTES:
+            raise InvalidArgument(f"node {f} is {len(getattr(node, f).encode())} bytes: at most {limits.MAX_FACT_BYTES}")
+    if len(node.hostname.encode()) > limits.MAX_HOSTNAME_BYTES:
+        raise InvalidArgument(f"node hostname is {len(node.hostname.encode())} bytes: at most {limits.MAX_HOSTNAME_BYTES}")
+
+
 def check_facts(node: types_pb2.Node) -> None:
     """Refuse facts no honest node would send; they are never stored or applied."""
     check_name(node.name, "node name")
+    check_fact_sizes(node)
     check_wireguard_key(node.wireguard_public_key)
     check_address(node.private_address, "private address")
     check_address(node.public_address, "public address")
@@ -144,6 +155,7 @@ class Nodes:
                                     f"remove it with `meshctl node remove {facts.name}` or pick another name")
             # Labels from the token bind the node: it may add labels, never change these.
             claims.check_token_labels({**tok.labels, **facts.labels}, tok.labels)
+            check_labels({**facts.labels, **tok.labels}, "node label")
             others, _ = await self.list()
             claims.check(facts, others, self.rules)
             node_id = "n" + secrets.token_hex(8)
@@ -184,6 +196,8 @@ class Nodes:
 
     async def renew(self, node_id: str, facts: types_pb2.Node) -> types_pb2.Node:
         """Renew the lease; update changing facts (public address, WireGuard key/port, labels)."""
+        check_fact_sizes(facts)
+        check_labels(facts.labels, "node label")  # bounded on every renewal, changed or not
         check_wireguard_key(facts.wireguard_public_key)
         check_address(facts.public_address, "public address")
         if facts.wireguard_port:
@@ -192,8 +206,6 @@ class Nodes:
             check_port(facts.gossip_port)
         await self.liveness.renewed(node_id)
         current = await self.get(node_id)
-        if facts.labels and dict(facts.labels) != dict(current.labels):
-            check_labels(facts.labels, "node label")  # new labels only: a node keeps the ones it joined with
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
         wanted.state = types_pb2.NODE_STATE_READY
@@ -203,8 +215,10 @@ class Nodes:
         if facts.labels:
             bound = await self._bound(node_id)
             claims.check_token_labels({**bound, **facts.labels}, bound)
+            merged = {**facts.labels, **bound}  # a renewal may not drop them either
+            check_labels(merged, "node label")
             wanted.labels.clear()
-            wanted.labels.update({**facts.labels, **bound})  # a renewal may not drop them either
+            wanted.labels.update(merged)
         if _stored(wanted) == _stored(current):
             return current  # nothing changed: no write
         if (wanted.public_address, wanted.wireguard_public_key) != (current.public_address,
@@ -213,6 +227,10 @@ class Nodes:
             claims.check_public(wanted, self.rules)
             claims.check_unique(wanted, others)
         return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
+
+    async def bound_labels(self, node_id: str) -> dict[str, str]:
+        """The labels the node's join token set (binding for good)."""
+        return await self._bound(node_id)
 
     async def _bound(self, node_id: str) -> dict[str, str]:
         kv = await self.store.get(BOUND + node_id)

@@ -10,10 +10,12 @@ it uses, and runs the server and the background loops.
 Listeners (all one grpc.aio server, same servicers):
 - `listen` (default 0.0.0.0:7443): mTLS; the client certificate must come
   from the mesh CA. Everything but Join.
-- `join_listen` (default 0.0.0.0:7444): server TLS only, for Join.
+- `join_listen` (default 0.0.0.0:7444): server TLS only, its own gRPC server
+  answering Join and nothing else (no health, no reflection, no other
+  method): the one door open to callers without a certificate.
 - `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, for
   root on the main node (tokens, node removal) without any certificate.
-Health checking and reflection are on.
+Health checking and reflection are on the mTLS listener and the admin socket.
 
 One clock (meshcore.clock) is injected into every part: durations on its
 monotonic time, stored and shown timestamps on its wall time.
@@ -33,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc
-from meshcore import pki
+from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
@@ -47,7 +49,7 @@ from meshd.gossipkeys import GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
-from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer
+from meshd.servicers import AdmissionServicer, CatalogServicer, NodeServicer, WatchSlots
 from meshd.store import open_store, sqlite_path
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
@@ -135,6 +137,7 @@ class Coordinator:
         self.callers = Callers(self.nodes.exists)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
+        self.join_server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.election = None
@@ -156,14 +159,17 @@ class Coordinator:
         return self.config.k3s_server_url, token
 
     def _add_servicers(self, server: grpc.aio.Server) -> list[str]:
-        admission_pb2_grpc.add_AdmissionServiceServicer_to_server(AdmissionServicer(
+        self._admission_servicer = AdmissionServicer(
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
-            self.k3s_join), server)
+            self.k3s_join)
+        admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
+        slots = WatchSlots()
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token), server)
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots),
+            server)
         nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
             self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),
-            self._store_token, self.store_alarms), server)
+            self._store_token, self.store_alarms, slots, self.gossip), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
@@ -197,6 +203,25 @@ class Coordinator:
         for alarm in set(now) - before:
             log.error("store alarm: %s", alarm)
 
+    def _server_options(self) -> list[tuple[str, object]]:
+        # no SO_REUSEPORT: a second meshd on the same port must fail, not share the connections
+        return [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", limits.GRPC_MAX_REQUEST_BYTES),
+                ("grpc.max_concurrent_streams", limits.GRPC_MAX_CONCURRENT_STREAMS),
+                ("grpc.keepalive_time_ms", 20000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10000)]
+
+    def _join_server(self, pair) -> grpc.aio.Server:
+        """The join port's own server: Join and nothing else."""
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self._server_options())
+        join = grpc.unary_unary_rpc_method_handler(
+            self._admission_servicer.Join, request_deserializer=admission_pb2.JoinRequest.FromString,
+            response_serializer=admission_pb2.JoinResponse.SerializeToString)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("mesh.v1.AdmissionService",
+                                                                              {"Join": join}),))
+        self.ports["join"] = _bind(server, self.config.join_listen, "--join-listen", grpc.ssl_server_credentials(pair))
+        return server
+
     async def start(self) -> None:
         await self.store_mark.load()
         await self._check_alarms()
@@ -206,11 +231,7 @@ class Coordinator:
         for what, addr in (("--listen", self.config.listen), ("--join-listen", self.config.join_listen)):
             if addr:
                 check_port_free(addr, what)
-        # no SO_REUSEPORT: a second meshd on the same port must fail, not share the connections
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()],
-                                 options=[("grpc.so_reuseport", 0), ("grpc.keepalive_time_ms", 20000),
-                                          ("grpc.keepalive_permit_without_calls", 1),
-                                          ("grpc.http2.min_ping_interval_without_data_ms", 10000)])
+        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self._server_options())
         names = self._add_servicers(server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         pair = [(self._server_key, self._server_cert)]
@@ -218,8 +239,8 @@ class Coordinator:
             self.ports["listen"] = _bind(server, self.config.listen, "--listen",
                                          grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.join_listen:
-            self.ports["join"] = _bind(server, self.config.join_listen, "--join-listen",
-                                       grpc.ssl_server_credentials(pair))
+            self.join_server = self._join_server(pair)
+            await self.join_server.start()
         if self.config.admin_socket:
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +306,9 @@ class Coordinator:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.join_server:
+            await self.join_server.stop(grace)
+            self.join_server = None
         if self.server:
             await self.server.stop(grace)
             self.server = None

@@ -7,17 +7,24 @@ names.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
-from meshcore import __version__, pki
-from meshcore.errors import FailedPrecondition, InvalidArgument, Unauthenticated
+from meshcore import __version__, limits, pki
+from meshcore.errors import (
+    FailedPrecondition, InvalidArgument, MeshError, PermissionDenied, ResourceExhausted, Unauthenticated,
+)
 from meshd import metrics
 from meshd.admission import Admission, TokenRecord
-from meshd.auth import Callers, caller_of, require_admin
+from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd.catalog import Catalog
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
+
+#: the token label that lets the nodes it admits fetch the K3s agent token
+K3S_LABEL = "mesh.k3s"
 
 EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
@@ -45,6 +52,32 @@ async def batched(events, batch: bool):
                 pending = []
             in_reset = False
         yield kind, obj, rev
+
+
+log = logging.getLogger("meshd")
+
+
+class WatchSlots:
+    """Open watch streams per caller, bounded (meshcore.limits.WATCHES_PER_CALLER): one
+    member cannot hold meshd's memory with streams it never reads."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, caller: Caller):
+        key = str(caller)
+        limit = limits.WATCHES_PER_LOCAL_CALLER if caller.kind == "local" else limits.WATCHES_PER_CALLER
+        if self._open.get(key, 0) >= limit:
+            metrics.WATCHES_REFUSED.inc()
+            raise ResourceExhausted(f"{caller} already has {limit} watch streams open: at most {limit} per caller")
+        self._open[key] = self._open.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+            if not self._open[key]:
+                del self._open[key]
 
 
 def token_pb(rec: TokenRecord) -> admission_pb2.Token:
@@ -116,7 +149,12 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode())
 
     async def K3sJoin(self, request, context):
-        await self.callers.node_caller(context)
+        node_id = await self.callers.node_caller(context)
+        # The K3s agent token lets a machine into the Kubernetes cluster: only nodes whose
+        # join token said so (label K3S_LABEL=agent, bound at join) get it.
+        if (await self.nodes.bound_labels(node_id)).get(K3S_LABEL) != "agent":
+            raise PermissionDenied(f"this node's join token does not allow K3s: join with a token made by "
+                                   f"`meshctl token create --label {K3S_LABEL}=agent`")
         k3s = self.k3s_join()
         if k3s is None:
             raise FailedPrecondition("meshd runs without K3s: start it with --k3s-server-url and --k3s-token-file")
@@ -130,7 +168,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
-                 sync_errors: Callable[[], dict[str, str]], store_token: Callable[[], str] = str) -> None:
+                 sync_errors: Callable[[], dict[str, str]], store_token: Callable[[], str] = str,
+                 slots: WatchSlots | None = None) -> None:
+        self.slots = slots or WatchSlots()
         self.catalog = catalog
         self.store_token = store_token
         self.nodes = nodes
@@ -153,30 +193,50 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         services, rev = await self.catalog.list()
         return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.sync_errors())
 
-    async def WatchServices(self, request, context):
-        await self.callers.any_member(context)
-        metrics.WATCH_STREAMS.labels("services").inc()
+    def _signed(self, svc: types_pb2.Service, rev: int, deleted: bool) -> bytes | None:
+        """The signed record of a change, or None (counted and logged) if it cannot be signed:
+        one bad record is left out of the stream, never an abort for every watcher."""
         try:
-            store = self.store_token()
-            start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
-            async for kind, svc, rev in batched(self.catalog.watch(start), request.batch):
-                if kind == "batch":
-                    yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
-                                                   services=[s for s, _ in svc],
-                                                   records=[self.gossip.sign(s, r, False) for s, r in svc])
-                    continue
-                record = self.gossip.sign(svc, rev, kind == "delete") if svc is not None else b""
-                yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record,
-                                               store=store if kind in ("reset", "synced") else "")
-        finally:
-            metrics.WATCH_STREAMS.labels("services").dec()
+            return self.gossip.sign(svc, rev, deleted)
+        except MeshError as e:
+            metrics.RECORDS_SKIPPED.inc()
+            log.error("catalog record %r at revision %d left out of watch streams: %s", svc.name, rev, e)
+            return None
+
+    async def WatchServices(self, request, context):
+        caller = await self.callers.any_member(context)
+        with self.slots.hold(caller):
+            metrics.WATCH_STREAMS.labels("services").inc()
+            try:
+                store = self.store_token()
+                start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+                async for kind, svc, rev in batched(self.catalog.watch(start), request.batch):
+                    if kind == "batch":
+                        signed = [(s, self._signed(s, r, False)) for s, r in svc]
+                        signed = [(s, rec) for s, rec in signed if rec is not None]
+                        yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                       services=[s for s, _ in signed],
+                                                       records=[rec for _, rec in signed])
+                        continue
+                    record = b""
+                    if svc is not None:
+                        record = self._signed(svc, rev, kind == "delete")
+                        if record is None:
+                            continue
+                    yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record,
+                                                   store=store if kind in ("reset", "synced") else "")
+            finally:
+                metrics.WATCH_STREAMS.labels("services").dec()
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
     def __init__(self, nodes: Nodes, catalog: Catalog, callers: Callers, store_name: str, overlay_pool: str,
-                 store_token: Callable[[], str] = str, store_alarms: Callable[[], list[str]] = list) -> None:
+                 store_token: Callable[[], str] = str, store_alarms: Callable[[], list[str]] = list,
+                 slots: WatchSlots | None = None, gossip: GossipKeys | None = None) -> None:
         self.store_token = store_token
         self.store_alarms = store_alarms
+        self.slots = slots or WatchSlots()
+        self.gossip = gossip
         self.nodes = nodes
         self.catalog = catalog
         self.callers = callers
@@ -199,22 +259,32 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
     async def RemoveNode(self, request, context):
         require_admin(caller_of(context))
         services, _ = await self.catalog.list()
-        return nodes_pb2.RemoveNodeResponse(node=await self.nodes.remove(request.id_or_name, services))
+        node = await self.nodes.remove(request.id_or_name, services)
+        if self.gossip is not None:
+            # The removed node still holds the gossip key: roll a new one through the mesh
+            # (it never gets it: keys travel only over mTLS to nodes still in the mesh).
+            try:
+                await self.gossip.rotate()
+            except FailedPrecondition:  # a rotation under way: the key it installs is new too
+                log.info("node %s removed during a gossip key rotation: no second rotation", node.name)
+        return nodes_pb2.RemoveNodeResponse(node=node)
 
     async def WatchNodes(self, request, context):
-        await self.callers.any_member(context)
-        metrics.WATCH_STREAMS.labels("nodes").inc()
-        try:
-            store = self.store_token()
-            start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
-            async for kind, node, rev in batched(self.nodes.watch(start), request.batch):
-                if kind == "batch":
-                    yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, nodes=[n for n, _ in node])
-                    continue
-                yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev,
-                                          store=store if kind in ("reset", "synced") else "")
-        finally:
-            metrics.WATCH_STREAMS.labels("nodes").dec()
+        caller = await self.callers.any_member(context)
+        with self.slots.hold(caller):
+            metrics.WATCH_STREAMS.labels("nodes").inc()
+            try:
+                store = self.store_token()
+                start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+                async for kind, node, rev in batched(self.nodes.watch(start), request.batch):
+                    if kind == "batch":
+                        yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                  nodes=[n for n, _ in node])
+                        continue
+                    yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev,
+                                              store=store if kind in ("reset", "synced") else "")
+            finally:
+                metrics.WATCH_STREAMS.labels("nodes").dec()
 
     async def Status(self, request, context):
         caller = caller_of(context)

@@ -101,7 +101,8 @@ coordinator() {
     --daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token "${extra[@]}"
   # One multi-use token for the fleet, refreshed on every setup run.
   local token
-  token=$(sudo meshctl token create --ttl "${MESH_TOKEN_TTL:-30d}" --uses 0 \
+  # The label lets the nodes it admits fetch the K3s agent token (meshd refuses it to others).
+  token=$(sudo meshctl token create --ttl "${MESH_TOKEN_TTL:-30d}" --uses 0 --label mesh.k3s=agent \
             --description "SkyPilot VMs" --output json | jq -er .secret)
   echo "$addr:7443" | ssm_put meshd-address String
   echo "$token" | ssm_put join-token SecureString

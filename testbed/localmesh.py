@@ -71,10 +71,10 @@ class LocalMesh:
         self.env.pop("MESH_AGENT_SOCKET", None)
 
     # -- daemons ---------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"{name}.log"
         err = open(log, "ab")
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=self.env, cwd=self.root,
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, env=env or self.env, cwd=self.root,
                              start_new_session=True)
         err.close()
         return p, log
@@ -115,9 +115,10 @@ class LocalMesh:
                 "--gossip-profile", self.gossip_profile, "--no-spot-watch",
                 # the loopback mesh: no cloud metadata, no GPUs, no data plane
                 "--imds", "", "--no-gpus", "--wireguard", "", *extra]
-        if token:
-            argv += ["--token", token]
-        p, log = self._spawn(name, argv)
+        env = None
+        if token:  # never on the command line (every local user can read it there)
+            env = {**self.env, "MESH_JOIN_TOKEN": token}
+        p, log = self._spawn(name, argv, env)
         proc = Proc(name, p, _wait_ready(p, "meshagent", log, timeout), log)
         self.agents[name] = proc
         return proc

@@ -95,7 +95,7 @@ class Mesh:
         name = name or f"node-{next(_names)}"
         return AgentConfig(state_dir=self.tmp / f"agent-{name}", coordinator=self.address,
                            join_address=self.join_address, token=token, name=name,
-                           socket=str(self.tmp / f"{name}.sock"), dns="127.0.0.1:0", dns_upstreams=(),
+                           socket=kw.pop("socket", str(self.tmp / f"{name}.sock")), dns="127.0.0.1:0", dns_upstreams=(),
                            metrics="", backoff_min_s=0.05, backoff_max_s=0.5, gossip=kw.pop("gossip", "0.0.0.0:0"),
                            gossip_profile=kw.pop("gossip_profile", "local"), spot=kw.pop("spot", False),
                            imds=kw.pop("imds", ""), gpus=kw.pop("gpus", False), **kw)

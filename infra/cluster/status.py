@@ -48,10 +48,15 @@ class Status:
 
 
 def health_probe(ca_file: Path, timeout_s: float = 2.0) -> Probe:
-    """A probe that asks meshd's gRPC health service over TLS (join port, no client certificate)."""
+    """A probe that meshd answers on its join port over TLS checked against the cluster's CA.
+
+    The join port serves Join alone (no health service to anonymous callers), so the probe
+    sends an empty Join: meshd's refusal (INVALID_ARGUMENT, the facts are missing) proves a
+    live meshd holding this CA; no answer, or a TLS failure, is down."""
     def probe(target: str) -> bool:
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from mesh.v1 import admission_pb2, admission_pb2_grpc
 
         try:
             creds = grpc.ssl_channel_credentials(ca_file.read_bytes())
@@ -59,10 +64,10 @@ def health_probe(ca_file: Path, timeout_s: float = 2.0) -> Probe:
             return False
         with grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "meshd.mesh")]) as ch:
             try:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-            except grpc.RpcError:
-                return False
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
+                admission_pb2_grpc.AdmissionServiceStub(ch).Join(admission_pb2.JoinRequest(), timeout=timeout_s)
+            except grpc.RpcError as e:
+                return e.code() == grpc.StatusCode.INVALID_ARGUMENT
+            return False
     return probe
 
 

@@ -14,6 +14,12 @@ UDP and TCP listen on the same port number (as memberlist does), so one
 big-endian length and one sealed stream packet; the requester sends its state,
 the listener answers with its own, and both merge.
 
+The TCP door is bounded before anything is authenticated (meshcore.limits):
+at most GOSSIP_TCP_CONNECTIONS inbound connections at once and
+GOSSIP_TCP_CONNECTIONS_PER_PEER from one address (others are closed at once),
+the length within GOSSIP_TCP_HEADER_DEADLINE_S, the whole frame (at most
+GOSSIP_MAX_STREAM_BYTES) within GOSSIP_TCP_FRAME_DEADLINE_S.
+
 Joining: `start()` push-pulls with every seed (so a late joiner holds the
 whole member list and catalog when it returns); while it knows no other live
 member it retries the seeds every `reconnect_interval`.
@@ -32,6 +38,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from meshcore import limits
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, Unavailable
 from meshcore.gossip.keyring import Keyring, Plaintext
@@ -42,7 +49,7 @@ from meshcore.names import parse_hostport
 
 log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
-PUSHPULL_TIMEOUT = 5.0  # seconds for one whole TCP exchange
+PUSHPULL_TIMEOUT = limits.GOSSIP_TCP_FRAME_DEADLINE_S  # seconds for one whole TCP exchange
 
 
 def encode_facts(facts: bytes | dict[str, Any]) -> bytes:
@@ -87,7 +94,9 @@ class GossipNode:
                  verify_record: Callable[[Record], bool], facts: bytes | dict[str, Any] = b"",
                  seeds: list[str] | None = None, advertise_host: str | None = None,
                  clock: Clock = SYSTEM,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 verify_leave: Callable[[str, int, bytes], bool] | None = None,
+                 sign_leave: Callable[[str, int], bytes] | None = None) -> None:
         if host in ("0.0.0.0", "::") and not advertise_host:
             raise InvalidArgument(f"gossip binds to {host}: set advertise_host to the address peers should use")
         self.node_id = node_id
@@ -102,6 +111,7 @@ class GossipNode:
         self.advertise_host = advertise_host or host
         self._clock = clock
         self._rng = rng or random.Random()
+        self._leave = (verify_leave, sign_leave)
         self._swim: Swim | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -110,6 +120,7 @@ class GossipNode:
         self._callbacks: list[Callable[[Event], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbound: dict[str, int] = {}  # open inbound push-pull connections per peer address
 
     # ------------------------------------------------------------ lifecycle
 
@@ -131,7 +142,8 @@ class GossipNode:
         self._udp, _ = await self._loop.create_datagram_endpoint(
             lambda: _Udp(self), local_addr=(self.host, self.port))
         self._swim = Swim(self.node_id, self.name, self.addr, self.profile, self._rng, self.keyring,
-                          self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now())
+                          self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now(),
+                          verify_leave=self._leave[0], sign_leave=self._leave[1])
         self._flush()
         if not self.seeds:
             return 0
@@ -298,9 +310,32 @@ class GossipNode:
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
+        host = str(peer[0])
+        if (sum(self._inbound.values()) >= limits.GOSSIP_TCP_CONNECTIONS
+                or self._inbound.get(host, 0) >= limits.GOSSIP_TCP_CONNECTIONS_PER_PEER):
+            if self._swim is not None:
+                self._swim.stats.tcp_refused += 1
+            writer.transport.abort()
+            return
+        self._inbound[host] = self._inbound.get(host, 0) + 1
         try:
-            async with asyncio.timeout(PUSHPULL_TIMEOUT):
-                data = await _read_frame(reader)
+            await self._serve_pushpull(reader, writer, peer)
+        finally:
+            self._inbound[host] -= 1
+            if not self._inbound[host]:
+                del self._inbound[host]
+
+    async def _serve_pushpull(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer) -> None:
+        try:
+            async with asyncio.timeout(limits.GOSSIP_TCP_FRAME_DEADLINE_S):
+                try:
+                    async with asyncio.timeout(limits.GOSSIP_TCP_HEADER_DEADLINE_S):
+                        head = await reader.readexactly(4)
+                except TimeoutError:
+                    if self._swim is not None:
+                        self._swim.stats.tcp_refused += 1
+                    raise
+                data = await _read_frame(reader, head)
                 reply = self.swim.receive_stream(data, (peer[0], peer[1]), self._now())
                 if reply is not None:
                     writer.write(_LEN.pack(len(reply)) + reply)
@@ -316,8 +351,8 @@ class GossipNode:
             self._flush()
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes:
-    n = _LEN.unpack(await reader.readexactly(4))[0]
+async def _read_frame(reader: asyncio.StreamReader, head: bytes | None = None) -> bytes:
+    n = _LEN.unpack(head if head is not None else await reader.readexactly(4))[0]
     if n > MAX_STREAM:
         raise ValueError(f"push-pull frame of {n} bytes exceeds {MAX_STREAM}")
     return await reader.readexactly(n)

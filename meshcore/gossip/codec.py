@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import struct
 
+from meshcore import limits
 from meshcore.errors import InvalidArgument, PeerError
 from meshcore.gossip.messages import (
-    Ack, Addr, Alive, Dead, IndirectPing, MemberState, Message, Nack, Ping, PushPull, Record,
+    Ack, Addr, Alive, Dead, IndirectPing, Leave, MemberState, Message, Nack, Ping, PushPull, Record,
     State, Suspect,
 )
 
 MAX_ID = 255
-MAX_FACTS = 1024
-MAX_PAYLOAD = 1024
+MAX_FACTS = limits.GOSSIP_MAX_FACTS
+MAX_PAYLOAD = limits.GOSSIP_MAX_PAYLOAD
 MAX_SIGNATURE = 255
 MAX_PUSHPULL_ITEMS = 100_000
+MAX_PROOF = 1024
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -95,6 +97,8 @@ def encode_message(m: Message) -> bytes:
         parts.append(_U32.pack(len(m.records)))
         parts += [encode_record(r) for r in m.records]
         return b"".join(parts)
+    if t == 10:
+        return _INC.pack(t, m.incarnation) + _str8(m.node) + _bytes16(m.proof, MAX_PROOF, "leave proof")
     raise InvalidArgument(f"cannot encode {type(m).__name__}: not a gossip message")
 
 
@@ -217,6 +221,8 @@ def decode_message(b: bytes) -> Message:
             raise PeerError(f"push-pull claims {n} records: at most {MAX_PUSHPULL_ITEMS}")
         records = tuple(_read_record(r) for _ in range(n))
         m = PushPull(bool(flags & 1), bool(flags & 2), members, records)
+    elif t == 10:
+        m = Leave(r.u32(), r.str8(), r.bytes16(MAX_PROOF))
     else:
         raise PeerError(f"unknown gossip message type {t}")
     r.done()

@@ -5,9 +5,13 @@ ever appended: a number once used keeps its meaning forever, so old and new
 agents can share a mesh (a decoder skips nothing silently: an unknown type is
 a PeerError, counted and dropped by the receiver).
 
-Member states: ALIVE, SUSPECT, DEAD, LEFT (a graceful leave is a DEAD message
-whose sender is the member itself). Incarnation numbers order the claims
-about one member: only the member raises its own incarnation, to refute.
+Member states: ALIVE, SUSPECT, DEAD, LEFT. A graceful leave is a LEAVE message
+carrying a proof made with the leaving node's own key (or, from older agents
+and in the simulator, a DEAD message whose sender is the member itself).
+Incarnation numbers order the claims about one member: only the member raises
+its own incarnation, to refute. They are 32 bits on the wire and compared in
+serial-number arithmetic (RFC 1982, `newer`): the next incarnation after
+2**32-1 is 0, and it is newer, so a member can always refute.
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ class State(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+INCARNATION_BITS = 32
+_MOD = 1 << INCARNATION_BITS
+_HALF = 1 << (INCARNATION_BITS - 1)
+
+
+def newer(a: int, b: int) -> bool:
+    """True if incarnation `a` is newer than `b` (serial-number arithmetic: never overflows)."""
+    return 0 < (a - b) % _MOD < _HALF
+
+
+def at_least(a: int, b: int) -> bool:
+    """True if `a` is `b` or newer."""
+    return a == b or newer(a, b)
+
+
+def next_incarnation(a: int) -> int:
+    return (a + 1) % _MOD
+
+
+def newest(a: int, b: int) -> int:
+    return a if at_least(a, b) else b
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +155,18 @@ class PushPull:
     records: tuple[Record, ...]
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | Record | PushPull
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """A graceful leave, proved by the leaving node: `proof` is checked by the injected
+    `verify_leave(node, incarnation, proof)` (a certificate from the mesh CA and a signature)."""
+
+    TYPE = 10
+    incarnation: int
+    node: str
+    proof: bytes
+
+
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | Record | PushPull | Leave
 
 # Which messages may be piggybacked as broadcasts (the rest are point to point).
-BROADCAST_TYPES = (Suspect, Alive, Dead, Record)
+BROADCAST_TYPES = (Suspect, Alive, Dead, Record, Leave)

@@ -39,6 +39,8 @@ class GossipStats:
     push_pulls: int = 0
     stalls_detected: int = 0
     local_health: int = 0
+    leave_proof_failures: int = 0  # leave messages whose proof did not verify (treated as suspicion)
+    tcp_refused: int = 0  # inbound push-pull connections over the limits, or too slow to send
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

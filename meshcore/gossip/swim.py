@@ -52,6 +52,18 @@ meshd's; records of a dead or departed member are hidden until it returns.
 
 Packets are sealed by the keyring and carry (epoch, counter) in the sealed
 header; a per-sender 64-packet window drops replays.
+
+Authenticated membership (agents pass `verify_leave` and `sign_leave`): the
+gossip key proves a sender is a member, not who may speak for whom. So a
+graceful leave is a LEAVE message whose proof the leaving node made with its
+own mesh key; any other claim that a member is dead or gone (a DEAD message,
+a DEAD or LEFT entry in a push-pull, an unproven leave) is only a suspicion,
+which this member verifies by its own probes and the accused can refute.
+Death comes only through the suspicion path. Without `verify_leave` (the
+simulator) peers' DEAD messages are trusted, as in memberlist.
+
+Incarnations are compared in serial-number arithmetic (messages.newer), so a
+refutation never overflows the 32-bit field.
 """
 
 from __future__ import annotations
@@ -61,13 +73,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from meshcore import limits
 from meshcore.errors import InvalidArgument, PeerError
 from meshcore.gossip import codec
 from meshcore.gossip.broadcasts import BroadcastQueue
 from meshcore.gossip.keyring import Keyring, Plaintext
 from meshcore.gossip.messages import (
-    Ack, Addr, Alive, Dead, IndirectPing, MemberState, Message, Nack, Ping, PushPull, Record,
-    State, Suspect,
+    Ack, Addr, Alive, Dead, IndirectPing, Leave, MemberState, Message, Nack, Ping, PushPull, Record,
+    State, Suspect, at_least, newer, newest, next_incarnation,
 )
 from meshcore.gossip.profiles import (
     GossipProfile, push_pull_scale, remaining_suspicion, retransmit_limit,
@@ -77,7 +90,7 @@ from meshcore.gossip.records import RecordStore
 from meshcore.gossip.replay import ReplayWindows
 from meshcore.gossip.stats import GossipStats
 
-MAX_STREAM = 16 * 1024 * 1024
+MAX_STREAM = limits.GOSSIP_MAX_STREAM_BYTES
 
 
 @dataclass(slots=True)
@@ -148,7 +161,9 @@ class Swim:
     def __init__(self, node_id: str, name: str, addr: Addr, profile: GossipProfile,
                  rng: random.Random, keyring: Keyring | Plaintext,
                  verify_record: Callable[[Record], bool], facts: bytes = b"",
-                 epoch: int = 0, now: float = 0.0) -> None:
+                 epoch: int = 0, now: float = 0.0, *,
+                 verify_leave: Callable[[str, int, bytes], bool] | None = None,
+                 sign_leave: Callable[[str, int], bytes] | None = None) -> None:
         if not node_id or len(node_id.encode()) > codec.MAX_ID:
             raise InvalidArgument(f"invalid gossip node id {node_id!r}: 1-{codec.MAX_ID} bytes")
         if len(facts) > codec.MAX_FACTS:
@@ -162,6 +177,8 @@ class Swim:
         self.rng = rng
         self.keyring = keyring
         self.verify_record = verify_record
+        self.verify_leave = verify_leave
+        self.sign_leave = sign_leave
         self.stats = GossipStats()
         self._epoch = epoch
         self._counter = 0
@@ -273,9 +290,9 @@ class Swim:
         if len(facts) > codec.MAX_FACTS:
             raise InvalidArgument(f"node facts are {len(facts)} bytes: at most {codec.MAX_FACTS} allowed")
         me = self._members[self.id]
-        self._check_fits(Alive(me.incarnation + 1, me.node, me.name, me.addr, facts), "node facts")
+        self._check_fits(Alive(next_incarnation(me.incarnation), me.node, me.name, me.addr, facts), "node facts")
         me.facts = bytes(facts)
-        me.incarnation += 1
+        me.incarnation = next_incarnation(me.incarnation)
         self._broadcast_member(me, now)
 
     def publish(self, record: Record, now: float) -> bool:
@@ -298,10 +315,14 @@ class Swim:
             return
         self._leaving = True
         me = self._members[self.id]
-        me.incarnation += 1
+        me.incarnation = next_incarnation(me.incarnation)
         me.state = State.LEFT
         me.state_change = now
-        self._broadcast(f"m:{self.id}", Dead(me.incarnation, self.id, self.id), now)
+        if self.sign_leave is not None:  # proved with our own key: nobody else can say it
+            msg: Message = Leave(me.incarnation, self.id, self.sign_leave(self.id, me.incarnation))
+        else:
+            msg = Dead(me.incarnation, self.id, self.id)
+        self._broadcast(f"m:{self.id}", msg, now)
         self._probe = None
 
     # --------------------------------------------------------------- timers
@@ -479,7 +500,9 @@ class Swim:
         elif t is Suspect:
             self._on_suspect(msg, now)
         elif t is Dead:
-            self._on_dead(msg, now)
+            self._on_dead_claim(msg, now)
+        elif t is Leave:
+            self._on_leave(msg, now)
         elif t is Record:
             self._on_record(msg, now)
         else:  # a push-pull has no business in a datagram
@@ -503,7 +526,7 @@ class Swim:
             me = self._members[self.id]
             if self._leaving:
                 return
-            if a.incarnation > me.incarnation or (
+            if newer(a.incarnation, me.incarnation) or (
                     a.incarnation == me.incarnation and (a.addr, a.facts, a.name) != (me.addr, me.facts, me.name)):
                 self._refute(a.incarnation, now)
             return
@@ -514,7 +537,7 @@ class Swim:
             self._broadcast(f"m:{a.node}", a, now)
             self._events.append(MemberEvent("join", replace(m)))
             return
-        if a.incarnation <= m.incarnation:
+        if not newer(a.incarnation, m.incarnation):
             return  # stale or already known
         prev = m.state
         changed = (m.addr, m.facts, m.name) != (tuple(a.addr), a.facts, a.name)
@@ -540,11 +563,11 @@ class Swim:
                 self._answer_accusation(s.incarnation, now)
             return
         m = self._members.get(s.node)
-        if m is None or s.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+        if m is None or newer(m.incarnation, s.incarnation) or m.state in (State.DEAD, State.LEFT):
             return
         if m.state == State.SUSPECT:
             sus = self._suspicions.get(s.node)
-            m.incarnation = max(m.incarnation, s.incarnation)
+            m.incarnation = newest(m.incarnation, s.incarnation)
             # Only the first k independent confirmations change anything (and
             # are re-gossiped); more would flood the mesh after every crash.
             if sus is not None and s.sender not in sus.confirmers and len(sus.confirmers) - 1 < sus.k:
@@ -583,28 +606,53 @@ class Swim:
         if m is not None and m.state == State.SUSPECT:
             self._on_dead(Dead(m.incarnation, node, self.id), now)
 
+    def _on_dead_claim(self, d: Dead, now: float) -> None:
+        """A peer says a member is dead (or, sender == node, that it left). With authenticated
+        membership that is only a suspicion: we verify it ourselves, the accused can refute."""
+        if self.verify_leave is None or d.node == self.id:
+            self._on_dead(d, now)
+        else:
+            self._on_suspect(Suspect(d.incarnation, d.node, d.sender), now)
+
+    def _on_leave(self, lv: Leave, now: float) -> None:
+        if lv.node == self.id:
+            if not self._leaving:
+                self._answer_accusation(lv.incarnation, now)
+            return
+        m = self._members.get(lv.node)
+        if m is None or newer(m.incarnation, lv.incarnation) or m.state in (State.DEAD, State.LEFT):
+            return
+        if self.verify_leave is None or not self.verify_leave(lv.node, lv.incarnation, lv.proof):
+            self.stats.leave_proof_failures += 1
+            self._on_suspect(Suspect(lv.incarnation, lv.node, lv.node), now)
+            return
+        self._mark_down(m, lv.incarnation, State.LEFT, lv, now)
+
     def _on_dead(self, d: Dead, now: float) -> None:
         if d.node == self.id:
             if not self._leaving:
                 self._answer_accusation(d.incarnation, now)
             return
         m = self._members.get(d.node)
-        if m is None or d.incarnation < m.incarnation or m.state in (State.DEAD, State.LEFT):
+        if m is None or newer(m.incarnation, d.incarnation) or m.state in (State.DEAD, State.LEFT):
             return
-        m.incarnation = d.incarnation
-        m.state = State.LEFT if d.sender == d.node else State.DEAD
+        self._mark_down(m, d.incarnation, State.LEFT if d.sender == d.node else State.DEAD, d, now)
+
+    def _mark_down(self, m: Member, incarnation: int, state: State, msg: Message, now: float) -> None:
+        m.incarnation = incarnation
+        m.state = state
         m.state_change = now
-        self._gone[d.node] = now
-        self._suspicions.pop(d.node, None)
+        self._gone[m.node] = now
+        self._suspicions.pop(m.node, None)
         if m.state == State.DEAD:
             self.stats.members_declared_dead += 1
-        self._broadcast(f"m:{d.node}", d, now)
+        self._broadcast(f"m:{m.node}", msg, now)
         self._events.append(MemberEvent(m.state.label, replace(m)))
-        for r in self._records.hide_origin(d.node):
+        for r in self._records.hide_origin(m.node):
             self._events.append(RecordEvent("removed", r))
 
     def _answer_accusation(self, incarnation: int, now: float) -> None:
-        if incarnation >= self.incarnation:
+        if at_least(incarnation, self.incarnation):
             self._refute(incarnation, now)
         else:
             # A stale accusation: its sender missed our refutation. Gossip our
@@ -613,7 +661,7 @@ class Swim:
 
     def _refute(self, incarnation: int, now: float) -> None:
         me = self._members[self.id]
-        me.incarnation = max(me.incarnation, incarnation) + 1
+        me.incarnation = next_incarnation(newest(me.incarnation, incarnation))
         self.stats.refutations += 1
         self._set_lhm(self._lhm + 1)  # being suspected hints that we are the slow one
         self._broadcast_member(me, now)
@@ -755,7 +803,7 @@ class Swim:
             if s.state == State.ALIVE:
                 self._on_alive(Alive(s.incarnation, s.node, s.name, s.addr, s.facts), now)
             elif s.state == State.LEFT:
-                self._on_dead(Dead(s.incarnation, s.node, s.node), now)
+                self._on_dead_claim(Dead(s.incarnation, s.node, s.node), now)
             elif s.node in self._members or s.node == self.id:
                 # Remote suspicion or death is only a hint: verify it ourselves
                 # (as suspicion) instead of trusting one peer's verdict.

@@ -24,11 +24,13 @@ leader key left by a crashed meshd is released one TTL after the restart.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from meshcore import limits
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import NotFound, StateError
 from meshd.store.base import (
@@ -52,6 +54,14 @@ def _row(r: tuple) -> KeyValue:
     return KeyValue(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
 
 
+def _lagging() -> None:
+    try:
+        from meshd import metrics
+        metrics.WATCHERS_LAGGING.inc()
+    except ImportError:  # the store is also used without meshd's metrics
+        pass
+
+
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
     # Keys are text; every key starting with prefix sorts in [prefix, prefix + U+10FFFF).
     return prefix, prefix + "\U0010ffff"
@@ -71,6 +81,10 @@ class SQLiteStore(Store):
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The database holds the CA-signed state and gossip secrets: owner only. SQLite gives
+            # its -wal and -shm files the database's mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
@@ -181,7 +195,16 @@ class SQLiteStore(Store):
         for prefix, q in list(self._subs):
             mine = [e for e in events if e.kv.key.startswith(prefix)]
             if mine:
-                q.put_nowait(mine)
+                try:
+                    q.put_nowait(mine)
+                except asyncio.QueueFull:
+                    # A watcher that does not read (its client stopped reading) holds at most
+                    # WATCH_QUEUE_BATCHES batches: past that its queue is dropped and it
+                    # re-reads the history from its last revision once it reads again.
+                    while not q.empty():
+                        q.get_nowait()
+                    q.put_nowait(None)
+                    _lagging()
 
     # -- leases ---------------------------------------------------------------
     def _lease_grant(self, ttl: float) -> int:
@@ -243,7 +266,7 @@ class SQLiteStore(Store):
         return events, self._rev()
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
-        q: asyncio.Queue[list[Event]] = asyncio.Queue()
+        q: asyncio.Queue[list[Event] | None] = asyncio.Queue(maxsize=limits.WATCH_QUEUE_BATCHES)
         sub = (prefix, q)
         self._subs.add(sub)
         try:
@@ -260,7 +283,21 @@ class SQLiteStore(Store):
                 yield batch
             yield []  # caught up
             while True:
-                fresh = [e for e in await q.get() if e.revision > last]
+                item = await q.get()
+                if item is None:  # we lagged: our queue was dropped; the history has it all
+                    history, _ = await self._run(self._history, prefix, last)
+                    batch = []
+                    for e in history:  # one batch per revision
+                        if batch and e.revision != batch[0].revision:
+                            last = batch[0].revision
+                            yield batch
+                            batch = []
+                        batch.append(e)
+                    if batch:
+                        last = batch[0].revision
+                        yield batch
+                    continue
+                fresh = [e for e in item if e.revision > last]
                 if fresh:
                     last = fresh[-1].revision
                     yield fresh

@@ -74,10 +74,10 @@ def test_user_mistakes_get_one_clear_line_and_a_non_zero_exit(local_mesh):
 
 def test_bad_token_and_corrupted_state_are_clear_errors(local_mesh, tmp_path):
     p = subprocess.run([str(BIN / "meshagent"), "--state-dir", str(tmp_path / "a"), "--coordinator",
-                        local_mesh.coordinator, "--join-address", local_mesh.join_address, "--token", "garbage",
+                        local_mesh.coordinator, "--join-address", local_mesh.join_address,
                         "--socket", str(tmp_path / "a.sock"), "--dns", "", "--metrics", "", "--imds", "",
                         "--wireguard", ""],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=30, env={**local_mesh.env, "MESH_JOIN_TOKEN": "garbage"})
     assert p.returncode == 2 and "malformed join token" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "bad-meshd"
     bad.mkdir()

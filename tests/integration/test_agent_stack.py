@@ -18,7 +18,7 @@ async def test_agent_joins_k3s_with_the_token_from_meshd_and_no_kubeconfig(tmp_p
     await m.start()
     try:
         fake_k3s(tmp_path / "bin", tmp_path / "k3s.rec")
-        a = await m.agent("worker", k3s=True, k3s_binary=str(tmp_path / "bin" / "k3s"),
+        a = await m.agent("worker", token=await m.token(**{"mesh.k3s": "agent"}), k3s=True, k3s_binary=str(tmp_path / "bin" / "k3s"),
                           labels={"gpu.model": "L4"})
         await until(lambda: records(tmp_path / "k3s.rec"), timeout=15)
         run = records(tmp_path / "k3s.rec")[0]

@@ -222,9 +222,12 @@ def test_meshd_and_meshagent_speak_sd_notify(tmp_path):
                             "token", "create", "-o", "json"], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         token = json.loads(r.stdout)["secret"]
+        token_file = tmp_path / "join-token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
         agent = start_daemon(["-m", "meshagent.main", "--state-dir", str(tmp_path / "agent"),
                               "--coordinator", f"127.0.0.1:{ports['listen']}",
-                              "--join-address", f"127.0.0.1:{ports['join']}", "--token", token,
+                              "--join-address", f"127.0.0.1:{ports['join']}", "--token-file", str(token_file),
                               "--socket", str(tmp_path / "agent.sock"), "--dns", "127.0.0.1:0", "--metrics", "",
                               "--imds", "", "--no-gpus", "--wireguard", "", "--name", "notify-test"], tmp_path / "agent.notify", tmp_path / "agent.log")
         procs.append(agent)

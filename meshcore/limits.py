@@ -1,0 +1,89 @@
+"""Every bound on what enters the mesh, in one place.
+
+DESIGN.md: "Every input is bounded at the door." Each value below is enforced
+where the input enters (meshd's gRPC interceptor and domain checks, the
+agent's gossip adapter, the local API), with an error naming the limit. The
+values are chosen so that anything accepted at one door fits through every
+later one: a service meshd stores always fits one signed gossip record in one
+datagram, and node facts built from accepted labels always fit the gossip
+facts field. `tests/security/test_limits_fit.py` checks these sums.
+
+Change a value here and nowhere else.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# -- gRPC (meshd) --------------------------------------------------------------
+#: transport cap on any request meshd reads (grpc.max_receive_message_length)
+GRPC_MAX_REQUEST_BYTES = 64 * KiB
+#: per-method caps on the serialized request, checked before the servicer runs;
+#: methods not named here get DEFAULT_REQUEST_BYTES
+REQUEST_BYTES: dict[str, int] = {
+    "Join": 16 * KiB,            # facts (bounded below) and a CSR
+    "Renew": 16 * KiB,           # facts and, near expiry, a CSR
+    "IssueAdminCert": 8 * KiB,   # a CSR
+    "Expose": 2 * KiB,           # one service (MAX_SERVICE_BYTES plus envelope)
+    "CreateToken": 4 * KiB,      # labels (bounded below) and a description
+}
+DEFAULT_REQUEST_BYTES = 1 * KiB
+#: concurrent HTTP/2 streams per client connection (an agent uses two watches and a few calls)
+GRPC_MAX_CONCURRENT_STREAMS = 32
+
+# -- catalog -------------------------------------------------------------------
+#: tags on one service, and bytes per tag
+MAX_TAGS = 16
+MAX_TAG_BYTES = 63
+#: an HTTP health check path
+MAX_HEALTH_PATH_BYTES = 256
+#: a service as stored and signed (the gossip record's payload). With the
+#: record's key, origin and signature it must fit one gossip datagram.
+MAX_SERVICE_BYTES = 900
+#: services one node may hold
+MAX_SERVICES_PER_NODE = 512
+#: token descriptions
+MAX_DESCRIPTION_BYTES = 256
+
+# -- nodes ---------------------------------------------------------------------
+#: labels on a node (or a token), and their total size (sum of key and value bytes)
+MAX_LABELS = 16
+MAX_LABELS_BYTES = 512
+#: cloud and region travel in gossip facts; other free-text facts (hostname, VPC id) are capped too
+MAX_FACT_BYTES = 64
+MAX_HOSTNAME_BYTES = 253
+
+# -- gossip (agent) ------------------------------------------------------------
+#: node facts on the wire (codec.MAX_FACTS) and a record payload (codec.MAX_PAYLOAD)
+GOSSIP_MAX_FACTS = 1024
+GOSSIP_MAX_PAYLOAD = 1024
+#: one sealed push-pull frame on TCP: the full member list and catalog (1,000 nodes
+#: with typical facts and 2,000 services take about 1 MiB)
+GOSSIP_MAX_STREAM_BYTES = 4 * MiB
+#: inbound push-pull connections at once, and from one peer address: unauthenticated
+#: bytes buffered by the agent stay under GOSSIP_TCP_CONNECTIONS x GOSSIP_MAX_STREAM_BYTES
+GOSSIP_TCP_CONNECTIONS = 4
+GOSSIP_TCP_CONNECTIONS_PER_PEER = 2
+#: an inbound connection must send its 4-byte length within this many seconds...
+GOSSIP_TCP_HEADER_DEADLINE_S = 1.0
+#: ... and the whole frame within this many (then it is authenticated or dropped)
+GOSSIP_TCP_FRAME_DEADLINE_S = 5.0
+
+# -- watch streams (meshd) -----------------------------------------------------
+#: store events queued for one watcher before it is treated as lagging: its queue
+#: is dropped and it re-reads the history from its last revision when it reads again
+WATCH_QUEUE_BATCHES = 256
+#: open watch streams per caller (a node or an admin certificate); meshd's own
+#: admin socket (root on the main node) gets more
+WATCHES_PER_CALLER = 8
+WATCHES_PER_LOCAL_CALLER = 128
+
+# -- local doors ---------------------------------------------------------------
+#: local API requests (unix socket), as the gRPC transport cap of the agent's server
+LOCAL_API_MAX_REQUEST_BYTES = 16 * KiB
+
+
+def request_limit(method: str) -> int:
+    """The largest serialized request accepted for a gRPC method name (the last path part)."""
+    return REQUEST_BYTES.get(method, DEFAULT_REQUEST_BYTES)

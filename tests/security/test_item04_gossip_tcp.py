@@ -1,0 +1,75 @@
+"""Item 4: the gossip TCP port buffers a bounded amount before any key check, for a bounded time."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+
+from meshcore import limits
+from testbed.localmesh import resolve
+from tests.meshfix import wait_for
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def flood(port: int, n: int, stop: threading.Event, slow: bool) -> list[socket.socket]:
+    """n connections: each declares the largest frame and sends junk (fast), or one byte a second (slow)."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        s.setblocking(False)
+        socks.append(s)
+    chunk = b"\0" * 65536
+    head = struct.pack(">I", limits.GOSSIP_MAX_STREAM_BYTES)
+    for s in socks:
+        try:
+            s.send(head)
+        except OSError:
+            pass
+    while not stop.is_set():
+        for s in socks:
+            try:
+                s.send(b"\0" if slow else chunk)
+            except OSError:
+                pass
+        time.sleep(1 if slow else 0.001)
+    return socks
+
+
+def test_unauthenticated_tcp_flood_on_the_gossip_port_is_bounded_and_names_keep_resolving(local_mesh):
+    token = local_mesh.token(uses=2)
+    target = local_mesh.start_agent("target", token)
+    local_mesh.start_agent("other", token)
+    local_mesh.meshctl("expose", "--port", "8000", "--name", "api", agent="other")
+    wait_for(lambda: resolve("api.mesh", local_mesh.dns("target")), what="api resolvable")
+    nodes = json.loads(local_mesh.meshctl("nodes", "-o", "json").stdout)["nodes"]
+    port = next(n["gossip_port"] for n in nodes if n["name"] == "target")
+    before = rss_mb(target.popen.pid)
+    for slow in (False, True):
+        stop = threading.Event()
+        socks: list = []
+        t = threading.Thread(target=lambda: socks.extend(flood(port, 30, stop, slow)), daemon=True)
+        t.start()
+        time.sleep(3)
+        during = rss_mb(target.popen.pid)
+        # names keep resolving on the flooded agent while the flood goes on
+        assert resolve("api.mesh", local_mesh.dns("target"))
+        stop.set()
+        t.join(5)
+        for s in socks:
+            s.close()
+        bound = limits.GOSSIP_TCP_CONNECTIONS * limits.GOSSIP_MAX_STREAM_BYTES / 2**20
+        assert during - before < bound + 16, (before, during)
+    counters = json.loads(local_mesh.meshctl("status", "-o", "json", agent="target").stdout)["counters"]
+    assert int(counters.get("gossip_tcp_refused", 0)) > 0
+    # the mesh still gossips: a change reaches the flooded agent
+    local_mesh.meshctl("expose", "--port", "8001", "--name", "after", agent="other")
+    wait_for(lambda: resolve("after.mesh", local_mesh.dns("target")), what="a later name")
