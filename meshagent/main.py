@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from meshcore import daemon
+from meshcore import __version__, daemon
 from meshcore.errors import InvalidArgument
 from meshcore.names import parse_labels
 
@@ -55,6 +55,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     o.add_argument("--public-address", default="")
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable), e.g. gpu.model=L4")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"meshagent {__version__}")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from meshcore import daemon
+from meshcore import __version__, daemon
 from meshcore.errors import MeshError
 from meshd.server import Coordinator, MeshdConfig
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                    help="mirror the catalog into Kubernetes Services (a kubeconfig path, or in-cluster)")
     p.add_argument("--kubernetes-namespace", default="default", help="namespace of the Services (default: default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"meshd {__version__}")
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     consul = kubernetes = None
