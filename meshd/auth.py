@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import grpc
 from cryptography import x509
 
+from meshcore.logs import new_request_id, request_id
 from meshcore import pki
 from meshcore.errors import MeshError, PermissionDenied, Unauthenticated
 from meshd import metrics
@@ -105,6 +106,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):
+                request_id.set(new_request_id())  # in this RPC's own context: log lines carry it
                 t0 = time.perf_counter()
                 code = "OK"
                 try:
@@ -126,6 +128,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_s = handler.unary_stream
 
             async def stream(request, context):
+                request_id.set(new_request_id())
                 code = "OK"
                 try:
                     async for item in inner_s(request, context):
