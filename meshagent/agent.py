@@ -86,6 +86,34 @@ class Agent:
             self.dataplane = DataPlane(self.state_dir, self.config.wireguard, self.config.wireguard_port,
                                        self.config.hub, self.config.mtu)
         self.catalog.services.listeners.append(self._gauge)
+        #: the port of the metrics endpoint on the mesh address (0: not served there), in the node's facts
+        self.metrics_port = 0
+        #: WireGuard counters by peer key and peer names by key, refreshed by the "wg-stats" loop
+        self.wg_stats: dict[str, object] = {}
+        self.wg_names: dict[str, str] = {}
+
+    def _serve_metrics(self) -> None:
+        from prometheus_client import REGISTRY
+
+        from meshcore.metrics import build_info, is_wildcard, serve_metrics, split_hostport
+        global _current, _collector
+        build_info("meshagent")
+        _current = self  # the process-wide registry reads the agent that serves it
+        if _collector is None:
+            _collector = metrics.AgentCollector(lambda: _current)
+            REGISTRY.register(_collector)
+        port = serve_metrics(self.config.metrics)
+        host, _ = split_hostport(self.config.metrics, "metrics address")
+        # Prometheus finds the agent through meshd at <mesh address>:<port>: only when it listens there
+        if is_wildcard(host) or host.strip("[]") == self.identity.mesh_address:
+            self.metrics_port = port
+
+    async def _read_wg_stats(self, interval_s: float = 5.0) -> None:
+        while True:
+            stats = await self.dataplane.peer_stats()
+            names = {n.wireguard_public_key: n.name for n in self.catalog.nodes.items.values()}
+            self.wg_stats, self.wg_names = stats, names
+            await asyncio.sleep(interval_s)
 
     def _gauge(self) -> None:
         metrics.CATALOG_SERVICES.set(len(self.catalog.services.items))
@@ -134,6 +162,7 @@ class Agent:
                               vpc_id=f.vpc_id, vpc_cidr=f.vpc_cidr, private_address=f.private_address,
                               public_address=f.public_address, labels=self.labels(),
                               gossip_port=self.gossip.node.port if self.gossip else 0,
+                              metrics_port=self.metrics_port,
                               wireguard_public_key=self.dataplane.public_key if self.dataplane else "",
                               wireguard_port=self.config.wireguard_port if self.dataplane else 0)
 
@@ -248,14 +277,15 @@ class Agent:
         await self._start_local_api()
         await self._start_dns()
         if self.config.metrics:
-            from meshcore.metrics import serve_metrics
-            serve_metrics(self.config.metrics)
+            self._serve_metrics()
         spawn = self.supervisor.spawn
         self._tasks = [spawn("watch-services", lambda: self.uplink.watch("services")),
                        spawn("watch-nodes", lambda: self.uplink.watch("nodes")),
                        spawn("renew", self.uplink.renew),
                        spawn("health", self.health.run),
                        spawn("facts", self.refresh_facts)]
+        if self.dataplane is not None:
+            self._tasks.append(spawn("wg-stats", self._read_wg_stats))
         if self.config.spot and self.config.imds:
             from meshagent.spot import SpotConfig, SpotWatcher
             watcher = SpotWatcher(self._spot_notice, SpotConfig(endpoint=self.config.imds))
@@ -401,3 +431,7 @@ def restrict_socket(path: Path) -> None:
     if gid >= 0 and os.geteuid() == 0:
         os.chown(path, -1, gid)
     os.chmod(path, 0o660)
+
+
+_current: Agent | None = None
+_collector: metrics.AgentCollector | None = None

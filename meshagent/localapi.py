@@ -21,7 +21,7 @@ from meshagent.desired import Desired
 from meshagent.facts import Facts
 from meshagent.health import HealthChecker
 from meshagent.uplink import RPC_TIMEOUT_S, Uplink
-from meshagent.view import Catalog, strip_zone
+from meshagent.view import Catalog, View, strip_zone
 
 if TYPE_CHECKING:
     from meshagent.dataplane import DataPlane
@@ -87,6 +87,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return nodes_pb2.ListNodesResponse(nodes=sorted(view.items.values(), key=lambda n: n.name),
                                            revision=view.revision)
 
+    async def WatchServices(self, request, context):
+        async for kind, svc, rev in watch_view(self.catalog.services):
+            yield catalog_pb2.ServiceEvent(type=kind, service=svc, revision=rev)
+
+    async def WatchNodes(self, request, context):
+        async for kind, node, rev in watch_view(self.catalog.nodes):
+            yield nodes_pb2.NodeEvent(type=kind, node=node, revision=rev)
+
     async def Resolve(self, request, context):
         name = strip_zone(request.name)
         svc = self.catalog.services.items.get(name)
@@ -151,6 +159,32 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 
 MAX_PINGS = 20
+
+
+async def watch_view(view: View):
+    """(event type, object or None, revision) for a local watcher (meshctl --watch): RESET, the
+    current set, SYNCED, then the difference at every change of the view. Changes that come while
+    the watcher is slow are coalesced into one difference, so a slow reader costs no memory."""
+    changed = asyncio.Event()
+    view.listeners.append(changed.set)
+    try:
+        shown = dict(view.items)
+        yield types_pb2.EVENT_TYPE_RESET, None, view.revision
+        for key in sorted(shown):
+            yield types_pb2.EVENT_TYPE_PUT, shown[key], view.revision
+        yield types_pb2.EVENT_TYPE_SYNCED, None, view.revision
+        while True:
+            await changed.wait()
+            changed.clear()
+            now = dict(view.items)
+            for key in sorted(now):
+                if key not in shown or shown[key] != now[key]:
+                    yield types_pb2.EVENT_TYPE_PUT, now[key], view.revision
+            for key in sorted(set(shown) - set(now)):
+                yield types_pb2.EVENT_TYPE_DELETE, shown[key], view.revision
+            shown = now
+    finally:
+        view.listeners.remove(changed.set)
 
 
 async def tcp_rtts(host: str, port: int, count: int, timeout_s: float = 2.0) -> tuple[list[float], int]:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from meshcore import daemon
+from meshcore import __version__, daemon, logs
 from meshcore.errors import InvalidArgument
 from meshcore.jointoken import ARGV_REFUSED, read_token_file
 from meshcore.names import parse_labels
 
 
-def parse_args(argv: list[str]) -> AgentConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also the source of docs/configuration.md)."""
     d = AgentConfig()
     p = argparse.ArgumentParser(prog="meshagent", description="Mesh agent: identity, catalog copy, DNS.")
     p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"identity and state (default {d.state_dir})")
@@ -60,8 +61,17 @@ def parse_args(argv: list[str]) -> AgentConfig:
     o.add_argument("--public-address", default="")
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable), e.g. gpu.model=L4")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (default) or json: one line per event, with the node and request ids")
+    p.add_argument("--version", action="version", version=f"meshagent {__version__}")
+    return p
+
+
+def parse_args(argv: list[str]) -> AgentConfig:
+    d = AgentConfig()
+    p = build_parser()
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(a.log_level, a.log_format, a.name)
     if a.token is not None:
         p.error(f"--token is refused: {ARGV_REFUSED}")
     try:

@@ -2,7 +2,9 @@
 
 On a VM it talks to the local meshagent; on the main node, admin commands
 (tokens, node removal) go to meshd's admin socket. Every read command has
-`--output json`. Failures print one `error:` line and exit non-zero.
+`--output table|wide|json|yaml|name` (meshctl/output.py); services, nodes and
+peers take `--watch`. Failures print one `error:` line and exit non-zero
+(exit codes: meshctl/output.py).
 """
 
 from __future__ import annotations
@@ -11,23 +13,20 @@ import os
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
 
-import datetime as dt
 import re
 import socket
 from typing import Optional
 
 import typer
-from google.protobuf import json_format
-
 from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2, nodes_pb2, types_pb2
 from meshcore.defaults import MESHD_PORT, NODE_STATE_NAMES
 from meshcore.errors import MeshError
 from meshcore.names import check_name, check_port, check_service_name, default_service_name, parse_labels
 from meshctl.client import Endpoints, call
-from meshctl.output import OUTPUT_OPTION, Output, emit, fail
+from meshctl.output import OUTPUT_OPTION, Output, emit, fail, proto_dict, rfc3339
 
 app = typer.Typer(help="Control the mesh: expose ports by name, list services and nodes, admit nodes.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 token_app = typer.Typer(help="Join tokens (on the main node).", no_args_is_help=True)
 node_app = typer.Typer(help="Drain or remove nodes (on the main node).", no_args_is_help=True)
 admin_app = typer.Typer(help="Administrator certificates for meshctl and schedulers off the main node.",
@@ -42,14 +41,20 @@ ENDPOINTS = Endpoints()
 PROTOCOLS = {"tcp": types_pb2.PROTOCOL_TCP, "udp": types_pb2.PROTOCOL_UDP}
 
 
-def _dict(msg) -> dict:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+_dict = proto_dict
+WATCH_OPTION = typer.Option(False, "--watch", "-w", help="after the list, print every change (Ctrl-C ends)")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from meshcore import __version__
+        print(f"meshctl {__version__}")
+        raise typer.Exit()
 
 
 def _ago(ts: int) -> str:
-    if not ts:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    """A time for a table cell: RFC 3339 in UTC, one word (awk counts columns by spaces)."""
+    return rfc3339(ts) or "-"
 
 
 def _checked(fn, *args):
@@ -65,7 +70,9 @@ def _globals(agent_socket: Optional[str] = typer.Option(None, "--agent-socket", 
              admin_socket: Optional[str] = typer.Option(None, "--admin-socket", envvar="MESHD_ADMIN_SOCKET",
                                                         help="meshd's admin socket"),
              admin: bool = typer.Option(False, "--admin", envvar="MESH_ADMIN",
-                                        help="services, nodes, status and unexpose ask meshd, not this VM's agent")
+                                        help="services, nodes, status and unexpose ask meshd, not this VM's agent"),
+             version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")
              ) -> None:
     ENDPOINTS.admin = admin
     if agent_socket:
@@ -92,9 +99,14 @@ def _use_current_cluster() -> None:
 
 
 # -- services -----------------------------------------------------------------
+SERVICE_COLUMNS = ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH"]
+SERVICE_WIDE = ["NODE ID", "TAGS", "REVISION"]
+
+
 def _service_row(s: types_pb2.Service) -> dict:
     health = s.health.WhichOneof("kind")
     return {"NAME": s.name, "NODE": s.node_name, "ADDRESS": s.address, "PORT": s.port,
+            "NODE ID": s.node_id, "TAGS": ",".join(s.tags), "REVISION": s.revision,
             "PROTOCOL": "udp" if s.protocol == types_pb2.PROTOCOL_UDP else "tcp",
             "HEALTH": (f"http {s.health.http_path}" if health == "http_path" else "tcp") + (
                 " (passing)" if s.health_state == types_pb2.HEALTH_STATE_PASSING else " (critical)")
@@ -143,8 +155,14 @@ def unexpose(name: str = typer.Argument(..., help="service name"), output: Outpu
 
 
 @app.command()
-def services(output: Output = OUTPUT_OPTION) -> None:
+def services(output: Output = OUTPUT_OPTION, watch: bool = WATCH_OPTION) -> None:
     """The services in the mesh."""
+    if watch:
+        from meshctl.watch import Printer, follow_stream
+        stub = ENDPOINTS.agent() if ENDPOINTS.to_agent() else ENDPOINTS.catalog()
+        follow_stream(stub.WatchServices(types_pb2.WatchRequest()), "service", lambda s: s.name,
+                      Printer("service", SERVICE_COLUMNS, output, _service_row))
+        return
     if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListServices, catalog_pb2.ListServicesRequest())
     else:
@@ -153,23 +171,38 @@ def services(output: Output = OUTPUT_OPTION) -> None:
     errors = dict(getattr(resp, "sync_errors", {}))
     for r in rows:
         r["SYNC"] = f"error: {errors[r['NAME']]}" if r["NAME"] in errors else "ok"
-    emit(rows, ["NAME", "NODE", "ADDRESS", "PORT", "PROTOCOL", "HEALTH"] + (["SYNC"] if errors else []), output,
-         title=f"services (revision {resp.revision})", raw=_dict(resp))
+    emit(rows, SERVICE_COLUMNS + (["SYNC"] if errors else []), output,
+         title=f"services (revision {resp.revision})", raw=_dict(resp), wide=SERVICE_WIDE + ["SYNC"])
 
 
 @app.command()
-def nodes(output: Output = OUTPUT_OPTION) -> None:
+def nodes(output: Output = OUTPUT_OPTION, watch: bool = WATCH_OPTION) -> None:
     """The nodes in the mesh."""
+    if watch:
+        from meshctl.watch import Printer, follow_stream
+        stub = ENDPOINTS.agent() if ENDPOINTS.to_agent() else ENDPOINTS.nodes()
+        follow_stream(stub.WatchNodes(types_pb2.WatchRequest()), "node", lambda n: n.id,
+                      Printer("node", NODE_COLUMNS, output, _node_row))
+        return
     if ENDPOINTS.to_agent():
         resp = call(ENDPOINTS.agent().ListNodes, nodes_pb2.ListNodesRequest())
     else:
         resp = call(ENDPOINTS.nodes().ListNodes, nodes_pb2.ListNodesRequest())
-    rows = [{"NAME": n.name, "ID": n.id, "MESH ADDRESS": n.mesh_address, "STATE": NODE_STATE_NAMES.get(n.state, "?")
-             + (" (drained)" if n.drained else ""), "CLOUD": n.cloud or "-", "REGION": n.region or "-",
-             "GPU": " x".join(filter(None, [n.labels.get("gpu.model", ""), n.labels.get("gpu.count", "")])) or "-",
-             "JOINED": _ago(n.joined_at)} for n in resp.nodes]
-    emit(rows, ["NAME", "MESH ADDRESS", "STATE", "CLOUD", "REGION", "GPU", "JOINED"], output,
-         title=f"nodes (revision {resp.revision})", raw=_dict(resp))
+    emit([_node_row(n) for n in resp.nodes], NODE_COLUMNS, output, title=f"nodes (revision {resp.revision})",
+         raw=_dict(resp), wide=NODE_WIDE)
+
+
+NODE_COLUMNS = ["NAME", "MESH ADDRESS", "STATE", "CLOUD", "REGION", "GPU", "JOINED"]
+NODE_WIDE = ["ID", "PRIVATE ADDRESS", "PUBLIC ADDRESS", "VPC", "LAST SEEN", "LABELS"]
+
+
+def _node_row(n: types_pb2.Node) -> dict:
+    return {"NAME": n.name, "ID": n.id, "MESH ADDRESS": n.mesh_address, "STATE": NODE_STATE_NAMES.get(n.state, "?")
+            + (" (drained)" if n.drained else ""), "CLOUD": n.cloud or "-", "REGION": n.region or "-",
+            "GPU": " x".join(filter(None, [n.labels.get("gpu.model", ""), n.labels.get("gpu.count", "")])) or "-",
+            "JOINED": _ago(n.joined_at), "PRIVATE ADDRESS": n.private_address, "PUBLIC ADDRESS": n.public_address,
+            "VPC": n.vpc_id, "LAST SEEN": _ago(n.last_seen),
+            "LABELS": ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))}
 
 
 @app.command()
@@ -212,8 +245,16 @@ def _peer_row(p: agent_pb2.Peer) -> dict:
 
 
 @app.command()
-def peers(output: Output = OUTPUT_OPTION) -> None:
+def peers(output: Output = OUTPUT_OPTION, watch: bool = WATCH_OPTION,
+          interval: float = typer.Option(2.0, "--interval", min=1, max=60,
+                                         help="with --watch: seconds between looks at the agent (1-60)")) -> None:
     """Every peer of this VM: its path (direct, tunnel, relay), endpoint, latest handshake, bytes each way."""
+    if watch:
+        from meshctl.watch import Printer, poll_peers
+        stub = ENDPOINTS.agent()
+        poll_peers(lambda: call(stub.ListPeers, agent_pb2.ListPeersRequest()), interval,
+                   Printer("peer", ["NAME", "MESH ADDRESS", "PATH", "ENDPOINT", "WHY"], output, _peer_row))
+        return
     resp = call(ENDPOINTS.agent().ListPeers, agent_pb2.ListPeersRequest())
     title = "peers" if resp.data_plane else "peers (this agent runs no data plane: paths unknown)"
     emit([_peer_row(p) for p in resp.peers], ["NAME", "MESH ADDRESS", "PATH", "ENDPOINT", "HANDSHAKE", "RX", "TX",
@@ -263,7 +304,7 @@ def token_create(ttl: str = typer.Option("1h", "--ttl", help="lifetime, e.g. 30m
         fail("invalid --uses: must be 0 (unlimited) or more")
     resp = call(ENDPOINTS.admission().CreateToken, admission_pb2.CreateTokenRequest(
         ttl_s=parse_duration(ttl), max_uses=uses, labels=labels, description=description))
-    if output == Output.json:
+    if output in (Output.json, Output.yaml):
         emit([], [], output, raw={"token": _dict(resp.token), "secret": resp.secret})
     else:
         print(resp.secret)
@@ -333,6 +374,16 @@ def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 112
     except OSError as e:
         fail(f"cannot write the certificate to {d}: {e.strerror}")
     emit([{"NAME": name, "DIRECTORY": str(d)}], ["NAME", "DIRECTORY"], output, raw={"name": name, "dir": str(d)})
+
+
+@app.command()
+def completion(shell: str = typer.Argument(..., help="bash, zsh or fish")) -> None:
+    """Print the shell completion script, e.g. `meshctl completion bash > /etc/bash_completion.d/meshctl`
+    or `source <(meshctl completion bash)`."""
+    from typer._completion_shared import get_completion_script
+    if shell not in ("bash", "zsh", "fish"):
+        fail(f"invalid shell {shell!r}: choose one of bash, zsh, fish")
+    print(get_completion_script(prog_name="meshctl", complete_var="_MESHCTL_COMPLETE", shell=shell))
 
 
 def _mount() -> None:

@@ -1,10 +1,19 @@
 """meshctl commands that fit the mesh into the host: systemd, host DNS, K3s.
 
 - `meshctl install agent|coordinator` copies the unit from systemd/ into
-  /etc/systemd/system and writes the daemon's environment file
-  (/etc/mesh/<daemon>.env, mode 0600: it holds the join token), then runs
+  /etc/systemd/system with ExecStart at the daemon's real executable (the
+  one installed next to this meshctl, e.g. in its virtualenv, else the one
+  on PATH, symlinks resolved; or --bin-dir), checked to exist, to be
+  executable, to have an interpreter that exists and to lie outside what
+  the unit's ProtectHome= hides; writes the daemon's environment file
+  (/etc/mesh/<daemon>.env, mode 0600: it holds the join token); checks the
+  unit with `systemd-analyze verify` where that exists; then runs
   `systemctl daemon-reload`, `enable` and `restart` (`start` when nothing
-  changed, so a re-run does not bounce a running daemon), unless --no-start. Options for the daemon go in the environment file as
+  changed, so a re-run does not bounce a running daemon), unless --no-start.
+  On a Type=notify unit `systemctl start` returns once the daemon sent
+  READY=1 (bounded by --timeout); a failed start prints the journal's last
+  lines. `--dry-run` prints the unit and the environment file (the token's
+  secret masked) and changes nothing. Options for the daemon go in the environment file as
   MESHAGENT_OPTS / MESHD_OPTS, which the unit's ExecStart expands (split on whitespace: values are checked to hold none).
 - `meshctl dns install|uninstall` drives meshcore.hostdns.
 - `meshctl k3s join|leave` turns `--k3s` on or off in the agent's options and
@@ -20,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +55,11 @@ k3s_app = typer.Typer(help="Join this VM to the mesh's K3s cluster as an agent."
 
 ROOT_OPTION = typer.Option(Path("/"), "--root", help="file system root to install into (for tests and images)")
 NO_START_OPTION = typer.Option(False, "--no-start", help="write files only; do not run systemctl")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="print the unit and the environment file; change nothing")
+TIMEOUT_OPTION = typer.Option(150.0, "--timeout", min=1, help="seconds to wait for the daemon to report ready")
+BIN_DIR_HELP = "directory of the daemon's executable (default: next to this meshctl, else on PATH)"
+#: hidden from the units by ProtectHome=yes
+PROTECTED = ("/home", "/root", "/run/user")
 
 
 # -- validation --------------------------------------------------------------------
@@ -140,18 +155,77 @@ def write_file(path: Path, content: str, mode: int) -> bool:
     return True
 
 
-def systemctl(*args: str) -> None:
+def systemctl(*args: str, timeout: float = 120) -> None:
     argv = ["systemctl", *args]
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         raise MeshError("systemctl not found: this host does not run systemd; use --no-start and start the daemon "
                         "yourself") from None
+    except subprocess.TimeoutExpired:
+        raise MeshError(f"'{' '.join(argv)}' did not return within {timeout:.0f} s") from None
     if r.returncode != 0:
         raise MeshError(f"'{' '.join(argv)}' failed: {r.stderr.strip() or f'exit code {r.returncode}'}")
 
 
-def unit_text(daemon: str, bin_dir: str) -> str:
+def journal_tail(unit: str, lines: int = 20) -> str:
+    """The unit's last journal lines, or "" where there is no journal."""
+    try:
+        r = subprocess.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "short-iso"],
+                           capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    out = r.stdout.strip()
+    return "" if r.returncode != 0 or out.startswith("-- No entries --") else out
+
+
+def find_binary(daemon: str, bin_dir: str | None) -> str:
+    """The daemon's executable, symlinks resolved, checked as the unit will run it."""
+    if bin_dir is not None:
+        if not bin_dir.startswith("/"):
+            raise InvalidArgument(f"invalid --bin-dir {bin_dir!r}: must be an absolute path")
+        candidates = [Path(bin_dir) / daemon]
+    else:
+        # the one installed with this meshctl (a virtualenv's bin), else PATH
+        on_path = shutil.which(daemon)
+        candidates = [Path(sys.prefix) / "bin" / daemon] + ([Path(on_path)] if on_path else [])
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise MeshError(f"{daemon} executable not found (looked at {', '.join(str(p) for p in candidates)}): "
+                        f"install the package (pip install 'mesh[...]') or pass --bin-dir")
+    real = os.path.realpath(found)
+    if not os.access(real, os.X_OK):
+        raise MeshError(f"{real} is not executable: chmod +x it or pass --bin-dir")
+    if any(real == d or real.startswith(d + "/") for d in PROTECTED):
+        raise MeshError(f"{real} is under {next(d for d in PROTECTED if real.startswith(d))}, which the unit's "
+                        f"ProtectHome=yes hides from {daemon}: install the package outside home directories "
+                        f"(e.g. python3 -m venv /opt/mesh && /opt/mesh/bin/pip install ...)")
+    with open(real, "rb") as f:
+        first = f.readline(512)
+    if first.startswith(b"#!"):
+        interpreter = first[2:].decode(errors="replace").split()[0] if first[2:].split() else ""
+        if not (interpreter and os.access(interpreter, os.X_OK)):
+            raise MeshError(f"{real} runs {interpreter or 'no interpreter'}, which does not exist: "
+                            f"reinstall the package")
+    return real
+
+
+def verify_unit(path: Path, daemon: str) -> None:
+    """`systemd-analyze verify` on the written unit, where systemd-analyze exists; complaints
+    about other units on the host are not ours to report."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    try:
+        r = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if f"{daemon}.service" in line or str(path) in line]
+    if r.returncode != 0 and ours:
+        raise MeshError(f"systemd-analyze verify {path}: " + "; ".join(ours))
+
+
+def unit_text(daemon: str, bin_dir: str | None) -> str:
     # A source checkout (editable install) has them in systemd/; an installed
     # wheel carries them as data files under <prefix>/share/mesh/systemd.
     candidates = [UNIT_SOURCE / f"{daemon}.service", Path(sys.prefix) / "share/mesh/systemd" / f"{daemon}.service"]
@@ -160,32 +234,56 @@ def unit_text(daemon: str, bin_dir: str) -> str:
         raise MeshError(f"unit file {daemon}.service is missing from this installation "
                         f"(looked in {', '.join(str(p.parent) for p in candidates)})")
     text = source.read_text()
-    if not bin_dir.startswith("/"):
-        raise InvalidArgument(f"invalid --bin-dir {bin_dir!r}: must be an absolute path")
-    return text.replace(f"{DEFAULT_BIN}/{daemon} ", f"{bin_dir.rstrip('/')}/{daemon} ")
+    return text.replace(f"{DEFAULT_BIN}/{daemon} ", f"{find_binary(daemon, bin_dir)} ")
 
 
-def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: str, no_start: bool) -> list[dict]:
+def masked(lines: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """The environment file as --dry-run shows it: a join token's secret is not printed."""
+    out = []
+    for key, value in lines:
+        if value is not None and key == "MESH_JOIN_TOKEN" and value.count(".") == 2:
+            tid, _, pin = value.split(".")
+            value = f"{tid}.<secret>.{pin}"
+        out.append((key, value))
+    return out
+
+
+def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: str | None, no_start: bool,
+            dry_run: bool = False, timeout: float = 150.0) -> list[dict]:
     unit_path = root / UNIT_DIR / f"{daemon}.service"
     env_path = root / ENV_DIR / f"{daemon}.env"
-    rows = []
-    changed = write_file(unit_path, unit_text(daemon, bin_dir), 0o644)
-    rows.append({"what": str(unit_path), "result": "written" if changed else "unchanged"})
+    unit = unit_text(daemon, bin_dir)
     header = [(f"# {daemon} options, read by {daemon}.service (written by meshctl install).", None)]
-    env_changed = write_file(env_path, render_env(set_env(read_env(env_path) or header, updates)), 0o600)
+    env_lines = set_env(read_env(env_path) or header, updates)
+    if dry_run:
+        print(f"# {unit_path}\n{unit}\n# {env_path} (mode 0600)\n{render_env(masked(env_lines))}", end="")
+        raise typer.Exit(0)
+    rows = []
+    changed = write_file(unit_path, unit, 0o644)
+    rows.append({"what": str(unit_path), "result": "written" if changed else "unchanged"})
+    env_changed = write_file(env_path, render_env(env_lines), 0o600)
     rows.append({"what": str(env_path), "result": "written" if env_changed else "unchanged"})
+    verify_unit(unit_path, daemon)
+    rows.append({"what": f"systemd-analyze verify {unit_path.name}",
+                 "result": "ok" if shutil.which("systemd-analyze") else "skipped (no systemd-analyze)"})
     changed = changed or env_changed
     if not no_start:
         # Restart only when something changed, so a re-run does not bounce a running daemon.
+        # On a Type=notify unit, start returns once the daemon said READY=1.
         steps = [("daemon-reload",), ("enable", f"{daemon}.service"),
                  ("restart" if changed else "start", f"{daemon}.service")]
-        try:
-            for step in steps:
-                systemctl(*step)
-                rows.append({"what": "systemctl " + " ".join(step), "result": "ok"})
-        except MeshError as e:
-            raise MeshError(f"{e}; the files are written: run 'systemctl daemon-reload && "
-                            f"systemctl restart {daemon}' once systemd is reachable") from None
+        for step in steps:
+            try:
+                systemctl(*step, timeout=timeout if len(step) > 1 and step[0] in ("start", "restart") else 120)
+            except MeshError as e:
+                if step[0] in ("start", "restart"):
+                    tail = journal_tail(f"{daemon}.service")
+                    raise MeshError(f"{daemon} did not start: {e}; see `journalctl -u {daemon}`"
+                                    + (f"; its last lines:\n{tail}" if tail else "")) from None
+                raise MeshError(f"{e}; the files are written: run 'systemctl daemon-reload && "
+                                f"systemctl restart {daemon}' once systemd is reachable") from None
+            rows.append({"what": "systemctl " + " ".join(step),
+                         "result": "ok (ready)" if step[0] in ("start", "restart") else "ok"})
     return rows
 
 
@@ -213,12 +311,14 @@ def install_agent(
     k3s: bool = typer.Option(False, "--k3s", help="also join the K3s cluster as an agent"),
     dns: str = typer.Option(None, "--dns", help="address:port the agent's DNS answers on (agent default if unset)"),
     daemon_arg: list[str] = typer.Option([], "--daemon-arg", help="one more meshagent option, repeatable"),
-    bin_dir: str = typer.Option(DEFAULT_BIN, "--bin-dir", help="where the meshagent executable is"),
+    bin_dir: str = typer.Option(None, "--bin-dir", help=BIN_DIR_HELP),
     root: Path = ROOT_OPTION,
     no_start: bool = NO_START_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     output: Output = OUTPUT_OPTION,
 ) -> None:
-    """Install meshagent as a systemd service and start it."""
+    """Install meshagent as a systemd service, start it and wait until it is ready."""
     def body():
         nonlocal token
         check_host_port(coordinator, "coordinator")
@@ -241,7 +341,7 @@ def install_agent(
         updates = {"MESHAGENT_OPTS": " ".join(opts)}
         if token is not None:
             updates["MESH_JOIN_TOKEN"] = check_token(token)
-        return install("meshagent", root, updates, bin_dir, no_start)
+        return install("meshagent", root, updates, bin_dir, no_start, dry_run, timeout)
     emit(_edge(body), ["what", "result"], output, title="meshagent")
 
 
@@ -249,16 +349,18 @@ def install_agent(
 def install_coordinator(
     listen: str = typer.Option(f"0.0.0.0:{MESHD_PORT}", "--listen", help="gRPC address agents and meshctl reach"),
     daemon_arg: list[str] = typer.Option([], "--daemon-arg", help="one more meshd option, repeatable"),
-    bin_dir: str = typer.Option(DEFAULT_BIN, "--bin-dir", help="where the meshd executable is"),
+    bin_dir: str = typer.Option(None, "--bin-dir", help=BIN_DIR_HELP),
     root: Path = ROOT_OPTION,
     no_start: bool = NO_START_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     output: Output = OUTPUT_OPTION,
 ) -> None:
-    """Install meshd as a systemd service and start it."""
+    """Install meshd as a systemd service, start it and wait until it is ready."""
     def body():
         check_host_port(listen, "listen address")
         opts = " ".join(["--listen", listen, *check_daemon_args(daemon_arg)])
-        return install("meshd", root, {"MESHD_OPTS": opts}, bin_dir, no_start)
+        return install("meshd", root, {"MESHD_OPTS": opts}, bin_dir, no_start, dry_run, timeout)
     emit(_edge(body), ["what", "result"], output, title="meshd")
 
 

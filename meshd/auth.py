@@ -24,6 +24,7 @@ from cryptography import x509
 
 from meshcore import limits, pki
 from meshcore.errors import InvalidArgument, MeshError, PermissionDenied, Unauthenticated
+from meshcore.logs import new_request_id, request_id
 from meshd import metrics
 
 
@@ -115,6 +116,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def unary(request, context):
+                request_id.set(new_request_id())  # in this RPC's own context: log lines carry it
                 t0 = time.perf_counter()
                 code = "OK"
                 try:
@@ -137,6 +139,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_s = handler.unary_stream
 
             async def stream(request, context):
+                request_id.set(new_request_id())
                 code = "OK"
                 try:
                     check_request_size(method, request)

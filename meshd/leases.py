@@ -225,6 +225,7 @@ class LeaseLoop:
         await self.store.compact(point)
         self._compacted = point
         metrics.COMPACTED.set(point)
+        metrics.COMPACTIONS.inc()
         log.info("compacted the store's history up to revision %d (keeping %d)", point, cfg.keep_revisions)
         return point
 

@@ -10,16 +10,17 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection ch
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
-import logging
+import socket
 import sys
 from pathlib import Path
 
-from meshcore import daemon
+from meshcore import __version__, daemon, logs
 from meshcore.errors import MeshError
 from meshd.server import Coordinator, MeshdConfig
 
 
-def parse_args(argv: list[str]) -> MeshdConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also the source of docs/configuration.md)."""
     d = MeshdConfig()
     p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog.")
     p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"CA and state (default {d.state_dir})")
@@ -48,8 +49,17 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                    help="mirror the catalog into Kubernetes Services (a kubeconfig path, or in-cluster)")
     p.add_argument("--kubernetes-namespace", default="default", help="namespace of the Services (default: default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (default) or json: one line per event, with the node and request ids")
+    p.add_argument("--version", action="version", version=f"meshd {__version__}")
+    return p
+
+
+def parse_args(argv: list[str]) -> MeshdConfig:
+    d = MeshdConfig()
+    p = build_parser()
     a = p.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup(a.log_level, a.log_format, socket.gethostname())
     consul = kubernetes = None
     try:
         if a.consul:

@@ -1,23 +1,84 @@
-"""meshd's Prometheus metrics (served on --metrics, default 127.0.0.1:9464)."""
+"""meshd's Prometheus metrics (served on --metrics, default 127.0.0.1:9464; docs/metrics.md).
+
+Counters and gauges updated where things happen are module-level; values that
+live in other objects (the store's size, leadership, the mirrors' status) are
+read at scrape time by `CoordinatorCollector`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
-RPCS = Counter("meshd_rpcs_total", "RPCs handled, by method and status code", ["method", "code"])
-RPC_SECONDS = Histogram("meshd_rpc_seconds", "RPC latency by method", ["method"],
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+RPCS = Counter("mesh_rpc_requests", "RPCs handled, by method and status code", ["method", "code"])
+RPC_SECONDS = Histogram("mesh_rpc_duration_seconds", "RPC latency by method", ["method"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
-JOINS = Counter("meshd_joins_total", "Join attempts by result", ["result"])
-CATALOG_SERVICES = Gauge("meshd_catalog_services", "Services in the catalog")
-NODES = Gauge("meshd_nodes", "Nodes by state", ["state"])
-REVISION = Gauge("meshd_store_revision", "Current store revision")
-WATCH_STREAMS = Gauge("meshd_watch_streams", "Open watch streams", ["kind"])
-LEASE_EXPIRIES = Counter("meshd_lease_expiries_total", "Nodes marked unreachable after their lease expired")
-COMPACTED = Gauge("meshd_store_compacted_revision", "Revision the leader last compacted the store's history to")
-STORE_ALARMS = Gauge("meshd_store_alarms", "Store alarms raised (1 per alarm; etcd NOSPACE: the store is read-only)",
+JOINS = Counter("mesh_joins", "Join attempts by result", ["result"])
+CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")
+NODES = Gauge("mesh_nodes", "Nodes by state", ["state"])
+REVISION = Gauge("mesh_store_revision", "Current store revision")
+WATCH_STREAMS = Gauge("mesh_watch_streams", "Open watch streams", ["kind"])
+LEASE_EXPIRIES = Counter("mesh_lease_expiries", "Nodes marked unreachable after their lease expired")
+COMPACTED = Gauge("mesh_store_compacted_revision", "Revision the leader last compacted the store's history to")
+COMPACTIONS = Counter("mesh_store_compactions", "Compactions of the store's history by the leader")
+STORE_ALARMS = Gauge("mesh_store_alarms", "Store alarms raised (1 per alarm; etcd NOSPACE: the store is read-only)",
                      ["alarm"])
-RECORDS_SKIPPED = Counter("meshd_watch_records_skipped_total",
+RECORDS_SKIPPED = Counter("mesh_watch_records_skipped",
                           "Catalog changes left out of a watch stream because they cannot be signed or sent")
-WATCHES_REFUSED = Counter("meshd_watches_refused_total", "Watch streams refused: the caller has too many open")
-WATCHERS_LAGGING = Counter("meshd_watchers_lagging_total",
+WATCHES_REFUSED = Counter("mesh_watches_refused", "Watch streams refused: the caller has too many open")
+WATCHERS_LAGGING = Counter("mesh_watchers_lagging",
                            "Watchers whose event queue filled up (they re-read the history when they read again)")
+ELECTION_TRANSITIONS = Counter("mesh_election_transitions", "Times this meshd gained or lost leadership")
+SYNC_SECONDS = Histogram("mesh_sync_reconcile_duration_seconds", "Time of one reconcile of a mirror, by target",
+                         ["target"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+SYNC_ERRORS = Counter("mesh_sync_errors", "Reconciles of a mirror that failed, by target", ["target"])
+SYNC_REPAIRS = Counter("mesh_sync_drift_repairs",
+                       "Objects a reconcile created, updated or deleted in a mirror, by target and action",
+                       ["target", "action"])
+
+
+def sync_target(name: str) -> None:
+    """Make a mirror's series exist from the start (0 until something happens)."""
+    SYNC_ERRORS.labels(name)
+    for action in ("create", "update", "delete"):
+        SYNC_REPAIRS.labels(name, action)
+
+
+class CoordinatorCollector(Collector):
+    """Values read when Prometheus scrapes: leadership and the store's size on disk."""
+
+    def __init__(self, coordinator: Callable[[], Any]) -> None:
+        self.coordinator = coordinator
+
+    def collect(self) -> Iterable[Metric]:
+        c = self.coordinator()
+        if c is None:
+            return
+        yield GaugeMetricFamily("mesh_election_is_leader",
+                                "1 while this meshd leads (lease checks, key rotation, mirrors)",
+                                value=1.0 if c.is_leader else 0.0)
+        size = store_size_bytes(c.store)
+        if size is not None:
+            yield GaugeMetricFamily("mesh_store_size_bytes", "Size of the store on disk (SQLite file and WAL)",
+                                    value=size)
+
+
+def store_size_bytes(store: Any) -> float | None:
+    path = getattr(store, "path", None)
+    if path is None:
+        return None
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.stat(f"{path}{suffix}").st_size
+        except OSError:
+            pass
+    return float(total)
+
+
+__all__ = ["CoordinatorCollector", "sync_target"]

@@ -204,12 +204,15 @@ class Nodes:
             check_port(facts.wireguard_port)
         if facts.gossip_port:
             check_port(facts.gossip_port)
+        if facts.metrics_port:
+            check_port(facts.metrics_port)
         await self.liveness.renewed(node_id)
         current = await self.get(node_id)
         wanted = types_pb2.Node()
         wanted.CopyFrom(current)
         wanted.state = types_pb2.NODE_STATE_READY
-        for f in ("public_address", "wireguard_public_key", "wireguard_port", "hostname", "gossip_port"):
+        for f in ("public_address", "wireguard_public_key", "wireguard_port", "hostname", "gossip_port",
+                  "metrics_port"):
             if getattr(facts, f):
                 setattr(wanted, f, getattr(facts, f))
         if facts.labels:

@@ -34,12 +34,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc
+from mesh.v1 import (admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc,
+                     types_pb2)
 from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
 from meshcore.statelock import StateLock, claim_socket
+from meshd import metrics
 from meshd.addresses import DEFAULT_POOL, AddressPool
 from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
@@ -258,8 +260,7 @@ class Coordinator:
         for name in names + [""]:
             await _maybe_await(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
         if self.config.metrics:
-            from meshcore.metrics import serve_metrics
-            self.ports["metrics"] = serve_metrics(self.config.metrics)
+            self.ports["metrics"] = self._serve_metrics()
         self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
         self._tasks.append(asyncio.create_task(self._mark_store(), name="store-mark"))
         self._start_election()
@@ -289,11 +290,30 @@ class Coordinator:
         from meshd.election import Election, ElectionConfig
 
         def changed(leading: bool) -> None:
+            metrics.ELECTION_TRANSITIONS.inc()
             task = asyncio.create_task(self._mirror() if leading else self.mirrors.stop())
             self._tasks.append(task)
         self.election = Election(self.store, f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
                                  ElectionConfig(key="/election/meshd"), on_change=changed, clock=self.clock)
         self.election.start()
+
+    # -- metrics and Prometheus discovery -------------------------------------------
+    def _serve_metrics(self) -> int:
+        from prometheus_client import REGISTRY
+
+        from meshcore.metrics import build_info, serve_metrics
+        build_info("meshd")
+        global _current, _collector
+        _current = self  # the process-wide registry reads the coordinator that serves it
+        if _collector is None:
+            _collector = metrics.CoordinatorCollector(lambda: _current)
+            REGISTRY.register(_collector)
+        loop = asyncio.get_running_loop()
+
+        def http_sd(host: str) -> list[dict]:
+            nodes = asyncio.run_coroutine_threadsafe(self.nodes.list(), loop).result(timeout=5)[0]
+            return http_sd_targets(host, nodes)
+        return serve_metrics(self.config.metrics, http_sd=http_sd)
 
     async def _mirror(self) -> None:
         self.mirrors.start()
@@ -359,3 +379,25 @@ def _bind(server: grpc.aio.Server, addr: str, what: str, creds) -> int:
 async def _maybe_await(x):
     if asyncio.iscoroutine(x):
         await x
+
+
+_current: Coordinator | None = None
+_collector: metrics.CoordinatorCollector | None = None
+
+
+def http_sd_targets(meshd_host: str, nodes) -> list[dict]:
+    """Prometheus HTTP service discovery: meshd itself (at the address Prometheus asked it
+    on), then every node that is not gone and serves its agent's metrics on its mesh address."""
+    from meshcore.defaults import NODE_STATE_NAMES
+    groups = []
+    if meshd_host:
+        groups.append({"targets": [meshd_host], "labels": {"mesh_component": "meshd"}})
+    for n in sorted(nodes, key=lambda n: n.name):
+        if not n.metrics_port or not n.mesh_address or n.state == types_pb2.NODE_STATE_LEFT:
+            continue
+        host = f"[{n.mesh_address}]" if ":" in n.mesh_address else n.mesh_address
+        groups.append({"targets": [f"{host}:{n.metrics_port}"],
+                       "labels": {"mesh_component": "meshagent", "mesh_node": n.name,
+                                  "mesh_node_state": NODE_STATE_NAMES.get(n.state, "unknown"),
+                                  "mesh_cloud": n.cloud, "mesh_region": n.region}})
+    return groups

@@ -6,6 +6,7 @@ import warnings
 from mesh.v1 import agent_pb2 as mesh_dot_v1_dot_agent__pb2
 from mesh.v1 import catalog_pb2 as mesh_dot_v1_dot_catalog__pb2
 from mesh.v1 import nodes_pb2 as mesh_dot_v1_dot_nodes__pb2
+from mesh.v1 import types_pb2 as mesh_dot_v1_dot_types__pb2
 
 GRPC_GENERATED_VERSION = '1.85.0'
 GRPC_VERSION = grpc.__version__
@@ -76,6 +77,16 @@ class AgentServiceStub:
                 request_serializer=mesh_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_agent__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.WatchServices = channel.unary_stream(
+                '/mesh.v1.AgentService/WatchServices',
+                request_serializer=mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_catalog__pb2.ServiceEvent.FromString,
+                _registered_method=True)
+        self.WatchNodes = channel.unary_stream(
+                '/mesh.v1.AgentService/WatchNodes',
+                request_serializer=mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_nodes__pb2.NodeEvent.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -135,6 +146,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchServices(self, request, context):
+        """The agent's catalog copy as a stream, with meshd's WatchServices semantics:
+        from revision 0, RESET, the current set, SYNCED, then every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchNodes(self, request, context):
+        """The agent's node list as a stream, with meshd's WatchNodes semantics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +203,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=mesh_dot_v1_dot_agent__pb2.PingRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_agent__pb2.PingResponse.SerializeToString,
+            ),
+            'WatchServices': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchServices,
+                    request_deserializer=mesh_dot_v1_dot_types__pb2.WatchRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_catalog__pb2.ServiceEvent.SerializeToString,
+            ),
+            'WatchNodes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNodes,
+                    request_deserializer=mesh_dot_v1_dot_types__pb2.WatchRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_nodes__pb2.NodeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +431,60 @@ class AgentService:
             '/mesh.v1.AgentService/Ping',
             mesh_dot_v1_dot_agent__pb2.PingRequest.SerializeToString,
             mesh_dot_v1_dot_agent__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mesh.v1.AgentService/WatchServices',
+            mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
+            mesh_dot_v1_dot_catalog__pb2.ServiceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mesh.v1.AgentService/WatchNodes',
+            mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
+            mesh_dot_v1_dot_nodes__pb2.NodeEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -186,6 +186,8 @@ class SyncLoop:
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
+        from meshd import metrics
+        metrics.sync_target(self.target.name)
         self._loop = asyncio.get_running_loop()
         set_kick = getattr(self.target, "set_kick", None)
         if callable(set_kick):
@@ -250,18 +252,26 @@ class SyncLoop:
             self.target.invalidate()  # after a failure the registry's state is uncertain
 
     async def _reconcile_once(self, generation: int) -> bool:
+        from meshd import metrics
         services, nodes = self._services, self._nodes
         self.status.reconciles += 1
+        t0 = self.clock.monotonic()
         try:
             report = await self.target.reconcile(services, nodes)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a registry failure must never reach the catalog
+            metrics.SYNC_SECONDS.labels(self.target.name).observe(self.clock.monotonic() - t0)
+            metrics.SYNC_ERRORS.labels(self.target.name).inc()
             self.status.failures += 1
             self.status.last_error = f"{self.target.name} sync failed: {e}"
             if self.status.failures == 1 or self.status.failures % 10 == 0:
                 log.warning("%s (attempt %d)", self.status.last_error, self.status.failures)
             return False
+        metrics.SYNC_SECONDS.labels(self.target.name).observe(self.clock.monotonic() - t0)
+        for action, names in (("create", report.created), ("update", report.updated), ("delete", report.deleted)):
+            if names:
+                metrics.SYNC_REPAIRS.labels(self.target.name, action).inc(len(names))
         self.status.failures = 0
         self.status.last_error = ""
         self.status.last_report = report

@@ -20,9 +20,11 @@ async def test_meshd_metrics_count_rpcs_joins_and_catalog(tmp_path):
         port = m.coordinator.ports["metrics"]
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
                                        .read().decode())
-        assert 'meshd_joins_total{result="ok"}' in body
-        assert 'meshd_rpcs_total{code="OK",method="Expose"}' in body
-        assert 'meshd_nodes{state="ready"} 1.0' in body
-        assert "meshd_watch_streams" in body and "meshd_lease_expiries_total" in body
+        assert 'mesh_joins_total{result="ok"}' in body
+        assert 'mesh_rpc_requests_total{code="OK",method="Expose"}' in body
+        assert 'mesh_nodes{state="ready"} 1.0' in body
+        assert "mesh_watch_streams" in body and "mesh_lease_expiries_total" in body
+        assert "mesh_election_is_leader 1.0" in body and "mesh_store_size_bytes" in body
+        assert 'mesh_build_info{component="meshd"' in body
     finally:
         await m.close()

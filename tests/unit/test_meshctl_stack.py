@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,12 @@ def host(tmp_path):
     return Host()
 
 
+def shipped(daemon: str) -> str:
+    """The shipped unit with ExecStart at the executable installed with this meshctl."""
+    real = os.path.realpath(Path(sys.prefix) / "bin" / daemon)
+    return (ROOT / f"systemd/{daemon}.service").read_text().replace(f"/usr/local/bin/{daemon} ", f"{real} ")
+
+
 def env_lines(path: Path) -> list[str]:
     return [x for x in path.read_text().splitlines() if not x.startswith("#")]
 
@@ -63,12 +71,12 @@ def test_install_agent_writes_unit_env_file_and_starts(host):
     r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--k3s", "-o", "json")
     assert r.exit_code == 0, r.output
     unit = host.root / "etc/systemd/system/meshagent.service"
-    assert unit.read_text() == (ROOT / "systemd/meshagent.service").read_text()
+    assert unit.read_text() == shipped("meshagent")
     env = host.root / "etc/mesh/meshagent.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert env_lines(env) == ['MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s"', f"MESH_JOIN_TOKEN={TOKEN}"]
     assert host.calls() == [["daemon-reload"], ["enable", "meshagent.service"], ["restart", "meshagent.service"]]
-    assert [row["result"] for row in json.loads(r.stdout)] == ["written", "written", "ok", "ok", "ok"]
+    assert [row["result"] for row in json.loads(r.stdout)] == ["written", "written", "ok", "ok", "ok", "ok (ready)"]
 
 
 def test_install_agent_with_name_labels_and_empty_token_after_join(host):
@@ -113,7 +121,7 @@ def test_install_coordinator(host):
     assert r.exit_code == 0, r.output
     assert env_lines(host.root / "etc/mesh/meshd.env") == [
         'MESHD_OPTS="--listen 0.0.0.0:7443 --k3s-token-file=/var/lib/rancher/k3s/server/agent-token"']
-    assert (host.root / "etc/systemd/system/meshd.service").read_text() == (ROOT / "systemd/meshd.service").read_text()
+    assert (host.root / "etc/systemd/system/meshd.service").read_text() == shipped("meshd")
     assert ["restart", "meshd.service"] in host.calls()
 
 
@@ -224,3 +232,81 @@ def test_meshctl_imports_no_daemon_code() -> None:
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
             bad += [f"{f.name}:{node.lineno}: {n}" for n in names if n.split(".")[0] in ("meshd", "meshagent")]
     assert bad == []
+
+
+# -- install from a virtualenv -------------------------------------------------------
+
+@pytest.fixture
+def venv(tmp_path):
+    """A virtualenv outside this checkout whose meshctl is this checkout's, as `pip install` makes one:
+    console scripts meshd, meshagent and meshctl in <venv>/bin with the virtualenv's python."""
+    venv = tmp_path / "venv"
+    import sysconfig
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    # the dependencies come from this virtualenv, the package from this checkout
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (site / "mesh.pth").write_text(f"{ROOT}\n{sysconfig.get_paths()['purelib']}\n")
+    for prog, module in (("meshd", "meshd.main"), ("meshagent", "meshagent.main"), ("meshctl", "meshctl.main")):
+        script = venv / "bin" / prog
+        script.write_text(f"#!{venv}/bin/python\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
+        script.chmod(0o755)
+    return venv
+
+
+def run_meshctl(venv: Path, host_bin: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # PATH has the recorded systemctl but not the virtualenv: as `sudo /opt/mesh/bin/meshctl install ...`
+    path = f"{host_bin}:/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run([str(venv / "bin/meshctl"), *args], capture_output=True, text=True, timeout=120,
+                          env={"PATH": path, "HOME": str(venv), **(env or {})})
+
+
+def test_install_from_a_virtualenv_points_the_unit_at_its_executables(host, venv, tmp_path):
+    r = run_meshctl(venv, tmp_path / "bin", "install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN,
+                    "--root", str(host.root), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    unit = (host.root / "etc/systemd/system/meshagent.service").read_text()
+    exec_start = next(x for x in unit.splitlines() if x.startswith("ExecStart="))
+    assert exec_start.startswith(f"ExecStart={venv}/bin/meshagent --state-dir /var/lib/meshagent ")
+    results = {row["what"]: row["result"] for row in json.loads(r.stdout)}
+    assert results["systemd-analyze verify meshagent.service"] == "ok"
+    assert results["systemctl restart meshagent.service"] == "ok (ready)"
+    assert host.calls() == [["daemon-reload"], ["enable", "meshagent.service"], ["restart", "meshagent.service"]]
+    # the unit runs what it names: the stand-in systemctl of the lab would execute this path
+    assert os.access(exec_start.split()[0].removeprefix("ExecStart="), os.X_OK)
+
+
+def test_a_missing_executable_is_refused_before_anything_is_written(host, tmp_path):
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN,
+                 "--bin-dir", str(tmp_path / "nowhere"))
+    assert r.exit_code == 1 and r.output.startswith("error: meshagent executable not found")
+    assert not (host.root / "etc").exists() and host.calls() == []
+
+
+def test_an_executable_under_home_is_refused(host, tmp_path, monkeypatch):
+    from meshcore.errors import MeshError
+    from meshctl import stack
+    monkeypatch.setattr(stack.os.path, "realpath", lambda p: "/home/alice/venv/bin/meshagent")
+    monkeypatch.setattr(stack.os, "access", lambda p, m: True)
+    with pytest.raises(MeshError, match="ProtectHome=yes hides"):
+        stack.find_binary("meshagent", None)
+
+
+def test_dry_run_prints_the_unit_and_the_environment_file_and_changes_nothing(host):
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "ExecStart=" in r.output and 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443"' in r.output
+    assert 'MESH_JOIN_TOKEN="t0123abcd.<secret>.' in r.output and "5" * 32 not in r.output
+    assert not (host.root / "etc").exists() and host.calls() == []
+
+
+def test_a_failed_start_shows_the_journal(host, tmp_path):
+    fake = tmp_path / "bin"
+    (fake / "systemctl").write_text('#!/bin/bash\ncase "$1" in restart|start) echo "Job for meshd.service failed '
+                                    'because the control process exited with error code." >&2; exit 1;; esac\n')
+    (fake / "journalctl").write_text("#!/bin/sh\necho 'meshd[42]: meshd: error: cannot read /var/lib/meshd/ca.key'\n")
+    for f in ("systemctl", "journalctl"):
+        (fake / f).chmod(0o755)
+    r = host.run("install", "coordinator")
+    assert r.exit_code == 1
+    assert r.output.startswith("error: meshd did not start: 'systemctl restart meshd.service' failed: Job for")
+    assert "meshd: error: cannot read /var/lib/meshd/ca.key" in r.output
