@@ -23,7 +23,7 @@ def _cell(text: str) -> str:
 def parser_table(p: argparse.ArgumentParser) -> list[str]:
     lines = ["| option | default | what |", "| --- | --- | --- |"]
     for a in p._actions:
-        if not a.option_strings or a.dest in ("help", "version"):
+        if not a.option_strings or a.dest in ("help", "version") or a.help == argparse.SUPPRESS:
             continue
         default = a.default
         if default in (None, argparse.SUPPRESS, []) or isinstance(default, bool):
