@@ -25,11 +25,12 @@ from typing import Any
 
 from infra.aws import Aws, AwsError, SessionFactory, aws_from_config
 from infra.config import InfraConfig
-from infra.desired import RegionSpec
+from infra.desired import RegionSpec, main_group_name
 from infra.destroy import DestroyResult, Leftover, purge
 from infra.plan import Change, Plan, make_plan
 from infra.regions import Selection, enable_requested, select_regions
-from infra.state import RegionState, tag_spec, tags
+from infra.profiles import converge
+from infra.state import NAME_TAG, RegionState, subnet_name, tag_spec, tags, vpc_name
 from meshcore.errors import MeshError, PermissionDenied, Unauthenticated
 
 # Cross-region peering requests take a few seconds to reach the accepter.
@@ -93,8 +94,9 @@ def initial_context(spec: RegionSpec | None, st: RegionState) -> dict[str, Any]:
     ctx["igw"] = gws[0].id if gws else None
     tables = st.tables_in(vpc)
     ctx["rt"] = tables[0].id if tables else None
-    groups = st.groups_in(vpc)
-    ctx["sg"] = groups[0].id if groups else None
+    for name in (spec.groups if spec is not None else {}):
+        groups = st.groups_in(vpc, name)
+        ctx[f"sg:{name}"] = groups[0].id if groups else None
     for s in st.subnets:
         if s.vpc_id == vpc and spec is not None and spec.subnets.get(s.zone) == s.cidr:
             ctx[f"subnet:{s.zone}"] = s.id
@@ -122,10 +124,10 @@ class _Executor:
         self.progress.start(region, len(changes))
         error = None
         try:
-            pending_rules: list[Any] = []
+            pending_rules: list[Any] = []  # (group, rule)
             for c in changes:
                 if c.kind == "authorize":
-                    pending_rules.append(c.arg("rule"))  # one call for all of a region's new rules
+                    pending_rules.append((c.arg("group"), c.arg("rule")))  # one call per group
                 else:
                     self._flush(region, pending_rules)
                     getattr(self, "_" + c.kind)(region, c)
@@ -141,24 +143,25 @@ class _Executor:
             self.progress.finish(region, error)
 
     def _flush(self, region: str, rules: list[Any]) -> None:
-        if rules:
-            desc = f"mesh {self.mesh}"
-            self.call(region, "AuthorizeSecurityGroupIngress", GroupId=self.ctx[region]["sg"],
-                      IpPermissions=[r.permission(desc) for r in rules])
-            rules.clear()
+        desc = f"mesh {self.mesh}"
+        for group in sorted({g for g, _ in rules}):
+            self.call(region, "AuthorizeSecurityGroupIngress", GroupId=self.ctx[region][f"sg:{group}"],
+                      IpPermissions=[r.permission(desc) for g, r in rules if g == group])
+        rules.clear()
 
     def call(self, region: str, op: str, service: str = "ec2", **params: Any) -> dict[str, Any]:
         return self.aws.call(service, region, op, **params)
 
     # phase 1
     def _create_vpc(self, r: str, c: Change) -> None:
-        out = self.call(r, "CreateVpc", CidrBlock=c.arg("cidr"), TagSpecifications=tag_spec("vpc", self.mesh))
+        out = self.call(r, "CreateVpc", CidrBlock=c.arg("cidr"),
+                        TagSpecifications=tag_spec("vpc", self.mesh, vpc_name(self.mesh)))
         self.ctx[r]["vpc"] = out["Vpc"]["VpcId"]
 
     def _create_subnet(self, r: str, c: Change) -> None:
         zone = c.arg("zone")
         out = self.call(r, "CreateSubnet", VpcId=self.ctx[r]["vpc"], CidrBlock=c.arg("cidr"), AvailabilityZone=zone,
-                        TagSpecifications=tag_spec("subnet", self.mesh, zone=zone))
+                        TagSpecifications=tag_spec("subnet", self.mesh, subnet_name(self.mesh, zone), zone=zone))
         self.ctx[r][f"subnet:{zone}"] = out["Subnet"]["SubnetId"]
         if self.plan.desired[r].public_ips:  # not settable in CreateSubnet itself
             self._subnet_public_ips(r, c)
@@ -211,10 +214,18 @@ class _Executor:
         self.call(r, "DeleteRoute", RouteTableId=self.ctx[r]["rt"], DestinationCidrBlock=c.arg("dest"))
 
     def _create_group(self, r: str, c: Change) -> None:
-        out = self.call(r, "CreateSecurityGroup", GroupName=f"mesh-{self.mesh}", VpcId=self.ctx[r]["vpc"],
-                        Description=f"mesh {self.mesh}: WireGuard, SSH from configured CIDRs, peered VPCs",
-                        TagSpecifications=tag_spec("security-group", self.mesh))
-        self.ctx[r]["sg"] = out["GroupId"]
+        group = c.arg("group")
+        what = "main node: meshd's ports, " if group == main_group_name(self.mesh) else ""
+        out = self.call(r, "CreateSecurityGroup", GroupName=group, VpcId=self.ctx[r]["vpc"],
+                        Description=f"mesh {self.mesh}: {what}WireGuard, SSH from configured CIDRs, peered VPCs",
+                        TagSpecifications=tag_spec("security-group", self.mesh, group))
+        self.ctx[r][f"sg:{group}"] = out["GroupId"]
+
+    def _name_tag(self, r: str, c: Change) -> None:
+        self.call(r, "CreateTags", Resources=[c.arg("id")], Tags=[{"Key": NAME_TAG, "Value": c.arg("name")}])
+
+    def _put_profile(self, r: str, c: Change) -> None:
+        converge(self.aws, self.mesh, c.arg("name"), self.plan.profiles[c.arg("name")])
 
     def _delete_group(self, r: str, c: Change) -> None:
         self.call(r, "DeleteSecurityGroup", GroupId=c.arg("id"))
@@ -223,7 +234,7 @@ class _Executor:
         rule = c.arg("rule")
         perm = rule.permission("")
         perm["IpRanges"] = [{"CidrIp": rule.cidr}]
-        self.call(r, "RevokeSecurityGroupIngress", GroupId=self.ctx[r]["sg"], IpPermissions=[perm])
+        self.call(r, "RevokeSecurityGroupIngress", GroupId=self.ctx[r][f"sg:{c.arg('group')}"], IpPermissions=[perm])
 
     def _put_param(self, r: str, c: Change) -> None:
         p = self.plan.desired[r].params[c.arg("name")]

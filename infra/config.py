@@ -63,6 +63,14 @@ class InfraConfig:
     # connect from anywhere, so it is open by default.
     wireguard_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     wireguard_port: int = WIREGUARD_PORT
+    # What SkyPilot needs to launch into the network (sky/config.yaml): the
+    # instance profiles mesh-<name>-main and mesh-<name>-node, and in the
+    # main region a second group, mesh-<name>-main, for the main node only:
+    # the mesh group's rules plus meshd's mTLS API and join ports (7443-7444,
+    # TLS, token-gated) from `coordinator_cidrs`, so VMs outside AWS join.
+    sky: bool = True
+    # Nodes on other clouds join from addresses nobody knows in advance.
+    coordinator_cidrs: tuple[str, ...] = ("0.0.0.0/0",)
     # Instances launched in mesh subnets get a public address (SkyPilot needs
     # one unless it is told to use internal IPs; WireGuard peers outside AWS
     # reach nodes directly through it).
@@ -91,9 +99,10 @@ class InfraConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(InfraConfig)}
-_TUPLES = {"instance_types", "excluded_regions", "opt_in_regions", "only_regions", "ssh_cidrs", "wireguard_cidrs"}
+_TUPLES = {"instance_types", "excluded_regions", "opt_in_regions", "only_regions", "ssh_cidrs", "wireguard_cidrs",
+           "coordinator_cidrs"}
 _INTS = {"wireguard_port", "max_parallel_regions", "on_demand_vcpus", "spot_vcpus", "max_attempts"}
-_BOOLS = {"public_ips"}
+_BOOLS = {"public_ips", "sky"}
 _FLOATS = {"quota_request_interval_s", "backoff_base_s", "backoff_max_s"}
 
 
@@ -183,7 +192,7 @@ def validate(cfg: InfraConfig) -> None:
     for t in cfg.instance_types:
         if not _INSTANCE_TYPE.match(t):
             raise ConfigError(f"invalid instance type {t!r}: an EC2 instance type looks like 'g6.xlarge'")
-    for key in ("ssh_cidrs", "wireguard_cidrs"):
+    for key in ("ssh_cidrs", "wireguard_cidrs", "coordinator_cidrs"):
         for c in getattr(cfg, key):
             try:
                 net = ipaddress.ip_network(c, strict=True)

@@ -9,8 +9,12 @@ Security group rules, all inbound:
 - WireGuard (UDP `wireguard_port`) from `wireguard_cidrs`;
 - SSH (TCP 22) from `ssh_cidrs` only (none by default);
 - all traffic from the region's own /16 (nodes in one VPC talk directly);
-- regional groups: all traffic from the main region's /16; the main group:
-  all traffic from every regional /16 (peering is hub and spoke).
+- regional groups: all traffic from the main region's /16; the main region's
+  group: all traffic from every regional /16 (peering is hub and spoke).
+
+With `sky` on, the main region has a second group, `mesh-<name>-main`, for
+the main node alone (SkyPilot gives a cluster one group, by name): the same
+rules plus meshd's ports (TCP 7443-7444) from `coordinator_cidrs`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ from dataclasses import dataclass, field
 from infra.addressing import AddressPlan
 from infra.config import InfraConfig
 from infra.ssm import Param
+from meshcore.defaults import JOIN_PORT, MESHD_PORT
+
+
+def group_name(mesh: str) -> str:
+    return f"mesh-{mesh}"
+
+
+def main_group_name(mesh: str) -> str:
+    return f"mesh-{mesh}-main"
 
 
 @dataclass(frozen=True, order=True)
@@ -58,6 +71,8 @@ class RegionSpec:
     spoke_cidrs: dict[str, str] = field(default_factory=dict)
     params: dict[str, Param] = field(default_factory=dict)
     public_ips: bool = True
+    # every group of the region: GroupName → its rules (`rules` is the mesh group's)
+    groups: dict[str, frozenset[Rule]] = field(default_factory=dict)
 
 
 def build_desired(cfg: InfraConfig, plan: AddressPlan, zones: dict[str, list[str]],
@@ -76,11 +91,16 @@ def build_desired(cfg: InfraConfig, plan: AddressPlan, zones: dict[str, list[str
             rules |= {Rule("-1", None, None, c) for c in spokes.values()}
         else:
             rules.add(Rule("-1", None, None, main_cidr))
+        groups = {group_name(cfg.name): frozenset(rules)}
+        if region == main and cfg.sky:
+            lo, hi = sorted((MESHD_PORT, JOIN_PORT))
+            groups[main_group_name(cfg.name)] = frozenset(rules | {Rule("tcp", lo, hi, c)
+                                                                   for c in cfg.coordinator_cidrs})
         out[region] = RegionSpec(
             region=region, is_main=region == main, cidr=cidr,
             subnets={z: str(plan.subnet(region, z)) for z in sorted(zones.get(region, []))},
             rules=frozenset(rules),
             hub_cidr=None if region == main else main_cidr,
             spoke_cidrs=spokes if region == main else {},
-            params=dict(params), public_ips=cfg.public_ips)
+            params=dict(params), public_ips=cfg.public_ips, groups=groups)
     return out

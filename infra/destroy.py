@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from infra.aws import Aws
 from infra.config import InfraConfig
+from infra.profiles import delete_profiles
 from infra.regions import ENABLED, list_regions
 from infra.ssm import prefix
 from infra.state import RegionState, has_leftovers, read_region
@@ -140,6 +141,12 @@ def destroy(cfg: InfraConfig, aws: Aws, progress: Progress | None = None,
         result.regions_scanned = len(regions)
         list(pool.map(lambda st: delete_peerings(aws, st, result, progress), states))
         list(pool.map(lambda st: delete_region(aws, st, result, progress), states))
+    if cfg.sky:
+        for resource, error in delete_profiles(aws, cfg.name):
+            if error is None:
+                result.deleted.append(("iam", resource))
+            else:
+                result.leftovers.append(Leftover("iam", resource, error))
     result.calls = aws.calls - calls0
     result.seconds = clock() - t0
     return result

@@ -30,7 +30,8 @@ from infra.config import InfraConfig
 from infra.desired import RegionSpec, build_desired
 from infra.regions import Selection, select_regions
 from infra.ssm import desired_params
-from infra.state import RegionState, has_leftovers, read_region
+from infra.profiles import ProfileState, check_names, documents, read_profiles
+from infra.state import RegionState, has_leftovers, read_region, subnet_name, vpc_name
 
 PHASES = {1: "network", 2: "peering", 3: "removal"}
 
@@ -61,6 +62,7 @@ class Plan:
     desired: dict[str, RegionSpec]
     states: dict[str, RegionState]
     changes: list[Change] = field(default_factory=list)
+    profiles: dict[str, ProfileState] = field(default_factory=dict)  # instance profile name → what exists
 
     @property
     def empty(self) -> bool:
@@ -114,6 +116,10 @@ def make_plan(cfg: InfraConfig, aws: Aws, progress: Progress | None = None,
     plan = Plan(cfg, selection, addresses, desired, states)
     for region in selection.selected:
         plan.changes += diff_region(desired[region], states[region], cfg.name)
+    if cfg.sky:
+        check_names(cfg.name)
+        plan.profiles = read_profiles(aws, cfg.name)
+        plan.changes += diff_profiles(cfg, plan.profiles)
     for region in selection.selected:
         if region != cfg.main_region:
             plan.changes += diff_peering(desired[region], states[region], states[cfg.main_region])
@@ -199,18 +205,31 @@ def diff_region(spec: RegionSpec, st: RegionState, mesh: str) -> list[Change]:
         if dest == spec.cidr or dest == "0.0.0.0/0" or dest in peered:
             continue
         add("delete_route", "delete", f"route {dest} → {target}", "not in the plan (added by hand?)", dest=dest)
-    groups = st.groups_in(vpc)
-    group = groups[0] if groups else None
-    if group is None:
-        add("create_group", "create", f"security group mesh-{mesh}", why)
-    for g in groups[1:]:
-        add("delete_group", "delete", f"security group {g.id}", "extra group (interrupted run?)", id=g.id)
-    have_rules = group.rules if group else set()
-    for rule in sorted(spec.rules - have_rules):
-        add("authorize", "create", f"allow {rule.label()}",
-            why if group is None else "missing rule (drift)", rule=rule)
-    for rule in sorted(have_rules - spec.rules):
-        add("revoke", "delete", f"allow {rule.label()}", "not in config (added by hand?)", rule=rule)
+    for gname, want in sorted(spec.groups.items()):
+        on = "" if gname == f"mesh-{mesh}" else f"{gname}: "  # the mesh group's rules read as before
+        groups = st.groups_in(vpc, gname)
+        group = groups[0] if groups else None
+        if group is None:
+            add("create_group", "create", f"security group {gname}", why, group=gname)
+        for g in groups[1:]:
+            add("delete_group", "delete", f"security group {g.id}", "extra group (interrupted run?)", id=g.id)
+        have_rules = group.rules if group else set()
+        for rule in sorted(want - have_rules):
+            add("authorize", "create", f"{on}allow {rule.label()}",
+                why if group is None else "missing rule (drift)", rule=rule, group=gname)
+        for rule in sorted(have_rules - want):
+            add("revoke", "delete", f"{on}allow {rule.label()}", "not in config (added by hand?)",
+                rule=rule, group=gname)
+    for g in st.groups_in(vpc):
+        if g.name not in spec.groups:
+            add("delete_group", "delete", f"security group {g.name or g.id}", "not in config", id=g.id)
+    if vpc is not None and st.vpc_names.get(vpc) != vpc_name(mesh):
+        add("name_tag", "update", f"vpc Name tag {vpc_name(mesh)!r}", "SkyPilot finds the VPC by it",
+            id=vpc, name=vpc_name(mesh))
+    for s in subnets:
+        if spec.subnets.get(s.zone) == s.cidr and s.name != subnet_name(mesh, s.zone):
+            add("name_tag", "update", f"subnet {s.zone} Name tag", "SkyPilot finds subnets by it",
+                id=s.id, name=subnet_name(mesh, s.zone))
     for name, param in sorted(spec.params.items()):
         current = st.params.get(name)
         if current is None:
@@ -219,6 +238,19 @@ def diff_region(spec: RegionSpec, st: RegionState, mesh: str) -> list[Change]:
             add("put_param", "update", f"parameter {name}", "value changed", name=name)
     for name in sorted(set(st.params) - set(spec.params)):
         add("delete_param", "delete", f"parameter {name}", "no longer configured", name=name)
+    return out
+
+
+def diff_profiles(cfg: InfraConfig, have: dict[str, ProfileState]) -> list[Change]:
+    """Instance profiles SkyPilot launches VMs with (IAM is global: planned in the main region)."""
+    out = []
+    for name, doc in sorted(documents(cfg.name).items()):
+        st = have[name]
+        if st.complete(doc):
+            continue
+        op, reason = ("create", "SkyPilot's remote_identity names it") if not st.role else (
+            "update", "policy or profile changed outside meshctl (drift)")
+        out.append(change(cfg.main_region, 1, "put_profile", op, f"instance profile {name}", reason, name=name))
     return out
 
 

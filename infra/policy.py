@@ -31,6 +31,13 @@ NETWORK = (
 # Only when opt_in_regions lists regions to enable.
 OPT_IN = ("account:GetRegionOptStatus", "account:EnableRegion")
 PARAMETERS = ("ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource")
+# The instance profiles SkyPilot launches VMs with (infra.profiles), only
+# those named for this mesh.
+PROFILES = (
+    "iam:GetRole", "iam:GetRolePolicy", "iam:GetInstanceProfile", "iam:CreateRole", "iam:TagRole",
+    "iam:PutRolePolicy", "iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile", "iam:DeleteRolePolicy", "iam:DeleteRole",
+)
 QUOTAS = (
     "servicequotas:GetServiceQuota", "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota",
     "servicequotas:RequestServiceQuotaIncrease",
@@ -54,16 +61,17 @@ COORDINATOR_ROLE = "mesh-coordinator"
 # Checked by AWS on top of the call itself: tags given to PutParameter need
 # AddTagsToResource; TagSpecifications on EC2 creates need CreateTags.
 IMPLIED = {"ssm:PutParameter": ("ssm:AddTagsToResource",), "ec2:CreateVpc": ("ec2:CreateTags",),
+           "iam:CreateRole": ("iam:TagRole",),
            "ec2:RunInstances": ("iam:PassRole",),
            "elasticloadbalancing:CreateLoadBalancer": ("elasticloadbalancing:AddTags",)}
 
 
-def actions(quotas: bool = False, opt_in: bool = False) -> set[str]:
+def actions(quotas: bool = False, opt_in: bool = False, sky: bool = True) -> set[str]:
     return (set(READ) | set(NETWORK) | set(PARAMETERS) | (set(QUOTAS) if quotas else set())
-            | (set(OPT_IN) if opt_in else set()))
+            | (set(OPT_IN) if opt_in else set()) | (set(PROFILES) if sky else set()))
 
 
-def document(mesh: str, quotas: bool = False, opt_in: bool = False) -> dict:
+def document(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = True) -> dict:
     """The policy JSON for the mesh named `mesh`."""
     statements = [
         {"Sid": "MeshRead", "Effect": "Allow", "Action": sorted(READ), "Resource": "*"},
@@ -71,6 +79,10 @@ def document(mesh: str, quotas: bool = False, opt_in: bool = False) -> dict:
         {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": sorted(PARAMETERS),
          "Resource": f"arn:aws:ssm:*:*:parameter/mesh/{mesh}/*"},
     ]
+    if sky:
+        statements.append({"Sid": "MeshInstanceProfiles", "Effect": "Allow", "Action": sorted(PROFILES),
+                           "Resource": [f"arn:aws:iam::*:role/mesh-{mesh}-*",
+                                        f"arn:aws:iam::*:instance-profile/mesh-{mesh}-*"]})
     if quotas:
         statements.append({"Sid": "MeshQuotas", "Effect": "Allow", "Action": sorted(QUOTAS), "Resource": "*"})
     if opt_in:
@@ -79,7 +91,7 @@ def document(mesh: str, quotas: bool = False, opt_in: bool = False) -> dict:
 
 
 def cluster_actions(quotas: bool = False) -> set[str]:
-    return actions(quotas) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | {"iam:PassRole"}
+    return actions(quotas, sky=False) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | {"iam:PassRole"}
 
 
 def cluster_document(quotas: bool = False) -> dict:
@@ -109,5 +121,5 @@ def instance_document(coordinator: bool) -> dict:
         {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": paths}]}
 
 
-def render(mesh: str, quotas: bool = False, opt_in: bool = False) -> str:
-    return json.dumps(document(mesh, quotas, opt_in), indent=2)
+def render(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = True) -> str:
+    return json.dumps(document(mesh, quotas, opt_in, sky), indent=2)

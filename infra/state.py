@@ -20,19 +20,37 @@ from infra.desired import Rule
 from infra.ssm import prefix
 
 TAG_NAME = "mesh:name"
+# The console's and SkyPilot's name of a resource: `aws.vpc_name` in a
+# SkyPilot config is looked up as `tag:Name` (subnet names too).
+NAME_TAG = "Name"
 TAG_MANAGED = "managed-by"
 MANAGED_BY = "meshctl"
 GONE = frozenset({"deleted", "deleting", "rejected", "failed", "expired"})
 
 
-def tags(mesh: str, **extra: str) -> list[dict[str, str]]:
+def tags(mesh: str, name: str | None = None, **extra: str) -> list[dict[str, str]]:
     t = [{"Key": TAG_NAME, "Value": mesh}, {"Key": TAG_MANAGED, "Value": MANAGED_BY}]
     t += [{"Key": f"mesh:{k}", "Value": v} for k, v in sorted(extra.items())]
+    if name is not None:
+        t.append({"Key": NAME_TAG, "Value": name})
     return t
 
 
-def tag_spec(resource_type: str, mesh: str, **extra: str) -> list[dict[str, Any]]:
-    return [{"ResourceType": resource_type, "Tags": tags(mesh, **extra)}]
+def tag_spec(resource_type: str, mesh: str, name: str | None = None, **extra: str) -> list[dict[str, Any]]:
+    return [{"ResourceType": resource_type, "Tags": tags(mesh, name, **extra)}]
+
+
+def vpc_name(mesh: str) -> str:
+    """The VPC's Name tag in every region: the mesh name (sky/config.yaml's `aws.vpc_name`)."""
+    return mesh
+
+
+def subnet_name(mesh: str, zone: str) -> str:
+    return f"{mesh}-{zone}"
+
+
+def name_of(item: dict[str, Any]) -> str:
+    return next((t.get("Value", "") for t in item.get("Tags", []) if t.get("Key") == NAME_TAG), "")
 
 
 def tag_filters(mesh: str) -> list[dict[str, Any]]:
@@ -46,6 +64,7 @@ class Subnet:
     zone: str
     cidr: str
     public_ips: bool = False
+    name: str = ""  # its Name tag
 
 
 @dataclass
@@ -67,6 +86,7 @@ class SecurityGroup:
     id: str
     vpc_id: str
     rules: set[Rule]
+    name: str = ""  # GroupName
 
 
 @dataclass
@@ -84,6 +104,7 @@ class RegionState:
     region: str
     zones: list[str] = field(default_factory=list)
     vpcs: dict[str, str] = field(default_factory=dict)  # vpc id → cidr
+    vpc_names: dict[str, str] = field(default_factory=dict)  # vpc id → its Name tag
     subnets: list[Subnet] = field(default_factory=list)
     gateways: list[Gateway] = field(default_factory=list)
     route_tables: list[RouteTable] = field(default_factory=list)
@@ -106,8 +127,9 @@ class RegionState:
         return sorted((t for t in self.route_tables if t.vpc_id == vpc),
                       key=lambda t: (-len(t.associations), -len(t.routes), t.id))
 
-    def groups_in(self, vpc: str | None) -> list[SecurityGroup]:
-        return sorted((g for g in self.groups if g.vpc_id == vpc), key=lambda g: (-len(g.rules), g.id))
+    def groups_in(self, vpc: str | None, name: str | None = None) -> list[SecurityGroup]:
+        return sorted((g for g in self.groups if g.vpc_id == vpc and (name is None or g.name == name)),
+                      key=lambda g: (-len(g.rules), g.id))
 
 
 def read_zones(aws: Aws, region: str) -> list[str]:
@@ -153,9 +175,10 @@ def read_region(aws: Aws, mesh: str, region: str, zones: bool = True) -> RegionS
         st.zones = read_zones(aws, region)
     for v in _ours(aws, mesh, region, "DescribeVpcs", "Vpcs"):
         st.vpcs[v["VpcId"]] = v["CidrBlock"]
+        st.vpc_names[v["VpcId"]] = name_of(v)
     for s in _ours(aws, mesh, region, "DescribeSubnets", "Subnets"):
         st.subnets.append(Subnet(s["SubnetId"], s["VpcId"], s["AvailabilityZone"], s["CidrBlock"],
-                                 bool(s.get("MapPublicIpOnLaunch"))))
+                                 bool(s.get("MapPublicIpOnLaunch")), name_of(s)))
     for g in _ours(aws, mesh, region, "DescribeInternetGateways", "InternetGateways"):
         st.gateways.append(Gateway(g["InternetGatewayId"], [a["VpcId"] for a in g.get("Attachments", [])]))
     for t in _ours(aws, mesh, region, "DescribeRouteTables", "RouteTables"):
@@ -164,7 +187,8 @@ def read_region(aws: Aws, mesh: str, region: str, zones: bool = True) -> RegionS
                  if a.get("SubnetId") and a.get("AssociationState", {}).get("State", "associated") == "associated"}
         st.route_tables.append(RouteTable(t["RouteTableId"], t["VpcId"], routes, assoc))
     for g in _ours(aws, mesh, region, "DescribeSecurityGroups", "SecurityGroups"):
-        st.groups.append(SecurityGroup(g["GroupId"], g.get("VpcId", ""), parse_rules(g.get("IpPermissions", []))))
+        st.groups.append(SecurityGroup(g["GroupId"], g.get("VpcId", ""), parse_rules(g.get("IpPermissions", [])),
+                                       g.get("GroupName", "")))
     for p in _ours(aws, mesh, region, "DescribeVpcPeeringConnections", "VpcPeeringConnections"):
         status = p.get("Status", {}).get("Code", "")
         req, acc = p.get("RequesterVpcInfo", {}), p.get("AccepterVpcInfo", {})

@@ -164,8 +164,10 @@ def apply_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_O
 
 @infra_app.command("status")
 def status_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_OPTION,
+               sky: Path | None = typer.Option(None, "--sky", help="a SkyPilot config (e.g. ~/.sky/config.yaml): "
+                                               "check that the VPC, groups and profiles it names exist"),
                output: Output = OUTPUT_OPTION) -> None:
-    """Regions, CIDRs, peerings and drift, as a table."""
+    """Regions, CIDRs, peerings and drift, as a table; with --sky, what SkyPilot would not find."""
 
     def body() -> None:
         from infra.plan import make_plan
@@ -188,10 +190,33 @@ def status_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_
                          "peering": pcx,
                          "drift": "in sync" if not pending else f"{len(pending)} change(s): " +
                          "; ".join(sorted({c.reason for c in pending}))[:80]})
+        problems = _sky_problems(cfg, aws, sky, sorted(plan.desired)) if sky is not None else None
+        if output == Output.json and problems is not None:
+            emit([], [], output, raw={"mesh": cfg.name, "regions": rows, "sky": problems})
+            raise typer.Exit(1 if problems else 0)
         emit(rows, ["region", "role", "cidr", "vpc", "subnets", "peering", "drift"], output,
              title=f"mesh {cfg.name}")
+        if problems is not None:
+            for p in problems:
+                print(f"sky: {p}")
+            if problems:
+                raise typer.Exit(1)
+            print(f"sky: {sky} names only what exists: sky launch will find the network")
 
     _run(body)
+
+
+def _sky_problems(cfg: Any, aws: Any, path: Path, regions: list[str]) -> list[str]:
+    import yaml
+
+    from infra.skycheck import check
+    from meshcore.errors import ConfigError
+
+    try:
+        raw = yaml.safe_load(path.expanduser().read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read SkyPilot config {path}: {e}") from None
+    return check(cfg, raw or {}, aws, regions)
 
 
 @infra_app.command("destroy")
@@ -239,7 +264,7 @@ def policy_cmd(config: str = CONFIG_OPTION,
             print(json.dumps(policy.cluster_document(quotas=quotas), indent=2))
             return
         cfg = load_config(config) if Path(config).exists() else InfraConfig()
-        print(policy.render(cfg.name, quotas=quotas, opt_in=bool(cfg.opt_in_regions)))
+        print(policy.render(cfg.name, quotas=quotas, opt_in=bool(cfg.opt_in_regions), sky=cfg.sky))
 
     _run(body)
 

@@ -399,6 +399,8 @@ def _mount() -> None:
     infra_app.add_typer(role_app, name="role")
     app.add_typer(cluster_app, name="cluster")
     app.command("clusters")(clusters_cmd)
+    from meshctl.proxy_cmd import proxy
+    app.command("proxy")(proxy)
 
 
 _mount()

@@ -5,6 +5,17 @@ time: exposing a name held by another node is refused with ALREADY_EXISTS
 naming the holder; the holder may re-expose it (port, protocol, health
 change). Only the owning node (or an admin) may unexpose it.
 
+Names of a job. A node whose join token carries the label `sky.job=<job>`
+(binding: meshd.claims) belongs to that job, and so do the names it exposes.
+SkyPilot runs one VM per managed job at a time and, after a preemption,
+relaunches the job on a new VM: that node (same job, joined later) takes the
+job's names over at once, whether the old node left (spot notice), is still
+unreachable, or is gone, without waiting for lease + grace. When a job's node
+leaves or is removed, its names stay kept for the job (`/jobnames/<name>`),
+out of DNS, so no other node can take them in the gap; a node of another job
+(or of none) is refused with PERMISSION_DENIED naming the holder. An admin
+`unexpose` of the name releases it.
+
 Watch resumes from a revision: the store replays exactly the changes after
 it. If that history was compacted, the stream starts with RESET, the full
 current set, then SYNCED, and goes on live; a reconnecting agent is never
@@ -13,6 +24,7 @@ left with a stale or partial copy.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 from mesh.v1 import types_pb2
@@ -24,6 +36,12 @@ from meshcore.names import check_name, check_port, check_service_name
 from meshd.store.base import Compacted, Delete, Event, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/services/"
+#: a name kept for its job while no node of the job holds it: {"job": …, "node": last holder}
+RESERVED = "/jobnames/"
+#: the binding labels the join token set, written by meshd.nodes at join
+BOUND = "/nodebound/"
+NODES = "/nodes/"
+JOB_LABEL = "sky.job"
 
 
 def decode(kv: KeyValue) -> types_pb2.Service:
@@ -84,20 +102,37 @@ class Catalog:
         check_record_size(want)
         want.health_state = svc.health_state
         key = PREFIX + svc.name
+        job = await self.job_of(node.id)
         for _ in range(8):
             kv = await self.store.get(key)
+            kept = None
             if kv is None:
                 await self._check_count(node.id)
             if kv is not None:
                 held = decode(kv)
                 if held.node_id != node.id:
-                    raise AlreadyExists(f"service name {svc.name!r} is held by node {held.node_name!r}",
-                                        holder=held.node_name)
-                held.revision = 0
-                if held.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True):
-                    return decode(kv)  # already exactly so: no write
-            res = await self.store.txn([unchanged(kv) if kv else absent(key)],
-                                       [Put(key, want.SerializeToString(deterministic=True))])
+                    await self._check_takeover(node, job, held)
+                else:
+                    held.revision = 0
+                    if held.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True):
+                        return decode(kv)  # already exactly so: no write
+            else:
+                kept = await self.store.get(RESERVED + svc.name)
+                if kept is not None:
+                    k = json.loads(kept.value)
+                    if k.get("job") != job:
+                        raise PermissionDenied(
+                            f"service name {svc.name!r} is kept for job {k.get('job')!r} (held by node "
+                            f"{k.get('node')!r} until it left); node {node.name!r} is "
+                            + (f"of job {job!r}" if job else "of no job")
+                            + ": only a node of that job takes it, or an admin releases it with "
+                            f"`meshctl unexpose {svc.name}`", holder=str(k.get("node", "")))
+            compares = [unchanged(kv) if kv else absent(key)]
+            ops = [Put(key, want.SerializeToString(deterministic=True))]
+            if kept is not None:
+                compares.append(unchanged(kept))
+                ops.append(Delete(kept.key))
+            res = await self.store.txn(compares, ops)
             if res.succeeded:
                 want.revision = res.revision
                 return want
@@ -109,11 +144,42 @@ class Catalog:
         if held >= limits.MAX_SERVICES_PER_NODE:
             raise ResourceExhausted(f"node holds {held} services: at most {limits.MAX_SERVICES_PER_NODE} per node")
 
+    async def job_of(self, node_id: str) -> str:
+        """The job a node belongs to: its binding `sky.job` label, or ''."""
+        kv = await self.store.get(BOUND + node_id)
+        return json.loads(kv.value).get(JOB_LABEL, "") if kv is not None else ""
+
+    async def _joined(self, node_id: str) -> int:
+        kv = await self.store.get(NODES + node_id)
+        return kv.create_revision if kv is not None else 0
+
+    async def _check_takeover(self, node: types_pb2.Node, job: str, held: types_pb2.Service) -> None:
+        """Return when `node` may take `held` over (a newer node of the same job); raise otherwise."""
+        theirs = await self.job_of(held.node_id)
+        if job and job == theirs:
+            if await self._joined(node.id) > await self._joined(held.node_id):
+                return
+            raise AlreadyExists(f"service name {held.name!r} was taken over by node {held.node_name!r}, "
+                                f"a newer node of job {job!r}", holder=held.node_name)
+        if job or theirs:
+            raise PermissionDenied(
+                f"service name {held.name!r} is held by node {held.node_name!r} of "
+                + (f"job {theirs!r}" if theirs else "no job") + f"; node {node.name!r} is "
+                + (f"of job {job!r}" if job else "of no job")
+                + ": only a node of the same job takes a name over", holder=held.node_name)
+        raise AlreadyExists(f"service name {held.name!r} is held by node {held.node_name!r}",
+                            holder=held.node_name)
+
     async def unexpose(self, name: str, node_id: str | None) -> types_pb2.Service:
         """Remove a service; `node_id` None means an admin (may remove any)."""
         check_name(name, "service name")
         kv = await self.store.get(PREFIX + name)
         if kv is None:
+            kept = await self.store.get(RESERVED + name)
+            if kept is not None and node_id is None:  # an admin releases a name kept for a job
+                await self.store.txn([unchanged(kept)], [Delete(kept.key)])
+                k = json.loads(kept.value)
+                return types_pb2.Service(name=name, node_name=str(k.get("node", "")))
             raise NotFound(f"service {name!r} not found")
         svc = decode(kv)
         if node_id is not None and svc.node_id != node_id:
@@ -128,10 +194,16 @@ class Catalog:
         return [decode(kv) for kv in kvs], rev
 
     async def remove_node_services(self, node_id: str) -> list[types_pb2.Service]:
+        """Take a node's services out of the catalog; a job's names stay kept for the job."""
         services, _ = await self.list()
         mine = [s for s in services if s.node_id == node_id]
         if mine:
-            await self.store.txn([], [Delete(PREFIX + s.name) for s in mine])
+            job = await self.job_of(node_id)
+            ops = [Delete(PREFIX + s.name) for s in mine]
+            if job:
+                ops += [Put(RESERVED + s.name, json.dumps({"job": job, "node": s.node_name}).encode())
+                        for s in mine]
+            await self.store.txn([], ops)
         return mine
 
     def watch(self, from_revision: int) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:

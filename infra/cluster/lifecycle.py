@@ -289,7 +289,7 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
             continue
         st = states.get(s.region) or states.setdefault(s.region, read_region(aws, doc.name, s.region))
         subnet = _subnet_for(st, s)
-        groups = [g.id for g in st.groups]
+        groups = [g.id for g in st.groups if g.name == f"mesh-{doc.name}"]
         if s.role in instances.COORDINATOR_ROLES:
             groups.append(group)
         if s.region not in images:

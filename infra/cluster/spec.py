@@ -90,7 +90,7 @@ class ClusterSpec:
         cfg = InfraConfig(name=name, main_region=self.main_region,
                           instance_types=tuple(dict.fromkeys(t.name for t in self.instance_types)),
                           excluded_regions=tuple(r for r in ROGUE_REGIONS if r != self.main_region),
-                          only_regions=self.regions, ssh_cidrs=self.ssh_cidrs, **extra)
+                          only_regions=self.regions, ssh_cidrs=self.ssh_cidrs, sky=False, **extra)
         validate_infra(cfg)
         return cfg
 

@@ -134,7 +134,12 @@ def test_join_parameters_are_scoped_to_the_mesh_path() -> None:
     assert ssm["Resource"] == "arn:aws:ssm:*:*:parameter/mesh/lmrun/*"
     assert not any(a.startswith("servicequotas:") for s in doc["Statement"] for a in s["Action"])
     assert json.loads(policy.render("lmrun", quotas=True))["Statement"][-1]["Sid"] == "MeshQuotas"
-    assert not any(a.startswith("iam:") for s in doc["Statement"] for a in s["Action"])  # the builder never needs IAM
+    # the builder's IAM: only the instance profiles named for this mesh (SkyPilot launches VMs with them)
+    iam = [s for s in doc["Statement"] if any(a.startswith("iam:") for a in s["Action"])]
+    assert [s["Sid"] for s in iam] == ["MeshInstanceProfiles"]
+    assert iam[0]["Resource"] == ["arn:aws:iam::*:role/mesh-lmrun-*", "arn:aws:iam::*:instance-profile/mesh-lmrun-*"]
+    assert "iam:PassRole" not in iam[0]["Action"]
+    assert not any(a.startswith("iam:") for s in policy.document("lmrun", sky=False)["Statement"] for a in s["Action"])
     passing = [s for s in policy.cluster_document()["Statement"] if any(a.startswith("iam:") for a in s["Action"])]
     assert passing == [{"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
                         "Resource": ["arn:aws:iam::*:role/mesh-node", "arn:aws:iam::*:role/mesh-coordinator"],

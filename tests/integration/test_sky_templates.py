@@ -238,8 +238,9 @@ def test_mesh_setup_joins_with_the_token_in_the_environment_only(tmp_path):
     r = run_bash("bash sky/mesh-setup.sh agent qwen-coder", env)
     assert r.returncode == 0, r.stderr
     argv = (tmp_path / "meshctl.log").read_text().splitlines()[1:]
+    # agents join the main node's K3s too (the agent token comes from meshd over mTLS)
     assert argv == ["install", "agent", "--coordinator", "10.4.0.4:7443", "--name", "qwen-coder",
-                    "--label", "sky.cluster=qwen-coder"]
+                    "--label", "sky.cluster=qwen-coder", "--k3s"]
     assert (tmp_path / "token.seen").read_text().strip() == "t-0123abcd.s3cret"
     # a worker of a multi-node cluster gets its rank appended
     r = run_bash("bash sky/mesh-setup.sh agent qwen-coder", {**env, "SKYPILOT_SETUP_NODE_RANK": "2"})
