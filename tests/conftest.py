@@ -51,3 +51,17 @@ def require_netns(*tools: str) -> None:
     if os.environ.get("MESH_REQUIRE_NETNS") == "1":
         pytest.fail(f"MESH_REQUIRE_NETNS=1 but {why}")
     pytest.skip(why)
+
+
+@pytest.fixture
+def local_mesh(tmp_path):
+    """meshd as a real process on loopback (agents are started by the test), stopped afterwards."""
+    from testbed.localmesh import LocalMesh
+
+    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=3, grace_s=3)
+    mesh.root.mkdir()
+    try:
+        mesh.start_meshd()
+        yield mesh
+    finally:
+        mesh.close()

@@ -6,20 +6,7 @@ import json
 import socket
 import subprocess
 
-import pytest
-
 from testbed.localmesh import BIN, LocalMesh
-
-
-@pytest.fixture
-def local_mesh(tmp_path):
-    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=3, grace_s=3)
-    mesh.root.mkdir()
-    try:
-        mesh.start_meshd()
-        yield mesh
-    finally:
-        mesh.close()
 
 
 def _meshd(local_mesh, state, *extra, admin=None):

@@ -8,21 +8,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from testbed.localmesh import BIN, LocalMesh, resolve
+from testbed.localmesh import BIN, resolve
 from tests.meshfix import wait_for
-
-
-@pytest.fixture
-def local_mesh(tmp_path):
-    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=3, grace_s=3)
-    mesh.root.mkdir()
-    try:
-        mesh.start_meshd()
-        yield mesh
-    finally:
-        mesh.close()
 
 
 def test_demo_runs_and_fetches_the_page():

@@ -14,17 +14,6 @@ import pytest
 from testbed.localmesh import BIN, LocalMesh
 
 
-@pytest.fixture
-def local_mesh(tmp_path):
-    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=3, grace_s=3)
-    mesh.root.mkdir()
-    try:
-        mesh.start_meshd()
-        yield mesh
-    finally:
-        mesh.close()
-
-
 def watch(mesh: LocalMesh, *args: str, agent: str | None = None) -> subprocess.Popen:
     env = dict(mesh.env)
     if agent:
