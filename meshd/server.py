@@ -240,9 +240,6 @@ class Coordinator:
         if self.config.listen:
             self.ports["listen"] = _bind(server, self.config.listen, "--listen",
                                          grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
-        if self.config.join_listen:
-            self.join_server = self._join_server(pair)
-            await self.join_server.start()
         if self.config.admin_socket:
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +254,9 @@ class Coordinator:
         else:
             await server.start()
         self.server = server
+        if self.config.join_listen:  # last: every refusal above leaves nothing serving behind
+            self.join_server = self._join_server(pair)
+            await self.join_server.start()
         for name in names + [""]:
             await _maybe_await(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
         if self.config.metrics:

@@ -52,19 +52,20 @@ def test_a_port_held_by_another_program_is_one_line_naming_it(local_mesh, tmp_pa
     assert f"port {port} is in use" in line and "--join-listen" in line
 
 
-def _agent(local_mesh, state, sock, *extra, coordinator=None, join=None):
+def _agent(local_mesh, state, sock, *extra, coordinator=None, join=None, token=""):
     return subprocess.run([str(BIN / "meshagent"), "--state-dir", str(state), "--coordinator",
                            coordinator or local_mesh.coordinator, "--join-address", join or local_mesh.join_address,
                            "--socket", str(sock), "--dns", "", "--metrics", "", "--gossip", "", "--imds", "",
                            "--no-gpus", "--wireguard", "", "--no-spot-watch", *extra],
-                          capture_output=True, text=True, timeout=30, env=local_mesh.env)
+                          capture_output=True, text=True, timeout=30,
+                          env={**local_mesh.env, "MESH_JOIN_TOKEN": token})
 
 
 def test_agent_start_refusals_and_warnings(local_mesh, tmp_path):
     token = local_mesh.token(uses=3)
     local_mesh.start_agent("vm", token)
     # another agent given vm's socket: refused before it joins, and vm keeps its socket
-    line = _one_error_line(_agent(local_mesh, tmp_path / "b", local_mesh.socket("vm"), "--token", token))
+    line = _one_error_line(_agent(local_mesh, tmp_path / "b", local_mesh.socket("vm"), token=token))
     assert "vm.sock is held by another running meshagent" in line
     assert json.loads(local_mesh.meshctl("status", "-o", "json", agent="vm").stdout)["node"]["name"] == "vm"
     # a second agent on vm's state directory
