@@ -54,13 +54,25 @@ class ApplyResult:
 
 
 class ApplyProgress:
-    """Hooks for a progress display; the default does nothing."""
+    """Hooks for a progress display of a long operation; the default does nothing.
+
+    An apply calls start/step/finish per region (steps may come from several
+    regions' threads at once) and `waiting` before it sleeps on AWS. Longer
+    operations built on it (cluster create, edit, delete) also name their
+    stages with `phase` and report work outside a plan with `note`, whose
+    signature is infra.destroy's `Progress` callable."""
 
     def start(self, region: str, total: int) -> None: ...
 
     def step(self, region: str, change: Change) -> None: ...
 
     def finish(self, region: str, error: str | None) -> None: ...
+
+    def phase(self, what: str) -> None: ...
+
+    def waiting(self, region: str, what: str) -> None: ...
+
+    def note(self, region: str, text: str) -> None: ...
 
 
 def apply(config: InfraConfig, session_factory: SessionFactory | None = None, progress: ApplyProgress | None = None,
@@ -270,6 +282,7 @@ class _Executor:
                 if e.aws_code not in ("InvalidVpcPeeringConnectionID.NotFound", "InvalidStateTransition",
                                       "OperationNotPermitted") or attempt == ACCEPT_ATTEMPTS - 1:
                     raise
+                self.progress.waiting(self.main, f"peering {pcx} to reach {self.main}")
                 self.sleep(ACCEPT_WAIT_S)
         # Tags do not cross regions: tag the accepter's side so it is findable there too.
         self.call(self.main, "CreateTags", Resources=[pcx], Tags=tags(self.mesh))

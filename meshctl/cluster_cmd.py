@@ -58,7 +58,9 @@ def _ops(aws: Any, home: str) -> Any:
     from infra.cluster.registry import Registry
     from meshctl.context import cluster_dir
 
-    return Ops(aws, Registry(aws, home), cluster_dir)
+    from meshctl.progress import Printer
+
+    return Ops(aws, Registry(aws, home), cluster_dir, progress=Printer())  # on stderr
 
 
 def _need(role_arn: str | None, external_id: str | None) -> tuple[str, str]:

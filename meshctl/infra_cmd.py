@@ -89,36 +89,15 @@ def plan_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_OP
     _run(body)
 
 
-class _RichProgress:
-    """A bar per region, on stderr so stdout stays clean for --output json."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[last]}"), console=Console(stderr=True),
-                                 transient=False)
-        self.tasks: dict[str, Any] = {}
-
-    def start(self, region: str, total: int) -> None:
-        self.tasks[region] = self.progress.add_task(region, total=total, last="")
-
-    def step(self, region: str, change: Any) -> None:
-        self.progress.update(self.tasks[region], advance=1, last=f"{change.op} {change.resource}"[:60])
-
-    def finish(self, region: str, error: str | None) -> None:
-        self.progress.update(self.tasks[region], last="failed: " + error[:50] if error else "done")
-
-
 @infra_app.command("apply")
 def apply_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_OPTION,
               account_endpoint_url: str | None = ACCOUNT_ENDPOINT_OPTION, output: Output = OUTPUT_OPTION) -> None:
     """Build or repair the network: a second apply changes nothing."""
 
     def body() -> None:
-        from infra.apply import ApplyProgress, apply_plan
+        from infra.apply import apply_plan
         from infra.plan import make_plan
+        from meshctl.progress import Printer
 
         from infra.regions import enable_requested, select_regions
 
@@ -134,16 +113,11 @@ def apply_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_O
             else:
                 print("no changes: the network matches the config")
             return
-        progress: Any = ApplyProgress()
-        rich_progress = None
-        if output == Output.table and sys.stderr.isatty():
-            rich_progress = _RichProgress()
-            progress = rich_progress
-        if rich_progress:
-            with rich_progress.progress:
-                result = apply_plan(plan, aws, progress)
-        else:
+        progress = Printer()
+        try:
             result = apply_plan(plan, aws, progress)
+        finally:
+            progress.close()
         result_rows = []
         for region in sorted({c.region for c in plan.changes}):
             done = sum(1 for c in result.done if c.region == region)
@@ -227,11 +201,16 @@ def destroy_cmd(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT
 
     def body() -> None:
         from infra.destroy import destroy
+        from meshctl.progress import Printer
 
         cfg, aws = _setup(config, endpoint_url)
         if not yes:
             fail(f"destroy deletes every resource tagged mesh:name={cfg.name} in every region: pass --yes")
-        result = destroy(cfg, aws)
+        progress = Printer()
+        try:
+            result = destroy(cfg, aws, progress=progress.note)
+        finally:
+            progress.close()
         rows = [{"region": r, "resource": res, "result": "deleted"} for r, res in result.deleted]
         rows += [{"region": lo.region, "resource": lo.resource, "result": f"left over: {lo.error}"}
                  for lo in result.leftovers]

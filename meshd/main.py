@@ -13,10 +13,43 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from meshcore import __version__, daemon, logs
 from meshcore.errors import MeshError
 from meshd.server import Coordinator, MeshdConfig
+
+if TYPE_CHECKING:
+    from meshd.sync.consul_client import ConsulConfig
+
+
+CONSUL_FROM_ENV = "$CONSUL_HTTP_ADDR"
+
+
+def consul_config(a: argparse.Namespace, env: Mapping[str, str]) -> "ConsulConfig":
+    """The Consul mirror's settings: each option, else the variable Consul's own CLI reads
+    for it (the one place meshd reads them), else the default."""
+    from meshd.sync.consul_client import ConsulConfig
+
+    address = a.consul
+    if address == CONSUL_FROM_ENV:
+        address = env.get("CONSUL_HTTP_ADDR") or "http://127.0.0.1:8500"
+    if "//" not in address and env.get("CONSUL_HTTP_SSL", "").lower() in ("1", "true"):
+        address = "https://" + address
+    # Consul's order: a token file option, then CONSUL_HTTP_TOKEN, then CONSUL_HTTP_TOKEN_FILE.
+    if a.consul_token_file:
+        token = Path(a.consul_token_file).read_text().strip()
+    elif env.get("CONSUL_HTTP_TOKEN"):
+        token = env["CONSUL_HTTP_TOKEN"]
+    elif env.get("CONSUL_HTTP_TOKEN_FILE"):
+        token = Path(env["CONSUL_HTTP_TOKEN_FILE"]).read_text().strip()
+    else:
+        token = ""
+    verify = env.get("CONSUL_HTTP_SSL_VERIFY", "true").lower() not in ("0", "false")
+    return ConsulConfig(address=address, token=token, ca_file=a.consul_ca_file or env.get("CONSUL_CACERT", ""),
+                        client_cert=a.consul_client_cert or env.get("CONSUL_CLIENT_CERT", ""),
+                        client_key=a.consul_client_key or env.get("CONSUL_CLIENT_KEY", ""),
+                        datacenter=a.consul_datacenter, verify=verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
     p.add_argument("--bootstrap-token-file", default="",
                    help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
-    p.add_argument("--consul", default="", help="mirror the catalog into Consul at this address (http(s)://host:8500)")
+    p.add_argument("--consul", nargs="?", const=CONSUL_FROM_ENV, default="", metavar="ADDRESS",
+                   help="mirror the catalog into Consul at this address (http(s)://host:8500); given without "
+                        "an address: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500. Unset options below are read "
+                        "from CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_CLIENT_CERT, "
+                        "CONSUL_CLIENT_KEY, CONSUL_HTTP_SSL and CONSUL_HTTP_SSL_VERIFY as Consul's CLI does; "
+                        "options win")
     p.add_argument("--consul-token-file", default="", help="file with the Consul ACL token")
     p.add_argument("--consul-ca-file", default="", help="CA bundle for an https Consul")
+    p.add_argument("--consul-client-cert", default="", metavar="FILE",
+                   help="client certificate for a Consul that verifies incoming TLS (with --consul-client-key)")
+    p.add_argument("--consul-client-key", default="", metavar="FILE", help="key of --consul-client-cert")
+    p.add_argument("--consul-datacenter", default="", help="Consul datacenter to register in (default: the agent's)")
     p.add_argument("--kubernetes", default="", metavar="KUBECONFIG|in-cluster",
                    help="mirror the catalog into Kubernetes Services (a kubeconfig path, or in-cluster)")
+    p.add_argument("--kubernetes-context", default="", help="context in the kubeconfig (default: its current-context)")
     p.add_argument("--kubernetes-namespace", default="default", help="namespace of the Services (default: default)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -63,14 +106,12 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     consul = kubernetes = None
     try:
         if a.consul:
-            from meshd.sync.consul_client import ConsulConfig
-            token = Path(a.consul_token_file).read_text().strip() if a.consul_token_file else ""
-            consul = ConsulConfig(address=a.consul, token=token, ca_file=a.consul_ca_file)
+            consul = consul_config(a, os.environ)
         if a.kubernetes:
             from meshd.sync.kube_client import KubernetesConfig
             in_cluster = a.kubernetes == "in-cluster"
             kubernetes = KubernetesConfig(kubeconfig="" if in_cluster else a.kubernetes, in_cluster=in_cluster,
-                                          namespace=a.kubernetes_namespace)
+                                          context=a.kubernetes_context, namespace=a.kubernetes_namespace)
     except (MeshError, OSError) as e:
         p.error(str(e))
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,

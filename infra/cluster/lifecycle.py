@@ -247,21 +247,31 @@ def selection(ops: Ops, doc: ClusterDoc, aws_cfg: Any) -> Selection:
     return ops.selections[key]
 
 
+def _progress(ops: Ops) -> ApplyProgress:
+    return ops.progress or ApplyProgress()
+
+
 def converge(ops: Ops, doc: ClusterDoc) -> Result:
     aws, spec, region = ops.aws, doc.spec, doc.spec.main_region
     result = Result(doc)
+    progress = _progress(ops)
+    progress.phase("local secrets")
     sec = local_secrets(ops, doc)
     sel = selection(ops, doc, spec.to_infra(doc.name))
     main = read_region(aws, doc.name, region)
     if not main.subnets:  # the network first: the load balancer needs its subnets
+        progress.phase("network")
         _apply(ops, spec.to_infra(doc.name, ca_cert_file=str(sec.ca_file), join_token_file=str(sec.token_file)), sel)
         main = read_region(aws, doc.name, region)
+    progress.phase("stable address")
     host = address.ensure(aws, doc, main)
     result.address = f"{host}:{MESHD_PORT}"
     cfg = spec.to_infra(doc.name, meshd_address=result.address, ca_cert_file=str(sec.ca_file),
                         join_token_file=str(sec.token_file))
+    progress.phase("network with the join parameters")
     if _apply(ops, cfg, sel):
         main = read_region(aws, doc.name, region)
+    progress.phase("coordinator secrets and security group")
     _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
@@ -272,12 +282,14 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     states = {region: main}
     found: dict[str, dict[str, Any]] = {}
     stopping: dict[str, list[str]] = {}
+    progress.phase("instances")
     for r in sorted({s.region for s in slots} | {region}):
         for inst in instances.find(aws, doc.name, r):
             slot_name = tag_of(inst, "mesh:slot")
             want = next((s for s in slots if s.name == slot_name and s.region == r), None)
             if want is None or not instances.matches(inst, want) or slot_name in found:
                 instances.terminate(aws, r, [inst["InstanceId"]])
+                progress.note(r, f"terminating {inst['InstanceId']} ({slot_name or 'no slot'})")
                 stopping.setdefault(r, []).append(inst["InstanceId"])
                 result.terminated.append(f"{r}/{inst['InstanceId']} ({slot_name or 'no slot'})")
             else:
@@ -298,6 +310,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
         iid = instances.launch(aws, doc, s, subnet, groups, images[s.region], data)
         found[s.name] = {"InstanceId": iid, "PrivateIpAddress": s.private_ip}
         result.launched.append(f"{s.region}/{iid} ({s.name})")
+        progress.note(s.region, f"launched {iid} ({s.name})")
+    progress.phase("pointing the address at the coordinators")
     address.attach(aws, doc, main, {s.name: found[s.name] for s in coordinators if s.name in found})
     return result
 
@@ -369,19 +383,26 @@ def delete(ops: Ops, name: str) -> Result:
 def _delete(ops: Ops, doc: ClusterDoc) -> Result:
     aws, region = ops.aws, doc.spec.main_region
     result = Result(doc)
+    progress = _progress(ops)
+    progress.phase("terminating instances")
     regions = sorted(r for r, s in list_regions(aws).items() if s in ENABLED)
     pending: dict[str, list[str]] = {}
     for r in regions:
         ids = [i["InstanceId"] for i in instances.find(aws, doc.name, r)]
         instances.terminate(aws, r, ids)
         result.terminated += [f"{r}/{i}" for i in ids]
+        for i in ids:
+            progress.note(r, f"terminating {i}")
         if ids:
             pending[r] = ids
     _wait_terminated(ops, pending)
+    progress.phase("address and coordinator security group")
     address.remove(aws, doc)
     for g in _groups(aws, doc.name, region):
         aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
-    net = destroy(doc.spec.to_infra(doc.name), aws, clock=ops.clock)
+    progress.phase("network")
+    net = destroy(doc.spec.to_infra(doc.name), aws, progress=progress.note, clock=ops.clock)
+    progress.phase("secrets, then a sweep for anything left")
     for key in SECRETS:
         try:
             aws.call("ssm", region, "DeleteParameter", Name=secret_prefix(doc.name) + key)
@@ -407,6 +428,8 @@ def _wait_terminated(ops: Ops, pending: dict[str, list[str]]) -> None:
                 del pending[r]
         if not pending:
             return
+        _progress(ops).waiting(", ".join(sorted(pending)), f"{sum(map(len, pending.values()))} instance(s) "
+                               "to finish terminating")
         if ops.clock() > deadline:
             raise Unavailable(f"instances still shutting down after {TERMINATE_WAIT_S:.0f} s: "
                               + ", ".join(f"{r}/{i}" for r, ids in pending.items() for i in ids)

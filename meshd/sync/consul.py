@@ -1,9 +1,8 @@
 """Consul sync: every exposed mesh service registered in the Consul catalog.
 
-Model: each mesh node becomes an *external node* in Consul's catalog (as
-consul-esm's convention has it): registered through /v1/catalog/register
-under the node's mesh name and mesh address, node meta `managed-by: mesh`
-and `mesh-node-id`. Each of its services is registered on it with the
+Model: each mesh node becomes a node without a Consul agent in Consul's
+catalog: registered through /v1/catalog/register under the node's mesh name
+and mesh address, node meta `managed-by: mesh` and `mesh-node-id`. Each of its services is registered on it with the
 service name as ID, its port and tags, service meta (mesh-node-id, region,
 protocol, the node's labels as `label-*`, managed-by) and one check
 `mesh:<name>` carrying the service's HealthCheck definition (HTTP or TCP, as
@@ -11,6 +10,14 @@ given at expose) and a status from the mesh: passing while the node is
 ready, critical while it is unreachable (so Consul DNS stops answering it
 during the grace period). A service whose node left or vanished is
 deregistered; a node with nothing left is deregistered whole.
+
+consul-esm: the mesh, not Consul, runs these checks (the owning agent probes
+the port and meshd writes the result), so our nodes never carry the
+`external-node` meta that consul-esm selects its nodes by (nor
+`external-probe`). consul-esm therefore neither probes our nodes nor
+rewrites our check statuses, even though each check keeps its HTTP/TCP
+definition for people reading the catalog. A node registered with those
+meta by an older version is rewritten without them at the next reconcile.
 
 Ownership: only nodes with node meta `managed-by=mesh` are read, changed or
 deleted. A mesh node whose name is already a Consul node we did not create
@@ -140,7 +147,8 @@ def desired_entries(services: list[Service], nodes: dict[str, Node]) -> tuple[di
                  "Status": "passing" if service_is_healthy(svc, nodes) else "critical", "Definition": definition}
         service = {"ID": svc.name, "Service": svc.name, "Tags": list(svc.tags), "Address": addr,
                    "Port": int(svc.port), "Meta": meta}
-        node_meta = {**OWNER_META, "mesh-node-id": node.id, "external-node": "true", "external-probe": "true"}
+        # No "external-node"/"external-probe": consul-esm would take over our checks (module docstring).
+        node_meta = {**OWNER_META, "mesh-node-id": node.id}
         want[(node.name, svc.name)] = Entry(node.name, addr, node_meta, service, check)
     return want, errors
 

@@ -57,6 +57,8 @@ class KubernetesConfig:
             raise ConfigError(f"invalid kubernetes namespace {self.namespace!r}: must be an RFC 1123 label")
         if self.in_cluster and self.kubeconfig:
             raise ConfigError("invalid kubernetes config: choose in_cluster or a kubeconfig path, not both")
+        if self.in_cluster and self.context:
+            raise ConfigError("invalid kubernetes config: a context names a kubeconfig entry; in_cluster has none")
         if self.kubeconfig and not os.path.exists(self.kubeconfig):
             raise ConfigError(f"invalid kubernetes config: kubeconfig {self.kubeconfig} does not exist")
         if self.timeout_s <= 0 or self.watch_timeout_s <= 0:

@@ -5,6 +5,9 @@ becomes, in the sync namespace,
 - a selector-less Service `web` (type ClusterIP, port 8000 -> 8000, the
   service's protocol), so `web.<namespace>.svc.cluster.local` resolves to its
   cluster IP and kube-proxy forwards to the endpoints we publish;
+  its port is named after the service (`port_name`), so CoreDNS also serves
+  the SRV record `_web._tcp.web.<namespace>.svc.cluster.local` (port 8000);
+  it only does for named ports;
 - an EndpointSlice `web-mesh` labelled `kubernetes.io/service-name: web`
   with one endpoint, the node's mesh address (addressType IPv4 or IPv6 by
   that address), ready while the node is reachable.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import re
 from typing import Any
 
 from mesh.v1 import types_pb2
@@ -56,6 +60,17 @@ def address_type(address: str) -> str:
     return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
 
 
+def port_name(service_name: str) -> str:
+    """The name of the one port of a mirrored Service and its EndpointSlice: the service
+    name, kept a DNS-1035 label (lowercase letter first, letters, digits and '-', at most
+    63, ending alphanumeric), which every Service port-name rule accepts. Mirrored names
+    already are such labels; the rest is for anything that is not."""
+    name = re.sub(r"[^a-z0-9-]", "-", service_name.lower())
+    if not name[:1].isalpha():
+        name = "p-" + name
+    return name[:63].rstrip("-") or "p"
+
+
 def _protocol(svc: Service) -> str:
     return "UDP" if svc.protocol == types_pb2.PROTOCOL_UDP else "TCP"
 
@@ -67,7 +82,8 @@ def service_object(svc: Service, node: Node, namespace: str) -> dict[str, Any]:
                      "labels": {MANAGED_BY_KEY: MANAGED_BY, NODE_NAME_LABEL: node.name},
                      "annotations": {NODE_ID_ANNOTATION: node.id}},
         "spec": {"type": "ClusterIP",
-                 "ports": [{"port": int(svc.port), "targetPort": int(svc.port), "protocol": _protocol(svc)}]},
+                 "ports": [{"name": port_name(svc.name), "port": int(svc.port), "targetPort": int(svc.port),
+                            "protocol": _protocol(svc)}]},
     }
 
 
@@ -80,7 +96,7 @@ def slice_object(svc: Service, node: Node, address: str, ready: bool, namespace:
                      "annotations": {NODE_ID_ANNOTATION: node.id}},
         "addressType": address_type(address),
         "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}],
-        "ports": [{"name": "", "port": int(svc.port), "protocol": _protocol(svc)}],
+        "ports": [{"name": port_name(svc.name), "port": int(svc.port), "protocol": _protocol(svc)}],
     }
 
 

@@ -59,6 +59,8 @@ exist from the start.
   group version, listing the paths and their query parameters, no schemas)
   which kubectl reads to learn that the server validates fields itself;
   /openapi/v2 (protobuf, read by kubectl before 1.27 to validate) is not served.
+- `authorized` records each resource request as RBAC sees it (verb, API
+  group, resource, namespace), so a Role can be checked against a client.
 
 Authentication: when `token` is set, `Authorization: Bearer <token>` is
 required (401 otherwise). Faults come from HTTPDouble.
@@ -580,6 +582,27 @@ def _columns(resource: str, obj: dict[str, Any]) -> tuple[list[dict[str, Any]], 
             [md.get("name"), (obj.get("status") or {}).get("phase", ""), age])
 
 
+@dataclass(frozen=True)
+class AuthzRequest:
+    """What the API server's authorizer is asked about one resource request (RBAC's terms)."""
+
+    verb: str
+    api_group: str
+    resource: str
+    namespace: str
+
+
+def rbac_verb(method: str, name: str | None, query: dict[str, str]) -> str:
+    """The RBAC verb of a request, as the API server's request-info resolver names it."""
+    if method == "GET":
+        if name is not None:
+            return "get"
+        return "watch" if query.get("watch") in ("true", "1") else "list"
+    if method == "DELETE" and name is None:
+        return "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
 class KubernetesDouble(HTTPDouble):
     # The API server defaults a Service port's protocol (TCP) and targetPort (its port). Off by
     # default only because tests/integration/test_meshd_sync.py compares a hand-made Service's
@@ -591,6 +614,8 @@ class KubernetesDouble(HTTPDouble):
         self.token = token
         self.history = history  # events kept for watches; older versions get 410 Gone
         self.lists: dict[str, int] = {}  # list calls per resource (watches not counted)
+        # Every resource request as RBAC sees it, for checking a Role against what a client does.
+        self.authorized: list[AuthzRequest] = []
         self.rv = 1
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.events: list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]] = []
@@ -603,6 +628,7 @@ class KubernetesDouble(HTTPDouble):
         super().reset_counters()
         with self.lock:
             self.lists.clear()
+            self.authorized.clear()
 
     def is_exempt(self, path: str) -> bool:
         # Discovery documents are exempt from faults; every resource path is an API call.
@@ -629,6 +655,9 @@ class KubernetesDouble(HTTPDouble):
                 or (res.namespaced and m.group(2) is None and m.group(4) is not None):
             return status(404, "NotFound", "the server could not find the requested resource")
         _, ns, resource, name = m.groups()
+        with self.lock:
+            self.authorized.append(AuthzRequest(rbac_verb(req.method, name, req.query), res.group, resource,
+                                                ns or ""))
         dry_values = [v for k, v in req.query_list if k == "dryRun"]
         bad = [v for v in dry_values if v != "All"]
         if bad:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,19 @@ def test_plan_apply_status_destroy(moto, mesh, tmp_path) -> None:
     r = run(infra_app, ["apply", "--config", cfg], moto)
     assert r.exit_code == 0, r.stderr
     assert "us-west-2" in r.stdout and "ok" in r.stdout
+    # Not a terminal: progress on stderr, one line per step, each with the time elapsed.
+    lines = r.stderr.splitlines()
+    assert lines and all(re.match(r"^\[ *\d+\.\ds\] (us-[a-z]+-\d): ", line) for line in lines), lines
+    texts = [line.split("] ", 1)[1] for line in lines]
+    for region in ("us-east-1", "us-east-2", "us-west-2"):
+        n = sum(1 for c in plan["changes"] if c["region"] == region)
+        mine = [t for t in texts if t.startswith(region + ": ")]
+        # A region's changes may be applied in several rounds (the hub's peerings wait for the spokes).
+        starts = [int(t.split()[2]) for t in mine if t.startswith(f"{region}: applying ")]
+        steps = [t for t in mine if re.match(rf"{region}: \d+/\d+ (create|update|delete|authorize|accept)", t)]
+        assert sum(starts) == n and len(steps) == n, mine
+        assert mine[0].startswith(f"{region}: applying ") and mine[-1].startswith(f"{region}: done, ")
+    assert "us-west-2: 1/" in r.stderr and "create vpc" in r.stderr
 
     r = run(infra_app, ["status", "--config", cfg, "--output", "json"], moto)
     rows = {row["region"]: row for row in json.loads(r.stdout)}

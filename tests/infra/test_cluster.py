@@ -9,6 +9,8 @@ delete that dies halfway) and re-running the same command must converge.
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 import datetime as dt
 import json
 import subprocess
@@ -22,6 +24,7 @@ from infra.cluster.lifecycle import create, delete, edit
 from infra.cluster.registry import Registry
 from infra.cluster.spec import ClusterSpec, InstanceTypeSpec, from_yaml
 from infra.cluster.status import status
+from meshctl.progress import Printer
 from meshcore.errors import (AlreadyExists, ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied,
                              Unavailable)
 from tests.infra.conftest import TEST_IMAGE
@@ -174,7 +177,19 @@ def test_cost_savings_has_one_coordinator_behind_an_elastic_ip(cluster_ops, moto
     eips = ec2(moto).describe_addresses(Filters=[{"Name": "tag:mesh:cluster", "Values": [mesh]}])["Addresses"]
     assert len(eips) == 1 and eips[0]["InstanceId"] == slots["coordinator-0"]["InstanceId"]
     assert res.address == f"{eips[0]['PublicIp']}:7443"
+
+    # The delete's progress, as meshctl prints it to a log (not a terminal): one line per step.
+    out, ticks = io.StringIO(), iter(range(10**6))
+    ops.progress = Printer(out, tty=False, clock=lambda: next(ticks) / 10)
     assert delete(ops, mesh).leftovers == []
+    lines = out.getvalue().splitlines()
+    assert all(re.match(r"^\[ *\d+\.\ds\] \S", line) for line in lines), lines
+    texts = [line.split("] ", 1)[1] for line in lines]
+    phases = [t for t in texts if t.endswith(" ...")]
+    assert phases == ["terminating instances ...", "address and coordinator security group ...", "network ...",
+                      "secrets, then a sweep for anything left ..."]
+    assert f"us-east-1: terminating {slots['coordinator-0']['InstanceId']}" in texts
+    assert any(t.startswith("us-east-1: deleted vpc") for t in texts), texts
     assert not ec2(moto).describe_addresses(Filters=[{"Name": "tag:mesh:cluster", "Values": [mesh]}])["Addresses"]
 
 

@@ -25,6 +25,7 @@ from meshcore.errors import InvalidArgument, NotFound, StateError
 from meshd.store.base import Compacted, Compare, Delete, DeletePrefix, Put, absent
 from meshd.store.sqlite import SQLiteStore
 from tests.conftest import require_netns
+from tests.meshfix import until
 from testbed.etcd_cluster import EtcdCluster
 
 
@@ -123,10 +124,7 @@ async def test_watch_history_then_live_without_gap(store):
                 return
 
     task = asyncio.create_task(consume())
-    for _ in range(100):  # bounded: until the watcher has caught up (history is before the marker)
-        if "caught up" in seen:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: "caught up" in seen, 5)  # the history comes before the marker
     await store.delete("/w/a")             # base + 4, live
     await asyncio.wait_for(task, 5)
     assert seen == [("put", "/w/b", 3), "caught up", ("delete", "/w/a", 4)]
@@ -144,10 +142,7 @@ async def test_watch_with_no_history_is_caught_up_at_once(store):
                 return
 
     task = asyncio.create_task(consume())
-    for _ in range(100):  # bounded
-        if seen:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: bool(seen), 5)
     assert seen == [[]]
     await store.put("/n/b", b"2")
     await asyncio.wait_for(task, 5)

@@ -62,7 +62,8 @@ async def test_register_update_and_deregister(consul, target):
 
     e = entry(consul, "qwen")
     assert (e["Node"], e["Address"], e["ServicePort"], e["ServiceTags"]) == ("vm1", "10.1.0.7", 8000, ["vllm"])
-    assert e["NodeMeta"]["managed-by"] == "mesh"
+    # Not an "external-node": consul-esm, which selects nodes by that meta, leaves our checks alone.
+    assert e["NodeMeta"] == {"managed-by": "mesh", "mesh-node-id": "n-vm1"}
     assert e["ServiceMeta"] == {"mesh-node-id": "n-vm1", "region": "us-east-1", "managed-by": "mesh",
                                 "protocol": "tcp", "label-gpu_model": "L4", "label-sky_cluster": "qwen"}
     check = consul.check_of("vm1", "qwen")

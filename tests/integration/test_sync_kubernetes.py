@@ -68,7 +68,8 @@ async def test_creates_selectorless_service_and_endpointslice(api, target):
 
     svc = api.get("services", "qwen")
     assert "selector" not in svc["spec"] and svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"port": 8000, "targetPort": 8000, "protocol": "TCP"}]
+    # Named (after the service), so CoreDNS serves _qwen._tcp.qwen.<ns>.svc.cluster.local SRV.
+    assert svc["spec"]["ports"] == [{"name": "qwen", "port": 8000, "targetPort": 8000, "protocol": "TCP"}]
     assert svc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mesh"
     assert svc["metadata"]["annotations"]["mesh/node-id"] == "n-vm1"
     eps = api.get("endpointslices", "qwen-mesh")
@@ -76,7 +77,7 @@ async def test_creates_selectorless_service_and_endpointslice(api, target):
     assert eps["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mesh"
     assert eps["addressType"] == "IPv4"
     assert endpoints(api, "qwen") == [(["10.1.0.7"], True)]
-    assert eps["ports"][0]["port"] == 8000 and eps["ports"][0]["protocol"] == "TCP"
+    assert eps["ports"] == [{"name": "qwen", "port": 8000, "protocol": "TCP"}]
 
     v6 = node("vm6", "fd00::6")
     await target.reconcile([service("qwen", vm), service("dns", v6, port=53, udp=True)], by_id(vm, v6))

@@ -40,13 +40,13 @@ def fake_k3s(bin_dir: Path, record: Path, behaviour: str = "serve") -> None:
     script.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, signal, sys, time
+        mode = {behaviour!r}
+        if mode == "stubborn":  # before the record: once it is written, SIGTERM is ignored
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with open({str(record)!r}, "a") as f:
             f.write(json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ)}}) + "\\n")
-        mode = {behaviour!r}
         if mode == "crash":
             sys.exit(1)
-        if mode == "stubborn":
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         deadline = time.monotonic() + 30  # bounded even if nobody stops it
         while time.monotonic() < deadline:
             time.sleep(0.05)
@@ -165,8 +165,7 @@ async def test_stop_kills_a_k3s_that_ignores_sigterm(tmp_path):
     sup = K3sSupervisor(inv, K3sConfig(stop_timeout_s=0.5))
     task = asyncio.create_task(sup.run())
     try:
-        await wait_for(lambda: len(records(rec)) == 1)
-        await asyncio.sleep(0.2)  # let it install its SIGTERM handler
+        await wait_for(lambda: len(records(rec)) == 1)  # written after it ignores SIGTERM
         pid = sup.pid
     finally:
         await sup.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from mesh.v1 import types_pb2
 from meshd.sync.consul import _normal_check, desired_entries, go_duration, meta_key
-from meshd.sync.kube_objects import (is_managed, merged, owned_service, owned_slice, service_object,
-                                     slice_object)
+from meshd.sync.kube_objects import (is_managed, merged, owned_service, owned_slice, port_name,
+                                     service_object, slice_object)
 from testbed.doubles.sync_helpers import by_id, node, service
 
 
@@ -32,9 +34,36 @@ def test_endpointslice_follows_address_family_and_readiness():
     assert s6["endpoints"] == [{"addresses": ["fd00::1"], "conditions": {"ready": False}}]
     assert s6["ports"][0]["protocol"] == "UDP"
     assert s4["metadata"]["labels"]["kubernetes.io/service-name"] == "x"
-    # A server that drops the empty port name or the ready=True default is not drift.
-    trimmed = {**s4, "endpoints": [{"addresses": ["10.0.0.1"]}], "ports": [{"port": 8000}]}
+    # A server that drops the ready=True default or the TCP protocol is not drift.
+    trimmed = {**s4, "endpoints": [{"addresses": ["10.0.0.1"]}], "ports": [{"name": "x", "port": 8000}]}
     assert owned_slice(trimmed) == owned_slice(s4)
+
+
+def test_ports_are_named_so_coredns_serves_srv_records():
+    vm = node("vm1", "10.0.0.9")
+    svc, eps = service_object(service("qwen-7b", vm), vm, "ns"), slice_object(service("qwen-7b", vm), vm,
+                                                                             "10.0.0.9", True, "ns")
+    # The Service's and the slice's port names must be equal: that is how kube-proxy and
+    # CoreDNS pair endpoints with a Service port.
+    assert svc["spec"]["ports"][0]["name"] == eps["ports"][0]["name"] == "qwen-7b"
+    # A port without a name was what an older meshd wrote: drift, rewritten with the name.
+    unnamed = {**svc, "spec": {**svc["spec"], "ports": [{"port": 8000, "targetPort": 8000, "protocol": "TCP"}]}}
+    assert owned_service(unnamed) != owned_service(svc)
+    assert owned_service(merged(unnamed, svc)) == owned_service(svc)
+    dns_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+    for name in ("web", "a", "x" * 63, "9lives", "Web_Server.v2", "-x-", "y" * 70 + "-z", "__"):
+        assert dns_1035.match(port_name(name)), (name, port_name(name))
+    assert port_name("web") == "web" and port_name("x" * 63) == "x" * 63
+
+
+def test_consul_nodes_are_not_handed_to_consul_esm():
+    # consul-esm runs the checks of nodes with meta external-node=true and overwrites their
+    # status; the mesh owns its checks, so its nodes never carry that meta.
+    vm = node("vm1", "10.0.0.9")
+    want, _ = desired_entries([service("web", vm, http_path="/h")], by_id(vm))
+    meta = want[("vm1", "web")].node_meta
+    assert meta == {"managed-by": "mesh", "mesh-node-id": "n-vm1"}
+    assert "external-node" not in meta and "external-probe" not in meta
 
 
 def test_consul_meta_keys_follow_consuls_rules():
