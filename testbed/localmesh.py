@@ -80,11 +80,11 @@ class LocalMesh:
         return p, log
 
     def start_meshd(self, listen: str = "127.0.0.1:0", join: str = "127.0.0.1:0", timeout: float = 20,
-                    extra: tuple[str, ...] = ()) -> Proc:
+                    extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Proc:
         argv = [str(BIN / "meshd"), "--state-dir", str(self.root / "meshd"), "--listen", listen,
                 "--join-listen", join, "--admin-socket", str(self.root / "meshd.sock"), "--metrics", "",
                 "--overlay-pool", self.pool, "--lease-ttl", str(self.lease_ttl_s), "--grace", str(self.grace_s), *extra]
-        p, log = self._spawn("meshd", argv)
+        p, log = self._spawn("meshd", argv, {**self.env, **env} if env else None)
         self.meshd = Proc("meshd", p, _wait_ready(p, "meshd", log, timeout), log)
         return self.meshd
 
