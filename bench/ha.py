@@ -24,15 +24,21 @@
   on a moto server in this process; `cluster_rerun_calls_moto` is a create
   run again with nothing to do. Region selection is warmed first (moto
   builds each region's backend on first use) and reported in params.
+  Creates include the quota check (Service Quotas double, ample quotas) and
+  the cost estimate of both profiles (Price List double, empty memory
+  cache): `price_calls` and `quota_calls` in params say how many of the
+  calls were theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import percentile, record
 
@@ -167,14 +173,18 @@ def _clusters_on_moto(root: Path) -> list[dict]:
     from infra.cluster.lifecycle import Ops, create, delete, new_doc, selection
     from infra.cluster.registry import Registry
     from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
+    from infra.prices import Prices
     from testbed.doubles.motoserver import moto_server
+    from testbed.doubles.pricing import PricingDouble
+    from testbed.doubles.servicequotas import ServiceQuotasDouble
 
-    with moto_server() as url:
+    with moto_server() as url, _started(PricingDouble()) as pricing, _started(ServiceQuotasDouble(10000.0)) as sq:
         session = boto3.session.Session()
         base = Aws(lambda: session, endpoint_url=url)
         role = create_role(base)
-        aws = Aws(assume(base, role.role_arn, role.external_id, "us-east-1"), endpoint_url=url)
-        ops = Ops(aws, Registry(aws), lambda n: root / "clusters" / n, sleep=lambda s: None)
+        aws = Aws(assume(base, role.role_arn, role.external_id, "us-east-1"), endpoint_url=url,
+                  endpoint_urls={"pricing": pricing.url, "service-quotas": sq.url})
+        ops = Ops(aws, Registry(aws), lambda n: root / "clusters" / n, sleep=lambda s: None, prices=Prices(aws))
         spec = ClusterSpec(instance_types=(InstanceTypeSpec("g6.xlarge", 1), InstanceTypeSpec("g6.2xlarge"),
                                            InstanceTypeSpec("g6.12xlarge")),
                            image_owner="099720109477", image_name="ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-*",
@@ -183,13 +193,18 @@ def _clusters_on_moto(root: Path) -> list[dict]:
         sel = selection(ops, new_doc("bench", spec), spec.to_infra("bench"))
         warm_s = time.monotonic() - t0
         ops.selections.clear()  # the measured create selects regions itself, as the CLI does
+        before = dict(aws.operations)
         created = create(ops, "bench", spec)
+        during = {k: v - before.get(k, 0) for k, v in aws.operations.items()}
         again = create(ops, "bench", spec, known_id=created.doc.id)
         gone = delete(ops, "bench")
         if gone.leftovers or again.launched:
             raise RuntimeError(f"cluster bench did not converge: {gone.leftovers} {again.launched}")
     params = {"profile": "performance", "regions": len(sel.selected), "instances": len(created.launched),
-              "types": "g6.xlarge(warm 1),g6.2xlarge,g6.12xlarge", "moto_warmup_s": round(warm_s, 2)}
+              "types": "g6.xlarge(warm 1),g6.2xlarge,g6.12xlarge", "moto_warmup_s": round(warm_s, 2),
+              "price_calls": sum(v for k, v in during.items() if k.startswith("pricing:")),
+              "quota_calls": sum(v for k, v in during.items() if k.startswith("servicequotas:")),
+              "cost_per_day_usd": {e.profile: round(e.day, 2) for e in created.estimates if e.day is not None}}
     return [
         record("ha", "cluster_create_s_moto", created.seconds, "s", **params),
         record("ha", "cluster_create_calls_moto", created.calls, "calls", **params),
@@ -197,6 +212,15 @@ def _clusters_on_moto(root: Path) -> list[dict]:
         record("ha", "cluster_delete_s_moto", gone.seconds, "s", **params),
         record("ha", "cluster_delete_calls_moto", gone.calls, "calls", **params),
     ]
+
+
+@contextlib.contextmanager
+def _started(double: Any) -> Any:
+    double.start()
+    try:
+        yield double
+    finally:
+        double.stop()
 
 
 def run() -> list[dict]:

@@ -53,6 +53,8 @@ CLUSTER = (
     "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:DeleteTargetGroup",
     "elasticloadbalancing:AddTags",
+    # what the cluster and its nodes cost (infra.prices)
+    "pricing:GetProducts", "ec2:DescribeSpotPriceHistory",
 )
 CLUSTER_PARAMETERS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory")
 # The instance roles EC2 is given; created by `meshctl infra role create`.

@@ -100,8 +100,12 @@ def needs(cfg: InfraConfig, selection: Selection) -> list[Need]:
 
 def check(cfg: InfraConfig, aws: Aws, selection: Selection) -> list[QuotaRow]:
     """Current value of every needed quota (one GetServiceQuota per region and code)."""
+    return check_needs(aws, needs(cfg, selection))
+
+
+def check_needs(aws: Aws, wanted: list[Need]) -> list[QuotaRow]:
     rows = []
-    for n in needs(cfg, selection):
+    for n in wanted:
         row = QuotaRow(n)
         try:
             q = aws.call(SQ, n.region, "GetServiceQuota", ServiceCode=SERVICE, QuotaCode=n.code)
@@ -129,7 +133,12 @@ def request(cfg: InfraConfig, aws: Aws, selection: Selection, sleep: Callable[[f
             interval_s: float | None = None, limit: int | None = None) -> list[QuotaRow]:
     """File increase requests where quotas are short; returns every row with what was done."""
     interval = cfg.quota_request_interval_s if interval_s is None else interval_s
-    rows = check(cfg, aws, selection)
+    return request_needs(aws, needs(cfg, selection), sleep, interval, limit)
+
+
+def request_needs(aws: Aws, wanted: list[Need], sleep: Callable[[float], None] = time.sleep,
+                  interval: float = 30.0, limit: int | None = None) -> list[QuotaRow]:
+    rows = check_needs(aws, wanted)
     filed = 0
     for row in rows:
         if not row.short:

@@ -36,6 +36,10 @@ EXTERNAL_ID = typer.Option(None, "--external-id", envvar="MESH_EXTERNAL_ID", hel
 HOME = typer.Option(None, "--home-region", help="region where the account's cluster documents live "
                                                 "(default us-east-1)")
 YES = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")
+PRICING_ENDPOINT = typer.Option(None, "--pricing-endpoint-url", envvar="MESH_AWS_PRICING_ENDPOINT_URL", hidden=True,
+                                help="AWS Price List endpoint")
+QUOTAS_ENDPOINT = typer.Option(None, "--quotas-endpoint-url", envvar="MESH_AWS_QUOTAS_ENDPOINT_URL", hidden=True,
+                               help="Service Quotas endpoint")
 PROBE_TIMEOUT = typer.Option(2.0, "--probe-timeout", hidden=True, help="seconds per meshd health check")
 
 
@@ -45,22 +49,26 @@ def _base_aws(endpoint: str | None, sts_endpoint: str | None) -> Any:
     return Aws(endpoint_url=endpoint, endpoint_urls={"sts": sts_endpoint} if sts_endpoint else None)
 
 
-def _role_aws(role_arn: str, external_id: str, home: str, endpoint: str | None, sts_endpoint: str | None) -> Any:
+def _role_aws(role_arn: str, external_id: str, home: str, endpoint: str | None, sts_endpoint: str | None,
+              pricing_endpoint: str | None = None, quotas_endpoint: str | None = None) -> Any:
     from infra.aws import Aws
     from infra.cluster.access import assume
 
     factory = assume(_base_aws(endpoint, sts_endpoint), role_arn, external_id, home)
-    return Aws(factory, endpoint_url=endpoint)
+    urls = {k: v for k, v in (("pricing", pricing_endpoint), ("service-quotas", quotas_endpoint)) if v}
+    return Aws(factory, endpoint_url=endpoint, endpoint_urls=urls)
 
 
 def _ops(aws: Any, home: str) -> Any:
     from infra.cluster.lifecycle import Ops
     from infra.cluster.registry import Registry
+    from infra.prices import Prices, default_cache_path
     from meshctl.context import cluster_dir
 
     from meshctl.progress import Printer
 
-    return Ops(aws, Registry(aws, home), cluster_dir, progress=Printer())  # on stderr
+    return Ops(aws, Registry(aws, home), cluster_dir, progress=Printer(),  # on stderr
+               prices=Prices(aws, default_cache_path()))
 
 
 def _need(role_arn: str | None, external_id: str | None) -> tuple[str, str]:
@@ -111,9 +119,13 @@ def create_aws(
                                           help="what instances pip install: a wheel URL, git+https://…@tag, name==version"),
     home_region: Optional[str] = HOME, yes: bool = YES,
     endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT,
+    pricing_endpoint_url: Optional[str] = PRICING_ENDPOINT, quotas_endpoint_url: Optional[str] = QUOTAS_ENDPOINT,
     output: Output = OUTPUT_OPTION,
 ) -> None:
-    """Create a mesh cluster in your AWS account: network, coordinators, warm instances."""
+    """Create a mesh cluster in your AWS account: network, coordinators, warm instances.
+
+    The vCPU quotas every region needs are checked first (a shortfall stops before anything is
+    built, naming what to request); the cost per hour and per day is shown for both profiles."""
     def body() -> None:
         from infra.cluster import spec as specs
         from infra.cluster.lifecycle import create
@@ -143,7 +155,7 @@ def create_aws(
         home = home_region or "us-east-1"
         contexts = Contexts.load()
         known = contexts.clusters.get(name)
-        aws = _role_aws(arn, ext, home, endpoint_url, sts_endpoint_url)
+        aws = _role_aws(arn, ext, home, endpoint_url, sts_endpoint_url, pricing_endpoint_url, quotas_endpoint_url)
         ops = _ops(aws, home)
         if edit_before and not yes and output == Output.table:
             _show_plan(ops, name, spec)
@@ -179,13 +191,37 @@ def _show_plan(ops: Any, name: str, spec: Any) -> None:
         console.print(f"  {r}: {len(plan.for_region(r))} network changes ({sel.info(r).reason})")
     warm = sum(t.overprovisioned_ondemand_count for t in spec.instance_types)
     console.print(f"  instances: {spec.replicas} × {spec.coordinator_instance_type} (coordinators), {warm} warm")
+    _show_preview(ops, name, spec)
+
+
+def _show_preview(ops: Any, name: str, spec: Any, types: bool = False) -> None:
+    """Quotas short, the instance types per region (edit), and the cost of both profiles."""
+    from infra import catalog
+    from infra.cluster import costs
+    from infra.cluster.lifecycle import new_doc, preview
+
+    pre = preview(ops, new_doc(name, spec))
+    for r in pre.short:
+        typer.echo(f"quota short: {r.need.region} {r.need.code} ({r.need.name}): {r.current or 0:g} vCPUs, needs "
+                   f"{r.need.vcpus} (`meshctl quotas request --cluster {name}`)")
+    if types:
+        wanted = sorted({t.name for t in spec.instance_types} | {spec.coordinator_instance_type})
+        emit(catalog.table(ops.aws, list(pre.selection.selected), wanted, ops.prices), TYPE_COLUMNS, Output.table,
+             title="instance types offered in the cluster's regions")
+    emit(costs.rows(pre.estimates), ["profile", "item", "per_hour", "per_day"], Output.table,
+         title=f"cost of {name} (on-demand list prices)")
+
+
+TYPE_COLUMNS = ["region", "type", "gpus", "gpu", "vcpus", "memory_gib", "on_demand_hour"]
 
 
 def _emit_result(result: Any, output: Output, verb: str) -> None:
     d = result.doc
+    from infra.cluster import costs
+
     raw = {"id": d.id, "name": d.name, "version": d.version, "address": result.address, "launched": result.launched,
            "terminated": result.terminated, "leftovers": result.leftovers, "calls": result.calls,
-           "seconds": round(result.seconds, 2)}
+           "seconds": round(result.seconds, 2), "costs": costs.raw(result.estimates)}
     if output == Output.json:
         emit([], [], output, raw=raw)
         return
@@ -194,6 +230,9 @@ def _emit_result(result: Any, output: Output, verb: str) -> None:
         rows.append({"what": "meshd", "value": result.address})
     rows += [{"what": "launched", "value": x} for x in result.launched]
     rows += [{"what": "terminated", "value": x} for x in result.terminated]
+    for i, e in enumerate(result.estimates):
+        rows.append({"what": "cost" if i == 0 else "if switched",
+                     "value": f"{e.profile}: {costs.money(e.hour)}/h, {costs.money(e.day)}/day"})
     emit(rows, ["what", "value"], output, title=f"cluster {d.name}")
 
 
@@ -294,14 +333,16 @@ def use_cmd(name: str = typer.Argument(..., help="cluster name"),
     _run(body)
 
 
-def _context_ops(name: Optional[str], endpoint_url: Optional[str], sts_endpoint_url: Optional[str]) -> tuple:
+def _context_ops(name: Optional[str], endpoint_url: Optional[str], sts_endpoint_url: Optional[str],
+                 pricing_endpoint_url: Optional[str] = None, quotas_endpoint_url: Optional[str] = None) -> tuple:
     from meshctl.context import Contexts
 
     contexts = Contexts.load()
     if name is not None:
         check_cluster_name(name)
     name, ctx = contexts.get(name)
-    aws = _role_aws(ctx.role_arn, ctx.external_id, ctx.home_region, endpoint_url, sts_endpoint_url)
+    aws = _role_aws(ctx.role_arn, ctx.external_id, ctx.home_region, endpoint_url, sts_endpoint_url,
+                    pricing_endpoint_url, quotas_endpoint_url)
     return contexts, name, ctx, _ops(aws, ctx.home_region)
 
 
@@ -310,13 +351,16 @@ def edit_cmd(name: Optional[str] = typer.Argument(None, help="cluster name (defa
              spec_file: Optional[Path] = typer.Option(None, "--spec", help="the new spec from this YAML file "
                                                                              "instead of $EDITOR"),
              yes: bool = YES, endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT,
-             output: Output = OUTPUT_OPTION) -> None:
-    """Change instance types, warm counts, regions or the profile; shows the diff first."""
+             pricing_endpoint_url: Optional[str] = PRICING_ENDPOINT,
+             quotas_endpoint_url: Optional[str] = QUOTAS_ENDPOINT, output: Output = OUTPUT_OPTION) -> None:
+    """Change instance types, warm counts, regions or the profile; shows the diff, the instance types
+    offered in each region and the cost of both profiles first."""
     def body() -> None:
         from infra.cluster import spec as specs
         from infra.cluster.lifecycle import edit
 
-        contexts, cname, ctx, ops = _context_ops(name, endpoint_url, sts_endpoint_url)
+        contexts, cname, ctx, ops = _context_ops(name, endpoint_url, sts_endpoint_url, pricing_endpoint_url,
+                                                 quotas_endpoint_url)
         doc = ops.registry.get(cname)
         if doc is None:
             raise FailedPrecondition(f"no cluster named {cname!r} in this account")
@@ -335,6 +379,7 @@ def edit_cmd(name: Optional[str] = typer.Argument(None, help="cluster name (defa
             return
         if change and output == Output.table:
             typer.echo(change, nl=False)
+            _show_preview(ops, cname, new, types=True)
         if change and not yes and not typer.confirm("Apply this change?"):
             raise FailedPrecondition("not changed")
         result = edit(ops, cname, new, base_version=doc.version)

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from meshcore.errors import MeshError
+from meshcore.errors import FailedPrecondition, MeshError
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
 infra_app = typer.Typer(help="Build the peered AWS network where the GPUs are.", no_args_is_help=True)
@@ -248,21 +248,90 @@ def policy_cmd(config: str = CONFIG_OPTION,
     _run(body)
 
 
+# --- instance types -----------------------------------------------------------
+
+@infra_app.command("types")
+def types_cmd(region: list[str] = typer.Option([], "--region", help="a region to list (repeatable; default "
+                                                                     "us-east-1, or the cluster's regions)"),
+              types: str | None = typer.Option(None, "--types", help="comma-separated types (default: every GPU "
+                                                                     "type offered, or the cluster's types)"),
+              spot: bool = typer.Option(False, "--spot", help="also the current spot price (median over zones)"),
+              cluster: str | None = typer.Option(None, "--cluster", help="the regions and types of this cluster"),
+              endpoint_url: str | None = ENDPOINT_OPTION,
+              pricing_endpoint_url: str | None = typer.Option(None, "--pricing-endpoint-url", hidden=True,
+                                                              envvar="MESH_AWS_PRICING_ENDPOINT_URL"),
+              output: Output = OUTPUT_OPTION) -> None:
+    """Instance types offered in each region, with GPUs, vCPUs, memory and price per hour."""
+
+    def body() -> None:
+        from infra import catalog
+        from infra.prices import Prices, default_cache_path
+
+        wanted = [t.strip() for t in types.split(",") if t.strip()] if types else None
+        regions = list(region)
+        if cluster is not None:
+            from infra.cluster.lifecycle import selection
+            from meshctl.cluster_cmd import _context_ops
+
+            _, name, _, ops = _context_ops(cluster, endpoint_url, None, pricing_endpoint_url)
+            doc = ops.registry.get(name)
+            if doc is None:
+                raise FailedPrecondition(f"no cluster named {name!r} in this account")
+            aws = ops.aws
+            regions = regions or list(selection(ops, doc, doc.spec.to_infra(doc.name)).selected)
+            wanted = wanted or sorted({t.name for t in doc.spec.instance_types}
+                                      | {doc.spec.coordinator_instance_type})
+        else:
+            from infra.aws import Aws
+
+            aws = Aws(endpoint_url=endpoint_url,
+                      endpoint_urls={"pricing": pricing_endpoint_url} if pricing_endpoint_url else None)
+        rows = catalog.table(aws, regions or ["us-east-1"], wanted, Prices(aws, default_cache_path()), spot=spot,
+                             gpu_only=wanted is None)
+        cols = ["region", "type", "gpus", "gpu", "vcpus", "memory_gib", "on_demand_hour"] + (["spot_hour"] if spot
+                                                                                             else [])
+        emit(rows, cols, output, title="instance types")
+
+    _run(body)
+
+
 # --- quotas ----------------------------------------------------------------
 
 def _quota_columns() -> list[str]:
     return ["region", "code", "quota", "current", "needed", "types", "status"]
 
 
+CLUSTER_OPTION = typer.Option(None, "--cluster", help="the quotas this cluster needs (its coordinators, warm "
+                                                      "instances and listed types) instead of a mesh config")
+
+
+def _cluster_needs(cluster: str, endpoint_url: str | None, quotas_endpoint_url: str | None) -> tuple[Any, list]:
+    """The cluster's account (through its role) and the quotas its spec needs, per region."""
+    from infra.cluster.lifecycle import preview
+    from meshctl.cluster_cmd import _context_ops
+
+    _, name, _, ops = _context_ops(cluster, endpoint_url, None, None, quotas_endpoint_url)
+    doc = ops.registry.get(name)
+    if doc is None:
+        raise FailedPrecondition(f"no cluster named {name!r} in this account")
+    return ops.aws, [r.need for r in preview(ops, doc, price=False).quotas]
+
+
 @quotas_app.command("check")
 def quotas_check(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPOINT_OPTION,
-                 quotas_endpoint_url: str | None = QUOTAS_ENDPOINT_OPTION, output: Output = OUTPUT_OPTION) -> None:
+                 quotas_endpoint_url: str | None = QUOTAS_ENDPOINT_OPTION, cluster: str | None = CLUSTER_OPTION,
+                 output: Output = OUTPUT_OPTION) -> None:
     """Per region, the vCPU quotas the chosen types need against what the account has."""
 
     def body() -> None:
         from infra import quotas
         from infra.regions import select_regions
 
+        if cluster is not None:
+            aws, wanted = _cluster_needs(cluster, endpoint_url, quotas_endpoint_url)
+            emit([r.row() for r in quotas.check_needs(aws, wanted)], _quota_columns(), output,
+                 title=f"vCPU quotas of cluster {cluster}")
+            return
         cfg, aws = _setup(config, endpoint_url, quotas_endpoint_url)
         rows = quotas.check(cfg, aws, select_regions(cfg, aws))
         emit([r.row() for r in rows], _quota_columns(), output, title="vCPU quotas")
@@ -277,7 +346,7 @@ def quotas_request(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPO
                                                          help="seconds between requests "
                                                               "(config: quota_request_interval_s)"),
                    limit: int | None = typer.Option(None, "--limit", help="file at most this many requests"),
-                   output: Output = OUTPUT_OPTION) -> None:
+                   cluster: str | None = CLUSTER_OPTION, output: Output = OUTPUT_OPTION) -> None:
     """Ask for the missing quotas: only where short, never twice while one is open, spaced out."""
 
     def body() -> None:
@@ -286,8 +355,12 @@ def quotas_request(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPO
 
         if interval is not None and interval < 0:
             fail("--interval must not be negative")
-        cfg, aws = _setup(config, endpoint_url, quotas_endpoint_url)
-        rows = quotas.request(cfg, aws, select_regions(cfg, aws), interval_s=interval, limit=limit)
+        if cluster is not None:
+            aws, wanted = _cluster_needs(cluster, endpoint_url, quotas_endpoint_url)
+            rows = quotas.request_needs(aws, wanted, interval=30.0 if interval is None else interval, limit=limit)
+        else:
+            cfg, aws = _setup(config, endpoint_url, quotas_endpoint_url)
+            rows = quotas.request(cfg, aws, select_regions(cfg, aws), interval_s=interval, limit=limit)
         emit([r.row() for r in rows], _quota_columns(), output, title="quota requests")
         refused = [r for r in rows if r.status.startswith("refused")]
         if refused:

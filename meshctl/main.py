@@ -401,6 +401,8 @@ def _mount() -> None:
     app.command("clusters")(clusters_cmd)
     from meshctl.proxy_cmd import proxy
     app.command("proxy")(proxy)
+    from meshctl.costs_cmd import costs_cmd
+    app.command("costs")(costs_cmd)
 
 
 _mount()

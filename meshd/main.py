@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
     p.add_argument("--bootstrap-token-file", default="",
                    help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
+    p.add_argument("--price-table", default="", metavar="FILE",
+                   help="prices from `meshctl costs --price-table FILE`: cost gauges per node, service and in total")
     p.add_argument("--consul", nargs="?", const=CONSUL_FROM_ENV, default="", metavar="ADDRESS",
                    help="mirror the catalog into Consul at this address (http(s)://host:8500); given without "
                         "an address: $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500. Unset options below are read "
@@ -119,7 +121,7 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, bootstrap_token_file=a.bootstrap_token_file,
-                       consul=consul, kubernetes=kubernetes)
+                       price_table=a.price_table, consul=consul, kubernetes=kubernetes)
 
 
 async def run(config: MeshdConfig) -> None:

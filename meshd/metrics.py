@@ -68,6 +68,62 @@ class CoordinatorCollector(Collector):
                                     value=size)
 
 
+class CostCollector(Collector):
+    """Cost gauges from the nodes' instance-type/region/lifecycle labels and a price table file.
+
+    meshd never looks a price up: `meshctl costs --price-table FILE` writes the table (from AWS),
+    meshd reads it (again when the file changes) and computes the figures when Prometheus scrapes,
+    off the agents' paths. `snapshot` returns (nodes, services) as protobuf messages."""
+
+    def __init__(self, path: str, snapshot: Callable[[], tuple[list[Any], list[Any]]]) -> None:
+        self.path = path
+        self.snapshot = snapshot
+        self._table: Any = None
+        self._mtime = -1.0
+
+    def _prices(self) -> Any:
+        from pathlib import Path
+
+        from meshcore.costs import PriceTable
+
+        try:
+            mtime = os.stat(self.path).st_mtime
+            if mtime != self._mtime:
+                self._table, self._mtime = PriceTable.load(Path(self.path)), mtime
+        except (OSError, ValueError):
+            pass  # keep the last good table; none yet means no cost gauges
+        return self._table
+
+    def collect(self) -> Iterable[Metric]:
+        from meshcore import costs
+
+        table = self._prices()
+        if table is None:
+            return
+        nodes, services = self.snapshot()
+        keys = [costs.node_key(n.name, n.region, dict(n.labels)) for n in nodes]
+        c = costs.compute(keys, [(s.name, s.node_name) for s in services], table)
+        per_node = GaugeMetricFamily("mesh_node_cost_dollars_per_hour", "What a node costs per hour (USD), from "
+                                     "its instance type, region and lifecycle", labels=["node", "instance_type",
+                                                                                       "region", "lifecycle"])
+        for k, price in c.nodes:
+            if price is not None:
+                per_node.add_metric([k.name, k.instance_type, k.region, k.lifecycle], price)
+        yield per_node
+        per_service = GaugeMetricFamily("mesh_service_cost_dollars_per_hour",
+                                        "A service's share of its node's cost per hour (USD)", labels=["service"])
+        for name, usd in sorted(c.services.items()):
+            per_service.add_metric([name], usd)
+        yield per_service
+        total = GaugeMetricFamily("mesh_cost_dollars_per_hour", "The mesh's cost per hour (USD) by lifecycle",
+                                  labels=["lifecycle"])
+        for lc, usd in sorted(c.totals.items()):
+            total.add_metric([lc], usd)
+        yield total
+        yield GaugeMetricFamily("mesh_cost_unpriced_nodes", "Nodes without a known price (type, region or table "
+                                "entry missing)", value=float(len(c.unpriced)))
+
+
 def store_size_bytes(store: Any) -> float | None:
     path = getattr(store, "path", None)
     if path is None:
@@ -81,4 +137,4 @@ def store_size_bytes(store: Any) -> float | None:
     return float(total)
 
 
-__all__ = ["CoordinatorCollector", "sync_target"]
+__all__ = ["CoordinatorCollector", "CostCollector", "sync_target"]

@@ -92,6 +92,8 @@ class MeshdConfig:
     k3s_token_file: str = ""
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
+    #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
+    price_table: str = ""
     #: mirror the catalog into Consul (meshd/sync/consul_client.py: ConsulConfig); None: off
     consul: object | None = None
     #: mirror the catalog into Kubernetes Services (meshd/sync/kube_client.py: KubernetesConfig); None: off
@@ -309,6 +311,14 @@ class Coordinator:
             _collector = metrics.CoordinatorCollector(lambda: _current)
             REGISTRY.register(_collector)
         loop = asyncio.get_running_loop()
+        global _cost_collector
+        if self.config.price_table and _cost_collector is None:
+            async def both() -> tuple[list, list]:
+                return (await _current.nodes.list())[0], (await _current.catalog.list())[0]
+
+            _cost_collector = metrics.CostCollector(
+                self.config.price_table, lambda: asyncio.run_coroutine_threadsafe(both(), loop).result(timeout=5))
+            REGISTRY.register(_cost_collector)
 
         def http_sd(host: str) -> list[dict]:
             nodes = asyncio.run_coroutine_threadsafe(self.nodes.list(), loop).result(timeout=5)[0]
@@ -383,6 +393,7 @@ async def _maybe_await(x):
 
 _current: Coordinator | None = None
 _collector: metrics.CoordinatorCollector | None = None
+_cost_collector: metrics.CostCollector | None = None
 
 
 def http_sd_targets(meshd_host: str, nodes) -> list[dict]:

@@ -3,6 +3,10 @@
 `create` records the cluster (the name is taken atomically), then converges;
 `edit` stores the next spec version, then converges; both run `converge`:
 
+0. before anything is built: the vCPU quotas every region needs
+   (infra.cluster.capacity; a shortfall stops here, naming what to
+   request) and the cost of the spec's profile and of the other one
+   (infra.cluster.costs, when prices are given);
 1. local secrets: the mesh CA, an admin certificate for meshctl, and a
    bootstrap join string, kept in the context directory (fetched from the
    account when another machine created them);
@@ -37,7 +41,9 @@ from typing import Any
 
 from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
-from infra.cluster import address, instances
+from infra import catalog
+from infra import quotas as quota_api
+from infra.cluster import address, capacity, costs, instances
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
 from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
@@ -46,7 +52,7 @@ from infra.regions import ENABLED, Selection, list_regions, select_regions
 from infra.state import read_region, tag_filters
 from meshcore import pki
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
-from meshcore.errors import AlreadyExists, FailedPrecondition, MeshError, Unavailable
+from meshcore.errors import AlreadyExists, ConfigError, FailedPrecondition, MeshError, Unavailable
 from meshcore.names import check_cluster_name
 
 TERMINATE_WAIT_S = 600.0
@@ -62,6 +68,8 @@ class Result:
     launched: list[str] = field(default_factory=list)
     terminated: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    estimates: list[Any] = field(default_factory=list)  # costs.Estimate: this profile, then the other
+    quotas: list[Any] = field(default_factory=list)  # quotas.QuotaRow checked before launching
     calls: int = 0
     seconds: float = 0.0
 
@@ -78,6 +86,8 @@ class Ops:
     clock: Callable[[], float] = time.monotonic
     progress: ApplyProgress | None = None
     selections: dict = field(default_factory=dict)  # reused per spec within one process (benchmarks, tests)
+    prices: Any = None  # infra.prices.Prices: estimates are made when set
+    check_quotas: bool = True
 
 
 def new_doc(name: str, spec: ClusterSpec) -> ClusterDoc:
@@ -251,13 +261,59 @@ def _progress(ops: Ops) -> ApplyProgress:
     return ops.progress or ApplyProgress()
 
 
+@dataclass
+class Preview:
+    estimates: list[Any]  # costs.Estimate, the spec's profile first
+    quotas: list[Any]  # quotas.QuotaRow
+    warm_regions: dict[str, str]
+    selection: Selection
+
+    @property
+    def short(self) -> list[Any]:
+        return [r for r in self.quotas if r.short]
+
+
+def preview(ops: Ops, doc: ClusterDoc, price: bool = True) -> Preview:
+    """Which quotas the spec needs and (`price`) what it will cost; read-only (offerings, quotas, prices)."""
+    sel = selection(ops, doc, doc.spec.to_infra(doc.name))
+    offered = {r.name: r.offered for r in sel.regions if r.selected}
+    vcpus = dict(sel.vcpus)
+    coord = doc.spec.coordinator_instance_type
+    if coord not in vcpus:
+        try:
+            found = catalog.describe(ops.aws, doc.spec.main_region, [coord])
+        except AwsError as e:
+            if not e.aws_code.startswith("InvalidInstanceType"):
+                raise
+            found = {}
+        if coord not in found:
+            raise ConfigError(f"coordinator_instance_type {coord} is not offered in {doc.spec.main_region}")
+        vcpus[coord] = found[coord].vcpus
+    warm = instances.warm_slots(doc, offered)
+    rows = quota_api.check_needs(ops.aws, capacity.needs(doc, offered, vcpus)) if ops.check_quotas else []
+    warm_regions = {s.instance_type: s.region for s in warm}
+    out = Preview([], rows, warm_regions, sel)
+    if price:
+        out.estimates = estimate(ops, doc, out)
+    return out
+
+
+def estimate(ops: Ops, doc: ClusterDoc, pre: Preview) -> list[Any]:
+    return costs.both(doc.spec, ops.prices, pre.warm_regions) if ops.prices is not None else []
+
+
 def converge(ops: Ops, doc: ClusterDoc) -> Result:
     aws, spec, region = ops.aws, doc.spec, doc.spec.main_region
     result = Result(doc)
+    before = preview(ops, doc, price=False)
+    result.quotas = before.quotas
+    if before.short:  # before any network, secret or instance: nothing to undo
+        raise FailedPrecondition(capacity.shortfall_message(doc.name, before.quotas))
+    result.estimates = estimate(ops, doc, before)
     progress = _progress(ops)
     progress.phase("local secrets")
     sec = local_secrets(ops, doc)
-    sel = selection(ops, doc, spec.to_infra(doc.name))
+    sel = before.selection
     main = read_region(aws, doc.name, region)
     if not main.subnets:  # the network first: the load balancer needs its subnets
         progress.phase("network")

@@ -188,10 +188,33 @@ def _cluster_selections() -> dict:
     return {}
 
 
+@pytest.fixture(scope="session")
+def pricing_double() -> Iterator[Any]:
+    """The Price List (moto has none), seeded with list prices."""
+    from testbed.doubles.pricing import PricingDouble
+
+    d = PricingDouble().start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_quotas() -> Iterator[ServiceQuotasDouble]:
+    """EC2 vCPU quotas for the cluster tests: ample everywhere (a test that needs a shortfall has its own)."""
+    d = ServiceQuotasDouble(default=10000.0).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
 @pytest.fixture
 def cluster_ops(moto: str, base_aws: Aws, cluster_role: Any, tmp_path: Any, sleeps: Sleeps,
-                _cluster_selections: dict, monkeypatch: Any):
-    """Ops through the assumed cluster role; contexts and secrets under this test's tmp_path."""
+                _cluster_selections: dict, monkeypatch: Any, pricing_double: Any, cluster_quotas: Any):
+    """Ops through the assumed cluster role; contexts and secrets under this test's tmp_path;
+    prices from the Price List double (memory cache), quotas from the Service Quotas double."""
     from infra.cluster.access import assume
     from infra.cluster.lifecycle import Ops
     from infra.cluster.registry import Registry
@@ -200,8 +223,11 @@ def cluster_ops(moto: str, base_aws: Aws, cluster_role: Any, tmp_path: Any, slee
 
     def make(**aws_kw: Any) -> Ops:
         factory = assume(base_aws, cluster_role.role_arn, cluster_role.external_id, "us-east-1")
+        from infra.prices import Prices
+
         aws_kw.setdefault("sleep", sleeps)
+        aws_kw.setdefault("endpoint_urls", {"pricing": pricing_double.url, "service-quotas": cluster_quotas.url})
         aws = Aws(factory, endpoint_url=moto, **aws_kw)
         return Ops(aws, Registry(aws), lambda n: tmp_path / "meshctl" / "clusters" / n, sleep=sleeps,
-                   selections=_cluster_selections)
+                   selections=_cluster_selections, prices=Prices(aws))
     return make

@@ -193,6 +193,47 @@ def test_cost_savings_has_one_coordinator_behind_an_elastic_ip(cluster_ops, moto
     assert not ec2(moto).describe_addresses(Filters=[{"Name": "tag:mesh:cluster", "Values": [mesh]}])["Addresses"]
 
 
+def test_create_shows_the_cost_of_both_profiles(cluster_ops, mesh) -> None:
+    ops = cluster_ops()
+    res = create(ops, mesh, spec(profile="cost-savings"))
+    mine, other = res.estimates
+    assert (mine.profile, other.profile) == ("cost-savings", "performance")
+    coord, warm = 0.096, 1.34375  # the double's list prices: m6i.large, trn1.2xlarge in us-east-1
+    assert mine.hour == pytest.approx(coord + warm + 2 * 0.005)
+    assert other.hour == pytest.approx(3 * coord + warm + 0.0225 + 0.006 + (3 + 3 + 1) * 0.005)
+    assert mine.day == pytest.approx(mine.hour * 24) and other.day > mine.day
+    assert [ln.what for ln in mine.lines][:2] == ["coordinators: 1 × m6i.large (us-east-1)",
+                                                  f"warm: 1 × {FEW[0]} (us-east-1)"]
+    assert ops.aws.operations["pricing:GetProducts"] == 2, "one lookup per (type, region), then cached"
+    from infra.cluster.costs import rows
+    table = rows(res.estimates)
+    assert table[-2]["item"] == "total (this spec)" and table[-1]["profile"] == "performance"
+    assert delete(ops, mesh).leftovers == []
+
+
+def test_a_quota_shortfall_stops_create_before_any_launch_and_names_the_request(cluster_ops, moto, mesh) -> None:
+    from testbed.doubles.servicequotas import ServiceQuotasDouble
+
+    low = ServiceQuotasDouble(default=10000.0).start()
+    try:
+        low.set("us-east-1", "L-2C3B7624", 4.0)  # Trn on-demand: 4 vCPUs, a trn1.2xlarge has 8
+        faults = Faults()
+        ops = cluster_ops(on_client=faults, endpoint_urls={"pricing": "http://127.0.0.1:9",
+                                                           "service-quotas": low.url})
+        with pytest.raises(FailedPrecondition) as e:
+            create(ops, mesh, spec())
+        msg = str(e.value)
+        assert "us-east-1 L-2C3B7624 (Running On-Demand Trn instances): 4 vCPUs, needs 16" in msg
+        assert f"meshctl quotas request --cluster {mesh}" in msg and "nothing was launched" in msg
+        assert "RunInstances" not in faults.seen and "CreateVpc" not in faults.seen
+        assert "GetProducts" not in faults.seen, "quotas are checked before anything is priced"
+        assert "quota" in Registry(ops.aws).get(mesh).last_error
+        assert tagged(moto, "us-east-1", mesh) == []
+    finally:
+        low.stop()
+    assert delete(cluster_ops(), mesh).leftovers == []
+
+
 def test_a_taken_name_is_refused(cluster_ops, builder, mesh) -> None:
     ops = cluster_ops()
     first = create(ops, mesh, spec(profile="cost-savings", instance_types=(InstanceTypeSpec(FEW[0]),)))
@@ -264,7 +305,8 @@ def test_a_refused_launch_is_reported_and_a_rerun_converges_without_duplicates(c
     assert delete(ops, mesh).leftovers == [] and Registry(ops.aws).get(mesh) is None
 
 
-def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, iam_enforced) -> None:
+def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, iam_enforced, pricing_double,
+                                                      cluster_quotas) -> None:
     """moto evaluates the role's own policy for credentials from its STS (the double's are unknown to it)."""
     from infra.aws import Aws
     from infra.policy import cluster_document
@@ -274,7 +316,7 @@ def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, i
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                      "Principal": {"AWS": "arn:aws:iam::123456789012:root"}}]}
     arn = iam.create_role(RoleName=f"{mesh}-partial", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    doc = cluster_document()
+    doc = cluster_document(quotas=True)
     for st in doc["Statement"]:
         st["Resource"] = "*"  # moto derives no resource ARNs for SSM; the actions are the policy's own
         st.pop("Condition", None)
@@ -287,7 +329,8 @@ def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, i
                                     aws_secret_access_key=creds["SecretAccessKey"],
                                     aws_session_token=creds["SessionToken"])
     full = cluster_ops()
-    aws = Aws(lambda: session, endpoint_url=moto, sleep=lambda s: None)
+    aws = Aws(lambda: session, endpoint_url=moto, sleep=lambda s: None,
+              endpoint_urls={"pricing": pricing_double.url, "service-quotas": cluster_quotas.url})
     partial = dataclasses.replace(full, aws=aws, registry=Registry(aws))
     iam_enforced()
     try:
@@ -369,6 +412,7 @@ def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(
     ops = cluster_ops(on_client=rec)
     ops.selections.clear()  # region selection's calls count too
     res = create(ops, mesh, spec())
+    ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
     edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="cost-savings"))
     assert [d.name for d in ops.registry.list() if d.name == mesh] == [mesh]  # `meshctl clusters`
     assert len(ops.registry.history(mesh)) == 2

@@ -25,9 +25,12 @@ from tests.infra.helpers import FEW
 
 
 @pytest.fixture
-def cli(moto, sts, tmp_path, monkeypatch):
+def cli(moto, sts, tmp_path, monkeypatch, pricing_double, cluster_quotas):
     monkeypatch.setenv("MESHCTL_CONFIG_DIR", str(tmp_path / "meshctl"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("MESH_AWS_ENDPOINT_URL", moto)
+    monkeypatch.setenv("MESH_AWS_PRICING_ENDPOINT_URL", pricing_double.url)
+    monkeypatch.setenv("MESH_AWS_QUOTAS_ENDPOINT_URL", cluster_quotas.url)
     monkeypatch.setenv("MESH_AWS_STS_ENDPOINT_URL", sts.url)
     monkeypatch.setenv("MESH_PACKAGE", TEST_IMAGE["package"])
     runner = CliRunner()
@@ -88,6 +91,9 @@ def test_from_role_to_running_cluster_to_delete(cli, sts, tmp_path, mesh) -> Non
     r = cli("cluster", "create", "aws", *auth, "--edit-before-creation", name, input="y\n",
             env=editor(tmp_path, f"cp {src} \"$1\" && sed -i 's/performance/cost-savings/' \"$1\""))
     assert "1 meshd" in r.output and "Create this cluster?" in r.output and "created, spec version 1" in r.output
+    assert "total (this spec)" in r.output and "total if switched" in r.output  # before confirming
+    assert "cost-savings: $0.1010/h, $2.42/day" in r.output and "if switched" in r.output  # after
+    assert (tmp_path / "cache" / "meshctl" / "prices.json").exists()
     ctx = json.loads((tmp_path / "meshctl" / "contexts.json").read_text())
     assert ctx["current"] == name and ctx["clusters"][name]["external_id"] == ext
     assert (tmp_path / "meshctl" / "contexts.json").stat().st_mode & 0o777 == 0o600
@@ -105,6 +111,8 @@ def test_from_role_to_running_cluster_to_delete(cli, sts, tmp_path, mesh) -> Non
     r = cli("cluster", "edit", "--spec", str(spec_file(tmp_path, "v2", profile="performance")), "--yes")
     assert "-profile: cost-savings" in r.output and "+profile: performance" in r.output
     assert "spec version 2" in r.output
+    assert "on_demand_hour" in r.output and "us-west-2" in r.output  # the types offered per region
+    assert "total if switched" in r.output
     r = cli("cluster", "edit", name, env=editor(tmp_path, "true"))
     assert f"no change to cluster {name}" in r.output
     r = cli("cluster", "edit", name, ok=False, env=editor(tmp_path, "echo 'instance_types: [G6]' >> \"$1\""))
@@ -147,3 +155,16 @@ def test_cluster_use_sends_admin_commands_to_that_clusters_meshd(cli, tmp_path, 
         token_id = (secrets / "join-token").read_text().split(".")[0]
         assert token_id in r.stdout
     cli("cluster", "delete", mesh, "--yes")
+
+
+def test_infra_types_lists_offered_types_per_region_with_shape_and_price(cli) -> None:
+    rows = json.loads(cli("infra", "types", "--region", "us-east-1", "--region", "eu-west-1", "--types",
+                          f"{FEW[0]},m6i.large,g6.xlarge", "--spot", "-o", "json").output)
+    by = {(r["region"], r["type"]): r for r in rows}
+    assert ("us-east-1", FEW[0]) in by and ("eu-west-1", FEW[0]) not in by, "trn1 is not offered in eu-west-1"
+    m6i = by[("us-east-1", "m6i.large")]
+    assert (m6i["vcpus"], m6i["memory_gib"], m6i["gpus"], m6i["on_demand_hour"]) == (2, 8.0, 0, 0.096)
+    assert by[("eu-west-1", "m6i.large")]["on_demand_hour"] == pytest.approx(0.096 * 1.12)
+    g6 = by[("us-east-1", "g6.xlarge")]
+    assert g6["gpus"] == 1 and "L4" in g6["gpu"] and g6["on_demand_hour"] == 0.8048
+    assert m6i["spot_hour"] == pytest.approx(0.00001)  # moto's spot price history

@@ -1,0 +1,66 @@
+"""Before any instance is launched: the vCPU quotas a cluster needs, per region, against the account's.
+
+EC2 counts running on-demand instances against a vCPU quota per family
+(infra.quotas.QUOTA_CODES). A cluster needs, in each region it uses:
+
+- the main region: the coordinators' vCPUs (standard family, m6i…);
+- where its warm instances go: their vCPUs;
+- wherever a listed type is offered: room for one more instance of the
+  largest listed type of each family, so the first job can start.
+
+Only on-demand quotas stop a create: the cluster launches nothing on spot
+(`meshctl quotas check` reports spot quotas for the jobs). The comparison is
+with the quota's value, not what is free under it: instances outside the
+cluster also count, and AWS alone knows them all at launch time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra import quotas
+from infra.cluster import instances
+from infra.cluster.spec import ClusterDoc
+from infra.quotas import Need, QuotaRow
+
+
+def needs(doc: ClusterDoc, offered: dict[str, tuple[str, ...]], vcpus: dict[str, int]) -> list[Need]:
+    """`offered`: selected region → listed types offered there; `vcpus`: type → vCPUs (every type named)."""
+    spec = doc.spec
+    want: dict[tuple[str, str, str], int] = {}
+    types: dict[tuple[str, str, str], set[str]] = {}
+
+    def add(region: str, itype: str, n: int) -> None:
+        code, name = quotas.codes_for(itype)[0]
+        key = (region, code, name)
+        want[key] = want.get(key, 0) + n
+        types.setdefault(key, set()).add(itype)
+
+    add(spec.main_region, spec.coordinator_instance_type, spec.replicas * vcpus[spec.coordinator_instance_type])
+    for slot in instances.warm_slots(doc, offered):
+        add(slot.region, slot.instance_type, vcpus[slot.instance_type])
+    for region, here in sorted(offered.items()):
+        largest: dict[str, str] = {}
+        for t in here:
+            code = quotas.codes_for(t)[0][0]
+            if code not in largest or vcpus[t] > vcpus[largest[code]]:
+                largest[code] = t
+        for t in largest.values():
+            add(region, t, vcpus[t])
+    return [Need(r, c, n, v, tuple(sorted(types[(r, c, n)]))) for (r, c, n), v in sorted(want.items())]
+
+
+def shortfall_message(name: str, rows: list[QuotaRow]) -> str:
+    short = [r for r in rows if r.short]
+    lines = [f"{r.need.region} {r.need.code} ({r.need.name}): {_n(r.current)} vCPUs, needs {r.need.vcpus} "
+             f"for {', '.join(r.need.types)}" for r in short]
+    return (f"cluster {name}: {len(short)} vCPU quota{'s are' if len(short) > 1 else ' is'} too low, nothing "
+            "was launched: " + "; ".join(lines) + f". Ask AWS with `meshctl quotas request --cluster {name}`, "
+            "then run this command again once granted")
+
+
+def _n(x: Any) -> str:
+    return "0 (never set)" if x is None else f"{x:g}"
+
+
+__all__ = ["needs", "shortfall_message"]
