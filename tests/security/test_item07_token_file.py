@@ -44,3 +44,10 @@ def test_the_install_never_puts_the_token_in_the_environment_file(tmp_path):
     assert "5" * 32 not in env.read_text()
     assert "--token-file /etc/mesh/join-token --remove-token-file" in env.read_text()
     assert (tmp_path / "etc/mesh/join-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_cluster_role_trusts_the_calling_principal_not_the_whole_account():
+    from infra.cluster.access import caller_principal
+    assert (caller_principal("arn:aws:sts::123456789012:assumed-role/Admin/alice")
+            == "arn:aws:iam::123456789012:role/Admin")
+    assert caller_principal("arn:aws:iam::123456789012:user/bob") == "arn:aws:iam::123456789012:user/bob"
