@@ -247,6 +247,17 @@ class Agent:
         """"ok", or "degraded: ..." while a background loop restarts after an unexpected error."""
         return self.supervisor.health()
 
+    def _forget_token(self) -> None:
+        """Once joined, the join token is of no more use here: drop it (and its file, when asked)."""
+        self.config.token = ""
+        path = Path(self.config.token_file) if self.config.token_file else None
+        if self.config.remove_token_file and path is not None and path.exists():
+            try:
+                path.unlink()
+                log.info("joined: removed the join token file %s", path)
+            except OSError as e:
+                log.warning("cannot remove the join token file %s: %s", path, e.strerror)
+
     async def start(self) -> None:
         self._lock = StateLock(self.state_dir / "agent.lock", "meshagent",
                                "stop it first, or give this agent its own --state-dir")
@@ -265,6 +276,7 @@ class Agent:
         self.node_facts = await self.discover_facts()
         if self.identity is None:
             self.identity = await self.join()
+        self._forget_token()
         self.desired.load()
         await self._start_gossip()
         self.uplink.connect(self.identity)

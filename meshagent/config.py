@@ -21,6 +21,9 @@ class AgentConfig:
     join_address: str = ""
     #: join token, needed only on the first start
     token: str = ""
+    #: the file the token came from ("" if none), and whether to delete it once the node has joined
+    token_file: str = ""
+    remove_token_file: bool = False
     #: the local API for meshctl on this VM
     socket: str = "/run/meshagent/agent.sock"
     #: DNS responder address ("" disables); 127.0.0.77 leaves 127.0.0.53 to systemd-resolved

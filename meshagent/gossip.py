@@ -174,7 +174,9 @@ def _membership_proofs(identity, clock: Clock) -> dict:
     if identity is None:
         return {}
     from meshcore.gossip.leaveproof import leave_signer, leave_verifier
-    return {"sign_leave": leave_signer(identity.key_pem, identity.cert_pem, clock.wall),
+    def sign_leave(node: str, incarnation: int) -> bytes:  # the identity's current key: it is renewed in place
+        return leave_signer(identity.key_pem, identity.cert_pem, clock.wall)(node, incarnation)
+    return {"sign_leave": sign_leave,
             "verify_leave": leave_verifier(identity.ca_pem, clock.wall)}
 
 

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join-address", default=d.join_address, help="meshd's join listener (default: coordinator port + 1)")
     p.add_argument("--token-file", default="",
                    help="file holding the join token, first start only (or env MESH_JOIN_TOKEN)")
+    p.add_argument("--remove-token-file", action="store_true",
+                   help="delete the --token-file once this node has joined (a missing file is then no error)")
     p.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see jointoken.ARGV_REFUSED
     p.add_argument("--name", default=d.name, help=f"node name (default: host name, {d.name})")
     p.add_argument("--socket", default=d.socket, help=f"local API socket (default {d.socket})")
@@ -76,10 +78,14 @@ def parse_args(argv: list[str]) -> AgentConfig:
         p.error(f"--token is refused: {ARGV_REFUSED}")
     try:
         labels = parse_labels(a.label)
-        token = read_token_file(a.token_file) if a.token_file else os.environ.get("MESH_JOIN_TOKEN", "")
+        if a.token_file and a.remove_token_file and not os.path.exists(a.token_file):
+            token = ""  # deleted after the join: the identity in the state directory is used
+        else:
+            token = read_token_file(a.token_file) if a.token_file else os.environ.get("MESH_JOIN_TOKEN", "")
     except InvalidArgument as e:
         p.error(str(e))
     return AgentConfig(state_dir=a.state_dir, coordinator=a.coordinator, join_address=a.join_address, token=token,
+                       token_file=a.token_file, remove_token_file=a.remove_token_file,
                        name=a.name, socket=a.socket, dns=a.dns,
                        dns_upstreams=tuple(a.dns_upstream) if a.dns_upstream else None, metrics=a.metrics,
                        gossip=a.gossip, gossip_profile=a.gossip_profile, k3s=a.k3s, k3s_binary=a.k3s_binary,

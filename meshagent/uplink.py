@@ -11,7 +11,11 @@ After join, one mTLS channel carries everything:
   Each resumes from the last revision it applied after any disconnect, so a
   reconnect costs only the events missed; batched PUTs of the current set
   arrive first, then one event per change;
-- renewal every third of the lease TTL, carrying the node's current facts.
+- renewal every third of the lease TTL, carrying the node's current facts;
+  once less than a third of the certificate's life is left, a renewal also
+  carries a CSR for a new key. The new key and certificate replace the old
+  ones in the state directory and in the shared `Identity`, and the channel
+  is reopened with them (the watch streams resume on it from their revision).
 
 The uplink does not know what the rest of the agent does with what it hears;
 the agent wires that in with hooks: `on_record` (a signed catalog record, for
@@ -88,6 +92,7 @@ class Uplink:
         self.reconnects = 0
         self.left = False  # after a spot notice: no renewals, no re-asserting services
         self.channel: grpc.aio.Channel | None = None
+        self.identity: Identity | None = None
         self.catalog_stub: catalog_pb2_grpc.CatalogServiceStub | None = None
         self.node_stub: nodes_pb2_grpc.NodeServiceStub | None = None
         self.admission_stub: admission_pb2_grpc.AdmissionServiceStub | None = None
@@ -148,6 +153,7 @@ class Uplink:
     # -- the mTLS channel ---------------------------------------------------------------
     def connect(self, identity: Identity) -> None:
         """Open the channel (it connects lazily and reconnects by itself) and its stubs."""
+        self.identity = identity
         self.channel = mtls_channel(self.config.coordinator, identity)
         self.catalog_stub = catalog_pb2_grpc.CatalogServiceStub(self.channel)
         self.node_stub = nodes_pb2_grpc.NodeServiceStub(self.channel)
@@ -229,16 +235,40 @@ class Uplink:
         interval = FIRST_RENEW_S
         while not self.left:
             try:
-                resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self._facts()),
+                key, csr = self._new_key_if_due()
+                resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self._facts(), csr_pem=csr),
                                                        timeout=RPC_TIMEOUT_S)
                 interval = max(0.2, resp.lease_ttl_s / 3)
                 self.last_contact = self.clock.wall()
                 self.on_observed(resp.observed_address)
+                if key is not None and resp.certificate_pem:
+                    await self._replace_certificate(key, resp.certificate_pem.encode())
                 await self.on_renewed(resp)
             except grpc.aio.AioRpcError as e:
                 log.debug("renew failed: %s", e.code().name)
                 interval = min(interval, RETRY_RENEW_S)
             await asyncio.sleep(interval)
+
+    def _new_key_if_due(self) -> tuple[object | None, str]:
+        """(new key, its CSR) when the certificate has less than a third of its life left."""
+        if self.identity is None or not pki.renew_due(pki.load_cert(self.identity.cert_pem, "node certificate")):
+            return None, ""
+        key = pki.new_key()
+        return key, pki.make_csr(key, self.identity.name).decode()
+
+    async def _replace_certificate(self, key, cert_pem: bytes) -> None:
+        cert = pki.load_cert(cert_pem, "renewed certificate")
+        if pki.identity(cert)[1] != self.identity.node_id:
+            log.error("meshd renewed the certificate for another node (%s): keeping ours", pki.identity(cert)[1])
+            return
+        self.identity.key_pem, self.identity.cert_pem = pki.key_pem(key), cert_pem
+        self.identity.save(Path(self.config.state_dir))
+        old = self.channel
+        self.connect(self.identity)
+        log.info("node certificate renewed: valid until %s",
+                 cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC"))
+        # the watch streams on the old channel end and resume on the new one from their revision
+        asyncio.get_running_loop().call_later(1.0, lambda: asyncio.ensure_future(old.close(grace=1.0)))
 
     async def leave(self) -> None:
         """Tell meshd this node leaves: its services leave the catalog at once."""

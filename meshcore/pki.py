@@ -6,7 +6,11 @@
   replica's address works.
 - A node makes its own key and a CSR; meshd signs it after checking the join
   token. The certificate's subject is CN=<node id>, O=mesh-node (O=mesh-admin
-  for administrators). The private key never leaves the node.
+  for administrators, O=mesh-admin-issuer for administrators who may issue
+  admin certificates themselves). The private key never leaves the node.
+- Certificates are renewed before they expire: a node sends a new CSR in
+  Renew (over mTLS, with its current certificate) once less than a third of
+  its certificate's life is left (`renew_due`).
 - The join token carries the SHA-256 of the CA certificate (its "pin"), so a
   joining node can trust meshd before it has anything else (as K3s tokens do).
 """
@@ -30,6 +34,8 @@ from meshcore.errors import InvalidArgument, StateError, Unauthenticated
 SERVER_NAME = "meshd.mesh"
 KIND_NODE = "mesh-node"
 KIND_ADMIN = "mesh-admin"
+#: an admin who may also issue admin certificates (`meshctl admin cert --may-issue`)
+KIND_ADMIN_ISSUER = "mesh-admin-issuer"
 KIND_SERVER = "mesh-server"
 
 
@@ -87,6 +93,22 @@ def identity(cert: x509.Certificate) -> tuple[str, str]:
     if not cn or not org:
         raise Unauthenticated("client certificate has no mesh identity (CN and O)")
     return str(org[0].value), str(cn[0].value)
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """A certificate's serial number as lower-case hex: how admin certificates are named for revocation."""
+    return format(cert.serial_number, "x")
+
+
+def expires_at(cert: x509.Certificate) -> float:
+    return cert.not_valid_after_utc.timestamp()
+
+
+def renew_due(cert: x509.Certificate, now: dt.datetime | None = None) -> bool:
+    """True once less than a third of the certificate's life is left."""
+    now = now or _now()
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after_utc - now < life / 3
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -148,14 +170,15 @@ class CertificateAuthority:
         write_file(crt_path, cert_pem(cert))
         return cls(key, cert)
 
-    def _issue(self, subject_key, cn: str, kind: str, days: int, server: bool, sans: list[x509.GeneralName]) -> bytes:
+    def _issue(self, subject_key, cn: str, kind: str, life: dt.timedelta, server: bool,
+               sans: list[x509.GeneralName]) -> bytes:
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
                                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, kind)]))
                    .issuer_name(self.cert.subject).public_key(subject_key)
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(_now() - dt.timedelta(minutes=5))
-                   .not_valid_after(_now() + dt.timedelta(days=days))
+                   .not_valid_after(_now() + life)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage(
                        [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if server
@@ -164,8 +187,8 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return cert_pem(builder.sign(self.key, hashes.SHA256()))
 
-    def sign_csr(self, csr_pem: bytes | str, cn: str, kind: str, days: int = 365) -> bytes:
-        """Sign a node's or admin's CSR; the subject is ours, not the CSR's."""
+    def sign_csr(self, csr_pem: bytes | str, cn: str, kind: str, days: int = 365, seconds: float | None = None) -> bytes:
+        """Sign a node's or admin's CSR for `days` (or `seconds`); the subject is ours, not the CSR's."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
         except ValueError as e:
@@ -174,7 +197,8 @@ class CertificateAuthority:
             raise InvalidArgument("invalid CSR: its signature does not match its public key")
         if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
             raise InvalidArgument("invalid CSR: the key must be ECDSA P-256")
-        return self._issue(csr.public_key(), cn, kind, days, server=False, sans=[])
+        life = dt.timedelta(seconds=seconds) if seconds is not None else dt.timedelta(days=days)
+        return self._issue(csr.public_key(), cn, kind, life, server=False, sans=[])
 
     def server_cert(self, key: ec.EllipticCurvePrivateKey, extra_names: list[str] = ()) -> bytes:
         sans: list[x509.GeneralName] = [x509.DNSName(SERVER_NAME), x509.DNSName("localhost"),
@@ -184,4 +208,4 @@ class CertificateAuthority:
                 sans.append(x509.IPAddress(ipaddress.ip_address(n)))
             except ValueError:
                 sans.append(x509.DNSName(n))
-        return self._issue(key.public_key(), "meshd", KIND_SERVER, 825, server=True, sans=sans)
+        return self._issue(key.public_key(), "meshd", KIND_SERVER, dt.timedelta(days=825), server=True, sans=sans)

@@ -425,7 +425,7 @@ def delete_cmd(name: str = typer.Argument(..., help="cluster name"), yes: bool =
 @role_app.command("create")
 def role_create(name: str = typer.Option("meshctl-clusters", "--name", help="role name"),
                 trusted: Optional[str] = typer.Option(None, "--trusted", help="account id or ARN allowed to assume "
-                                                                             "it (default: this account)"),
+                                                                             "it (default: the user or role running this)"),
                 new_external_id: bool = typer.Option(False, "--new-external-id", help="replace the external id"),
                 endpoint_url: Optional[str] = ENDPOINT, sts_endpoint_url: Optional[str] = STS_ENDPOINT,
                 output: Output = OUTPUT_OPTION) -> None:

@@ -353,10 +353,13 @@ def keys_rotate(output: Output = OUTPUT_OPTION) -> None:
 
 
 # -- admin certificates ---------------------------------------------------------
-@admin_app.command("cert", help="Issue an admin certificate (90 days). Then, anywhere: "
+@admin_app.command("cert", help="Issue an admin certificate (12 hours unless --ttl). Then, anywhere: "
                    f"MESH_COORDINATOR=host:{MESHD_PORT} MESH_ADMIN_CERT_DIR=DIR meshctl …")
 def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 1123 label)"),
                out: str = typer.Option(..., "--out", help="directory for admin.key (0600), admin.crt and ca.crt"),
+               ttl: str = typer.Option("12h", "--ttl", help="lifetime: 30m, 12h, 7d (at most 90d)"),
+               may_issue: bool = typer.Option(False, "--may-issue",
+                                              help="the certificate may issue admin certificates itself"),
                output: Output = OUTPUT_OPTION) -> None:
     from pathlib import Path
 
@@ -364,7 +367,8 @@ def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 112
     _checked(check_name, name, "admin name")
     key = pki.new_key()
     resp = call(ENDPOINTS.admission().IssueAdminCert,
-                admission_pb2.IssueAdminCertRequest(csr_pem=pki.make_csr(key, name).decode()))
+                admission_pb2.IssueAdminCertRequest(csr_pem=pki.make_csr(key, name).decode(),
+                                                    ttl_s=parse_duration(ttl), may_issue=may_issue))
     d = Path(out)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -373,7 +377,31 @@ def admin_cert(name: str = typer.Argument(..., help="administrator name (RFC 112
         pki.write_file(d / "ca.crt", resp.ca_pem.encode())
     except OSError as e:
         fail(f"cannot write the certificate to {d}: {e.strerror}")
-    emit([{"NAME": name, "DIRECTORY": str(d)}], ["NAME", "DIRECTORY"], output, raw={"name": name, "dir": str(d)})
+    emit([{"NAME": name, "SERIAL": resp.serial, "EXPIRES": _ago(resp.expires_at), "DIRECTORY": str(d)}],
+         ["NAME", "SERIAL", "EXPIRES", "DIRECTORY"], output,
+         raw={"name": name, "serial": resp.serial, "expires_at": resp.expires_at, "dir": str(d)})
+
+
+def _admin_rows(certs) -> list[dict]:
+    return [{"SERIAL": c.serial, "NAME": c.name or "-", "EXPIRES": _ago(c.expires_at),
+             "ISSUER": "yes" if c.may_issue else "no", "REVOKED": "yes" if c.revoked else "no"} for c in certs]
+
+
+@admin_app.command("certs")
+def admin_certs(output: Output = OUTPUT_OPTION) -> None:
+    """List the admin certificates meshd issued or revoked (expired ones are left out)."""
+    resp = call(ENDPOINTS.admission().ListAdminCerts, admission_pb2.ListAdminCertsRequest())
+    emit(_admin_rows(resp.certs), ["SERIAL", "NAME", "EXPIRES", "ISSUER", "REVOKED"], output, raw=_dict(resp))
+
+
+@admin_app.command("revoke")
+def admin_revoke(serial_or_name: str = typer.Argument(..., help="a serial (hex, from `meshctl admin certs`) or "
+                                                                "an admin name (all of its certificates)"),
+                 output: Output = OUTPUT_OPTION) -> None:
+    """Revoke admin certificates: meshd refuses every call made with them from then on."""
+    resp = call(ENDPOINTS.admission().RevokeAdminCert,
+                admission_pb2.RevokeAdminCertRequest(serial_or_name=serial_or_name))
+    emit(_admin_rows(resp.certs), ["SERIAL", "NAME", "EXPIRES", "ISSUER", "REVOKED"], output, raw=_dict(resp))
 
 
 @app.command()

@@ -6,7 +6,9 @@
   on PATH, symlinks resolved; or --bin-dir), checked to exist, to be
   executable, to have an interpreter that exists and to lie outside what
   the unit's ProtectHome= hides; writes the daemon's environment file
-  (/etc/mesh/<daemon>.env, mode 0600: it holds the join token); checks the
+  (/etc/mesh/<daemon>.env, mode 0600) and, for an agent that has not joined,
+  the join token in /etc/mesh/join-token (0600), which the agent deletes
+  once it has joined (`--remove-token-file`); checks the
   unit with `systemd-analyze verify` where that exists; then runs
   `systemctl daemon-reload`, `enable` and `restart` (`start` when nothing
   changed, so a re-run does not bounce a running daemon), unless --no-start.
@@ -45,6 +47,8 @@ from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 UNIT_SOURCE = Path(__file__).resolve().parent.parent / "systemd"
 UNIT_DIR = "etc/systemd/system"
 ENV_DIR = "etc/mesh"
+#: the join token for the agent's first start, beside the environment file; deleted by the agent once joined
+TOKEN_FILE = "join-token"
 DEFAULT_BIN = "/usr/local/bin"
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -249,7 +253,8 @@ def masked(lines: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
 
 
 def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: str | None, no_start: bool,
-            dry_run: bool = False, timeout: float = 150.0) -> list[dict]:
+            dry_run: bool = False, timeout: float = 150.0, secret_files: dict[Path, str] | None = None) -> list[dict]:
+    """Write the unit, the environment file and `secret_files` (0600, never printed), then start."""
     unit_path = root / UNIT_DIR / f"{daemon}.service"
     env_path = root / ENV_DIR / f"{daemon}.env"
     unit = unit_text(daemon, bin_dir)
@@ -259,6 +264,12 @@ def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: st
         print(f"# {unit_path}\n{unit}\n# {env_path} (mode 0600)\n{render_env(masked(env_lines))}", end="")
         raise typer.Exit(0)
     rows = []
+    secrets_changed = False
+    for path, content in (secret_files or {}).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wrote = write_file(path, content, 0o600)
+        secrets_changed = secrets_changed or wrote
+        rows.append({"what": str(path), "result": "written" if wrote else "unchanged"})
     changed = write_file(unit_path, unit, 0o644)
     rows.append({"what": str(unit_path), "result": "written" if changed else "unchanged"})
     env_changed = write_file(env_path, render_env(env_lines), 0o600)
@@ -266,7 +277,7 @@ def install(daemon: str, root: Path, updates: dict[str, str | None], bin_dir: st
     verify_unit(unit_path, daemon)
     rows.append({"what": f"systemd-analyze verify {unit_path.name}",
                  "result": "ok" if shutil.which("systemd-analyze") else "skipped (no systemd-analyze)"})
-    changed = changed or env_changed
+    changed = changed or env_changed or secrets_changed
     if not no_start:
         # Restart only when something changed, so a re-run does not bounce a running daemon.
         # On a Type=notify unit, start returns once the daemon said READY=1.
@@ -338,10 +349,12 @@ def install_agent(
         if k3s:
             opts.append("--k3s")
         opts += check_daemon_args(daemon_arg)
-        updates = {"MESHAGENT_OPTS": " ".join(opts)}
-        if token is not None:
-            updates["MESH_JOIN_TOKEN"] = check_token(token)
-        return install("meshagent", root, updates, bin_dir, no_start, dry_run, timeout)
+        # The token goes to its own file, which the agent deletes once it has joined: it is never
+        # in the environment file (MESH_JOIN_TOKEN from an older install is dropped).
+        opts += ["--token-file", f"/{ENV_DIR}/{TOKEN_FILE}", "--remove-token-file"]
+        updates = {"MESHAGENT_OPTS": " ".join(opts), "MESH_JOIN_TOKEN": None}
+        files = {root / ENV_DIR / TOKEN_FILE: check_token(token) + "\n"} if token is not None and not joined else {}
+        return install("meshagent", root, updates, bin_dir, no_start, dry_run, timeout, files)
     emit(_edge(body), ["what", "result"], output, title="meshagent")
 
 

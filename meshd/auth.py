@@ -2,7 +2,8 @@
 
 Callers:
 - "local": came in on meshd's unix admin socket (root-owned, 0600): admin.
-- "admin": mTLS client certificate from the mesh CA with O=mesh-admin.
+- "admin": mTLS client certificate from the mesh CA with O=mesh-admin, or
+  O=mesh-admin-issuer for an admin who may also issue admin certificates.
 - "node":  mTLS client certificate with O=mesh-node; CN is the node id.
 - "anonymous": the join port (server TLS only): may only call Join.
 
@@ -11,6 +12,10 @@ handshake refuses any other); the join listener asks for none. Both share
 the servicers, which ask `caller_of(context)`, or `Callers` when the answer
 depends on the mesh as it is now: a removed node's certificate stays valid
 until it expires, so a node caller is also looked up.
+
+An admin certificate can be revoked (meshd.admincerts): the error interceptor
+asks whether the serial of every admin certificate that calls is revoked
+before the servicer runs, on the mTLS listener's every method.
 """
 
 from __future__ import annotations
@@ -32,10 +37,18 @@ from meshd import metrics
 class Caller:
     kind: str  # local | admin | node | anonymous
     id: str = ""
+    #: the client certificate's serial (hex), for admins: what revocation names
+    serial: str = ""
+    #: whether this admin may issue admin certificates (the admin socket always may)
+    issuer: bool = False
 
     @property
     def is_admin(self) -> bool:
         return self.kind in ("local", "admin")
+
+    @property
+    def may_issue(self) -> bool:
+        return self.kind == "local" or (self.kind == "admin" and self.issuer)
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.id}" if self.id else self.kind
@@ -47,11 +60,12 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     pem = (context.auth_context() or {}).get("x509_pem_cert")
     if not pem:
         return Caller("anonymous")
-    kind, cn = pki.identity(x509.load_pem_x509_certificate(pem[0]))
+    cert = x509.load_pem_x509_certificate(pem[0])
+    kind, cn = pki.identity(cert)
     if kind == pki.KIND_NODE:
         return Caller("node", cn)
-    if kind == pki.KIND_ADMIN:
-        return Caller("admin", cn)
+    if kind in (pki.KIND_ADMIN, pki.KIND_ADMIN_ISSUER):
+        return Caller("admin", cn, pki.serial_hex(cert), kind == pki.KIND_ADMIN_ISSUER)
     raise Unauthenticated(f"certificate kind {kind!r} may not call meshd")
 
 
@@ -103,9 +117,25 @@ def check_request_size(method: str, request) -> None:
         raise InvalidArgument(f"{method} request is {size} bytes: at most {limit} accepted")
 
 
+async def _not_revoked(serial: str) -> bool:
+    return False
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps MeshError to its gRPC status (message = the rule broken), bounds every request's
-    size per method, and records RPC metrics."""
+    size per method, refuses revoked admin certificates (`revoked(serial)`), and records RPC
+    metrics."""
+
+    def __init__(self, revoked: Callable[[str], Awaitable[bool]] = _not_revoked) -> None:
+        self._revoked = revoked
+
+    async def _check_caller(self, context) -> None:
+        if context.peer().startswith("unix:") or not (context.auth_context() or {}).get("x509_pem_cert"):
+            return
+        caller = caller_of(context)
+        if caller.kind == "admin" and await self._revoked(caller.serial):
+            raise Unauthenticated(f"admin certificate {caller.serial} ({caller.id}) was revoked: "
+                                  "ask an administrator for a new one")
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -121,6 +151,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 code = "OK"
                 try:
                     check_request_size(method, request)
+                    await self._check_caller(context)
                     return await inner(request, context)
                 except MeshError as e:
                     code = e.code
@@ -143,6 +174,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 code = "OK"
                 try:
                     check_request_size(method, request)
+                    await self._check_caller(context)
                     async for item in inner_s(request, context):
                         yield item
                 except MeshError as e:

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", action="append", default=[], help="extra name or address for meshd's certificate (repeatable)")
     p.add_argument("--k3s-server-url", default="", help="K3s server URL handed to agents")
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
+    p.add_argument("--node-cert-ttl", type=float, default=d.node_cert_ttl_s,
+                   help=f"seconds a node certificate lives; agents renew it with a third left (default {d.node_cert_ttl_s:.0f})")
     p.add_argument("--bootstrap-token-file", default="",
                    help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
     p.add_argument("--price-table", default="", metavar="FILE",
@@ -120,8 +122,9 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool,
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
-                       k3s_token_file=a.k3s_token_file, bootstrap_token_file=a.bootstrap_token_file,
-                       price_table=a.price_table, consul=consul, kubernetes=kubernetes)
+                       k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
+                       bootstrap_token_file=a.bootstrap_token_file, price_table=a.price_table, consul=consul,
+                       kubernetes=kubernetes)
 
 
 async def run(config: MeshdConfig) -> None:

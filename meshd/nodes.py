@@ -97,8 +97,10 @@ def decode(kv: KeyValue) -> types_pb2.Node:
 
 class Nodes:
     def __init__(self, store: Store, admission: Admission, addresses: AddressPool, ca: pki.CertificateAuthority,
-                 liveness: Liveness, clock: Clock = SYSTEM, rules: ClaimRules | None = None) -> None:
+                 liveness: Liveness, clock: Clock = SYSTEM, rules: ClaimRules | None = None,
+                 cert_ttl_s: float = 90 * 24 * 3600.0) -> None:
         self.store = store
+        self.cert_ttl_s = cert_ttl_s
         self.admission = admission
         self.addresses = addresses
         self.ca = ca
@@ -171,7 +173,7 @@ class Nodes:
             node.revision = 0
             node.labels.update(tok.labels)
             # Sign first: a CSR refused here leaves nothing behind.
-            cert = self.ca.sign_csr(csr_pem, node_id, pki.KIND_NODE)
+            cert = self.ca.sign_csr(csr_pem, node_id, pki.KIND_NODE, seconds=self.cert_ttl_s)
             res = await self.store.txn(
                 [*tok_cmp, absent(NAMES + node.name), *alloc.compares],
                 [*tok_ops, Put(PREFIX + node_id, _stored(node)), Put(NAMES + node.name, node_id.encode()),
@@ -193,6 +195,11 @@ class Nodes:
                 node.revision = res.revision
                 return self._live(node)
         raise Conflict(f"node {id_or_name} changed concurrently; retry")
+
+    def renew_certificate(self, node_id: str, csr_pem: str) -> bytes:
+        """A new certificate for `node_id` (a member calling over mTLS with its current one): the
+        subject is the caller's id whatever the CSR names, so a node can only renew itself."""
+        return self.ca.sign_csr(csr_pem, node_id, pki.KIND_NODE, seconds=self.cert_ttl_s)
 
     async def renew(self, node_id: str, facts: types_pb2.Node) -> types_pb2.Node:
         """Renew the lease; update changing facts (public address, WireGuard key/port, labels)."""

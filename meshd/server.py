@@ -43,6 +43,7 @@ from meshcore.errors import ConfigError, StateError
 from meshcore.statelock import StateLock, claim_socket
 from meshd import metrics
 from meshd.addresses import DEFAULT_POOL, AddressPool
+from meshd.admincerts import AdminCerts
 from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
@@ -90,6 +91,8 @@ class MeshdConfig:
     k3s_server_url: str = ""
     #: file holding the K3s agent token
     k3s_token_file: str = ""
+    #: lifetime of the node certificates meshd signs; agents renew them over mTLS with a third left
+    node_cert_ttl_s: float = 90 * 24 * 3600.0
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
     #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
@@ -133,7 +136,9 @@ class Coordinator:
         rules = ClaimRules(vpc_ranges=tuple(config.vpc_ranges), overlay_pool=config.overlay_pool,
                            endpoint_ranges=tuple(config.endpoint_ranges))
         rules.nets("vpc"), rules.nets("endpoint")  # a bad range is a start-up error, not a join error
-        self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules)
+        self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules,
+                           cert_ttl_s=config.node_cert_ttl_s)
+        self.admin_certs = AdminCerts(self.store, self.ca, clock)
         self.gossip = GossipKeys(self.store, clock)
         self.leases = LeaseLoop(self.liveness, self.nodes, self.catalog, self.gossip, self.store,
                                 is_leader=lambda: self.is_leader)
@@ -165,7 +170,7 @@ class Coordinator:
     def _add_servicers(self, server: grpc.aio.Server) -> list[str]:
         self._admission_servicer = AdmissionServicer(
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
-            self.k3s_join)
+            self.k3s_join, self.admin_certs)
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
         slots = WatchSlots()
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
@@ -235,7 +240,8 @@ class Coordinator:
         for what, addr in (("--listen", self.config.listen), ("--join-listen", self.config.join_listen)):
             if addr:
                 check_port_free(addr, what)
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self._server_options())
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(self.admin_certs.revoked)],
+                                 options=self._server_options())
         names = self._add_servicers(server)
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         pair = [(self._server_key, self._server_cert)]

@@ -17,6 +17,7 @@ from meshcore.errors import (
     FailedPrecondition, InvalidArgument, MeshError, PermissionDenied, ResourceExhausted, Unauthenticated,
 )
 from meshd import metrics
+from meshd.admincerts import AdminCertRecord, AdminCerts
 from meshd.admission import Admission, TokenRecord
 from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd.catalog import Catalog
@@ -86,10 +87,15 @@ def token_pb(rec: TokenRecord) -> admission_pb2.Token:
                                description=rec.description)
 
 
+def admin_cert_pb(rec: AdminCertRecord) -> admission_pb2.AdminCert:
+    return admission_pb2.AdminCert(serial=rec.serial, name=rec.name, expires_at=int(rec.expires_at),
+                                   may_issue=rec.may_issue, revoked=rec.revoked, issued_at=int(rec.issued_at))
+
+
 class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
     def __init__(self, admission: Admission, nodes: Nodes, catalog: Catalog, gossip: GossipKeys, callers: Callers,
                  ca: pki.CertificateAuthority, lease_ttl_s: float,
-                 k3s_join: Callable[[], tuple[str, str] | None]) -> None:
+                 k3s_join: Callable[[], tuple[str, str] | None], admin_certs: AdminCerts) -> None:
         self.admission = admission
         self.nodes = nodes
         self.catalog = catalog
@@ -98,6 +104,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         self.ca = ca
         self.lease_ttl_s = lease_ttl_s
         self.k3s_join = k3s_join
+        self.admin_certs = admin_certs
 
     async def CreateToken(self, request, context):
         require_admin(caller_of(context))
@@ -126,9 +133,12 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 
     async def Renew(self, request, context):
         node_id = await self.callers.node_caller(context)
+        # a new certificate first: a refused CSR renews nothing
+        cert = self.nodes.renew_certificate(node_id, request.csr_pem) if request.csr_pem else b""
         node = await self.nodes.renew(node_id, request.node)
         return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.lease_ttl_s),
-                                           gossip=self.gossip.config(), observed_address=observed(context))
+                                           gossip=self.gossip.config(), observed_address=observed(context),
+                                           certificate_pem=cert.decode())
 
     async def Leave(self, request, context):
         node_id = await self.callers.node_caller(context)
@@ -138,15 +148,22 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         return admission_pb2.LeaveResponse()
 
     async def IssueAdminCert(self, request, context):
+        caller = caller_of(context)
+        require_admin(caller)
+        if request.may_issue and not caller.may_issue:
+            raise PermissionDenied(f"{caller} may not grant the right to issue admin certificates")
+        cert, rec = await self.admin_certs.issue(caller, request.csr_pem, request.ttl_s, request.may_issue)
+        return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode(),
+                                                    serial=rec.serial, expires_at=int(rec.expires_at))
+
+    async def ListAdminCerts(self, request, context):
         require_admin(caller_of(context))
-        from cryptography import x509
-        try:
-            csr = x509.load_pem_x509_csr(request.csr_pem.encode())
-            name = csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
-        except (ValueError, IndexError) as e:
-            raise InvalidArgument(f"invalid CSR: a PEM CSR with a common name is needed ({e})") from e
-        cert = self.ca.sign_csr(request.csr_pem, str(name), pki.KIND_ADMIN, days=90)
-        return admission_pb2.IssueAdminCertResponse(certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode())
+        return admission_pb2.ListAdminCertsResponse(certs=[admin_cert_pb(r) for r in await self.admin_certs.list()])
+
+    async def RevokeAdminCert(self, request, context):
+        require_admin(caller_of(context))
+        recs = await self.admin_certs.revoke(request.serial_or_name)
+        return admission_pb2.RevokeAdminCertResponse(certs=[admin_cert_pb(r) for r in recs])
 
     async def K3sJoin(self, request, context):
         node_id = await self.callers.node_caller(context)

@@ -4,7 +4,8 @@
 role create`) and makes three roles:
 
 - the cluster role (default `meshctl-clusters`): trusted by one principal
-  (by default the caller's own account) only with the external id, carrying
+  (by default the IAM user or role running `role create`, never the whole
+  account unless asked with `--trusted ACCOUNT`) only with the external id, carrying
   `policy.cluster_document()` inline; this is all `meshctl cluster …` ever
   uses, so no user with IAM rights is needed afterwards;
 - `mesh-node` and `mesh-coordinator`, trusted by EC2, with instance profiles
@@ -134,7 +135,7 @@ def create_role(aws: Aws, name: str = DEFAULT_ROLE, trusted: str | None = None, 
     if external_id is not None:
         check_external_id(external_id)
     me = aws.call("sts", IAM_REGION, "GetCallerIdentity")
-    principal = _principal(trusted or me["Account"])
+    principal = _principal(trusted) if trusted else caller_principal(me["Arn"])
     existing = _get_role(aws, name)
     created = existing is None
     if external_id is None:
@@ -155,6 +156,19 @@ def create_role(aws: Aws, name: str = DEFAULT_ROLE, trusted: str | None = None, 
     for role, coordinator in ((policy.NODE_ROLE, False), (policy.COORDINATOR_ROLE, True)):
         _instance_role(aws, role, policy.instance_document(coordinator), tag)
     return RoleResult(arn, external_id, created, (policy.NODE_ROLE, policy.COORDINATOR_ROLE))
+
+
+def caller_principal(arn: str) -> str:
+    """The IAM principal a trust policy names for the caller: an assumed-role session is its role."""
+    m = re.match(r"^arn:(aws(?:-[a-z]+)*):sts::(\d{12}):assumed-role/([\w+=,.@-]+)/", arn)
+    if m:
+        return f"arn:{m.group(1)}:iam::{m.group(2)}:role/{m.group(3)}"
+    m = re.match(r"^arn:(aws(?:-[a-z]+)*):(?:iam|sts)::(\d{12}):(user|role)/(.+)$", arn)
+    if m:
+        return f"arn:{m.group(1)}:iam::{m.group(2)}:{m.group(3)}/{m.group(4)}"
+    if arn.endswith(":root"):
+        return arn
+    raise InvalidArgument(f"cannot name {arn} in a trust policy: pass --trusted with an account id or an IAM ARN")
 
 
 def _principal(trusted: str) -> str:

@@ -7,9 +7,10 @@
    (infra.cluster.capacity; a shortfall stops here, naming what to
    request) and the cost of the spec's profile and of the other one
    (infra.cluster.costs, when prices are given);
-1. local secrets: the mesh CA, an admin certificate for meshctl, and a
-   bootstrap join string, kept in the context directory (fetched from the
-   account when another machine created them);
+1. local secrets: the mesh CA certificate, a 30-day admin certificate for
+   meshctl, and a bootstrap join string, kept in the context directory
+   (fetched from the account when another machine created them); the CA key
+   is on this machine only until step 4 has stored it for the coordinators;
 2. the stable address (Elastic IP or load balancer), so it can be written
    into the join parameters and the instances' user data;
 3. the network: `infra.apply` with the join parameters;
@@ -190,15 +191,25 @@ class Secrets:
         return self.directory / "ca.crt"
 
 
+#: the context directory's admin certificate: it may issue others (`meshctl admin cert`), and it is
+#: re-issued by any converge or `cluster use` once a third of its life is left
+ADMIN_CERT_DAYS = 30
+
+
 def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
     """The CA, admin certificate and bootstrap join string in the context directory.
 
-    Made here on the first create; on another machine they are fetched from the
-    account (the CA must never be made twice: a new one would lock out every node)."""
+    The CA is made here on the first create, and its key stays on this machine only
+    until the coordinators' copy is in SSM (`converge` then removes `ca.key`); after
+    that it is read from the account into memory when an admin certificate is due,
+    never written to disk (the CA must never be made twice: a new one would lock out
+    every node). The admin certificate lives ADMIN_CERT_DAYS."""
     d = ops.secrets_dir(doc.name)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     region, prefix = doc.spec.main_region, secret_prefix(doc.name)
-    if not (d / "ca.key").exists():
+    if (d / "ca.key").exists():
+        ca = pki.CertificateAuthority.load_or_create(d, name=f"mesh CA {doc.name}")
+    else:
         stored = {k: _param(ops.aws, region, n) for k, n in (("ca.key", prefix + "ca-key"),
                                                               ("join-token", prefix + "join-token"))}
         if stored["ca.key"] is not None:
@@ -206,20 +217,32 @@ def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
             if crt is None or stored["join-token"] is None:
                 raise FailedPrecondition(f"cluster {doc.name}: the CA key is stored but its certificate or join "
                                          "token is missing in SSM; restore them or delete the cluster")
-            pki.write_file(d / "ca.key", stored["ca.key"].encode(), private=True)
+            ca = pki.CertificateAuthority(pki.load_key(stored["ca.key"].encode(), prefix + "ca-key"),
+                                          pki.load_cert(crt.encode(), f"/mesh/{doc.name}/ca-cert"))
             pki.write_file(d / "ca.crt", crt.encode())
-            pki.write_file(d / "join-token", stored["join-token"].encode(), private=True)
-    ca = pki.CertificateAuthority.load_or_create(d, name=f"mesh CA {doc.name}")
+            if not (d / "join-token").exists():
+                pki.write_file(d / "join-token", stored["join-token"].encode(), private=True)
+        else:
+            ca = pki.CertificateAuthority.load_or_create(d, name=f"mesh CA {doc.name}")
     token = d / "join-token"
     if not token.exists():
         from meshcore.jointoken import new_join_string
 
         pki.write_file(token, new_join_string(pki.pin(ca.pem)).encode(), private=True)
-    if not (d / "admin.crt").exists():
+    if _admin_cert_due(d / "admin.crt"):
         key = pki.new_key()
         pki.write_file(d / "admin.key", pki.key_pem(key), private=True)
-        pki.write_file(d / "admin.crt", ca.sign_csr(pki.make_csr(key, "meshctl"), "meshctl", "mesh-admin", days=3650))
+        pki.write_file(d / "admin.crt", ca.sign_csr(pki.make_csr(key, "meshctl"), "meshctl", pki.KIND_ADMIN_ISSUER,
+                                                    days=ADMIN_CERT_DAYS))
     return Secrets(d, ca, token)
+
+
+def _admin_cert_due(path: Path) -> bool:
+    try:
+        cert = pki.load_cert(path.read_bytes(), str(path))
+    except (OSError, MeshError):
+        return True
+    return pki.renew_due(cert)
 
 
 def _param(aws: Aws, region: str, name: str) -> str | None:
@@ -329,6 +352,7 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
         main = read_region(aws, doc.name, region)
     progress.phase("coordinator secrets and security group")
     _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
+    (sec.directory / "ca.key").unlink(missing_ok=True)  # the coordinators' copy is the one from now on
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
     offered = {r.name: r.offered for r in sel.regions if r.selected}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.v1 import types_pb2 as mesh_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/v1/admission.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"\xdc\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x10\n\x08max_uses\x18\x03 \x01(\r\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12*\n\x06labels\x18\x06 \x03(\x0b\x32\x1a.mesh.v1.Token.LabelsEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x01\n\x12\x43reateTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\r\x12\x15\n\x08max_uses\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.mesh.v1.CreateTokenRequest.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_max_uses\"D\n\x13\x43reateTokenResponse\x12\x1d\n\x05token\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"4\n\x12ListTokensResponse\x12\x1e\n\x06tokens\x18\x01 \x03(\x0b\x32\x0e.mesh.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"4\n\x13RevokeTokenResponse\x12\x1d\n\x05token\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.Token\"J\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.mesh.v1.Node\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"\xaa\x01\n\x0cJoinResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x04 \x01(\r\x12%\n\x06gossip\x18\x05 \x01(\x0b\x32\x15.mesh.v1.GossipConfig\x12\x18\n\x10observed_address\x18\x06 \x01(\t\"8\n\x0cGossipConfig\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x1a\n\x12\x63\x61talog_public_key\x18\x02 \x01(\x0c\"+\n\x0cRenewRequest\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\"\x82\x01\n\rRenewResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x13\n\x0blease_ttl_s\x18\x02 \x01(\r\x12%\n\x06gossip\x18\x03 \x01(\x0b\x32\x15.mesh.v1.GossipConfig\x12\x18\n\x10observed_address\x18\x04 \x01(\t\"\x18\n\x16RotateGossipKeyRequest\"8\n\x17RotateGossipKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\"\x0e\n\x0cLeaveRequest\"\x0f\n\rLeaveResponse\"(\n\x15IssueAdminCertRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"A\n\x16IssueAdminCertResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\"\x10\n\x0eK3sJoinRequest\"4\n\x0fK3sJoinResponse\x12\x12\n\nserver_url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t2\xf9\x04\n\x10\x41\x64missionService\x12H\n\x0b\x43reateToken\x12\x1b.mesh.v1.CreateTokenRequest\x1a\x1c.mesh.v1.CreateTokenResponse\x12\x45\n\nListTokens\x12\x1a.mesh.v1.ListTokensRequest\x1a\x1b.mesh.v1.ListTokensResponse\x12H\n\x0bRevokeToken\x12\x1b.mesh.v1.RevokeTokenRequest\x1a\x1c.mesh.v1.RevokeTokenResponse\x12\x33\n\x04Join\x12\x14.mesh.v1.JoinRequest\x1a\x15.mesh.v1.JoinResponse\x12\x36\n\x05Renew\x12\x15.mesh.v1.RenewRequest\x1a\x16.mesh.v1.RenewResponse\x12\x36\n\x05Leave\x12\x15.mesh.v1.LeaveRequest\x1a\x16.mesh.v1.LeaveResponse\x12Q\n\x0eIssueAdminCert\x12\x1e.mesh.v1.IssueAdminCertRequest\x1a\x1f.mesh.v1.IssueAdminCertResponse\x12<\n\x07K3sJoin\x12\x17.mesh.v1.K3sJoinRequest\x1a\x18.mesh.v1.K3sJoinResponse\x12T\n\x0fRotateGossipKey\x12\x1f.mesh.v1.RotateGossipKeyRequest\x1a .mesh.v1.RotateGossipKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/v1/admission.proto\x12\x07mesh.v1\x1a\x13mesh/v1/types.proto\"\xdc\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x10\n\x08max_uses\x18\x03 \x01(\r\x12\x0c\n\x04uses\x18\x04 \x01(\r\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12*\n\x06labels\x18\x06 \x03(\x0b\x32\x1a.mesh.v1.Token.LabelsEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x01\n\x12\x43reateTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\r\x12\x15\n\x08max_uses\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x37\n\x06labels\x18\x03 \x03(\x0b\x32\'.mesh.v1.CreateTokenRequest.LabelsEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_max_uses\"D\n\x13\x43reateTokenResponse\x12\x1d\n\x05token\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.Token\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x13\n\x11ListTokensRequest\"4\n\x12ListTokensResponse\x12\x1e\n\x06tokens\x18\x01 \x03(\x0b\x32\x0e.mesh.v1.Token\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"4\n\x13RevokeTokenResponse\x12\x1d\n\x05token\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.Token\"J\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x1b\n\x04node\x18\x02 \x01(\x0b\x32\r.mesh.v1.Node\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"\xaa\x01\n\x0cJoinResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x04 \x01(\r\x12%\n\x06gossip\x18\x05 \x01(\x0b\x32\x15.mesh.v1.GossipConfig\x12\x18\n\x10observed_address\x18\x06 \x01(\t\"8\n\x0cGossipConfig\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x1a\n\x12\x63\x61talog_public_key\x18\x02 \x01(\x0c\"<\n\x0cRenewRequest\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\"\x9b\x01\n\rRenewResponse\x12\x1b\n\x04node\x18\x01 \x01(\x0b\x32\r.mesh.v1.Node\x12\x13\n\x0blease_ttl_s\x18\x02 \x01(\r\x12%\n\x06gossip\x18\x03 \x01(\x0b\x32\x15.mesh.v1.GossipConfig\x12\x18\n\x10observed_address\x18\x04 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\t\"\x18\n\x16RotateGossipKeyRequest\"8\n\x17RotateGossipKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\"\x0e\n\x0cLeaveRequest\"\x0f\n\rLeaveResponse\"J\n\x15IssueAdminCertRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\x12\x11\n\tmay_issue\x18\x03 \x01(\x08\"e\n\x16IssueAdminCertResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\"t\n\tAdminCert\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\x12\x11\n\tmay_issue\x18\x04 \x01(\x08\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x11\n\tissued_at\x18\x06 \x01(\x03\"\x17\n\x15ListAdminCertsRequest\";\n\x16ListAdminCertsResponse\x12!\n\x05\x63\x65rts\x18\x01 \x03(\x0b\x32\x12.mesh.v1.AdminCert\"0\n\x16RevokeAdminCertRequest\x12\x16\n\x0eserial_or_name\x18\x01 \x01(\t\"<\n\x17RevokeAdminCertResponse\x12!\n\x05\x63\x65rts\x18\x01 \x03(\x0b\x32\x12.mesh.v1.AdminCert\"\x10\n\x0eK3sJoinRequest\"4\n\x0fK3sJoinResponse\x12\x12\n\nserver_url\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t2\xa2\x06\n\x10\x41\x64missionService\x12H\n\x0b\x43reateToken\x12\x1b.mesh.v1.CreateTokenRequest\x1a\x1c.mesh.v1.CreateTokenResponse\x12\x45\n\nListTokens\x12\x1a.mesh.v1.ListTokensRequest\x1a\x1b.mesh.v1.ListTokensResponse\x12H\n\x0bRevokeToken\x12\x1b.mesh.v1.RevokeTokenRequest\x1a\x1c.mesh.v1.RevokeTokenResponse\x12\x33\n\x04Join\x12\x14.mesh.v1.JoinRequest\x1a\x15.mesh.v1.JoinResponse\x12\x36\n\x05Renew\x12\x15.mesh.v1.RenewRequest\x1a\x16.mesh.v1.RenewResponse\x12\x36\n\x05Leave\x12\x15.mesh.v1.LeaveRequest\x1a\x16.mesh.v1.LeaveResponse\x12Q\n\x0eIssueAdminCert\x12\x1e.mesh.v1.IssueAdminCertRequest\x1a\x1f.mesh.v1.IssueAdminCertResponse\x12<\n\x07K3sJoin\x12\x17.mesh.v1.K3sJoinRequest\x1a\x18.mesh.v1.K3sJoinResponse\x12T\n\x0fRotateGossipKey\x12\x1f.mesh.v1.RotateGossipKeyRequest\x1a .mesh.v1.RotateGossipKeyResponse\x12Q\n\x0eListAdminCerts\x12\x1e.mesh.v1.ListAdminCertsRequest\x1a\x1f.mesh.v1.ListAdminCertsResponse\x12T\n\x0fRevokeAdminCert\x12\x1f.mesh.v1.RevokeAdminCertRequest\x1a .mesh.v1.RevokeAdminCertResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,25 +61,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GOSSIPCONFIG']._serialized_start=961
   _globals['_GOSSIPCONFIG']._serialized_end=1017
   _globals['_RENEWREQUEST']._serialized_start=1019
-  _globals['_RENEWREQUEST']._serialized_end=1062
-  _globals['_RENEWRESPONSE']._serialized_start=1065
-  _globals['_RENEWRESPONSE']._serialized_end=1195
-  _globals['_ROTATEGOSSIPKEYREQUEST']._serialized_start=1197
-  _globals['_ROTATEGOSSIPKEYREQUEST']._serialized_end=1221
-  _globals['_ROTATEGOSSIPKEYRESPONSE']._serialized_start=1223
-  _globals['_ROTATEGOSSIPKEYRESPONSE']._serialized_end=1279
-  _globals['_LEAVEREQUEST']._serialized_start=1281
-  _globals['_LEAVEREQUEST']._serialized_end=1295
-  _globals['_LEAVERESPONSE']._serialized_start=1297
-  _globals['_LEAVERESPONSE']._serialized_end=1312
-  _globals['_ISSUEADMINCERTREQUEST']._serialized_start=1314
-  _globals['_ISSUEADMINCERTREQUEST']._serialized_end=1354
-  _globals['_ISSUEADMINCERTRESPONSE']._serialized_start=1356
-  _globals['_ISSUEADMINCERTRESPONSE']._serialized_end=1421
-  _globals['_K3SJOINREQUEST']._serialized_start=1423
-  _globals['_K3SJOINREQUEST']._serialized_end=1439
-  _globals['_K3SJOINRESPONSE']._serialized_start=1441
-  _globals['_K3SJOINRESPONSE']._serialized_end=1493
-  _globals['_ADMISSIONSERVICE']._serialized_start=1496
-  _globals['_ADMISSIONSERVICE']._serialized_end=2129
+  _globals['_RENEWREQUEST']._serialized_end=1079
+  _globals['_RENEWRESPONSE']._serialized_start=1082
+  _globals['_RENEWRESPONSE']._serialized_end=1237
+  _globals['_ROTATEGOSSIPKEYREQUEST']._serialized_start=1239
+  _globals['_ROTATEGOSSIPKEYREQUEST']._serialized_end=1263
+  _globals['_ROTATEGOSSIPKEYRESPONSE']._serialized_start=1265
+  _globals['_ROTATEGOSSIPKEYRESPONSE']._serialized_end=1321
+  _globals['_LEAVEREQUEST']._serialized_start=1323
+  _globals['_LEAVEREQUEST']._serialized_end=1337
+  _globals['_LEAVERESPONSE']._serialized_start=1339
+  _globals['_LEAVERESPONSE']._serialized_end=1354
+  _globals['_ISSUEADMINCERTREQUEST']._serialized_start=1356
+  _globals['_ISSUEADMINCERTREQUEST']._serialized_end=1430
+  _globals['_ISSUEADMINCERTRESPONSE']._serialized_start=1432
+  _globals['_ISSUEADMINCERTRESPONSE']._serialized_end=1533
+  _globals['_ADMINCERT']._serialized_start=1535
+  _globals['_ADMINCERT']._serialized_end=1651
+  _globals['_LISTADMINCERTSREQUEST']._serialized_start=1653
+  _globals['_LISTADMINCERTSREQUEST']._serialized_end=1676
+  _globals['_LISTADMINCERTSRESPONSE']._serialized_start=1678
+  _globals['_LISTADMINCERTSRESPONSE']._serialized_end=1737
+  _globals['_REVOKEADMINCERTREQUEST']._serialized_start=1739
+  _globals['_REVOKEADMINCERTREQUEST']._serialized_end=1787
+  _globals['_REVOKEADMINCERTRESPONSE']._serialized_start=1789
+  _globals['_REVOKEADMINCERTRESPONSE']._serialized_end=1849
+  _globals['_K3SJOINREQUEST']._serialized_start=1851
+  _globals['_K3SJOINREQUEST']._serialized_end=1867
+  _globals['_K3SJOINRESPONSE']._serialized_start=1869
+  _globals['_K3SJOINRESPONSE']._serialized_end=1921
+  _globals['_ADMISSIONSERVICE']._serialized_start=1924
+  _globals['_ADMISSIONSERVICE']._serialized_end=2726
 # @@protoc_insertion_point(module_scope)

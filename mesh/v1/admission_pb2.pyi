@@ -118,22 +118,26 @@ class GossipConfig(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., catalog_public_key: _Optional[bytes] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
-    __slots__ = ("node",)
+    __slots__ = ("node", "csr_pem")
     NODE_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ...) -> None: ...
+    csr_pem: str
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., csr_pem: _Optional[str] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
-    __slots__ = ("node", "lease_ttl_s", "gossip", "observed_address")
+    __slots__ = ("node", "lease_ttl_s", "gossip", "observed_address", "certificate_pem")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     lease_ttl_s: int
     gossip: GossipConfig
     observed_address: str
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ...) -> None: ...
+    certificate_pem: str
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ..., certificate_pem: _Optional[str] = ...) -> None: ...
 
 class RotateGossipKeyRequest(_message.Message):
     __slots__ = ()
@@ -156,18 +160,64 @@ class LeaveResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class IssueAdminCertRequest(_message.Message):
-    __slots__ = ("csr_pem",)
+    __slots__ = ("csr_pem", "ttl_s", "may_issue")
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    MAY_ISSUE_FIELD_NUMBER: _ClassVar[int]
     csr_pem: str
-    def __init__(self, csr_pem: _Optional[str] = ...) -> None: ...
+    ttl_s: int
+    may_issue: bool
+    def __init__(self, csr_pem: _Optional[str] = ..., ttl_s: _Optional[int] = ..., may_issue: _Optional[bool] = ...) -> None: ...
 
 class IssueAdminCertResponse(_message.Message):
-    __slots__ = ("certificate_pem", "ca_pem")
+    __slots__ = ("certificate_pem", "ca_pem", "serial", "expires_at")
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     certificate_pem: str
     ca_pem: str
-    def __init__(self, certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ...) -> None: ...
+    serial: str
+    expires_at: int
+    def __init__(self, certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., serial: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class AdminCert(_message.Message):
+    __slots__ = ("serial", "name", "expires_at", "may_issue", "revoked", "issued_at")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAY_ISSUE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    name: str
+    expires_at: int
+    may_issue: bool
+    revoked: bool
+    issued_at: int
+    def __init__(self, serial: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[int] = ..., may_issue: _Optional[bool] = ..., revoked: _Optional[bool] = ..., issued_at: _Optional[int] = ...) -> None: ...
+
+class ListAdminCertsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAdminCertsResponse(_message.Message):
+    __slots__ = ("certs",)
+    CERTS_FIELD_NUMBER: _ClassVar[int]
+    certs: _containers.RepeatedCompositeFieldContainer[AdminCert]
+    def __init__(self, certs: _Optional[_Iterable[_Union[AdminCert, _Mapping]]] = ...) -> None: ...
+
+class RevokeAdminCertRequest(_message.Message):
+    __slots__ = ("serial_or_name",)
+    SERIAL_OR_NAME_FIELD_NUMBER: _ClassVar[int]
+    serial_or_name: str
+    def __init__(self, serial_or_name: _Optional[str] = ...) -> None: ...
+
+class RevokeAdminCertResponse(_message.Message):
+    __slots__ = ("certs",)
+    CERTS_FIELD_NUMBER: _ClassVar[int]
+    certs: _containers.RepeatedCompositeFieldContainer[AdminCert]
+    def __init__(self, certs: _Optional[_Iterable[_Union[AdminCert, _Mapping]]] = ...) -> None: ...
 
 class K3sJoinRequest(_message.Message):
     __slots__ = ()

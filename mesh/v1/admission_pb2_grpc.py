@@ -82,6 +82,16 @@ class AdmissionServiceStub:
                 request_serializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.FromString,
                 _registered_method=True)
+        self.ListAdminCerts = channel.unary_unary(
+                '/mesh.v1.AdmissionService/ListAdminCerts',
+                request_serializer=mesh_dot_v1_dot_admission__pb2.ListAdminCertsRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admission__pb2.ListAdminCertsResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdminCert = channel.unary_unary(
+                '/mesh.v1.AdmissionService/RevokeAdminCert',
+                request_serializer=mesh_dot_v1_dot_admission__pb2.RevokeAdminCertRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admission__pb2.RevokeAdminCertResponse.FromString,
+                _registered_method=True)
 
 
 class AdmissionServiceServicer:
@@ -156,6 +166,21 @@ class AdmissionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAdminCerts(self, request, context):
+        """Admin: the admin certificates meshd issued or revoked (expired ones are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdminCert(self, request, context):
+        """Admin: revoke admin certificates by serial (hex) or by name; every call made
+        with them is refused from then on (UNAUTHENTICATED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdmissionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +228,16 @@ def add_AdmissionServiceServicer_to_server(servicer, server):
                     servicer.RotateGossipKey,
                     request_deserializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.SerializeToString,
+            ),
+            'ListAdminCerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminCerts,
+                    request_deserializer=mesh_dot_v1_dot_admission__pb2.ListAdminCertsRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admission__pb2.ListAdminCertsResponse.SerializeToString,
+            ),
+            'RevokeAdminCert': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdminCert,
+                    request_deserializer=mesh_dot_v1_dot_admission__pb2.RevokeAdminCertRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admission__pb2.RevokeAdminCertResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +486,60 @@ class AdmissionService:
             '/mesh.v1.AdmissionService/RotateGossipKey',
             mesh_dot_v1_dot_admission__pb2.RotateGossipKeyRequest.SerializeToString,
             mesh_dot_v1_dot_admission__pb2.RotateGossipKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminCerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AdmissionService/ListAdminCerts',
+            mesh_dot_v1_dot_admission__pb2.ListAdminCertsRequest.SerializeToString,
+            mesh_dot_v1_dot_admission__pb2.ListAdminCertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdminCert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AdmissionService/RevokeAdminCert',
+            mesh_dot_v1_dot_admission__pb2.RevokeAdminCertRequest.SerializeToString,
+            mesh_dot_v1_dot_admission__pb2.RevokeAdminCertResponse.FromString,
             options,
             channel_credentials,
             insecure,

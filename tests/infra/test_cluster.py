@@ -13,6 +13,7 @@ import io
 import re
 import datetime as dt
 import json
+import urllib.parse
 import subprocess
 from typing import Any
 
@@ -87,6 +88,10 @@ def test_role_create_converges_and_keeps_its_external_id(base_aws, cluster_role,
     iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto)
     role = iam.get_role(RoleName="meshctl-clusters")["Role"]
     assert access.trusted_external_ids(role["AssumeRolePolicyDocument"]) == {cluster_role.external_id}
+    trust = role["AssumeRolePolicyDocument"]
+    trust = trust if isinstance(trust, dict) else json.loads(urllib.parse.unquote(trust))
+    me = boto3.client("sts", region_name="us-east-1", endpoint_url=moto).get_caller_identity()["Arn"]
+    assert [st["Principal"]["AWS"] for st in trust["Statement"]] == [access.caller_principal(me)]  # not :root
     doc = iam.get_role_policy(RoleName="meshctl-clusters", PolicyName="mesh-clusters")["PolicyDocument"]
     from infra.policy import cluster_document
     assert (doc if isinstance(doc, dict) else json.loads(doc)) == cluster_document(quotas=True)

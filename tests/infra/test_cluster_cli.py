@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import boto3
 import pytest
 from typer.testing import CliRunner
 
@@ -138,8 +139,11 @@ def test_cluster_use_sends_admin_commands_to_that_clusters_meshd(cli, tmp_path, 
     secrets = tmp_path / "meshctl" / "clusters" / mesh
     with LocalMesh(tmp_path / "coordinator") as lm:
         (lm.root / "meshd").mkdir(mode=0o700, parents=True)
-        for f in ("ca.key", "ca.crt"):  # what the coordinator's user data fetches from SSM
-            shutil.copy(secrets / f, lm.root / "meshd" / f)
+        assert not (secrets / "ca.key").exists()  # the CA key left this machine once SSM held it
+        ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=os.environ["MESH_AWS_ENDPOINT_URL"])
+        key = ssm.get_parameter(Name=f"/mesh-clusters/{mesh}/coordinator/ca-key", WithDecryption=True)
+        (lm.root / "meshd" / "ca.key").write_text(key["Parameter"]["Value"])  # as the coordinator's user data does
+        shutil.copy(secrets / "ca.crt", lm.root / "meshd" / "ca.crt")
         lm.start_meshd(extra=("--bootstrap-token-file", str(secrets / "join-token")))
         ctx_path = tmp_path / "meshctl" / "contexts.json"
         ctx = json.loads(ctx_path.read_text())

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from meshctl.stack import dns_app, install_app, k3s_app
 
 ROOT = Path(__file__).resolve().parents[2]
+TF = " --token-file /etc/mesh/join-token --remove-token-file"
 TOKEN = "t0123abcd." + "5" * 32 + "." + "a" * 64
 
 app = typer.Typer()
@@ -74,9 +75,11 @@ def test_install_agent_writes_unit_env_file_and_starts(host):
     assert unit.read_text() == shipped("meshagent")
     env = host.root / "etc/mesh/meshagent.env"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert env_lines(env) == ['MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s"', f"MESH_JOIN_TOKEN={TOKEN}"]
+    assert env_lines(env) == [f'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s{TF}"']
+    token = host.root / "etc/mesh/join-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.read_text() == TOKEN + "\n"
     assert host.calls() == [["daemon-reload"], ["enable", "meshagent.service"], ["restart", "meshagent.service"]]
-    assert [row["result"] for row in json.loads(r.stdout)] == ["written", "written", "ok", "ok", "ok", "ok (ready)"]
+    assert [row["result"] for row in json.loads(r.stdout)] == ["written"] * 3 + ["ok", "ok", "ok", "ok (ready)"]
 
 
 def test_install_agent_with_name_labels_and_empty_token_after_join(host):
@@ -89,7 +92,7 @@ def test_install_agent_with_name_labels_and_empty_token_after_join(host):
     assert r.exit_code == 0, r.output
     assert env_lines(host.root / "etc/mesh/meshagent.env") == [
         'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --name qwen-coder --label sky.cluster=qwen-coder '
-        '--label gpu.model=L4"']
+        f'--label gpu.model=L4{TF}"']
 
 
 def test_reinstall_without_changes_does_not_bounce_the_daemon(host):
@@ -110,8 +113,8 @@ def test_token_from_environment_and_user_lines_are_kept(host):
                                  "--root", str(host.root), "--no-start"], env={"MESH_JOIN_TOKEN": TOKEN})
     assert r.exit_code == 0, r.output
     assert env.read_text().splitlines() == ["# my notes", "HTTPS_PROXY=http://10.4.0.9:3128",
-                                            'MESHAGENT_OPTS="--coordinator mesh.example.internal:7443"',
-                                            f"MESH_JOIN_TOKEN={TOKEN}"]
+                                            f'MESHAGENT_OPTS="--coordinator mesh.example.internal:7443{TF}"']
+    assert (host.root / "etc/mesh/join-token").read_text() == TOKEN + "\n"
     assert host.calls() == []  # --no-start
 
 
@@ -171,13 +174,13 @@ def test_k3s_join_and_leave_toggle_the_agent_option(host):
     env = host.root / "etc/mesh/meshagent.env"
     r = host.run("k3s", "join")
     assert r.exit_code == 0, r.output
-    assert env_lines(env)[0] == 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443 --k3s"'
+    assert env_lines(env)[0] == f'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443{TF} --k3s"'
     assert host.calls()[-1] == ["restart", "meshagent.service"]
     n = len(host.calls())
     assert host.run("k3s", "join").exit_code == 0
     assert len(host.calls()) == n  # already joined: no restart
     assert host.run("k3s", "leave").exit_code == 0
-    assert env_lines(env)[0] == 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443"'
+    assert env_lines(env)[0] == f'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443{TF}"'
     assert host.calls()[-2:] == [["stop", "mesh-k3s-agent.service"], ["restart", "meshagent.service"]]
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
 
@@ -294,8 +297,8 @@ def test_an_executable_under_home_is_refused(host, tmp_path, monkeypatch):
 def test_dry_run_prints_the_unit_and_the_environment_file_and_changes_nothing(host):
     r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--dry-run")
     assert r.exit_code == 0, r.output
-    assert "ExecStart=" in r.output and 'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443"' in r.output
-    assert 'MESH_JOIN_TOKEN="t0123abcd.<secret>.' in r.output and "5" * 32 not in r.output
+    assert "ExecStart=" in r.output and f'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443{TF}"' in r.output
+    assert "MESH_JOIN_TOKEN=" not in r.output and "5" * 32 not in r.output
     assert not (host.root / "etc").exists() and host.calls() == []
 
 
