@@ -116,9 +116,10 @@ refuse_second_main() {  # the mesh has one main node: refuse if another one answ
 }
 
 coordinator() {
-  # On AWS the private VPC address is the node's mesh address.
+  # On AWS the private VPC address is the node's mesh address: the one the instance metadata names
+  # (the first address `hostname -I` lists may belong to another interface: Docker's, a second NIC).
   local addr public
-  addr=$(hostname -I | awk '{print $1}')
+  addr=$(imds local-ipv4) || addr=$(hostname -I | awk '{print $1}')
   refuse_second_main "$addr"
   # VMs on other clouds join over the main node's public address (the group mesh-<name>-main admits 7443-7444).
   public=$(imds public-ipv4) || public=""

@@ -19,7 +19,10 @@ from testbed.doubles.imds import ImdsDouble
 
 def make(cloud: str, spec: dict):
     if cloud == "aws":
-        return ImdsDouble(lifecycle=spec.get("lifecycle", "on-demand"), meta=spec["meta"])
+        double = ImdsDouble(lifecycle=spec.get("lifecycle", "on-demand"), meta=spec["meta"])
+        if spec.get("notice"):  # a spot interruption notice already posted: {"action": ..., "time": ...}
+            double.post_notice(spec["notice"]["action"], spec["notice"]["time"])
+        return double
     if cloud == "gcp":
         return GcpMetadataDouble(**spec)
     if cloud == "azure":

@@ -19,18 +19,32 @@ NAT), `nvidia-smi` on the two VMs with GPUs, and a file system of its own
 
 Each agent discovers its cloud, VPC, addresses and GPUs, and runs WireGuard
 on mesh0 by default.
+
+K3s cannot run here: on the main node `k3s` is "installed" and its API server
+is the Kubernetes double (testbed/lab/standins.py), already running with its
+kubeconfig at /etc/rancher/k3s/k3s.yaml when setup starts, as the K3s service
+would be; meshd mirrors every name into it.
+
+`run_template(role, yaml, ...)` runs a SkyPilot template's `setup` and `run`
+on a VM as SkyPilot does (the task's envs and secrets, SKYPILOT_CLUSTER_INFO,
+the node ranks, the workdir as the current directory), with stand-ins only
+for apt-get, pip, K3s, vLLM and LiveBench (testbed/lab/standins.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from testbed.doubles.imds import aws_instance
+from testbed.lab import standins
 from testbed.lab.lab import Lab
 from testbed.lab.topology import MAIN_REGION
 from testbed.lab.vm import ROOT, VmRoot
@@ -46,6 +60,7 @@ INSTANCE_TYPES = {"hub": "m6i.large", "ra": "g6.12xlarge", "rb": "g6.xlarge"}
 #: the lab's "internet" is 198.18.0.0/15, a range reserved for test networks: meshd is told to take it as public
 MESHD_ARGS = "--allow-endpoint-range=198.18.0.0/15"
 MOTO_PORT = 5000
+K3S_API_PORT = 6443
 AWS_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": MAIN_REGION}
 
@@ -78,6 +93,9 @@ class LabDaemons:
 
     def ifname(self, role: str) -> str:
         return "mesh0"
+
+    def host_path(self, role: str, path: str) -> Path:
+        return self.vms[role].host_path(path)
 
     def agent_socket(self, role: str) -> Path:
         return self.vms[role].host_path("/run/meshagent/agent.sock")
@@ -169,15 +187,124 @@ class LabDaemons:
                 return dict(kv.split("=", 1) for kv in line.split()[2:] if "=" in kv)
         raise RuntimeError(f"no ready line from the agent in {role}:\n{self._tail(role)}")
 
+    def _k3s_server(self) -> None:
+        """K3s' API server on the main node (the Kubernetes double), as the K3s service would be running."""
+        if getattr(self, "_k3s", None) is not None and self._k3s.poll() is None:
+            return
+        self.k3s_token = secrets.token_hex(16)
+        p = self.vm_popen("hub", [sys.executable, "-m", "testbed.lab.standins", "k3s-server",
+                                  "/etc/rancher/k3s/k3s.yaml", f"0.0.0.0:{K3S_API_PORT}", self.k3s_token],
+                          stdout=subprocess.PIPE, text=True)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("the K3s API server stand-in in the hub did not start")
+        self._k3s = p
+
+    def kube_get(self, path: str) -> dict | None:
+        """GET a path of the main node's K3s API (inside the hub); None when 404."""
+        code = ("import json, sys, urllib.request, urllib.error\n"
+                "req = urllib.request.Request(sys.argv[1], headers={'Authorization': 'Bearer ' + sys.argv[2]})\n"
+                "try: print(urllib.request.urlopen(req, timeout=5).read().decode())\n"
+                "except urllib.error.HTTPError as e:\n"
+                "    if e.code != 404: raise\n"
+                "    print('null')\n")
+        r = self.lab.run("hub", [sys.executable, "-c", code, f"http://127.0.0.1:{K3S_API_PORT}{path}",
+                                 self.k3s_token])
+        return json.loads(r.stdout)
+
     def start_coordinator(self) -> None:
         self.vms["hub"].prepare(k3s=True)  # K3s cannot run here: a k3s that is "installed" is enough for the script
         self._metadata("hub")
         self._moto()
+        self._k3s_server()
         self.vm_run("hub", ["bash", "sky/mesh-setup.sh", "coordinator"], {**AWS_ENV, "MESHD_ARGS": MESHD_ARGS})
-        self.token = self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
-            "import boto3; print(boto3.client('ssm').get_parameter(Name='/mesh/lab/join-token', "
-            "WithDecryption=True)['Parameter']['Value'])")], AWS_ENV).stdout.strip()
+        self._after_coordinator()
+
+    def _after_coordinator(self) -> None:
+        self.token = self.ssm_get("/mesh/lab/join-token")
         self.ready["hub"] = self._read_ready("hub")
+
+    def ssm_get(self, name: str) -> str:
+        return self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import sys, boto3; print(boto3.client('ssm').get_parameter(Name=sys.argv[1], "
+            "WithDecryption=True)['Parameter']['Value'])"), name], AWS_ENV).stdout.strip()
+
+    def vm_popen(self, role: str, command: list[str], env: dict[str, str] | None = None, vm: str | None = None,
+                 **kw) -> subprocess.Popen:
+        """Start a long-running command in a VM (as vm_run does); Lab.down() ends it."""
+        vm = vm or role
+        full = {"HOME": "/root", "LANG": "C.UTF-8", "MESH_NAME": "lab", "MESH_REGION": MAIN_REGION,
+                **(env or {})}
+        return self.lab.popen(role, ["env", "-i", *[f"{k}={v}" for k, v in full.items()],
+                                     *self.vms[vm].argv(command)], **kw)
+
+    # -- SkyPilot templates ---------------------------------------------------------------
+    def template_env(self, yaml_path: str, cluster: str, cloud: str, envs: dict[str, str] | None = None,
+                     secrets_: dict[str, str] | None = None) -> tuple[dict, dict[str, str]]:
+        """The task and the environment SkyPilot gives its setup and run (a None env left unset is an error,
+        as `sky launch` says)."""
+        task = yaml.safe_load((ROOT / yaml_path).read_text())
+        env = {**(task.get("envs") or {}), **(task.get("secrets") or {}), **(envs or {}), **(secrets_ or {})}
+        missing = [k for k, v in env.items() if v is None]
+        if missing:
+            raise ValueError(f"{yaml_path}: set {', '.join(missing)} (sky launch --env)")
+        accel = (task.get("resources") or {}).get("accelerators") or ""
+        gpus = accel.split(":")[1] if ":" in str(accel) else ("1" if accel else "0")
+        env = {k: str(v) for k, v in env.items()}
+        env.update({
+            "SKYPILOT_CLUSTER_INFO": json.dumps({"cluster_name": cluster, "cloud": cloud, "region": "",
+                                                 "zone": None, "python_path": sys.executable}),
+            "SKYPILOT_SETUP_NODE_RANK": "0", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_NODES": "1",
+            "SKYPILOT_NUM_GPUS_PER_NODE": gpus, "SKYPILOT_TASK_ID": f"sky-lab_{cluster}_1"})
+        return task, env
+
+    def run_template(self, role: str, yaml_path: str, cluster: str, *, cloud: str = "aws",
+                     envs: dict[str, str] | None = None, secrets: dict[str, str] | None = None,
+                     vm: str | None = None, run: str = "foreground", timeout: float = 240):
+        """`sky launch -c CLUSTER YAML` on a lab VM: setup, then run (`foreground`: wait and return the
+        result; `background`: return the Popen, as a server's run never ends; `none`: setup only).
+        On an AWS VM the SSM calls reach the hub's moto server, as an instance profile reaches SSM;
+        setup's failure is returned (check returncode), not raised."""
+        vm = vm or role
+        root = self.vms.setdefault(vm, VmRoot(self.state, vm))
+        if vm != role:
+            self._netns[vm] = role
+        root.prepare(gpus=GPUS.get(role, ""))
+        standins.install(root)
+        if role == "hub":
+            self._metadata("hub")
+            self._moto()
+            self._k3s_server()
+        else:
+            self._metadata(role)
+        task, env = self.template_env(yaml_path, cluster, cloud, envs, secrets)
+        if cloud == "aws":
+            env.update({**AWS_ENV, "AWS_ENDPOINT_URL": f"http://{'127.0.0.1' if role == 'hub' else '10.4.0.10'}:"
+                                                       f"{MOTO_PORT}"})
+        env["MESH_NAME"] = "lab"
+        if role == "hub":
+            env["MESHD_ARGS"] = MESHD_ARGS
+        setup = self._bash(role, task.get("setup") or "", env, vm, timeout)
+        if setup.returncode != 0:
+            return setup
+        if role == "hub" and "coordinator" in (task.get("setup") or ""):
+            self._after_coordinator()
+        elif self.journal(vm).exists():
+            self.ready[vm] = self._read_ready(vm)
+        if run == "none" or not task.get("run"):
+            return setup
+        if run == "background":
+            log = open(root.root / "run.log", "ab")
+            return self.vm_popen(role, ["bash", "-c", task["run"]], {"HOME": "/home/ubuntu", **env}, vm=vm,
+                                 stdout=log, stderr=log)
+        return self._bash(role, task["run"], env, vm, timeout)
+
+    def _bash(self, role: str, script: str, env: dict[str, str], vm: str, timeout: float):
+        # SkyPilot's user on the VM (ubuntu on AWS images); sudo is the stand-in that just runs its command
+        return subprocess.run(["ip", "netns", "exec", self.lab.netns(role), "env", "-i",
+                               *[f"{k}={v}" for k, v in {"HOME": "/home/ubuntu", "LANG": "C.UTF-8", "USER": "ubuntu",
+                                                         **env}.items()],
+                               *self.vms[vm].argv(["bash", "-c", script])],
+                              capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
 
     def start_agent(self, role: str, token: str | None = None) -> None:
         """`sky/mesh-setup.sh agent NAME` on the VM; again on a VM that has joined, it just restarts the agent."""
