@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-from bench.common import show, write
+from bench.common import discard, show, write
 
 ALL = ["control", "gossip", "dataplane", "integrations", "infra", "ha", "security"]
 
@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"== {name}")
+        discard(name)  # a run that fails must not leave the previous run's figures behind
         t0 = time.monotonic()
         try:
             records = module.run()
