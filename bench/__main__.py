@@ -32,11 +32,16 @@ def main(argv: list[str]) -> int:
         try:
             records = module.run()
         except Exception as e:  # a benchmark failing must not hide the others' results
+            import traceback
+            traceback.print_exc()
             print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(name)
             continue
         path = write(name, records)
         show(records)
+        from bench.plots import draw
+        for png in draw(name):
+            print(f"   plot -> {png}")
         print(f"-- {name}: {len(records)} records in {time.monotonic() - t0:.1f}s -> {path}")
     return 1 if failed else 0
 

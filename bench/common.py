@@ -53,8 +53,9 @@ def write(name: str, records: list[dict[str, Any]]) -> Path:
 
 def discard(name: str) -> None:
     """Remove a previous run's results, so a failed run leaves nothing that looks current."""
-    for suffix in (".json",):
-        (OUT / f"{name}{suffix}").unlink(missing_ok=True)
+    (OUT / f"{name}.json").unlink(missing_ok=True)
+    for png in OUT.glob(f"{name}_*.png"):
+        png.unlink()
 
 
 def show(records: list[dict[str, Any]]) -> None:

@@ -25,7 +25,9 @@ def available() -> bool:
 def _free_ports(n: int) -> list[int]:
     socks, ports = [], []
     try:
-        for _ in range(n):
+        for _ in range(20 * n):  # bounded; a port free for UDP but taken for TCP is skipped
+            if len(ports) == n:
+                break
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -41,6 +43,8 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+    if len(ports) < n:
+        raise RuntimeError(f"found only {len(ports)} of {n} free loopback ports")
     return ports
 
 
