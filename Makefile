@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # SkyPilot (tests load sky/*.yaml with its own loader) pins protobuf below ours: its own virtualenv.
 SKY_VENV := .venv-sky
 SKY_STAMP := $(SKY_VENV)/.installed
-APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd jq dnsmasq-base dnsperf prometheus libfaketime $(if $(wildcard /usr/bin/kubectl),,kubernetes-client)
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd jq dnsmasq-base dnsperf prometheus libfaketime serf $(if $(wildcard /usr/bin/kubectl),,kubernetes-client)
 BENCH ?= all
 PYTEST_ARGS ?=
 

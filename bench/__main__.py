@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-from bench.common import show, write
+from bench.common import discard, show, write
 
 ALL = ["control", "gossip", "dataplane", "integrations", "infra", "ha", "security"]
 
@@ -27,15 +27,21 @@ def main(argv: list[str]) -> int:
                 continue
             raise
         print(f"== {name}")
+        discard(name)  # a run that fails must not leave the previous run's figures behind
         t0 = time.monotonic()
         try:
             records = module.run()
         except Exception as e:  # a benchmark failing must not hide the others' results
+            import traceback
+            traceback.print_exc()
             print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
             failed.append(name)
             continue
         path = write(name, records)
         show(records)
+        from bench.plots import draw
+        for png in draw(name):
+            print(f"   plot -> {png}")
         print(f"-- {name}: {len(records)} records in {time.monotonic() - t0:.1f}s -> {path}")
     return 1 if failed else 0
 

@@ -15,8 +15,15 @@ Simulated (tests/sim, seeded, LAN profile = memberlist's LAN timings):
 
 Real sockets (GossipNode on 127.0.0.1): crash_to_record_removal_s_n20, crash
 of one of 20 nodes until its catalog record has left every other node's view
-(what the agent's DNS serves from). Anchor: real Serf agents on loopback
-(../shared/FACTS.md).
+(what the agent's DNS serves from).
+
+Real processes, side by side in the same run (CRASH_ROUNDS crashes each, medians):
+- crash_to_dns_removal_s_n20 / _n50: meshagent processes on loopback; SIGKILL
+  one; until its service name has left every other agent's DNS.
+- serf_crash_to_failed_s_n20 / _n50: real `serf` agents (Debian package) on
+  loopback, LAN profile, started here; SIGKILL one; until every live agent
+  lists it as failed. The anchor of the line above; the ratio is
+  crash_to_dns_removal_ratio_vs_serf_n20 / _n50 (goal <= 0.75).
 """
 
 from __future__ import annotations
@@ -73,11 +80,11 @@ def _big_run(seed: int = 1) -> list[dict]:
     cpu = time.process_time() - cpu0
     fp = len(sim.false_positives)
     return [
-        record(BENCH, "convergence_9999_s_n1000", conv if conv is not None else float("nan"), "s", goal=1.5,
+        record(BENCH, "convergence_9999_s_n1000", conv, "s", goal=1.5,
                anchor={"name": "serf simulation, 99.99% at 1000 nodes", "value": 2.2},
                profile="lan", loss=0.0, seed=seed, curve=[[t, round(f, 4)] for t, f in curve]),
-        record(BENCH, "detection_s_n1000", det if det is not None else float("nan"), "s",
-               anchor=_memberlist_bound(n), profile="lan", loss=0.0, seed=seed, false_positives=fp,
+        record(BENCH, "detection_s_n1000", det, "s", goal=12,
+               anchor=_memberlist_bound(n), crashes=1, failures=0 if det is not None else 1, profile="lan", loss=0.0, seed=seed, false_positives=fp,
                **sim.detection_phases(500)),
         record(BENCH, "bytes_per_node_s_n1000", bytes_rate, "B/s", profile="lan", loss=0.0, seed=seed,
                encrypted=True, window_s=20.0, pushpull_tcp_b_s=round(pushpull_rate, 1),
@@ -94,7 +101,7 @@ def _convergence_loss10(seed: int = 4) -> dict:
     t0 = sim.now
     sim.run_until(10.0)
     conv = sim.time_to_fraction("bench-svc", t0, 0.9999)
-    return record(BENCH, "convergence_9999_s_n1000_loss10", conv if conv is not None else float("nan"), "s",
+    return record(BENCH, "convergence_9999_s_n1000_loss10", conv, "s",
                   anchor={"name": "serf simulation, 99.99% at 1000 nodes (no loss)", "value": 2.2},
                   profile="lan", loss=0.10, seed=seed)
 
@@ -112,9 +119,10 @@ def _detection_n100(seed: int = 2, crashes: int = 5) -> dict:
         sim.run_until(sim.now + 5.0)  # let the news settle before the next crash
         if t is not None:
             times.append(t)
-    value = statistics.median(times) if times else float("nan")
-    return record(BENCH, "detection_s_n100", value, "s", anchor=_memberlist_bound(100), profile="lan",
-                  loss=0.0, seed=seed, crashes=crashes, detected=len(times),
+    value = statistics.median(times) if times else None
+    return record(BENCH, "detection_s_n100", value, "s", goal=8, anchor=_memberlist_bound(100), profile="lan",
+                  loss=0.0, seed=seed, crashes=crashes, detected=len(times), failures=crashes - len(times),
+                  statistic="median",
                   samples=[round(t, 3) for t in times], phases=phases, false_positives=len(sim.false_positives))
 
 
@@ -179,45 +187,102 @@ def _udp_record() -> dict:
     import uvloop
 
     samples = uvloop.run(_udp_crash())
-    value = statistics.median(samples) if samples else float("nan")
-    return record(BENCH, "crash_to_record_removal_s_n20", value, "s",
-                  anchor={"name": "real Serf agents on loopback, crash -> all see failed, median at 10 nodes",
-                          "value": 6.7},
+    value = statistics.median(samples) if samples else None
+    # Its anchor is serf_crash_to_failed_s_n20, measured later in the same run (see run()).
+    return record(BENCH, "crash_to_record_removal_s_n20", value, "s", anchor=None, rounds=2,
+                  failures=2 - len(samples), statistic="median",
                   profile="lan", transport="udp loopback", samples=[round(s, 3) for s in samples])
 
 
-def _crash_to_dns_removal(n: int = 20) -> dict:
-    """Real meshagent processes (LAN profile): a crashed agent's service leaves every other agent's DNS.
+CRASH_ROUNDS = 3  # crashes per N, for us and for Serf alike; medians reported
+
+
+def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int]:
+    """Real meshagent processes (LAN profile): SIGKILL one agent; seconds until its service has left
+    every other agent's DNS. `rounds` crashes of different agents in one mesh; (samples, failures).
 
     meshd's lease is set long (120 s) so that only gossip can take the name away in time."""
     import signal
 
     from testbed.localmesh import LocalMesh, resolve
-    rng = random.Random(1)
+    rng = random.Random(n)
+    samples, failures = [], 0
     with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
         mesh.start_meshd()
         token = mesh.token(uses=0)
         names = [f"g{i:02d}" for i in range(n)]
         for name in names:
             mesh.start_agent(name, token)
-        victim = rng.choice(names)
-        mesh.meshctl("expose", "--port", "8000", "--name", "doomed", agent=victim)
-        others = [x for x in names if x != victim]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not all(resolve("doomed.mesh", mesh.dns(o)) for o in others):
-            time.sleep(0.1)
-        time.sleep(3)  # let every agent's gossip settle into full membership
-        t0 = time.monotonic()
-        mesh.stop(mesh.agents[victim], signal.SIGKILL)
-        pending = set(others)
-        deadline = t0 + 60
-        while pending and time.monotonic() < deadline:  # bounded: 60 s
-            pending = {o for o in pending if resolve("doomed.mesh", mesh.dns(o))}
-            time.sleep(0.05)
-        value = time.monotonic() - t0 if not pending else float("nan")
-    return record(BENCH, "crash_to_dns_removal_s_n20", value, "s", agents=n, profile="lan",
-                  anchor={"name": "real Serf agents on loopback, crash -> all see failed, median at 10 nodes",
-                          "value": 6.7})
+        victims = rng.sample(names, rounds)
+        for r, victim in enumerate(victims):
+            svc = f"doomed{r}"
+            mesh.meshctl("expose", "--port", "8000", "--name", svc, agent=victim)
+            others = [x for x in names if x not in victims[:r + 1]]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all(resolve(f"{svc}.mesh", mesh.dns(o)) for o in others):
+                time.sleep(0.1)
+            if not all(resolve(f"{svc}.mesh", mesh.dns(o)) for o in others):
+                raise RuntimeError(f"setup: {svc} did not resolve on every agent within 30 s")
+            time.sleep(3)  # let every agent's gossip settle into full membership
+            t0 = time.monotonic()
+            mesh.stop(mesh.agents[victim], signal.SIGKILL)
+            pending = set(others)
+            deadline = t0 + 60
+            while pending and time.monotonic() < deadline:  # bounded: 60 s
+                pending = {o for o in pending if resolve(f"{svc}.mesh", mesh.dns(o), timeout=0.5)}
+                if pending:
+                    time.sleep(0.05)
+            if pending:
+                failures += 1
+            else:
+                samples.append(time.monotonic() - t0)
+    return samples, failures
+
+
+def _serf_crash(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int, list[dict]]:
+    """Real serf agents on loopback (LAN profile): crash -> every live agent lists it failed."""
+    from testbed.serf import SerfCluster
+    samples, failures, details = [], 0, []
+    with SerfCluster(n) as cluster:
+        time.sleep(3)
+        victims = random.Random(n).sample(sorted(cluster.procs), rounds)
+        for victim in victims:
+            took, info = cluster.crash_to_all_failed(victim)
+            details.append(info)
+            if took is None:
+                failures += 1
+            else:
+                samples.append(took)
+            time.sleep(2)
+    return samples, failures, details
+
+
+def _side_by_side(n: int) -> list[dict]:
+    from testbed import serf
+    ours, our_failures = _crash_to_dns_removal(n)
+    ours_v = statistics.median(ours) if ours else None
+    recs = []
+    if serf.available():
+        theirs, their_failures, details = _serf_crash(n)
+        serf_v = statistics.median(theirs) if theirs else None
+        anchor = {"name": f"real serf agents on loopback, n={n}, same run, crash -> all list it failed, median",
+                  "value": round(serf_v, 3) if serf_v is not None else None}
+        recs.append(record(BENCH, f"serf_crash_to_failed_s_n{n}", serf_v, "s", agents=n, profile="lan",
+                           rounds=CRASH_ROUNDS, failures=their_failures, samples=[round(x, 3) for x in theirs],
+                           details=details, statistic="median",
+                           how="SIGKILL; `serf members -status failed` polled on every live agent in parallel"))
+    else:
+        anchor = {"name": f"real Serf on loopback at n={n} (FACTS.md)", "value": {20: 7.4, 50: 9.0}.get(n),
+                  "measured": False, "source": "shared/FACTS.md (serf not installed)"}
+    recs.insert(0, record(BENCH, f"crash_to_dns_removal_s_n{n}", ours_v, "s", agents=n, profile="lan",
+                          rounds=CRASH_ROUNDS, failures=our_failures, samples=[round(x, 3) for x in ours],
+                          statistic="median", anchor=anchor,
+                          goal=round(0.75 * anchor["value"], 3) if anchor["value"] else None))
+    ratio = ours_v / anchor["value"] if ours_v is not None and anchor["value"] else None
+    recs.append(record(BENCH, f"crash_to_dns_removal_ratio_vs_serf_n{n}", ratio, "ratio", goal=0.75,
+                       anchor={"name": "serf, same run", "value": 1.0, "measured": serf.available()},
+                       agents=n))
+    return recs
 
 
 def run() -> list[dict]:
@@ -226,5 +291,10 @@ def run() -> list[dict]:
     records.append(_detection_n100())
     records.append(_false_positives())
     records.append(_udp_record())
-    records.append(_crash_to_dns_removal())
+    records += _side_by_side(20)
+    records += _side_by_side(50)
+    serf20 = next((r for r in records if r["metric"] == "serf_crash_to_failed_s_n20"), None)
+    if serf20 is not None:  # the in-process figure's anchor: Serf at the same N, this run
+        next(r for r in records if r["metric"] == "crash_to_record_removal_s_n20")["anchor"] = {
+            "name": "real serf agents on loopback, n=20, same run, median", "value": serf20["value"]}
     return records

@@ -3,14 +3,17 @@
 - `sqlite_store_put_p99_ms` and `etcd_store_put_p99_ms`: the same number of
   sequential puts through each store, in the same run, on the same disk (a
   three-member etcd cluster on loopback, the store given all three endpoints).
-- `failover_s`: a writer puts keys one after another through EtcdStore; the
-  etcd leader member is SIGKILLed; the time from the kill to the next
+- `etcd_member_failover_s`: a writer puts keys one after another through EtcdStore; the
+  etcd leader member (not a meshd) is SIGKILLed; the time from the kill to the next
   acknowledged write. etcd runs with its default timings (heartbeat 100 ms,
   election timeout 1 s), the store with its default configuration. Several
   trials (the killed member rejoins between them); the median is reported,
-  the worst as `failover_s_max`.
-- `failover_lost_writes`: writes acknowledged before a kill that are missing
-  afterwards, summed over the trials (must be 0).
+  the worst as `etcd_member_failover_s_max`.
+- `etcd_member_failover_lost_writes`: writes acknowledged before a kill that are
+  missing afterwards, summed over the trials (must be 0).
+- `failover_s` / `failover_lost_writes` (SIGKILL of the meshd leader replica
+  with writes in flight through meshd) are not measured by this bench yet:
+  they are left out rather than filled with the etcd member figure.
 
 - `etcd_writes_per_node_s`: 200 simulated agents renew (every third of a
   15 s lease) round-robin through three replicas' lease tables on one real
@@ -121,9 +124,11 @@ async def _run(root: Path) -> list[dict]:
         params = {"trials": TRIALS, "members": 3, "heartbeat_ms": cluster.heartbeat_ms,
                   "election_ms": cluster.election_ms, "request_timeout_s": store.config.request_timeout,
                   "samples": [round(t, 3) for t in times]}
-        records.append(record("ha", "failover_s", statistics.median(times), "s", goal=2.0, **params))
-        records.append(record("ha", "failover_s_max", max(times), "s", goal=2.0, **params))
-        records.append(record("ha", "failover_lost_writes", lost, "writes", goal=0, **params))
+        params["statistic"] = "median"
+        params["killed"] = "etcd leader member (SIGKILL); meshd not involved"
+        records.append(record("ha", "etcd_member_failover_s", statistics.median(times), "s", goal=2.0, **params))
+        records.append(record("ha", "etcd_member_failover_s_max", max(times), "s", goal=2.0, **params))
+        records.append(record("ha", "etcd_member_failover_lost_writes", lost, "writes", goal=0, **params))
     finally:
         await store.close()
         await sqlite.close()

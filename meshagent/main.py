@@ -122,7 +122,18 @@ async def run(config: AgentConfig) -> None:
     await daemon.serve("meshagent", start, agent.stop, health=agent.health_line)
 
 
+def _few_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates (gRPC's pollers, the executor's workers) its own
+    malloc arena, each holding freed memory of its own; an idle agent needs two."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _few_malloc_arenas()
     config = parse_args(sys.argv[1:] if argv is None else argv)
     return daemon.run("meshagent", lambda: run(config))
 

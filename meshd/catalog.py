@@ -206,17 +206,19 @@ class Catalog:
             await self.store.txn([], ops)
         return mine
 
-    def watch(self, from_revision: int) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
-        return watch_prefix(self.store, PREFIX, from_revision, decode)
+    def watch(self, from_revision: int, snapshot=None) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
+        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot)
 
 
-async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn) -> AsyncIterator[tuple]:
+async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
+                       snapshot=None) -> AsyncIterator[tuple]:
     """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
 
     Resuming after `from_revision` replays exactly what was missed, then
     "synced". From 0, a compacted revision, or one ahead of the store (the
     caller's copy came from a store restored since): "reset", the current
-    set, "synced". Then live changes."""
+    set, "synced". Then live changes. `snapshot` (meshd.fanout.Snapshots.get)
+    shares the current set's read between streams; its objects must not be changed."""
     if from_revision > await store.revision():
         from_revision = 0
     if from_revision > 0:
@@ -234,10 +236,14 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn)
                     last = e.revision
                     yield (e.type, _decoded(decode_fn, e), e.revision)
                 batch = await anext(stream)
-    kvs, rev = await store.range(prefix)
+    if snapshot is not None:
+        items, rev = await snapshot()
+    else:
+        kvs, rev = await store.range(prefix)
+        items = [(decode_fn(kv), kv.mod_revision) for kv in kvs]
     yield ("reset", None, rev)
-    for kv in kvs:
-        yield ("put", decode_fn(kv), kv.mod_revision)
+    for obj, mod_revision in items:
+        yield ("put", obj, mod_revision)
     yield ("synced", None, rev)
     async for batch in store.watch(prefix, rev):
         for e in batch:

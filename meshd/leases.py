@@ -152,6 +152,13 @@ class Liveness:
                 gone.append(n)
         return expired, gone
 
+    def credit(self, seconds: float) -> None:
+        """meshd itself was stalled for `seconds` (its own loop behind): renewals sent meanwhile
+        could not be read, so every lease is held for that long instead of expiring for it."""
+        if seconds > 0:
+            for node_id in self.last_seen:
+                self.last_seen[node_id] += seconds
+
     def all_renewed_since(self, t: float) -> bool:
         """Every live node (renewed within its lease) has renewed since monotonic time `t`."""
         now, ttl = self.clock.monotonic(), self.config.lease_ttl_s
@@ -176,6 +183,22 @@ class LeaseLoop:
         self.interval = max(0.2, min(1.0, liveness.config.lease_ttl_s / 5))
         self._compacted_at = liveness.clock.monotonic()
         self._compacted = 0
+        self._ticked_at: float | None = None
+
+    def hold_if_behind(self) -> float:
+        """Seconds this loop ran late since its last tick beyond one interval's slack (meshd busy
+        or stalled, not the nodes): credited to every lease, so that meshd falling behind never
+        turns into lease expiries, UNREACHABLE flips and yet more events to send. Returns the credit."""
+        now = self.liveness.clock.monotonic()
+        last, self._ticked_at = self._ticked_at, now
+        if last is None:
+            return 0.0
+        late = (now - last) - 2 * self.interval
+        if late > 0:
+            self.liveness.credit(late)
+            metrics.LEASE_HOLD_SECONDS.inc(late)
+            return late
+        return 0.0
 
     async def check(self) -> None:
         """Mark nodes past their lease unreachable; drop the services of those past the grace period."""
@@ -199,6 +222,7 @@ class LeaseLoop:
                 metrics.NODES.labels(name).set(counts.get(state, 0))
 
     async def tick(self) -> None:
+        self.hold_if_behind()
         services, rev = await self.catalog.list()
         metrics.CATALOG_SERVICES.set(len(services))
         metrics.REVISION.set(rev)

@@ -23,6 +23,8 @@ CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")
 NODES = Gauge("mesh_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("mesh_store_revision", "Current store revision")
 WATCH_STREAMS = Gauge("mesh_watch_streams", "Open watch streams", ["kind"])
+LEASE_HOLD_SECONDS = Counter("mesh_lease_hold_seconds",
+                             "Seconds every lease was held because meshd itself ran behind (its lease loop late)")
 LEASE_EXPIRIES = Counter("mesh_lease_expiries", "Nodes marked unreachable after their lease expired")
 COMPACTED = Gauge("mesh_store_compacted_revision", "Revision the leader last compacted the store's history to")
 COMPACTIONS = Counter("mesh_store_compactions", "Compactions of the store's history by the leader")

@@ -138,8 +138,8 @@ class Nodes:
     async def get(self, id_or_name: str) -> types_pb2.Node:
         return self._live(decode(await self._find(id_or_name)))
 
-    def watch(self, from_revision: int) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
-        return watch_prefix(self.store, PREFIX, from_revision, decode)
+    def watch(self, from_revision: int, snapshot=None) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
+        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot)
 
     # -- join -----------------------------------------------------------------
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:

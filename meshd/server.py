@@ -173,12 +173,14 @@ class Coordinator:
             self.k3s_join, self.admin_certs)
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
         slots = WatchSlots()
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(
+        # The watch methods send events encoded once for all streams (meshd.fanout): their serializer
+        # passes those bytes through.
+        _add_with_passthrough(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(
             self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots),
-            server)
-        nodes_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(
+            server, {"WatchServices": catalog_pb2.ServiceEvent})
+        _add_with_passthrough(nodes_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(
             self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),
-            self._store_token, self.store_alarms, slots, self.gossip), server)
+            self._store_token, self.store_alarms, slots, self.gossip), server, {"WatchNodes": nodes_pb2.NodeEvent})
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         return [d.full_name for d in (admission_pb2.DESCRIPTOR.services_by_name["AdmissionService"],
                                       catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
@@ -418,3 +420,30 @@ def http_sd_targets(meshd_host: str, nodes) -> list[dict]:
                                   "mesh_node_state": NODE_STATE_NAMES.get(n.state, "unknown"),
                                   "mesh_cloud": n.cloud, "mesh_region": n.region}})
     return groups
+
+
+class _Capture:
+    """Stands in for the server while a generated add_*_to_server names its handlers."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, dict] = {}
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.registered[service] = handlers
+
+
+def _add_with_passthrough(add, servicer, server: grpc.aio.Server, methods: dict) -> None:
+    """add(servicer, server), except that `methods` (name -> response message class) also accept
+    already encoded responses (bytes) and send them as they are."""
+    from meshd.fanout import passthrough
+    capture = _Capture()
+    add(servicer, capture)
+    for service, handlers in capture.registered.items():
+        handlers = dict(handlers)
+        for name, cls in methods.items():
+            handlers[name] = handlers[name]._replace(response_serializer=passthrough(cls))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        server.add_registered_method_handlers(service, handlers)

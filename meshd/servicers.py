@@ -20,7 +20,10 @@ from meshd import metrics
 from meshd.admincerts import AdminCertRecord, AdminCerts
 from meshd.admission import Admission, TokenRecord
 from meshd.auth import Caller, Callers, caller_of, require_admin
+from meshd import catalog as catalog_mod
+from meshd import nodes as nodes_mod
 from meshd.catalog import Catalog
+from meshd.fanout import Encoded, Snapshots
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
 
@@ -194,6 +197,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.gossip = gossip
         self.callers = callers
         self.sync_errors = sync_errors
+        # each event encoded and signed once for all streams; the current set read once per revision
+        self.encoded = Encoded()
+        self.snapshots = Snapshots(catalog.store, catalog_mod.PREFIX, catalog_mod.decode)
 
     async def Expose(self, request, context):
         node_id = await self.callers.node_caller(context)
@@ -220,6 +226,18 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             log.error("catalog record %r at revision %d left out of watch streams: %s", svc.name, rev, e)
             return None
 
+    def _batch_event(self, items: list, rev: int) -> catalog_pb2.ServiceEvent:
+        signed = [(s, self._signed(s, r, False)) for s, r in items]
+        signed = [(s, rec) for s, rec in signed if rec is not None]
+        return catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, services=[s for s, _ in signed],
+                                        records=[rec for _, rec in signed])
+
+    def _change_event(self, kind: str, svc: types_pb2.Service, rev: int) -> catalog_pb2.ServiceEvent | None:
+        record = self._signed(svc, rev, kind == "delete")
+        if record is None:
+            return None
+        return catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
+
     async def WatchServices(self, request, context):
         caller = await self.callers.any_member(context)
         with self.slots.hold(caller):
@@ -227,21 +245,28 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             try:
                 store = self.store_token()
                 start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
-                async for kind, svc, rev in batched(self.catalog.watch(start), request.batch):
+                reset_rev, index = 0, 0
+                events = self.catalog.watch(start, self.snapshots.get)
+                async for kind, svc, rev in batched(events, request.batch):
+                    if kind == "reset":
+                        reset_rev, index = rev, 0
                     if kind == "batch":
-                        signed = [(s, self._signed(s, r, False)) for s, r in svc]
-                        signed = [(s, rec) for s, rec in signed if rec is not None]
-                        yield catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
-                                                       services=[s for s, _ in signed],
-                                                       records=[rec for _, rec in signed])
+                        index += 1
+                        data = self.encoded.get((store, "batch", reset_rev, index, rev, len(svc)),
+                                                lambda: self._batch_event(svc, rev))
+                        if data is not None:
+                            yield data
                         continue
-                    record = b""
-                    if svc is not None:
-                        record = self._signed(svc, rev, kind == "delete")
-                        if record is None:
-                            continue
-                    yield catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record,
-                                                   store=store if kind in ("reset", "synced") else "")
+                    if kind in ("reset", "synced"):
+                        yield catalog_pb2.ServiceEvent(type=EVENT[kind], revision=rev, store=store)
+                        continue
+                    if kind == "put" and reset_rev and rev <= reset_rev:  # a PUT of the set, unbatched
+                        key = (store, "set", reset_rev, svc.name, rev)
+                    else:
+                        key = (store, kind, rev, svc.name)
+                    data = self.encoded.get(key, lambda: self._change_event(kind, svc, rev))
+                    if data is not None:
+                        yield data
             finally:
                 metrics.WATCH_STREAMS.labels("services").dec()
 
@@ -259,6 +284,8 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         self.callers = callers
         self.store_name = store_name
         self.overlay_pool = overlay_pool
+        self.encoded = Encoded()
+        self.snapshots = Snapshots(nodes.store, nodes_mod.PREFIX, nodes_mod.decode)
 
     async def ListNodes(self, request, context):
         await self.callers.any_member(context)
@@ -293,13 +320,26 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
             try:
                 store = self.store_token()
                 start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
-                async for kind, node, rev in batched(self.nodes.watch(start), request.batch):
+                reset_rev, index = 0, 0
+                events = self.nodes.watch(start, self.snapshots.get)
+                async for kind, node, rev in batched(events, request.batch):
+                    if kind == "reset":
+                        reset_rev, index = rev, 0
                     if kind == "batch":
-                        yield nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
-                                                  nodes=[n for n, _ in node])
+                        index += 1
+                        yield self.encoded.get((store, "batch", reset_rev, index, rev, len(node)),
+                                               lambda: nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
+                                                                           nodes=[n for n, _ in node]))
                         continue
-                    yield nodes_pb2.NodeEvent(type=EVENT[kind], node=node, revision=rev,
-                                              store=store if kind in ("reset", "synced") else "")
+                    if kind in ("reset", "synced"):
+                        yield nodes_pb2.NodeEvent(type=EVENT[kind], revision=rev, store=store)
+                        continue
+                    if kind == "put" and reset_rev and rev <= reset_rev:  # a PUT of the set, unbatched
+                        key = (store, "set", reset_rev, node.id, rev)
+                    else:
+                        key = (store, kind, rev, node.id)
+                    yield self.encoded.get(key, lambda: nodes_pb2.NodeEvent(type=EVENT[kind], node=node,
+                                                                           revision=rev))
             finally:
                 metrics.WATCH_STREAMS.labels("nodes").dec()
 

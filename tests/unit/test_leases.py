@@ -94,3 +94,19 @@ async def test_shared_renewals_are_one_digest_write_per_replica_not_one_per_node
         assert len(leader.last_seen) == 200
     finally:
         await store.close()
+
+
+async def test_meshd_running_behind_holds_leases_instead_of_expiring_them():
+    from meshd.leases import LeaseLoop
+    clock = ManualClock()
+    live = Liveness(store=None, config=LeaseConfig(lease_ttl_s=10, grace_s=20), clock=clock)
+    loop = LeaseLoop(live, nodes=None, catalog=None, gossip=None, store=None)
+    await live.renewed("n1")
+    assert loop.hold_if_behind() == 0.0
+    clock.advance(loop.interval)  # on time: nothing held
+    assert loop.hold_if_behind() == 0.0
+    clock.advance(12)  # meshd's own loop stalled for 12 s: the renewal it could not read is not held against n1
+    assert loop.hold_if_behind() > 0
+    assert live.overdue([node("n1")]) == ([], [])
+    clock.advance(10.5)  # a node that stays silent once meshd runs again still expires
+    assert live.overdue([node("n1")]) == ([node("n1")], [])

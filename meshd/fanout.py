@@ -1,0 +1,86 @@
+"""One encoding of each watch event, shared by every stream that sends it.
+
+Every agent holds two watch streams, so with N agents each change is sent N
+times and each agent's first sync sends the whole list: N² objects. The bytes
+are the same for every stream that sends the same event (a live change at a
+revision, or the n-th batch of the set as of a revision), so each is encoded
+(and, for catalog records, signed) once and the bytes handed to every stream;
+gRPC sends them as they are (`passthrough`). The current set is likewise read
+and decoded once per store revision (`Snapshots`), not once per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+#: encoded events kept: enough for every stream of a large fleet to catch up on a burst
+LIMIT = 16384
+
+
+def passthrough(message_cls) -> Callable[[Any], bytes]:
+    """A response serializer that sends already encoded bytes as they are."""
+    encode = message_cls.SerializeToString
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else encode(message)
+    return serialize
+
+
+class Encoded:
+    """Bounded map from an event's identity to its encoding (least recently used goes first)."""
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self.limit = limit
+        self._bytes: OrderedDict[Hashable, bytes | None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> bytes | None:
+        """The encoding of the event `key`; `build()` makes the message the first time (None: skip it)."""
+        try:
+            data = self._bytes[key]
+        except KeyError:
+            self.misses += 1
+            message = build()
+            data = None if message is None else message.SerializeToString()
+            self._bytes[key] = data
+            if len(self._bytes) > self.limit:
+                self._bytes.popitem(last=False)
+            return data
+        self.hits += 1
+        self._bytes.move_to_end(key)
+        return data
+
+
+class Snapshots:
+    """The decoded objects under a prefix (with their revisions) as of the store's current
+    revision, read once per revision.
+
+    Streams that start while nothing changed share one read; the objects are shared, so
+    callers must not change them."""
+
+    def __init__(self, store, prefix: str, decode_fn) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.decode_fn = decode_fn
+        self._rev = -1
+        self._items: list = []
+        self._reading: asyncio.Task | None = None
+        self.reads = 0
+
+    async def _read(self) -> tuple[list, int]:
+        kvs, rev = await self.store.range(self.prefix)
+        self.reads += 1
+        items = [(self.decode_fn(kv), kv.mod_revision) for kv in kvs]
+        self._rev, self._items = rev, items
+        return items, rev
+
+    async def get(self) -> tuple[list, int]:
+        if self._rev >= 0 and await self.store.revision() == self._rev:
+            return self._items, self._rev
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read())
+        return await asyncio.shield(self._reading)
