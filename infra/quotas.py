@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from infra.apply import ApplyProgress
 from infra.aws import Aws, AwsError
 from infra.config import InfraConfig
 from infra.regions import Selection, instance_family
@@ -130,14 +131,19 @@ def open_request(aws: Aws, region: str, code: str) -> dict | None:
 
 
 def request(cfg: InfraConfig, aws: Aws, selection: Selection, sleep: Callable[[float], None] = time.sleep,
-            interval_s: float | None = None, limit: int | None = None) -> list[QuotaRow]:
+            interval_s: float | None = None, limit: int | None = None,
+            progress: ApplyProgress | None = None) -> list[QuotaRow]:
     """File increase requests where quotas are short; returns every row with what was done."""
     interval = cfg.quota_request_interval_s if interval_s is None else interval_s
-    return request_needs(aws, needs(cfg, selection), sleep, interval, limit)
+    return request_needs(aws, needs(cfg, selection), sleep, interval, limit, progress)
 
 
 def request_needs(aws: Aws, wanted: list[Need], sleep: Callable[[float], None] = time.sleep,
-                  interval: float = 30.0, limit: int | None = None) -> list[QuotaRow]:
+                  interval: float = 30.0, limit: int | None = None,
+                  progress: ApplyProgress | None = None) -> list[QuotaRow]:
+    """File the missing increases; `progress` hears each step and each wait (they can be long)."""
+    progress = progress or ApplyProgress()
+    progress.phase("quota requests")
     rows = check_needs(aws, wanted)
     filed = 0
     for row in rows:
@@ -152,6 +158,7 @@ def request_needs(aws: Aws, wanted: list[Need], sleep: Callable[[float], None] =
             row.status = "short: not requested (limit reached, run again later)"
             continue
         if filed:
+            progress.waiting(row.need.region, f"{interval:.0f} s before the next request (bursts get ignored)")
             sleep(interval)  # spaced out: bursts of requests get ignored
         try:
             out = aws.call(SQ, row.need.region, "RequestServiceQuotaIncrease",
@@ -165,6 +172,7 @@ def request_needs(aws: Aws, wanted: list[Need], sleep: Callable[[float], None] =
         filed += 1
         rq = out.get("RequestedQuota", {})
         row.status = f"requested: {rq.get('Id', '?')} ({rq.get('Status', 'PENDING')})"
+        progress.note(row.need.region, f"{row.need.code}: {row.status}")
     return rows
 
 

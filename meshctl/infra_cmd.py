@@ -355,12 +355,20 @@ def quotas_request(config: str = CONFIG_OPTION, endpoint_url: str | None = ENDPO
 
         if interval is not None and interval < 0:
             fail("--interval must not be negative")
-        if cluster is not None:
-            aws, wanted = _cluster_needs(cluster, endpoint_url, quotas_endpoint_url)
-            rows = quotas.request_needs(aws, wanted, interval=30.0 if interval is None else interval, limit=limit)
-        else:
-            cfg, aws = _setup(config, endpoint_url, quotas_endpoint_url)
-            rows = quotas.request(cfg, aws, select_regions(cfg, aws), interval_s=interval, limit=limit)
+        from meshctl.progress import Printer
+
+        printer = Printer()  # on stderr: requests are spaced out, so the waits are said
+        try:
+            if cluster is not None:
+                aws, wanted = _cluster_needs(cluster, endpoint_url, quotas_endpoint_url)
+                rows = quotas.request_needs(aws, wanted, interval=30.0 if interval is None else interval,
+                                            limit=limit, progress=printer)
+            else:
+                cfg, aws = _setup(config, endpoint_url, quotas_endpoint_url)
+                rows = quotas.request(cfg, aws, select_regions(cfg, aws), interval_s=interval, limit=limit,
+                                      progress=printer)
+        finally:
+            printer.close()
         emit([r.row() for r in rows], _quota_columns(), output, title="quota requests")
         refused = [r for r in rows if r.status.startswith("refused")]
         if refused:

@@ -48,9 +48,17 @@ def test_request_only_where_short_never_twice_and_spaced_out(g6, quotas_double, 
     cfg, sel, aws = g6
     for region in sel.selected:
         quotas_double.set(region, G_OD, 100)  # on-demand fine everywhere; spot short everywhere
-    rows = quotas.request(cfg, aws, sel, sleep=sleeps, interval_s=45)
+    import io
+
+    from meshctl.progress import Printer
+    said = io.StringIO()
+    rows = quotas.request(cfg, aws, sel, sleep=sleeps, interval_s=45, progress=Printer(said, tty=False))
     filed = [r for r in rows if r.status.startswith("requested")]
     assert len(filed) == len(sel.selected) and all(r.need.code == G_SPOT for r in filed)
+    lines = said.getvalue().splitlines()  # one line per step, with the waits said
+    assert lines[0].endswith("quota requests ...")
+    assert sum("waiting for 45 s before the next request" in x for x in lines) == len(filed) - 1
+    assert sum(f"{G_SPOT}: requested" in x for x in lines) == len(filed)
     assert all(r.status == "ok" for r in rows if r.need.code == G_OD)
     assert sleeps.calls == [45] * (len(filed) - 1)  # one wait between two requests
     assert {(q["_region"], q["QuotaCode"], q["DesiredValue"]) for q in quotas_double.requests} == \
