@@ -209,4 +209,148 @@ def run() -> list[dict[str, Any]]:
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:  # the doubles live in tests/
         sys.path.insert(0, root)
-    return asyncio.run(_main())
+    return asyncio.run(_main()) + _takeover_and_proxy()
+
+
+# -- SkyPilot: a managed job's name moving to its recovered node; meshctl proxy -----------------
+TAKEOVER_TRIALS = 5
+OBSERVERS = 3
+PROXY_ROUNDS = 200
+
+
+def _takeover_and_proxy() -> list[dict[str, Any]]:
+    """Real meshd and agents on loopback (testbed/localmesh.py).
+
+    Takeover: node `old-i` of job J holds the name `job-svc`; node `new-i` of J is running. The clock
+    starts at old's Leave (the call its agent makes on a spot notice) and `new-i` exposes the name at
+    once (SkyPilot's own re-provisioning of the VM is not part of the figure); it stops when every
+    observer agent's DNS answers with new's address. Proxy: `meshctl proxy` (a real process, on a
+    joined node) in front of an HTTP server, first byte of 200 requests through it and directly to
+    the service's mesh address, interleaved."""
+    import socket
+    import subprocess
+    import threading
+
+    import grpc
+
+    from mesh.v1 import catalog_pb2, types_pb2
+    from meshagent.identity import Identity
+    from meshagent.uplink import mtls_channel
+    from mesh.v1 import admission_pb2, admission_pb2_grpc, agent_pb2_grpc
+    from testbed.localmesh import BIN, LocalMesh, resolve
+
+    out: list[dict[str, Any]] = []
+    with LocalMesh(lease_ttl_s=5, grace_s=5) as mesh:
+        mesh.start_meshd()
+        plain = mesh.token(uses=OBSERVERS + 1)
+        observers = [f"obs{i}" for i in range(OBSERVERS)]
+        for name in observers:
+            mesh.start_agent(name, plain)
+        job = mesh.meshctl("token", "create", "--uses", str(2 * TAKEOVER_TRIALS), "--label",
+                           "sky.job=bench-job").stdout.strip()
+        samples, failures = [], 0
+        for i in range(TAKEOVER_TRIALS):
+            old, new = f"old-{i}", f"new-{i}"
+            mesh.start_agent(old, job)
+            mesh.meshctl("expose", "--port", "7000", "--name", "job-svc", agent=old)
+            mesh.start_agent(new, job)
+            new_addr = mesh.agents[new].ready["address"]
+
+            async def takeover() -> float | None:
+                ident = Identity.load(mesh.root / old)
+                async with mtls_channel(mesh.coordinator, ident) as ch, \
+                        grpc.aio.insecure_channel(f"unix:{mesh.socket(new)}") as local:
+                    t0 = time.monotonic()
+                    await admission_pb2_grpc.AdmissionServiceStub(ch).Leave(admission_pb2.LeaveRequest(), timeout=10)
+                    await agent_pb2_grpc.AgentServiceStub(local).Expose(catalog_pb2.ExposeRequest(
+                        service=types_pb2.Service(name="job-svc", port=7000)), timeout=10)
+                    deadline = t0 + 30
+                    pending = set(observers)
+                    while pending and time.monotonic() < deadline:
+                        for o in sorted(pending):
+                            try:
+                                if resolve("job-svc.mesh", mesh.dns(o), timeout=0.5) == [new_addr]:
+                                    pending.discard(o)
+                            except Exception:
+                                pass
+                        await asyncio.sleep(0.01)
+                    return None if pending else time.monotonic() - t0
+            took = asyncio.run(takeover())
+            if took is None:
+                failures += 1
+            else:
+                samples.append(took)
+            mesh.stop(mesh.agents.pop(old))
+            mesh.meshctl("node", "remove", old)
+            mesh.meshctl("unexpose", "job-svc", agent=new)
+            mesh.stop(mesh.agents.pop(new))
+            mesh.meshctl("node", "remove", new)
+        if samples:
+            out.append(record(BENCH, "job_recovery_name_takeover_s", median(samples), "s", goal=2, trials=TAKEOVER_TRIALS,
+                              failures=failures, max_s=round(max(samples), 3), observers=OBSERVERS,
+                              what="old node's Leave (as on a spot notice) -> the new node of the same job "
+                                   "exposes -> every observer agent's DNS answers with the new node"))
+        else:
+            raise RuntimeError(f"no takeover completed ({failures} failures)")
+
+        # meshctl proxy against a direct connection, in the same run
+        page = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        host = mesh.agents[observers[0]].ready["address"]
+        srv = socket.create_server((host, 0))
+        port = srv.getsockname()[1]
+
+        def serve() -> None:
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                with c:
+                    c.recv(1024)
+                    c.sendall(page)
+        threading.Thread(target=serve, daemon=True).start()
+        mesh.meshctl("expose", "--port", str(port), "--name", "ui", agent=observers[0])
+        env = {**mesh.env, "MESH_AGENT_SOCKET": mesh.socket(observers[1])}
+        env.pop("MESH_ADMIN", None)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local_port = s.getsockname()[1]
+        proxy = subprocess.Popen([str(BIN / "meshctl"), "proxy", "ui", "--local-port", str(local_port)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            def first_byte(h: str, p: int) -> float | None:
+                t0 = time.perf_counter()
+                try:
+                    with socket.create_connection((h, p), timeout=2) as c:
+                        c.sendall(b"GET / HTTP/1.1\r\nHost: ui\r\n\r\n")
+                        if not c.recv(1):
+                            return None
+                except OSError:
+                    return None
+                return (time.perf_counter() - t0) * 1000
+            deadline = time.monotonic() + 20
+            while first_byte("127.0.0.1", local_port) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            via, direct, lost = [], [], 0
+            for _ in range(PROXY_ROUNDS):
+                for samples_, h, p in ((via, "127.0.0.1", local_port), (direct, host, port)):
+                    ms = first_byte(h, p)
+                    if ms is None:
+                        lost += 1
+                    else:
+                        samples_.append(ms)
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
+            srv.close()
+        if not via or not direct:
+            raise RuntimeError("meshctl proxy answered nothing")
+        out += [
+            record(BENCH, "proxy_first_byte_ms", percentile(via, 99), "ms", rounds=PROXY_ROUNDS, failures=lost,
+                   p50_ms=round(median(via), 3), what="p99 first byte of an HTTP answer through `meshctl proxy`"),
+            record(BENCH, "direct_first_byte_ms", percentile(direct, 99), "ms", rounds=PROXY_ROUNDS,
+                   p50_ms=round(median(direct), 3), what="p99 first byte straight to the service's mesh address"),
+            record(BENCH, "proxy_first_byte_ratio_vs_direct", percentile(via, 99) / percentile(direct, 99), "ratio",
+                   what="p99 through meshctl proxy / p99 direct, same run, interleaved"),
+        ]
+    return out
