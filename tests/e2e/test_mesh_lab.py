@@ -12,6 +12,8 @@ and opens a TCP connection to it, over the path the selection rules say
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +159,19 @@ def test_a_changed_nat_mapping_is_noticed_and_the_node_stays_reachable(lab, mesh
         wait_for(lambda: lab.connect("nat", [f"{ra}:7005"], timeout=1)[0]["ok"], 30, "nat reaching ra after the change")
     finally:
         server.terminate()
+
+
+def test_the_real_agent_killed_with_sigkill_comes_back_without_churn(lab, mesh_lab):
+    """SIGKILL of the cloud VM's meshagent (the process its unit started), then `systemctl start`:
+    the same WireGuard peers and routes, nothing re-added, and its names keep resolving."""
+    before = wg_state(lab, mesh_lab, "cloud")
+    pid = int(mesh_lab.vms["cloud"].host_path("/var/log/mesh-lab/meshagent.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the killed agent reaped")
+    mesh_lab.vm_run("cloud", ["systemctl", "start", "meshagent"])
+    assert wg_state(lab, mesh_lab, "cloud") == before
+    wait_for(lambda: query(lab, "cloud", mesh_lab.ready["cloud"]["dns"], "svc-ra.mesh"), 20,
+             "cloud resolving names after the kill")
 
 
 def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):

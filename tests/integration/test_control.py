@@ -159,8 +159,12 @@ async def test_addresses_are_unique_survive_restarts_and_free_only_on_removal(me
     await mesh.nodes().RemoveNode(nodes_pb2.RemoveNodeRequest(id_or_name=first[0].identity.name))
     kvs, _ = await mesh.coordinator.store.range("/addresses/")
     assert first[0].identity.mesh_address not in {kv.key.rsplit("/", 1)[1] for kv in kvs}
-    # the removed node's certificate no longer works
-    code, details = await code_of(first[0].catalog_stub.Expose(svc("ghost")))
+    # the removed node's certificate no longer works (once its channel is back from the restart's backoff)
+    for _ in range(100):  # bounded: ~10 s
+        code, details = await code_of(first[0].catalog_stub.Expose(svc("ghost")))
+        if code != grpc.StatusCode.UNAVAILABLE:
+            break
+        await asyncio.sleep(0.1)
     assert code == grpc.StatusCode.UNAUTHENTICATED and "removed" in details
 
 
