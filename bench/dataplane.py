@@ -165,9 +165,10 @@ def _start_to_first_packet(lab, daemons, names) -> tuple[list[float], int]:
             state = daemons.vms["cloud"].host_path("/var/lib/meshagent")
             shutil.rmtree(state, ignore_errors=True)
             state.mkdir()
-            env_file = daemons.vms["cloud"].host_path("/etc/mesh/meshagent.env")
-            lines = [x for x in env_file.read_text().splitlines() if not x.startswith("MESH_JOIN_TOKEN=")]
-            env_file.write_text("\n".join(lines + [f"MESH_JOIN_TOKEN={daemons.token}"]) + "\n")
+            # where `meshctl install agent` put the token (the agent deletes it once joined)
+            token_file = daemons.vms["cloud"].host_path("/etc/mesh/join-token")
+            token_file.write_text(daemons.token + "\n")
+            token_file.chmod(0o600)
             helper.stdin.write("go\n")
             helper.stdin.flush()
             daemons.vm_run("cloud", ["systemctl", "start", "meshagent"], timeout=60)
