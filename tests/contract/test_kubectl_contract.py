@@ -22,7 +22,11 @@ from testbed.doubles.tls import issue, make_ca
 
 TOKEN = "contract-token"
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed (make setup installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _kubectl_installed():
+    assert KUBECTL is not None, "kubectl is not installed: `make setup` installs it (Debian package kubernetes-client)"
 
 
 def _client_minor() -> int:

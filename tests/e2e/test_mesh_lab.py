@@ -100,10 +100,10 @@ def test_discovered_facts_gpu_labels_peers_and_ping(lab, mesh_lab):
 
 
 @pytest.mark.parametrize("claim, rule", [
-    (["--private-address", "169.254.169.254"], "link-local"),
-    (["--private-address", "8.8.8.8"], "public address"),
-    (["--vpc-cidr", "172.31.0.0/16", "--private-address", "172.31.0.9"], "outside the mesh's VPC ranges"),
-    (["--private-address", "10.4.0.10", "--vpc-cidr", "10.4.0.0/16"], "belongs to node main"),
+    (["--private-address", "169.254.169.254"], "link-local"),  # a false claim
+    (["--private-address", "8.8.8.8"], "public address"),  # a false claim
+    (["--vpc-cidr", "172.31.0.0/16", "--private-address", "172.31.0.9"], "outside the mesh's VPC ranges"),  # a false claim
+    (["--private-address", "10.4.0.10", "--vpc-cidr", "10.4.0.0/16"], "belongs to node main"),  # a false claim
 ])
 def test_false_claims_are_refused_in_the_lab_and_the_mesh_goes_on(lab, mesh_lab, tmp_path, claim, rule):
     """A VM in rb's VPC that claims what it is not: its agent is refused at join, says why, and stops."""
