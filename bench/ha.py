@@ -170,6 +170,57 @@ async def _renewal_writes(root: Path, agents: int = 200, replicas: int = 3, seco
                    **params)]
 
 
+async def _churn_db_size(root: Path, nodes: int = 200, replicas: int = 3, hours: int = 24) -> list[dict]:
+    """The etcd database after a simulated day of a mesh's writes, compacted as the leader does.
+
+    Per simulated 3 s every replica writes its renewal digest (the node ids it heard from);
+    every node exposes and unexposes one service per simulated 10 minutes (a churny fleet); every
+    simulated 5 minutes the history is compacted to the leader's window (LeaseConfig.keep_revisions).
+    Writes go to a real etcd member as fast as it takes them; the size is etcd's own dbSize."""
+    import json
+
+    from meshd.leases import LeaseConfig
+    from meshd.store.base import Delete, Put
+    from meshd.store.etcd import EtcdConfig, EtcdStore
+    from testbed.etcd_cluster import EtcdCluster
+
+    cluster = EtcdCluster(1, root / "etcd-churn").start()
+    store = EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix="/churn"))
+    keep = LeaseConfig().keep_revisions
+    writes = compactions = 0
+    try:
+        digest = json.dumps({f"n{i:04d}": 1 for i in range(nodes)}).encode()
+        service = b"x" * 300  # a typical stored service record
+        t0 = time.monotonic()
+        for step in range(hours * 3600 // 3):  # one step = 3 simulated seconds
+            for r in range(replicas):
+                await store.put(f"/heartbeats/r{r}", digest)
+                writes += 1
+            # 200 toggles per 600 s = one every 3 s per 10 nodes
+            for k in range(nodes * 3 // 600 or 1):
+                n = (step * (nodes * 3 // 600 or 1) + k) % nodes
+                key = f"/services/svc-{n}"
+                if (step // (600 // 3)) % 2 == 0:
+                    await store.txn([], [Put(key, service)])
+                else:
+                    await store.txn([], [Delete(key)])
+                writes += 1
+            if step % 100 == 99:  # every 5 simulated minutes
+                rev = await store.revision()
+                if rev > keep:
+                    await store.compact(rev - keep)
+                    compactions += 1
+        took = time.monotonic() - t0
+        await store.check_alarms()
+        size = store.db_size
+    finally:
+        await store.close()
+        cluster.stop()
+    return [record("ha", "etcd_db_mb_after_churn", size / 1e6, "MB", nodes=nodes, replicas=replicas,
+                   simulated_hours=hours, writes=writes, compactions=compactions, keep_revisions=keep,
+                   wall_s=round(took, 1), defragmented=False)]
+
+
 def _clusters_on_moto(root: Path) -> list[dict]:
     import boto3
 
@@ -231,4 +282,4 @@ def _started(double: Any) -> Any:
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as d:
         return (asyncio.run(_run(Path(d))) + asyncio.run(_renewal_writes(Path(d)))
-                + _clusters_on_moto(Path(d)))
+                + asyncio.run(_churn_db_size(Path(d))) + _clusters_on_moto(Path(d)))
