@@ -169,6 +169,7 @@ def test_the_real_agent_killed_with_sigkill_comes_back_without_churn(lab, mesh_l
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the killed agent reaped")
     mesh_lab.vm_run("cloud", ["systemctl", "start", "meshagent"])
+    wait_for(lambda: applies(mesh_lab, "cloud") >= 1, 20, "the restarted agent applying its data plane")
     assert wg_state(lab, mesh_lab, "cloud") == before
     wait_for(lambda: query(lab, "cloud", mesh_lab.ready["cloud"]["dns"], "svc-ra.mesh"), 20,
              "cloud resolving names after the kill")
@@ -190,6 +191,13 @@ def test_a_removed_node_leaves_every_peers_wireguard_config(lab, mesh_lab):
              10, f"nat's routes leaving {role}")
 
 
+def applies(mesh_lab, role: str) -> int:
+    """How many times the agent (this process) has applied its data plane: a snapshot compared after
+    at least one apply shows that nothing changed, not that nothing ran yet."""
+    status = json.loads(mesh_lab.meshctl("status", "-o", "json", agent=role).stdout)
+    return int(status.get("counters", {}).get("dataplane_applies", 0))
+
+
 def wg_state(lab, mesh_lab, role: str) -> tuple[list, str]:
     """The peers (key, allowed addresses, keepalive) and our routes, without counters that move."""
     dump = mesh_lab.wg(role, "show", "mesh0", "dump").splitlines()[1:]
@@ -205,7 +213,7 @@ def test_agent_restart_without_churn_and_hub_restart_restores_relaying(lab, mesh
         before = wg_state(lab, mesh_lab, "cloud")
         mesh_lab.stop("cloud")
         mesh_lab.start_agent("cloud")  # no token: it rejoins from its state directory
-        time.sleep(1.5)
+        wait_for(lambda: applies(mesh_lab, "cloud") >= 1, 20, "the restarted agent applying its data plane")
         assert wg_state(lab, mesh_lab, "cloud") == before  # the same peers and routes, none added twice
         # the hub goes down, device and all; relayed pairs fail, then come back with it
         mesh_lab.stop("hub")
