@@ -244,7 +244,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             metrics.WATCH_STREAMS.labels("services").inc()
             try:
                 store = self.store_token()
-                start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+                start = resume_point(request, store)
                 reset_rev, index = 0, 0
                 events = self.catalog.watch(start, self.snapshots.get)
                 async for kind, svc, rev in batched(events, request.batch):
@@ -319,7 +319,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
             metrics.WATCH_STREAMS.labels("nodes").inc()
             try:
                 store = self.store_token()
-                start = request.from_revision if request.store in ("", store) else 0  # another store: a full copy
+                start = resume_point(request, store)
                 reset_rev, index = 0, 0
                 events = self.nodes.watch(start, self.snapshots.get)
                 async for kind, node, rev in batched(events, request.batch):
@@ -360,3 +360,9 @@ def observed(context) -> str:
     peer = context.peer() or ""
     kind, _, addr = peer.partition(":")
     return addr if kind in ("ipv4", "ipv6") else ""
+
+
+def resume_point(request: types_pb2.WatchRequest, store: str) -> int:
+    """Where a watch starts: the caller's revision, unless its copy belongs to another store (or one
+    restored from an older backup), which gets the full current set instead."""
+    return request.from_revision if request.store in ("", store) else 0
