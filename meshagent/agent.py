@@ -36,6 +36,7 @@ from meshagent.gossip import AgentGossip, facts_of, load_config, save_config
 from meshagent.health import HealthChecker
 from meshagent.identity import Identity
 from meshagent.localapi import AgentServicer
+from meshagent.paths import path_health
 from meshagent.uplink import Uplink
 from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/test_control.py imports it from here)
 from meshagent.view import Catalog
@@ -91,6 +92,8 @@ class Agent:
         #: WireGuard counters by peer key and peer names by key, refreshed by the "wg-stats" loop
         self.wg_stats: dict[str, object] = {}
         self.wg_names: dict[str, str] = {}
+        #: WireGuard key → when the data plane first had it as a peer (a new peer is not "down" yet)
+        self._peer_since: dict[str, float] = {}
 
     def _serve_metrics(self) -> None:
         from prometheus_client import REGISTRY
@@ -164,7 +167,20 @@ class Agent:
                               gossip_port=self.gossip.node.port if self.gossip else 0,
                               metrics_port=self.metrics_port,
                               wireguard_public_key=self.dataplane.public_key if self.dataplane else "",
-                              wireguard_port=self.config.wireguard_port if self.dataplane else 0)
+                              wireguard_port=self.config.wireguard_port if self.dataplane else 0,
+                              path_report=self.path_report())
+
+    def path_report(self) -> types_pb2.PathReport | None:
+        """The data plane's path kinds and how many peers of each are down (None without one)."""
+        dp = self.dataplane
+        if dp is None or not dp.applied:
+            return None
+        now = self.clock.wall()
+        keys = {key for _, key in dp.routes_to.values() if key}
+        self._peer_since = {k: self._peer_since.get(k, now) for k in keys}  # forget peers that went away
+        handshakes = {k: float(getattr(st, "last_handshake_s", 0) or 0) for k, st in self.wg_stats.items()}
+        health = path_health(dp.routes_to, handshakes, self._peer_since, now)
+        return types_pb2.PathReport(kinds=[types_pb2.PathReport.Kind(kind=k, down=d) for k, d in sorted(health.items())])
 
     async def discover_facts(self, gpus: bool = True) -> Facts:
         c = self.config
