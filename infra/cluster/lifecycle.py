@@ -313,7 +313,11 @@ def preview(ops: Ops, doc: ClusterDoc, price: bool = True) -> Preview:
             raise ConfigError(f"coordinator_instance_type {coord} is not offered in {doc.spec.main_region}")
         vcpus[coord] = found[coord].vcpus
     warm = instances.warm_slots(doc, offered)
-    rows = quota_api.check_needs(ops.aws, capacity.needs(doc, offered, vcpus)) if ops.check_quotas else []
+    rows = []
+    if ops.check_quotas:
+        there = {instances.tag_of(i, "mesh:slot") for r in {doc.spec.main_region, *(s.region for s in warm)}
+                 for i in instances.find(ops.aws, doc.name, r)} if doc.version else set()
+        rows = quota_api.check_needs(ops.aws, capacity.needs(doc, offered, vcpus, there), count_used=True)
     warm_regions = {s.instance_type: s.region for s in warm}
     out = Preview([], rows, warm_regions, sel)
     if price:
@@ -334,6 +338,10 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
         raise FailedPrecondition(capacity.shortfall_message(doc.name, before.quotas))
     result.estimates = estimate(ops, doc, before)
     progress = _progress(ops)
+    if result.estimates:  # said before anything is built, so Ctrl-C still costs nothing
+        progress.fact(f"{doc.name} costs " + "; ".join(
+            f"{e.profile}{' (this spec)' if i == 0 else ' if switched'} {costs.money(e.hour)}/h, {costs.money(e.day)}/day"
+            for i, e in enumerate(result.estimates)))
     progress.phase("local secrets")
     sec = local_secrets(ops, doc)
     sel = before.selection

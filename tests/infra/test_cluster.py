@@ -228,7 +228,8 @@ def test_a_quota_shortfall_stops_create_before_any_launch_and_names_the_request(
         with pytest.raises(FailedPrecondition) as e:
             create(ops, mesh, spec())
         msg = str(e.value)
-        assert "us-east-1 L-2C3B7624 (Running On-Demand Trn instances): 4 vCPUs, needs 16" in msg
+        assert re.search(r"us-east-1 L-2C3B7624 \(Running On-Demand Trn instances\): 4 vCPUs, \d+ in use, "
+                         r"needs 16 more", msg), msg
         assert f"meshctl quotas request --cluster {mesh}" in msg and "nothing was launched" in msg
         assert "RunInstances" not in faults.seen and "CreateVpc" not in faults.seen
         assert "GetProducts" not in faults.seen, "quotas are checked before anything is priced"
@@ -237,6 +238,38 @@ def test_a_quota_shortfall_stops_create_before_any_launch_and_names_the_request(
     finally:
         low.stop()
     assert delete(cluster_ops(), mesh).leftovers == []
+
+
+def test_the_quota_check_counts_what_already_runs_and_a_rerun_asks_none(cluster_ops, moto, mesh) -> None:
+    """EC2 refuses a launch when quota minus the on-demand vCPUs already running is too small, so
+    the check subtracts them (an instance outside the cluster too); a re-run with every slot
+    running launches nothing and asks no quota."""
+    from infra.quotas import running_vcpus
+    from testbed.doubles.servicequotas import ServiceQuotasDouble
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto)
+    image = ec2.describe_images(Owners=[TEST_IMAGE["image_owner"]],
+                                Filters=[{"Name": "name", "Values": [TEST_IMAGE["image_name"]]}])["Images"][0]["ImageId"]
+    other = ec2.run_instances(ImageId=image, InstanceType=FEW[0], MinCount=1, MaxCount=1)["Instances"][0]
+    low = ServiceQuotasDouble(default=10000.0).start()
+    try:
+        ops = cluster_ops(endpoint_urls={"service-quotas": low.url})
+        used = running_vcpus(ops.aws, "us-east-1")["L-2C3B7624"]
+        assert used >= 8, "the instance outside the cluster counts (a trn1.2xlarge has 8 vCPUs)"
+        low.set("us-east-1", "L-2C3B7624", float(used + 16 - 1))  # enough by its value, one vCPU short when free
+        with pytest.raises(FailedPrecondition) as e:
+            create(ops, mesh, spec(profile="cost-savings"))
+        assert f"{used + 15:g} vCPUs, {used} in use, needs 16 more" in str(e.value)
+    finally:
+        low.stop()
+        ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
+    ops = cluster_ops()
+    first = create(ops, mesh, spec(profile="cost-savings"), known_id=Registry(ops.aws).get(mesh).id)  # run again
+    asked = ops.aws.operations.get("servicequotas:GetServiceQuota", 0)
+    assert asked > 0
+    again = create(ops, mesh, spec(profile="cost-savings"), known_id=first.doc.id)
+    assert again.launched == [] and ops.aws.operations.get("servicequotas:GetServiceQuota", 0) == asked
+    assert delete(ops, mesh).leftovers == []
 
 
 def test_a_taken_name_is_refused(cluster_ops, builder, mesh) -> None:

@@ -186,7 +186,10 @@ def test_clusters_judges_the_mesh_from_meshds_nodes(cli, tmp_path, mesh, monkeyp
 
     role = json.loads(cli("infra", "role", "create", "-o", "json").output)
     auth = ("--role-arn", role["role_arn"], "--external-id", role["external_id"])
-    cli("cluster", "create", "aws", *auth, "--spec", str(spec_file(tmp_path, "s", profile="cost-savings")), mesh)
+    r = cli("cluster", "create", "aws", *auth, "--spec", str(spec_file(tmp_path, "s", profile="cost-savings")), mesh)
+    lines = r.output.splitlines()  # the cost is said before anything is built
+    cost = next(i for i, x in enumerate(lines) if f"{mesh} costs cost-savings (this spec) $0.1010/h, $2.42/day" in x)
+    assert cost < next(i for i, x in enumerate(lines) if "local secrets" in x)
     secrets = tmp_path / "meshctl" / "clusters" / mesh
     with LocalMesh(tmp_path / "coordinator", lease_ttl_s=1.5, grace_s=60) as lm:
         (lm.root / "meshd").mkdir(mode=0o700, parents=True)
