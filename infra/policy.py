@@ -57,6 +57,17 @@ CLUSTER = (
     "pricing:GetProducts", "ec2:DescribeSpotPriceHistory",
 )
 CLUSTER_PARAMETERS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory")
+# The bucket a cluster's wheel lives in (infra/cluster/package.py), named mesh-<account>-<hash>-pkg.
+PACKAGE = (
+    "s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:PutBucketPublicAccessBlock",
+    "s3:PutEncryptionConfiguration", "s3:PutBucketTagging", "s3:PutBucketPolicy", "s3:GetObject",
+    "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject",
+)
+PACKAGE_BUCKETS = ["arn:aws:s3:::mesh-*-pkg", "arn:aws:s3:::mesh-*-pkg/*"]
+# S3 operations are authorised under other action names.
+S3_ACTIONS = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket", "s3:HeadObject": "s3:GetObject",
+              "s3:PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+              "s3:PutBucketEncryption": "s3:PutEncryptionConfiguration", "s3:DeleteObjects": "s3:DeleteObject"}
 # The instance roles EC2 is given; created by `meshctl infra role create`.
 NODE_ROLE = "mesh-node"
 COORDINATOR_ROLE = "mesh-coordinator"
@@ -93,7 +104,7 @@ def document(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = 
 
 
 def cluster_actions(quotas: bool = False) -> set[str]:
-    return actions(quotas, sky=False) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | {"iam:PassRole"}
+    return actions(quotas, sky=False) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | set(PACKAGE) | {"iam:PassRole"}
 
 
 def cluster_document(quotas: bool = False) -> dict:
@@ -105,6 +116,7 @@ def cluster_document(quotas: bool = False) -> dict:
         {"Sid": "MeshInstances", "Effect": "Allow", "Action": sorted(CLUSTER), "Resource": "*"},
         {"Sid": "MeshParameters", "Effect": "Allow", "Action": sorted(set(PARAMETERS) | set(CLUSTER_PARAMETERS)),
          "Resource": ["arn:aws:ssm:*:*:parameter/mesh/*", "arn:aws:ssm:*:*:parameter/mesh-clusters/*"]},
+        {"Sid": "MeshPackageBuckets", "Effect": "Allow", "Action": sorted(PACKAGE), "Resource": PACKAGE_BUCKETS},
         {"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": [f"arn:aws:iam::*:role/{NODE_ROLE}", f"arn:aws:iam::*:role/{COORDINATOR_ROLE}"],
          "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},

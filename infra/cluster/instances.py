@@ -151,9 +151,14 @@ def client_token(doc: ClusterDoc, slot: Slot) -> str:
     return hashlib.sha256(f"{doc.id}/{slot.name}/{slot.instance_type}".encode()).hexdigest()[:64]
 
 
+def profile_name(doc: ClusterDoc, role: str) -> str:
+    """The instance profile (and its role, of the same name) of a slot role."""
+    return "mesh-coordinator" if role in COORDINATOR_ROLES else "mesh-node"
+
+
 def launch(aws: Aws, doc: ClusterDoc, slot: Slot, subnet: str, groups: list[str], image_id: str,
            data: str) -> str:
-    profile = "mesh-coordinator" if slot.role in COORDINATOR_ROLES else "mesh-node"
+    profile = profile_name(doc, slot.role)
     params: dict[str, Any] = dict(
         ImageId=image_id, InstanceType=slot.instance_type, MinCount=1, MaxCount=1, SubnetId=subnet,
         SecurityGroupIds=groups, IamInstanceProfile={"Name": profile}, UserData=data,

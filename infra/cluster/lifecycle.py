@@ -44,7 +44,7 @@ from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
-from infra.cluster import address, capacity, costs, instances
+from infra.cluster import address, capacity, costs, instances, package
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
 from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
@@ -89,6 +89,10 @@ class Ops:
     selections: dict = field(default_factory=dict)  # reused per spec within one process (benchmarks, tests)
     prices: Any = None  # infra.prices.Prices: estimates are made when set
     check_quotas: bool = True
+    # Builds a wheel of the running mesh into a directory (a spec without `package`); the wheels
+    # built in this process, by their s3:// URL, are kept until uploaded.
+    wheel: Callable[[Path], Path] = package.build_running
+    wheels: dict[str, Any] = field(default_factory=dict)
 
 
 def new_doc(name: str, spec: ClusterSpec) -> ClusterDoc:
@@ -103,8 +107,11 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
     `on_recorded` is called once the name is taken (the CLI saves the context then, so an
     interrupted create can be resumed)."""
     check_cluster_name(name)
-    validate(spec)
     doc = ops.registry.get(name)
+    if not spec.package:  # the version this machine runs: the stored one on a re-run, else a new wheel
+        spec = replace(spec, package=doc.spec.package if doc is not None and doc.id == known_id
+                       else _wheel_url(ops, name))
+    validate(spec)
     if doc is not None:
         if doc.id != known_id:
             raise AlreadyExists(f"cluster name {name!r} is taken by cluster {doc.id} in this account: "
@@ -123,9 +130,12 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
 
 
 def edit(ops: Ops, name: str, new: ClusterSpec, base_version: int | None = None) -> Result:
-    """Store `new` as the next spec version and converge; nothing changes if it is invalid."""
-    validate(new)
+    """Store `new` as the next spec version and converge; nothing changes if it is invalid.
+    A spec without `package` keeps the cluster's."""
     doc = _existing(ops, name)
+    if not new.package:
+        new = replace(new, package=doc.spec.package)
+    validate(new)
     if base_version is not None and doc.version != base_version:
         raise FailedPrecondition(f"cluster {name} changed while it was being edited (version {base_version} → "
                                  f"{doc.version}): edit again")
@@ -363,6 +373,9 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     (sec.directory / "ca.key").unlink(missing_ok=True)  # the coordinators' copy is the one from now on
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
+    if _ours(ops, doc):
+        progress.phase("the package, for this cluster's instances only")
+        _publish(ops, doc)
     offered = {r.name: r.offered for r in sel.regions if r.selected}
     coordinators = instances.coordinator_slots(doc, main)
     slots = coordinators + instances.warm_slots(doc, offered)
@@ -402,6 +415,49 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     progress.phase("pointing the address at the coordinators")
     address.attach(aws, doc, main, {s.name: found[s.name] for s in coordinators if s.name in found})
     return result
+
+
+def _caller(ops: Ops) -> tuple[str, str]:
+    """(account, the caller's IAM principal), asked once per Ops."""
+    if "caller" not in ops.wheels:
+        from infra.cluster.access import caller_principal
+
+        me = ops.aws.call("sts", "us-east-1", "GetCallerIdentity")
+        ops.wheels["caller"] = (me["Account"], caller_principal(me["Arn"]))
+    return ops.wheels["caller"]
+
+
+def _wheel_url(ops: Ops, name: str) -> str:
+    """Build a wheel of the running mesh (kept in `ops.wheels` until uploaded); its s3:// URL."""
+    wheel, tmp = package.build_in_temp(ops.wheel)
+    url = package.plan_url(_caller(ops)[0], name, wheel)
+    ops.wheels[url] = (wheel, tmp)
+    return url
+
+
+def _ours(ops: Ops, doc: ClusterDoc) -> bool:
+    """Whether the spec's package is the wheel `create` keeps in this cluster's bucket."""
+    if not doc.spec.package.startswith(package.SCHEME):
+        return False
+    return package.parse_url(doc.spec.package)[0] == package.bucket_name(_caller(ops)[0], doc.name)
+
+
+def _publish(ops: Ops, doc: ClusterDoc) -> None:
+    """The cluster's bucket as package.py describes it, with the wheel of the spec's URL in it."""
+    url = doc.spec.package
+    account = _caller(ops)[0]
+
+    def wheel() -> Path:  # only when the bucket lacks it: this machine must run the very same build
+        if url not in ops.wheels:
+            built, tmp = package.build_in_temp(ops.wheel)
+            if package.plan_url(account, doc.name, built) != url:
+                raise FailedPrecondition(f"cluster {doc.name}'s package {url} is not in its bucket and this machine "
+                                         f"runs another build ({built.name}): run the command where the cluster "
+                                         "was created, or set another package with `meshctl cluster edit`")
+            ops.wheels[url] = (built, tmp)
+        return ops.wheels[url][0]
+    readers = [f"arn:aws:iam::{account}:role/{instances.profile_name(doc, role)}" for role in ("agent", "replica")]
+    package.publish(ops.aws, doc.name, doc.spec.main_region, url, wheel, readers)
 
 
 def _apply(ops: Ops, cfg: Any, sel: Selection) -> bool:
@@ -497,8 +553,13 @@ def _delete(ops: Ops, doc: ClusterDoc) -> Result:
         except AwsError as e:
             if e.aws_code != "ParameterNotFound":
                 raise
+    if _ours(ops, doc):
+        progress.phase("the package bucket")
+        package.remove(aws, _caller(ops)[0], doc.name, region)
     result.leftovers = [f"{x.region}: {x.resource} ({x.reason})" for x in net.leftovers]
     result.leftovers += sweep(aws, doc, regions)
+    if _ours(ops, doc) and package.exists(aws, package.bucket_name(_caller(ops)[0], doc.name), region):
+        result.leftovers.append(f"{region}: bucket {package.bucket_name(_caller(ops)[0], doc.name)}")
     return result
 
 

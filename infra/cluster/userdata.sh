@@ -22,7 +22,27 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends python3-venv wireguard-tools wireguard-go nftables >/dev/null
 [ "$ROLE" = replica ] && apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
 [ -x /opt/mesh/bin/python ] || python3 -m venv /opt/mesh
-/opt/mesh/bin/pip install -q --disable-pip-version-check "$PACKAGE" boto3
+/opt/mesh/bin/pip install -q --disable-pip-version-check boto3
+case "$PACKAGE" in
+  s3://*)  # the wheel `cluster create` uploaded: readable by this cluster's instance role only
+    install -d -m 0700 /var/cache/mesh
+    wheel="/var/cache/mesh/${PACKAGE##*/}"
+    /opt/mesh/bin/python - "$MAIN_REGION" "$PACKAGE" "$wheel" <<'PY'
+import sys, time, boto3
+region, url, dest = sys.argv[1:4]
+bucket, _, key = url[len("s3://"):].partition("/")
+for attempt in range(30):
+    try:
+        boto3.client("s3", region_name=region).download_file(bucket, key, dest)
+        break
+    except Exception as e:
+        if attempt == 29:
+            sys.exit(f"cannot fetch {url}: {e}")
+        time.sleep(10)
+PY
+    PACKAGE="$wheel" ;;
+esac
+/opt/mesh/bin/pip install -q --disable-pip-version-check "$PACKAGE"
 ln -sf /opt/mesh/bin/meshd /opt/mesh/bin/meshagent /opt/mesh/bin/meshctl /usr/local/bin/
 
 param() {  # region, name -> value on stdout (bounded retries: the role may take a moment to apply)

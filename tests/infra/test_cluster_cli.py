@@ -79,8 +79,6 @@ def test_from_role_to_running_cluster_to_delete(cli, sts, tmp_path, mesh) -> Non
     assert "invalid cluster name 'Bad_Name'" in r.output and "'-' or '.'" in r.output
     r = cli("cluster", "create", "aws", "--role-arn", "arn:aws:iam::1:role/x", "--external-id", ext, name, ok=False)
     assert "invalid role ARN" in r.output
-    r = cli("cluster", "create", "aws", *auth, name, ok=False, env={"MESH_PACKAGE": ""})
-    assert "package is not set" in r.output and "--package" in r.output
     assert len(sts.requests) == n
     r = cli("cluster", "create", "aws", "--role-arn", arn, "--external-id", "wrong-id", name, ok=False)
     assert "wrong external id" in r.output
