@@ -82,7 +82,11 @@ class Tunnels:
 
     async def serve(self, caller: Caller, context: grpc.aio.ServicerContext) -> None:
         with self._slot(caller):
-            first = await _read(context)
+            try:
+                first = await asyncio.wait_for(_read(context), self.idle_s)
+            except asyncio.TimeoutError:
+                metrics.TUNNELS_IDLE.inc()
+                raise Idle(f"tunnel closed: no service named within {self.idle_s:g} s") from None
             if first is None:
                 return  # the caller gave up before naming anything
             check_name(first.service, "service name")

@@ -264,6 +264,11 @@ async def test_a_tunnel_where_nothing_moves_closes(mesh):
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert e.value.details() == "tunnel to 'mlflow' closed: no byte moved either way for 0.3 s"
         assert metric("mesh_tunnels_idle_closed_total") == idle_before + 1
+        silent = catalog_pb2_grpc.CatalogServiceStub(mesh._admin).Tunnel()  # never names a service
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await asyncio.wait_for(silent.read(), 20)
+        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                       "tunnel closed: no service named within 0.3 s")
     finally:
         call.cancel()
         srv.close()
