@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -185,6 +186,9 @@ def proxy(target: str = typer.Argument(..., help="NAME[:PORT]: a service name; P
     from meshctl.output import fail
 
     via_meshd = via_coordinator or not ENDPOINTS.to_agent()
+    if via_meshd and not ENDPOINTS.cert_dir and not os.path.exists(ENDPOINTS.admin_socket):
+        fail(f"nothing to reach meshd through: no admin certificate (MESH_COORDINATOR and MESH_ADMIN_CERT_DIR, "
+             f"or `meshctl cluster use NAME`) and no meshd admin socket at {ENDPOINTS.admin_socket}")
     try:
         name, port = parse(target)
         t = pick(_services(via_meshd), name, port)

@@ -55,6 +55,8 @@ class Tunnels:
         self.clock = clock
         self.per_caller, self.total, self.idle_s, self.connect_s = per_caller, total, idle_s, connect_s
         self._open: dict[str, int] = {}
+        for direction in ("to_service", "from_service"):  # the series exist from the start, at 0
+            metrics.TUNNEL_BYTES.labels(direction)
 
     @property
     def open(self) -> int:

@@ -183,6 +183,9 @@ async def test_a_missing_or_unhealthy_name_is_one_line_and_exit_code_1(mesh, tmp
         rc, out, err = await meshctl("proxy", target, env=env)
         assert rc == 1 and err.startswith(rule) and len(err.strip().splitlines()) == 1, (rc, err)
         assert "Traceback" not in err and not out
+    rc, _, err = await meshctl("proxy", "webui", "--via-coordinator",
+                               env=env_for(mesh, tmp_path, MESHD_ADMIN_SOCKET=str(tmp_path / "none.sock")))
+    assert rc == 1 and err.startswith("error: nothing to reach meshd through: no admin certificate"), err
     # meshd itself refuses them too (the name is checked again for every tunnel)
     async with admin_channel(mesh, env["MESH_ADMIN_CERT_DIR"]) as ch:
         stub = catalog_pb2_grpc.CatalogServiceStub(ch)
