@@ -35,6 +35,11 @@ RECORDS_SKIPPED = Counter("mesh_watch_records_skipped",
 WATCHES_REFUSED = Counter("mesh_watches_refused", "Watch streams refused: the caller has too many open")
 WATCHERS_LAGGING = Counter("mesh_watchers_lagging",
                            "Watchers whose event queue filled up (they re-read the history when they read again)")
+TUNNELS_OPEN = Gauge("mesh_tunnels_open", "Tunnels open through meshd to a service (meshctl proxy with an admin certificate)")
+TUNNEL_BYTES = Counter("mesh_tunnel_bytes", "Bytes carried by tunnels, by direction (to_service, from_service)",
+                       ["direction"])
+TUNNELS_REFUSED = Counter("mesh_tunnels_refused", "Tunnels refused: the caller, or meshd in all, has too many open")
+TUNNELS_IDLE = Counter("mesh_tunnels_idle_closed", "Tunnels closed because no byte moved either way for too long")
 ELECTION_TRANSITIONS = Counter("mesh_election_transitions", "Times this meshd gained or lost leadership")
 SYNC_SECONDS = Histogram("mesh_sync_reconcile_duration_seconds", "Time of one reconcile of a mirror, by target",
                          ["target"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))

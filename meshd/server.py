@@ -3,7 +3,8 @@
 Jobs live in their own modules: admission (join tokens), nodes (join, facts,
 drain, removal), leases (liveness and the leader's lease loop), catalog,
 gossipkeys, mirrors (Consul and Kubernetes), election (which replica leads),
-auth (who is calling) and servicers (protobuf in, domain calls out). This
+tunnels (admins' TCP connections to services), auth (who is calling) and
+servicers (protobuf in, domain calls out). This
 module builds them from a MeshdConfig, hands each servicer the collaborators
 it uses, and runs the server and the background loops.
 
@@ -57,6 +58,7 @@ from meshd.store import open_store, sqlite_path
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
 from meshd.storeid import MARK_EVERY_S, StoreMark
+from meshd.tunnels import Tunnels
 
 log = logging.getLogger("meshd")
 
@@ -144,6 +146,7 @@ class Coordinator:
                                 is_leader=lambda: self.is_leader)
         self.mirrors = Mirrors(self.store, self.catalog, self.nodes, config.consul, config.kubernetes, clock)
         self.callers = Callers(self.nodes.exists)
+        self.tunnels = Tunnels(self.catalog, clock)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
         self.join_server: grpc.aio.Server | None = None
@@ -176,7 +179,8 @@ class Coordinator:
         # The watch methods send events encoded once for all streams (meshd.fanout): their serializer
         # passes those bytes through.
         _add_with_passthrough(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots),
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots,
+            self.tunnels),
             server, {"WatchServices": catalog_pb2.ServiceEvent})
         _add_with_passthrough(nodes_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(
             self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),

@@ -26,6 +26,7 @@ from meshd.catalog import Catalog
 from meshd.fanout import Encoded, Snapshots
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
+from meshd.tunnels import Tunnels
 
 #: the token label that lets the nodes it admits fetch the K3s agent token
 K3S_LABEL = "mesh.k3s"
@@ -189,8 +190,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
                  sync_errors: Callable[[], dict[str, str]], store_token: Callable[[], str] = str,
-                 slots: WatchSlots | None = None) -> None:
+                 slots: WatchSlots | None = None, tunnels: Tunnels | None = None) -> None:
         self.slots = slots or WatchSlots()
+        self.tunnels = tunnels
         self.catalog = catalog
         self.store_token = store_token
         self.nodes = nodes
@@ -215,6 +217,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         await self.callers.any_member(context)
         services, rev = await self.catalog.list()
         return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.sync_errors())
+
+    async def Tunnel(self, request_iterator, context):
+        caller = caller_of(context)
+        require_admin(caller)
+        if self.tunnels is None:
+            raise FailedPrecondition("this meshd opens no tunnels")
+        await self.tunnels.serve(caller, context)
 
     def _signed(self, svc: types_pb2.Service, rev: int, deleted: bool) -> bytes | None:
         """The signed record of a change, or None (counted and logged) if it cannot be signed:

@@ -44,3 +44,9 @@ def test_labels_meshd_accepts_fit_the_gossip_facts_of_every_profile():
         Swim("n" + "f" * 16, "n" * 63, ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), profile,
              random.Random(1), Keyring(b"k" * 32), verify_record=lambda r: True, facts=facts)
     Alive(2**32 - 1, "n", "n", ("h", 1), facts)
+
+
+def test_a_full_tunnel_chunk_fits_the_tunnel_message_bound_and_the_transport_cap():
+    from mesh.v1 import catalog_pb2
+    widest = catalog_pb2.TunnelData(service="s" * 63, port=65535, data=b"x" * limits.TUNNEL_CHUNK_BYTES)
+    assert widest.ByteSize() <= limits.request_limit("Tunnel") <= limits.GRPC_MAX_REQUEST_BYTES
