@@ -164,6 +164,15 @@ class CertificateAuthority:
             if cert.public_key().public_numbers() != key.public_key().public_numbers():
                 raise StateError(f"{crt_path} does not match {key_path}")
             return cls(key, cert)
+        ca = cls.new(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_file(key_path, key_pem(ca.key), private=True)
+        write_file(crt_path, cert_pem(ca.cert))
+        return ca
+
+    @classmethod
+    def new(cls, name: str) -> CertificateAuthority:
+        """A new CA, in memory only (ten years)."""
         key = new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
@@ -173,9 +182,6 @@ class CertificateAuthority:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
                 .sign(key, hashes.SHA256()))
-        directory.mkdir(parents=True, exist_ok=True)
-        write_file(key_path, key_pem(key), private=True)
-        write_file(crt_path, cert_pem(cert))
         return cls(key, cert)
 
     def _issue(self, subject_key, cn: str, kind: str, life: dt.timedelta, server: bool,
