@@ -444,3 +444,24 @@ def test_only_the_coordinators_group_reaches_etcd(cluster_ops, moto):
         assert not again.launched
     finally:
         assert delete(ops, name).leftovers == []
+
+
+def test_the_replica_rules_keep_everything_but_etcds_ports():
+    from infra.cluster.groups import MAX_RULES, replica_rules, without_etcd
+    from infra.desired import Rule
+
+    c = "10.4.0.0/16"
+    got = without_etcd({Rule("-1", None, None, c), Rule("tcp", 2000, 3000, "10.5.0.0/16"),
+                        Rule("tcp", 2379, 2379, "10.6.0.0/16"), Rule("udp", 2379, 2380, "10.7.0.0/16"),
+                        Rule("tcp", 22, 22, "192.0.2.0/24")})
+    assert got == {Rule("tcp", 0, 2378, c), Rule("tcp", 2381, 65535, c), Rule("udp", 0, 65535, c),
+                   Rule("icmp", -1, -1, c), Rule("tcp", 2000, 2378, "10.5.0.0/16"),
+                   Rule("tcp", 2381, 3000, "10.5.0.0/16"), Rule("udp", 2379, 2380, "10.7.0.0/16"),
+                   Rule("tcp", 22, 22, "192.0.2.0/24")}
+    for port in (0, 22, 2378, 2379, 2380, 2381, 7443, 7946, 65535):  # only TCP 2379-2380 are cut out
+        tcp = [r for r in got if r.protocol == "tcp" and r.cidr == c and r.from_port <= port <= r.to_port]
+        assert bool(tcp) == (port not in (2379, 2380))
+    # many regions: the rules spill into more groups of at most MAX_RULES each
+    many = {Rule("-1", None, None, f"10.{i}.0.0/16") for i in range(40)}
+    chunks = replica_rules(many)
+    assert [len(x) for x in chunks] == [MAX_RULES, MAX_RULES, 160 - 2 * MAX_RULES]
