@@ -22,7 +22,6 @@ from typing import Any
 
 from infra.aws import Aws
 from infra.desired import Rule
-from infra.state import parse_rules
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import FailedPrecondition
 
@@ -100,8 +99,4 @@ def reconcile(aws: Aws, region: str, group: dict[str, Any], want: list[dict[str,
 
 
 def rule_permissions(rules: list[Rule]) -> list[dict[str, Any]]:
-    return [r.permission("mesh replica: the mesh group's rules without etcd") for r in rules]
-
-
-def parse(group: dict[str, Any]) -> set[Rule]:
-    return parse_rules(group.get("IpPermissions", []))
+    return [r.permission("mesh traffic except etcd") for r in rules]  # AWS allows no quote here

@@ -55,7 +55,7 @@ from infra.destroy import destroy
 from infra.regions import ENABLED, Selection, list_regions, select_regions
 from infra.state import read_region, tag_filters
 from meshcore import pki
-from meshcore.defaults import JOIN_PORT, MESHD_PORT
+from meshcore.defaults import MESHD_PORT
 from meshcore.errors import AlreadyExists, ConfigError, FailedPrecondition, MeshError, Unavailable
 from meshcore.names import check_cluster_name
 
@@ -472,7 +472,7 @@ def replica_groups(aws: Aws, doc: ClusterDoc, main: Any) -> list[str]:
             for g in existing:  # fewer rules than before: an emptied group stays harmless
                 sg.reconcile(aws, doc.spec.main_region, g, [])
             continue
-        g = _group(aws, doc, main.vpc_id(), name, "replica", "mesh replica: the mesh's traffic except etcd")
+        g = _group(aws, doc, main.vpc_id(), name, "replica", "mesh replica: mesh traffic except etcd")
         sg.reconcile(aws, doc.spec.main_region, g, sg.rule_permissions(chunks[i]))
         ids.append(g["GroupId"])
     return ids

@@ -15,7 +15,6 @@ import base64
 import http.client
 import random
 import re
-import shlex
 import socket
 import ssl
 import subprocess
