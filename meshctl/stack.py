@@ -388,17 +388,23 @@ def store_certs(root: Path, ca_key: Path, ca_cert: Path, name: str, addresses: l
 
     from meshcore import pki
 
-    ca_key, ca_cert = root / str(ca_key).lstrip("/"), root / str(ca_cert).lstrip("/")
-    ca = pki.CertificateAuthority(pki.load_key(ca_key.read_bytes(), str(ca_key)),
-                                  pki.load_cert(ca_cert.read_bytes(), str(ca_cert)))
-    if ca.cert.public_key().public_numbers() != ca.key.public_key().public_numbers():
-        raise InvalidArgument(f"--ca-cert {ca_cert} does not match --ca-key {ca_key}")
     for a in addresses:
         try:
             ipaddress.ip_address(a)
         except ValueError:
             if not _HOST.match(a):
                 raise InvalidArgument(f"invalid --address {a!r}: an IP address or a host name") from None
+
+    def read(flag: str, path: Path) -> bytes:
+        try:
+            return (root / str(path).lstrip("/")).read_bytes()
+        except OSError as e:
+            raise InvalidArgument(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
+
+    ca = pki.CertificateAuthority(pki.load_key(read("--ca-key", ca_key), f"--ca-key {ca_key}"),
+                                  pki.load_cert(read("--ca-cert", ca_cert), f"--ca-cert {ca_cert}"))
+    if ca.cert.public_key().public_numbers() != ca.key.public_key().public_numbers():
+        raise InvalidArgument(f"--ca-cert {ca_cert} does not match --ca-key {ca_key}")
     try:
         owner = pwd.getpwnam("etcd")
     except KeyError:

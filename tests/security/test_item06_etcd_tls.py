@@ -464,3 +464,18 @@ def test_the_replica_rules_keep_everything_but_etcds_ports():
     many = {Rule("-1", None, None, f"10.{i}.0.0/16") for i in range(40)}
     chunks = replica_rules(many)
     assert [len(x) for x in chunks] == [MAX_RULES, MAX_RULES, 160 - 2 * MAX_RULES]
+
+
+def test_store_certs_refuses_a_bad_store_ca_in_one_line_naming_the_flag(tmp_path):
+    from meshctl.main import app
+    from typer.testing import CliRunner
+
+    a, b = pki.CertificateAuthority.new("a"), pki.CertificateAuthority.new("b")
+    (tmp_path / "a.key").write_bytes(pki.key_pem(a.key))
+    (tmp_path / "b.crt").write_bytes(b.pem)
+    base = ["install", "store-certs", "--name", "r0", "--address", "10.4.0.10", "--root", str(tmp_path)]
+    for extra, flag in ((["--ca-key", "/a.key", "--ca-cert", "/b.crt"], "does not match --ca-key"),
+                        (["--ca-key", "/missing.key", "--ca-cert", "/b.crt"], "--ca-key /missing.key: cannot read")):
+        r = CliRunner().invoke(app, base + extra)
+        assert r.exit_code == 1 and r.output.count("\n") == 1 and flag in r.output, r.output
+    assert not (tmp_path / "var").exists()  # nothing written
