@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--join-listen", default=d.join_listen, help=f"TLS address for Join (default {d.join_listen}; '' disables)")
     p.add_argument("--admin-socket", default=d.admin_socket, help=f"root-only unix socket (default {d.admin_socket}; '' disables)")
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
-    p.add_argument("--store", default=d.store, help="sqlite (default), sqlite:///path.db or etcd://host:2379,...")
+    p.add_argument("--store", default=d.store,
+                   help="sqlite (default), sqlite:///path.db, etcd://host:2379,... or etcds://host:2379,... (TLS)")
+    p.add_argument("--etcd-ca", default="", metavar="FILE", help="etcds://: CA bundle that signed etcd's certificate")
+    p.add_argument("--etcd-cert", default="", metavar="FILE",
+                   help="etcds://: meshd's client certificate (etcd runs with --client-cert-auth)")
+    p.add_argument("--etcd-key", default="", metavar="FILE", help="etcds://: key of --etcd-cert")
     p.add_argument("--overlay-pool", default=d.overlay_pool, help=f"mesh addresses for non-AWS nodes (default {d.overlay_pool})")
     p.add_argument("--vpc-range", action="append", default=None, metavar="CIDR",
                    help=f"the AWS address plan: AWS nodes' VPCs must lie inside (repeatable; "
@@ -109,6 +114,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     logs.setup(a.log_level, a.log_format, socket.gethostname())
     consul = kubernetes = None
     try:
+        from meshd.store.etcd_tls import from_flags
+        from_flags(a.store, a.etcd_ca, a.etcd_cert, a.etcd_key)  # checked again at start; here for one clear line
         if a.consul:
             consul = consul_config(a, os.environ)
         if a.kubernetes:
@@ -119,7 +126,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     except (MeshError, OSError) as e:
         p.error(str(e))
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
-                       metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool,
+                       metrics=a.metrics, store=a.store, etcd_ca=a.etcd_ca, etcd_cert=a.etcd_cert,
+                       etcd_key=a.etcd_key, overlay_pool=a.overlay_pool,
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,

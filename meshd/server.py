@@ -75,8 +75,14 @@ class MeshdConfig:
     admin_socket: str = "/run/meshd/admin.sock"
     #: Prometheus metrics address ("" to disable)
     metrics: str = "127.0.0.1:9464"
-    #: sqlite (default), sqlite:///path.db or etcd://host:2379,...
+    #: sqlite (default), sqlite:///path.db, etcd://host:2379,... or etcds://host:2379,... (TLS)
     store: str = "sqlite"
+    #: etcds:// only: CA bundle that signed etcd's certificate
+    etcd_ca: str = ""
+    #: etcds:// only: meshd's client certificate for etcd (--client-cert-auth)
+    etcd_cert: str = ""
+    #: etcds:// only: the key of etcd_cert
+    etcd_key: str = ""
     #: where non-AWS nodes get their mesh address
     overlay_pool: str = DEFAULT_POOL
     #: the mesh's AWS address plan: an AWS node's VPC CIDR must lie inside one of these
@@ -124,7 +130,8 @@ class Coordinator:
                 self._locks.append(StateLock(db.with_name(db.name + ".lock"), "meshd",
                                              f"stop it first; two meshd cannot share {db}"))
             self.ca = pki.CertificateAuthority.load_or_create(state)
-            self.store = store or open_store(config.store, state, clock)
+            self.store = store or open_store(config.store, state, clock, config.etcd_ca, config.etcd_cert,
+                                             config.etcd_key)
         except BaseException:
             self._release_locks()
             raise

@@ -144,7 +144,7 @@ def user_data(doc: ClusterDoc, slot: Slot, coordinator: str, etcd_cluster: str) 
 
 
 def etcd_members(slots: list[Slot]) -> str:
-    return ",".join(f"{s.name.replace('replica-', 'r')}=http://{s.private_ip}:2380" for s in slots if s.role == "replica")
+    return ",".join(f"{s.name.replace('replica-', 'r')}=https://{s.private_ip}:2380" for s in slots if s.role == "replica")
 
 
 def client_token(doc: ClusterDoc, slot: Slot) -> str:

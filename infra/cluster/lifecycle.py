@@ -14,7 +14,9 @@
 2. the stable address (Elastic IP or load balancer), so it can be written
    into the join parameters and the instances' user data;
 3. the network: `infra.apply` with the join parameters;
-4. the coordinators' secrets in SSM, their security group (meshd's API and join ports);
+4. the coordinators' secrets in SSM (with the store CA, made here once, whose
+   key exists only there: the CA etcd trusts, not the mesh CA every node has
+   a certificate from), their security groups (infra.cluster.groups);
 5. instances: missing slots launched, extra or mismatched ones terminated,
    the address pointed at the coordinators.
 
@@ -45,6 +47,7 @@ from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
 from infra.cluster import address, capacity, costs, instances, package
+from infra.cluster import groups as sg
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
 from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
@@ -52,13 +55,13 @@ from infra.destroy import destroy
 from infra.regions import ENABLED, Selection, list_regions, select_regions
 from infra.state import read_region, tag_filters
 from meshcore import pki
-from meshcore.defaults import JOIN_PORT, MESHD_PORT
+from meshcore.defaults import MESHD_PORT
 from meshcore.errors import AlreadyExists, ConfigError, FailedPrecondition, MeshError, Unavailable
 from meshcore.names import check_cluster_name
 
 TERMINATE_WAIT_S = 600.0
 # Beside the spec, in the main region, for coordinators at boot and for other machines of the user.
-SECRETS = ("ca-key", "join-token")
+SECRETS = ("ca-key", "join-token", "store-ca-key", "store-ca-cert")
 POLL_S = 5.0
 
 
@@ -247,6 +250,17 @@ def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
     return Secrets(d, ca, token)
 
 
+def store_ca(aws: Aws, doc: ClusterDoc) -> None:
+    """The CA the replicas' etcd trusts for clients and peers, made once and kept in SSM only (the
+    coordinators' path): a node certificate from the mesh CA is worth nothing to etcd."""
+    region, prefix = doc.spec.main_region, secret_prefix(doc.name)
+    if _described(aws, region, prefix + "store-ca-key") and _described(aws, region, prefix + "store-ca-cert"):
+        return
+    ca = pki.CertificateAuthority.new(f"mesh store CA {doc.name}")
+    _put_secret(aws, region, prefix + "store-ca-key", pki.key_pem(ca.key).decode())
+    _put_secret(aws, region, prefix + "store-ca-cert", ca.pem.decode())
+
+
 def _admin_cert_due(path: Path) -> bool:
     try:
         cert = pki.load_cert(path.read_bytes(), str(path))
@@ -372,12 +386,14 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
     (sec.directory / "ca.key").unlink(missing_ok=True)  # the coordinators' copy is the one from now on
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
+    store_ca(aws, doc)
     group = coordinator_group(aws, doc, main.vpc_id())
     if _ours(ops, doc):
         progress.phase("the package, for this cluster's instances only")
         _publish(ops, doc)
     offered = {r.name: r.offered for r in sel.regions if r.selected}
     coordinators = instances.coordinator_slots(doc, main)
+    replica = replica_groups(aws, doc, main) if any(s.role == "replica" for s in coordinators) else []
     slots = coordinators + instances.warm_slots(doc, offered)
     etcd = instances.etcd_members(coordinators)
     states = {region: main}
@@ -402,7 +418,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
             continue
         st = states.get(s.region) or states.setdefault(s.region, read_region(aws, doc.name, s.region))
         subnet = _subnet_for(st, s)
-        groups = [g.id for g in st.groups if g.name == f"mesh-{doc.name}"]
+        # a replica's etcd must not be in reach of the mesh group's "all traffic from the peered VPCs"
+        groups = list(replica) if s.role == "replica" else [g.id for g in st.groups if g.name == f"mesh-{doc.name}"]
         if s.role in instances.COORDINATOR_ROLES:
             groups.append(group)
         if s.region not in images:
@@ -486,19 +503,43 @@ def _groups(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:
             if tag_of(g, "mesh:cluster") == name]
 
 
-def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
-    """The security group that opens meshd's ports (mTLS API and join, adjacent: one range) to the world."""
+def _group(aws: Aws, doc: ClusterDoc, vpc: str | None, name: str, role: str, description: str) -> dict[str, Any]:
+    """The cluster's security group called `name` in the main region's VPC, created if missing."""
     region = doc.spec.main_region
-    found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc]
+    found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc and g.get("GroupName") == name]
     if found:
-        return found[0]["GroupId"]
-    gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=f"mesh-{doc.name}-coordinator", VpcId=vpc,
-                   Description="meshd: mTLS API and join (TLS, token-gated)",
+        return found[0]
+    gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=name, VpcId=vpc, Description=description,
                    TagSpecifications=[{"ResourceType": "security-group",
-                                       "Tags": cluster_tags(doc.name, role="coordinator")}])["GroupId"]
-    aws.call("ec2", region, "AuthorizeSecurityGroupIngress", GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": MESHD_PORT, "ToPort": JOIN_PORT, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-    return gid
+                                       "Tags": cluster_tags(doc.name, role=role)}])["GroupId"]
+    return {"GroupId": gid, "IpPermissions": []}
+
+
+def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
+    """The group that opens meshd's ports to the world and etcd's to the coordinators alone (infra.cluster.groups)."""
+    g = _group(aws, doc, vpc, sg.coordinator_name(doc.name), "coordinator",
+               "meshd: mTLS API and join (TLS, token-gated); etcd from coordinators only")
+    sg.reconcile(aws, doc.spec.main_region, g, sg.coordinator_permissions(g["GroupId"]))
+    return g["GroupId"]
+
+
+def replica_groups(aws: Aws, doc: ClusterDoc, main: Any) -> list[str]:
+    """The groups a replica has instead of the network's `mesh-<cluster>`: its rules without etcd's ports."""
+    mesh = next((g for g in main.groups if g.name == f"mesh-{doc.name}"), None)
+    if mesh is None:
+        raise FailedPrecondition(f"the main region has no security group mesh-{doc.name}: the network is not complete")
+    chunks = sg.replica_rules(mesh.rules)
+    ids = []
+    for i, name in enumerate(sg.replica_names(doc.name, sg.MAX_REPLICA_GROUPS)):
+        existing = [g for g in _groups(aws, doc.name, doc.spec.main_region) if g.get("GroupName") == name]
+        if i >= len(chunks):
+            for g in existing:  # fewer rules than before: an emptied group stays harmless
+                sg.reconcile(aws, doc.spec.main_region, g, [])
+            continue
+        g = _group(aws, doc, main.vpc_id(), name, "replica", "mesh replica: mesh traffic except etcd")
+        sg.reconcile(aws, doc.spec.main_region, g, sg.rule_permissions(chunks[i]))
+        ids.append(g["GroupId"])
+    return ids
 
 
 # -- delete ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ MAIN_REGION='@@MAIN_REGION@@'        # where the coordinators and their secrets 
 NODE_NAME='@@NODE_NAME@@'
 HUB='@@HUB@@'                        # the node that relays for NAT'd ones
 COORDINATOR='@@COORDINATOR@@'        # the stable address agents use, host:port
-ETCD_CLUSTER='@@ETCD_CLUSTER@@'      # replicas only: r0=http://10.4.0.10:2380,...
+ETCD_CLUSTER='@@ETCD_CLUSTER@@'      # replicas only: r0=https://10.4.0.10:2380,...
 ETCD_NAME='@@ETCD_NAME@@'
 PRIVATE_IP='@@PRIVATE_IP@@'
 PACKAGE='@@PACKAGE@@'
@@ -69,22 +69,42 @@ if [ "$ROLE" = coordinator ] || [ "$ROLE" = replica ]; then
   param "$MAIN_REGION" "/mesh/$CLUSTER/ca-cert" > /var/lib/meshd/ca.crt
   param "$MAIN_REGION" "/mesh/$CLUSTER/join-token" > /etc/mesh/bootstrap-token
   store=sqlite
+  etcd_tls=''
   if [ "$ROLE" = replica ]; then
+    # etcd listens on this replica's address only, speaks TLS only and wants a client certificate from
+    # the cluster's store CA, for clients (meshd) and peers alike; the mesh CA, which signed every
+    # node's certificate, opens nothing here. The store CA's key is read from SSM, used once and removed.
+    param "$MAIN_REGION" "/mesh-clusters/$CLUSTER/coordinator/store-ca-key" > /run/store-ca.key
+    param "$MAIN_REGION" "/mesh-clusters/$CLUSTER/coordinator/store-ca-cert" > /run/store-ca.crt
+    meshctl install store-certs --ca-key /run/store-ca.key --ca-cert /run/store-ca.crt --name "$ETCD_NAME" \
+      --address "$PRIVATE_IP" --etcd-dir /var/lib/etcd/tls --meshd-dir /var/lib/meshd/etcd
+    rm -f /run/store-ca.key /run/store-ca.crt
     cat > /etc/default/etcd <<EOF
 ETCD_NAME=$ETCD_NAME
 ETCD_DATA_DIR=/var/lib/etcd/$CLUSTER
-ETCD_LISTEN_PEER_URLS=http://$PRIVATE_IP:2380
-ETCD_LISTEN_CLIENT_URLS=http://$PRIVATE_IP:2379,http://127.0.0.1:2379
-ETCD_INITIAL_ADVERTISE_PEER_URLS=http://$PRIVATE_IP:2380
-ETCD_ADVERTISE_CLIENT_URLS=http://$PRIVATE_IP:2379
+ETCD_LISTEN_PEER_URLS=https://$PRIVATE_IP:2380
+ETCD_LISTEN_CLIENT_URLS=https://$PRIVATE_IP:2379
+ETCD_INITIAL_ADVERTISE_PEER_URLS=https://$PRIVATE_IP:2380
+ETCD_ADVERTISE_CLIENT_URLS=https://$PRIVATE_IP:2379
 ETCD_INITIAL_CLUSTER=$ETCD_CLUSTER
 ETCD_INITIAL_CLUSTER_STATE=new
 ETCD_INITIAL_CLUSTER_TOKEN=mesh-$CLUSTER
+ETCD_CERT_FILE=/var/lib/etcd/tls/member.crt
+ETCD_KEY_FILE=/var/lib/etcd/tls/member.key
+ETCD_TRUSTED_CA_FILE=/var/lib/etcd/tls/ca.crt
+ETCD_CLIENT_CERT_AUTH=true
+ETCD_PEER_CERT_FILE=/var/lib/etcd/tls/member.crt
+ETCD_PEER_KEY_FILE=/var/lib/etcd/tls/member.key
+ETCD_PEER_TRUSTED_CA_FILE=/var/lib/etcd/tls/ca.crt
+ETCD_PEER_CLIENT_CERT_AUTH=true
 EOF
     systemctl restart etcd
-    store="etcd://$(echo "$ETCD_CLUSTER" | sed -E 's#[a-z0-9]+=http://([0-9.]+):2380#\1:2379#g')"
+    store="etcds://$(echo "$ETCD_CLUSTER" | sed -E 's#[a-z0-9]+=https://([0-9.]+):2380#\1:2379#g')"
+    etcd_tls="--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt --daemon-arg=--etcd-cert=/var/lib/meshd/etcd/client.crt"
+    etcd_tls="$etcd_tls --daemon-arg=--etcd-key=/var/lib/meshd/etcd/client.key"
   fi
-  meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" \
+  # $etcd_tls unquoted on purpose: three words (or none), without spaces
+  meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" $etcd_tls \
     --daemon-arg=--bootstrap-token-file=/etc/mesh/bootstrap-token --daemon-arg="--advertise=$PRIVATE_IP" \
     --daemon-arg="--advertise=${COORDINATOR%:*}"
 fi

@@ -143,7 +143,7 @@ def test_create_rerun_status_and_delete_leave_nothing(cluster_ops, moto, mesh) -
     data = ec2(moto).describe_instance_attribute(InstanceId=slots["replica-1"]["InstanceId"], Attribute="userData")
     import base64
     script = base64.b64decode(data["UserData"]["Value"]).decode()
-    assert "ROLE='replica'" in script and f"COORDINATOR='{res.address}'" in script and "r2=http://" in script
+    assert "ROLE='replica'" in script and f"COORDINATOR='{res.address}'" in script and "r2=https://" in script
     # join parameters for VMs in every selected region, the CA key only beside the coordinators
     for region in FEW_REGIONS:
         names = {p["Name"] for p in boto3.client("ssm", region_name=region, endpoint_url=moto).describe_parameters(
@@ -401,15 +401,26 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
         assert "@@" not in script
         # every meshctl install line runs against the real CLI (files only, into a scratch root)
+        replica = slot.role == "replica"
         env = {"ROLE": slot.role, "NODE_NAME": slot.name, "COORDINATOR": "mesh-c.elb.amazonaws.com:7443",
                "CLUSTER": "c1.example", "HUB": "replica-0", "PRIVATE_IP": slot.private_ip or "10.9.0.1",
-               "store": "etcd://10.4.0.10:2379,10.4.0.11:2379", "MESH_JOIN_TOKEN": "x"}
+               "store": "etcds://10.4.0.10:2379,10.4.0.11:2379" if replica else "sqlite", "MESH_JOIN_TOKEN": "x",
+               "ETCD_NAME": "r0", "etcd_tls": "--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt" if replica else ""}
         for cmd in _meshctl_lines(script):
             import shlex
             words = [w for w in shlex.split(_expand(cmd, env)) if w != "\\"]
             assert words[0] == "meshctl"
             root = tmp_path / "root" / slot.name
             token = ["--token", "t1a2b3c4d." + "0" * 32] if words[1:3] == ["install", "agent"] else []
+            if words[1:3] == ["install", "store-certs"]:  # files only, from a store CA where SSM's copy goes
+                from meshcore import pki
+                ca = pki.CertificateAuthority.new("store CA")
+                (root / "run").mkdir(parents=True, exist_ok=True)
+                (root / "run/store-ca.key").write_bytes(pki.key_pem(ca.key))
+                (root / "run/store-ca.crt").write_bytes(ca.pem)
+                r = runner.invoke(app, words[1:] + ["--root", str(root)])
+                assert r.exit_code == 0, (cmd, r.output)
+                continue
             r = runner.invoke(app, words[1:] + token + ["--root", str(root), "--no-start"])
             assert r.exit_code == 0, (cmd, r.output)
         if slot.role == "agent":
