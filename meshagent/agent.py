@@ -223,9 +223,11 @@ class Agent:
             await self.desired.reassert(self.identity.node_id)
         if not self.gossip:
             return
-        if resp.gossip.keys and list(resp.gossip.keys) != list(self.gossip.cfg.keys):
+        if resp.gossip.keys and (list(resp.gossip.keys) != list(self.gossip.cfg.keys)
+                                 or list(resp.gossip.catalog_keys) != list(self.gossip.cfg.catalog_keys)):
             self.gossip.update_keys(resp.gossip)
             save_config(self.state_dir / "gossip.json", resp.gossip)
+        self.gossip.publish_resigned(resp.records)  # after the keys: they may be signed with a new one
         await self.gossip.join_peers(list(self.catalog.nodes.items.values()), self.identity.node_id)
         self.gossip.save_peers(self.state_dir / "peers.json")
 

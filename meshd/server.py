@@ -48,7 +48,7 @@ from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
 from meshd.claims import DEFAULT_VPC_RANGES, ClaimRules
-from meshd.gossipkeys import GossipKeys
+from meshd.gossipkeys import CATALOG_KEY_OVERLAP_S, CATALOG_KEY_ROTATE_S, CATALOG_RECORD_TTL_S, GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
@@ -93,6 +93,12 @@ class MeshdConfig:
     k3s_token_file: str = ""
     #: lifetime of the node certificates meshd signs; agents renew them over mTLS with a third left
     node_cert_ttl_s: float = 90 * 24 * 3600.0
+    #: seconds a catalog signing key signs before the next one takes over
+    catalog_key_rotate_s: float = CATALOG_KEY_ROTATE_S
+    #: seconds the next catalog key is handed out before it signs, and the previous one accepted after
+    catalog_key_overlap_s: float = CATALOG_KEY_OVERLAP_S
+    #: seconds a signed catalog record stays valid (signed again a third of this before)
+    catalog_record_ttl_s: float = CATALOG_RECORD_TTL_S
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
     #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
@@ -139,7 +145,8 @@ class Coordinator:
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules,
                            cert_ttl_s=config.node_cert_ttl_s)
         self.admin_certs = AdminCerts(self.store, self.ca, clock)
-        self.gossip = GossipKeys(self.store, clock)
+        self.gossip = GossipKeys(self.store, clock, config.catalog_key_rotate_s, config.catalog_key_overlap_s,
+                                 config.catalog_record_ttl_s)
         self.leases = LeaseLoop(self.liveness, self.nodes, self.catalog, self.gossip, self.store,
                                 is_leader=lambda: self.is_leader)
         self.mirrors = Mirrors(self.store, self.catalog, self.nodes, config.consul, config.kubernetes, clock)
