@@ -13,7 +13,8 @@ Listeners (all one grpc.aio server, same servicers):
 - `join_listen` (default 0.0.0.0:7444): server TLS only, its own gRPC server
   answering Join and nothing else (no health, no reflection, no other
   method): the one door open to callers without a certificate.
-- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, for
+- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, whose
+  door admits root only by the peer's credentials (meshcore/localdoor.py), for
   root on the main node (tokens, node removal) without any certificate.
 Health checking and reflection are on the mTLS listener and the admin socket.
 
@@ -40,6 +41,7 @@ from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
+from meshcore.localdoor import LocalDoor, prepare_private_dir, private_socket_path, remove_private_dir, root_only
 from meshcore.statelock import StateLock, claim_socket
 from meshd import metrics
 from meshd.addresses import DEFAULT_POOL, AddressPool
@@ -154,6 +156,7 @@ class Coordinator:
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
         self.join_server: grpc.aio.Server | None = None
+        self.admin_door: LocalDoor | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.election = None
@@ -258,16 +261,22 @@ class Coordinator:
             self.ports["listen"] = _bind(server, self.config.listen, "--listen",
                                          grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.admin_socket:
+            # The admin socket is a door that checks the peer's credentials (root only) and splices
+            # admitted connections to the server's own socket in a 0700 directory (meshcore.localdoor).
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             claim_socket(sock, "meshd", "--admin-socket")
+            private = private_socket_path(sock)
+            prepare_private_dir(private)
             old = os.umask(0o177)
             try:
-                server.add_insecure_port(f"unix:{sock}")
+                server.add_insecure_port(f"unix:{private}")
                 await server.start()
             finally:
                 os.umask(old)
-            os.chmod(sock, 0o600)
+            self.admin_door = LocalDoor(sock, private, root_only(), lambda c: metrics.ADMIN_SOCKET_REFUSED.inc(),
+                                        "meshd admin socket")
+            await self.admin_door.start(0o600)
         else:
             await server.start()
         self.server = server
@@ -354,9 +363,14 @@ class Coordinator:
         if self.join_server:
             await self.join_server.stop(grace)
             self.join_server = None
+        door, self.admin_door = self.admin_door, None
+        if door is not None:
+            await door.stop()
         if self.server:
             await self.server.stop(grace)
             self.server = None
+        if door is not None:
+            remove_private_dir(door.private)
         try:
             await self.store_mark.mark(force=True)
         except Exception as e:
