@@ -187,3 +187,52 @@ async def test_a_forged_key_id_or_an_unsealed_record_is_refused(tmp_path):
         await until(lambda: held(b, "web") is not None, timeout=15)
     finally:
         await m.close()
+
+
+async def test_on_etcd_the_leader_rotates_and_the_other_replica_follows(tmp_path):
+    """Two meshd replicas on one etcd: only the leader writes the schedule; both hand out the
+    same keys and switch to the new one at the same point in time."""
+    import shutil
+
+    from meshcore.gossip.records import CatalogVerifier
+    from testbed.etcd_cluster import EtcdCluster
+    from tests.conftest import require_netns
+    require_netns("etcd")
+    etcd = EtcdCluster(1, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
+    etcd.start()
+    clock = manual_clock()
+    store = etcd.url + "/signing"
+    a = b = None
+    try:
+        a = await _mesh(tmp_path / "a", clock, store=store)
+        shutil.copytree(tmp_path / "a" / "meshd", tmp_path / "b" / "meshd", dirs_exist_ok=True)  # one mesh CA
+        b = await _mesh(tmp_path / "b", clock, store=store)
+        ga, gb = a.coordinator.gossip, b.coordinator.gossip
+        await until(lambda: a.coordinator.is_leader != b.coordinator.is_leader, timeout=15)
+        leader, follower = (ga, gb) if a.coordinator.is_leader else (gb, ga)
+
+        def ids(g) -> list[str]:
+            return [k.id for k in g.config().catalog_keys]
+        (k1,) = ids(ga)
+        assert ids(gb) == [k1]
+
+        clock.step_wall(ROTATE - OVERLAP + 1)
+        await until(lambda: len(ids(ga)) == 2 and ids(ga) == ids(gb), timeout=15)
+        k2 = ids(ga)[1]
+        svc = types_pb2.Service(name="web", port=80, node_id="n1", node_name="alpha", address="127.77.0.1")
+        assert decode_message(bytes([Record.TYPE]) + follower.sign(svc, 7, False)).key_id == k1  # not yet
+
+        clock.step_wall(OVERLAP)  # its time has come: both replicas sign with it, no write needed
+        check = CatalogVerifier(clock.wall)
+        check.update({k.id: (k.public_key, k.retires_at) for k in follower.config().catalog_keys})
+        for g in (leader, follower):
+            rec = decode_message(bytes([Record.TYPE]) + g.sign(svc, 8, False))
+            assert rec.key_id == k2 and check.why_not(rec) is None
+
+        clock.step_wall(OVERLAP)
+        await until(lambda: ids(ga) == [k2] and ids(gb) == [k2], timeout=15)
+    finally:
+        for m in (b, a):
+            if m is not None:
+                await m.close()
+        etcd.stop()
