@@ -94,7 +94,7 @@ class AgentGossip:
                  rng: random.Random | None = None, clock: Clock = SYSTEM, identity=None) -> None:
         self.cfg = cfg
         self._refusals_logged: dict[str, float] = {}
-        self._wall = clock.wall
+        self._monotonic = clock.monotonic
         self._verify = CatalogVerifier(clock.wall, self._refused)
         self._verify.update(catalog_keys(cfg), cfg.catalog_public_key)
         keys = list(cfg.keys)
@@ -179,7 +179,7 @@ class AgentGossip:
         """A record refused by the catalog key check: counted; one log line per reason every
         10 s at most (a peer replaying records cannot flood the log). Never an error."""
         metrics.RECORDS_REFUSED.labels(reason).inc()
-        now = self._wall()
+        now = self._monotonic()
         if now - self._refusals_logged.get(reason, float("-inf")) >= 10:
             self._refusals_logged[reason] = now
             log.warning("gossip record %r (revision %d, key %r, expires %d) refused: %s; known keys %s",
