@@ -162,11 +162,12 @@ class AgentGossip:
             log.warning("a catalog record from meshd cannot be gossiped, skipped: %s", e)
 
     def services(self) -> dict[str, types_pb2.Service]:
-        """Live services from gossip records (origins not down, not tombstones)."""
+        """Live services from gossip records (origins not down, not tombstones, not expired or
+        of a retired key: such a record is kept, as peers may still hold a newer one, but not used)."""
         out: dict[str, types_pb2.Service] = {}
         down = self.down()
         for rec in self.node.records().values():
-            if rec.deleted or rec.origin in down:
+            if rec.deleted or rec.origin in down or not self._verify.current(rec):
                 continue
             try:
                 svc = types_pb2.Service.FromString(rec.payload)

@@ -137,6 +137,15 @@ class CatalogVerifier:
             return "bad_signature"
         return None
 
+    def current(self, r: Record) -> bool:
+        """Whether a record accepted earlier is still within its time: its key not retired,
+        itself not expired (the signature was checked when it was accepted)."""
+        if not r.key_id:
+            return self._legacy is not None
+        known = self._keys.get(r.key_id)
+        now = self._wall()
+        return known is not None and not (known[1] and now >= known[1]) and now < r.expires
+
     def __call__(self, r: Record) -> bool:
         reason = self.why_not(r)
         if reason is not None:

@@ -112,12 +112,14 @@ async def test_rotation_keeps_every_record_and_retires_the_old_key_after_the_ove
         assert refused() == refused_before and metrics.RECORDS_SKIPPED._value.get() == skipped_before
         inject(b, ghost_k1)  # during the overlap a record of the previous key is still good
         await until(lambda: held(b, "ghost-old") is not None, timeout=10)
+        assert "ghost-old" in b.gossip.services()
 
         # 1101 s in: the previous key has retired; meshd stops handing it out
         clock.step_wall(OVERLAP)
         await until(lambda: key_ids(a) == {k2} and key_ids(b) == {k2}, timeout=15)
         assert "web" in b.gossip.services() and held(b, "web").key_id == k2
         assert held(a, "web").key_id == k2
+        assert "ghost-old" not in b.gossip.services()  # accepted during the overlap; its key has retired
 
         # a record of the retired key is refused (counted), and the agent gossips on
         late = meshd_record(m, "ghost-late", a.identity.node_id)  # signed with k2: the control
