@@ -26,6 +26,11 @@ LOOP_FAILURES = Counter("mesh_agent_loop_failures",
 HEALTHY = Gauge("mesh_agent_healthy", "1 while no background loop is restarting after an unexpected error (see Status)")
 RECORDS_SKIPPED = Counter("mesh_agent_records_skipped",
                           "Signed catalog records from meshd that could not be passed on to gossip")
+LOCAL_API_REFUSED = Counter("mesh_agent_local_api_refused",
+                            "Connections to the local API socket refused by their peer credentials")
+RECORDS_REFUSED = Counter("mesh_agent_gossip_records_refused",
+                          "Catalog records refused: unknown or retired key, expired, bad signature, unsealed",
+                          ["reason"])
 
 #: path kinds the data plane plans (meshagent/paths.py), always exported so a panel shows 0
 PATH_KINDS = ("direct", "tunnel", "relay")

@@ -71,6 +71,10 @@ GOSSIP_TCP_HEADER_DEADLINE_S = 1.0
 #: ... and the whole frame within this many (then it is authenticated or dropped)
 GOSSIP_TCP_FRAME_DEADLINE_S = 5.0
 
+#: catalog signing keys handed to an agent (previous, current, next: meshd/gossipkeys.py)
+#: and signed records of its own services in one renewal (MAX_SERVICES_PER_NODE)
+MAX_CATALOG_KEYS = 4
+
 # -- watch streams (meshd) -----------------------------------------------------
 #: store events queued for one watcher before it is treated as lagging: its queue
 #: is dropped and it re-reads the history from its last revision when it reads again

@@ -43,7 +43,7 @@ import typer
 
 from meshcore.defaults import DNS_ADDRESS, DNS_PORT, MESHD_PORT
 from meshcore.errors import InvalidArgument, MeshError
-from meshcore.jointoken import check_token
+from meshcore.jointoken import ARGV_REFUSED, check_token, read_token_file
 from meshcore.names import check_name, parse_hostport, parse_labels
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -318,8 +318,9 @@ def _edge(fn):
 @install_app.command("agent")
 def install_agent(
     coordinator: str = typer.Option(..., "--coordinator", help="meshd address, HOST:PORT"),
-    token: str = typer.Option(None, "--token", envvar="MESH_JOIN_TOKEN", show_envvar=True,
-                              help="join token (first start only); also read from MESH_JOIN_TOKEN"),
+    token_file: Path = typer.Option(None, "--token-file",
+                                    help="file holding the join token (first start only); or set MESH_JOIN_TOKEN"),
+    token_arg: str = typer.Option(None, "--token", hidden=True),  # refused: see jointoken.ARGV_REFUSED
     name: str = typer.Option(None, "--name", help="node name (agent default: the host name)"),
     label: list[str] = typer.Option([], "--label", help="node label key=value (repeatable)"),
     k3s: bool = typer.Option(False, "--k3s", help="also join the K3s cluster as an agent"),
@@ -334,13 +335,18 @@ def install_agent(
 ) -> None:
     """Install meshagent as a systemd service, start it and wait until it is ready."""
     def body():
-        nonlocal token
+        if token_arg is not None:
+            raise InvalidArgument(f"--token is refused: {ARGV_REFUSED}")
         check_host_port(coordinator, "coordinator")
         state = root / "var/lib/meshagent"
         joined = state.is_dir() and any(state.iterdir())
-        token = token or None  # an empty MESH_JOIN_TOKEN means none
+        from_env = os.environ.get("MESH_JOIN_TOKEN") or None  # an empty MESH_JOIN_TOKEN means none
+        if token_file is not None and from_env is not None:
+            raise InvalidArgument("a join token from both --token-file and MESH_JOIN_TOKEN: give one")
+        token = read_token_file(str(token_file)) if token_file is not None else from_env
         if token is None and not joined:
-            raise InvalidArgument("a join token is needed for the first start: pass --token or set MESH_JOIN_TOKEN")
+            raise InvalidArgument("a join token is needed for the first start: pass --token-file PATH "
+                                  "or set MESH_JOIN_TOKEN")
         opts = ["--coordinator", coordinator]
         if name:
             opts += ["--name", check_name(name, "node name")]

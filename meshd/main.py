@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
     p.add_argument("--node-cert-ttl", type=float, default=d.node_cert_ttl_s,
                    help=f"seconds a node certificate lives; agents renew it with a third left (default {d.node_cert_ttl_s:.0f})")
+    p.add_argument("--catalog-key-rotate", type=float, default=d.catalog_key_rotate_s, metavar="SECONDS",
+                   help=f"seconds a catalog signing key signs before the next takes over (default {d.catalog_key_rotate_s:.0f})")
+    p.add_argument("--catalog-key-overlap", type=float, default=d.catalog_key_overlap_s, metavar="SECONDS",
+                   help=f"seconds the next catalog key is handed out before it signs, and the previous one "
+                        f"accepted after (default {d.catalog_key_overlap_s:.0f})")
+    p.add_argument("--catalog-record-ttl", type=float, default=d.catalog_record_ttl_s, metavar="SECONDS",
+                   help=f"seconds a signed catalog record is valid; signed again a third of it before "
+                        f"(default {d.catalog_record_ttl_s:.0f})")
     p.add_argument("--bootstrap-token-file", default="",
                    help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
     p.add_argument("--price-table", default="", metavar="FILE",
@@ -125,6 +133,10 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                                           context=a.kubernetes_context, namespace=a.kubernetes_namespace)
     except (MeshError, OSError) as e:
         p.error(str(e))
+    if not 0 < a.catalog_key_overlap < a.catalog_key_rotate:
+        p.error("--catalog-key-overlap must be positive and shorter than --catalog-key-rotate")
+    if a.catalog_record_ttl < 3:
+        p.error("--catalog-record-ttl must be at least 3 seconds")
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
                        metrics=a.metrics, store=a.store, etcd_ca=a.etcd_ca, etcd_cert=a.etcd_cert,
                        etcd_key=a.etcd_key, overlay_pool=a.overlay_pool,
@@ -132,7 +144,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
                        bootstrap_token_file=a.bootstrap_token_file, price_table=a.price_table, consul=consul,
-                       kubernetes=kubernetes)
+                       kubernetes=kubernetes, catalog_key_rotate_s=a.catalog_key_rotate,
+                       catalog_key_overlap_s=a.catalog_key_overlap, catalog_record_ttl_s=a.catalog_record_ttl)
 
 
 async def run(config: MeshdConfig) -> None:

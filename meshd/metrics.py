@@ -19,6 +19,8 @@ RPCS = Counter("mesh_rpc_requests", "RPCs handled, by method and status code", [
 RPC_SECONDS = Histogram("mesh_rpc_duration_seconds", "RPC latency by method", ["method"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
 JOINS = Counter("mesh_joins", "Join attempts by result", ["result"])
+ADMIN_SOCKET_REFUSED = Counter("mesh_admin_socket_refused",
+                               "Connections to the admin socket refused by their peer credentials (not root)")
 CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")
 NODES = Gauge("mesh_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("mesh_store_revision", "Current store revision")

@@ -14,7 +14,8 @@ Listeners (all one grpc.aio server, same servicers):
 - `join_listen` (default 0.0.0.0:7444): server TLS only, its own gRPC server
   answering Join and nothing else (no health, no reflection, no other
   method): the one door open to callers without a certificate.
-- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, for
+- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, whose
+  door admits root only by the peer's credentials (meshcore/localdoor.py), for
   root on the main node (tokens, node removal) without any certificate.
 Health checking and reflection are on the mTLS listener and the admin socket.
 
@@ -41,6 +42,7 @@ from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
+from meshcore.localdoor import LocalDoor, prepare_private_dir, private_socket_path, remove_private_dir, root_only
 from meshcore.statelock import StateLock, claim_socket
 from meshd import metrics
 from meshd.addresses import DEFAULT_POOL, AddressPool
@@ -49,7 +51,7 @@ from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
 from meshd.claims import DEFAULT_VPC_RANGES, ClaimRules
-from meshd.gossipkeys import GossipKeys
+from meshd.gossipkeys import CATALOG_KEY_OVERLAP_S, CATALOG_KEY_ROTATE_S, CATALOG_RECORD_TTL_S, GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
@@ -101,6 +103,12 @@ class MeshdConfig:
     k3s_token_file: str = ""
     #: lifetime of the node certificates meshd signs; agents renew them over mTLS with a third left
     node_cert_ttl_s: float = 90 * 24 * 3600.0
+    #: seconds a catalog signing key signs before the next one takes over
+    catalog_key_rotate_s: float = CATALOG_KEY_ROTATE_S
+    #: seconds the next catalog key is handed out before it signs, and the previous one accepted after
+    catalog_key_overlap_s: float = CATALOG_KEY_OVERLAP_S
+    #: seconds a signed catalog record stays valid (signed again a third of this before)
+    catalog_record_ttl_s: float = CATALOG_RECORD_TTL_S
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
     #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
@@ -148,7 +156,8 @@ class Coordinator:
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules,
                            cert_ttl_s=config.node_cert_ttl_s)
         self.admin_certs = AdminCerts(self.store, self.ca, clock)
-        self.gossip = GossipKeys(self.store, clock)
+        self.gossip = GossipKeys(self.store, clock, config.catalog_key_rotate_s, config.catalog_key_overlap_s,
+                                 config.catalog_record_ttl_s)
         self.leases = LeaseLoop(self.liveness, self.nodes, self.catalog, self.gossip, self.store,
                                 is_leader=lambda: self.is_leader)
         self.mirrors = Mirrors(self.store, self.catalog, self.nodes, config.consul, config.kubernetes, clock)
@@ -157,6 +166,7 @@ class Coordinator:
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
         self.join_server: grpc.aio.Server | None = None
+        self.admin_door: LocalDoor | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.election = None
@@ -262,16 +272,22 @@ class Coordinator:
             self.ports["listen"] = _bind(server, self.config.listen, "--listen",
                                          grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.admin_socket:
+            # The admin socket is a door that checks the peer's credentials (root only) and splices
+            # admitted connections to the server's own socket in a 0700 directory (meshcore.localdoor).
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             claim_socket(sock, "meshd", "--admin-socket")
+            private = private_socket_path(sock)
+            prepare_private_dir(private)
             old = os.umask(0o177)
             try:
-                server.add_insecure_port(f"unix:{sock}")
+                server.add_insecure_port(f"unix:{private}")
                 await server.start()
             finally:
                 os.umask(old)
-            os.chmod(sock, 0o600)
+            self.admin_door = LocalDoor(sock, private, root_only(), lambda c: metrics.ADMIN_SOCKET_REFUSED.inc(),
+                                        "meshd admin socket")
+            await self.admin_door.start(0o600)
         else:
             await server.start()
         self.server = server
@@ -358,9 +374,14 @@ class Coordinator:
         if self.join_server:
             await self.join_server.stop(grace)
             self.join_server = None
+        door, self.admin_door = self.admin_door, None
+        if door is not None:
+            await door.stop()
         if self.server:
             await self.server.stop(grace)
             self.server = None
+        if door is not None:
+            remove_private_dir(door.private)
         try:
             await self.store_mark.mark(force=True)
         except Exception as e:

@@ -411,7 +411,7 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
             words = [w for w in shlex.split(_expand(cmd, env)) if w != "\\"]
             assert words[0] == "meshctl"
             root = tmp_path / "root" / slot.name
-            token = ["--token", "t1a2b3c4d." + "0" * 32] if words[1:3] == ["install", "agent"] else []
+            token = {"MESH_JOIN_TOKEN": "t1a2b3c4d." + "0" * 32} if words[1:3] == ["install", "agent"] else {}
             if words[1:3] == ["install", "store-certs"]:  # files only, from a store CA where SSM's copy goes
                 from meshcore import pki
                 ca = pki.CertificateAuthority.new("store CA")
@@ -421,7 +421,7 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
                 r = runner.invoke(app, words[1:] + ["--root", str(root)])
                 assert r.exit_code == 0, (cmd, r.output)
                 continue
-            r = runner.invoke(app, words[1:] + token + ["--root", str(root), "--no-start"])
+            r = runner.invoke(app, words[1:] + ["--root", str(root), "--no-start"], env=token)
             assert r.exit_code == 0, (cmd, r.output)
         if slot.role == "agent":
             env_file = (tmp_path / "root" / slot.name / "etc/mesh/meshagent.env").read_text()

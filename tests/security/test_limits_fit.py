@@ -24,10 +24,13 @@ def _widest_service() -> types_pb2.Service:
 def test_a_service_meshd_accepts_fits_one_record_in_one_datagram_of_every_profile():
     # The largest payload the catalog lets through, with the widest key, origin and signature.
     rec = Record("s" * 63, 2**62, "n" + "f" * 16, b"x" * limits.MAX_SERVICE_BYTES, True, b"\xff" * 64)
+    sealed = Record("s" * 63, 2**62, "n" + "f" * 16, b"x" * limits.MAX_SERVICE_BYTES, True, b"\xff" * 64,
+                    "f" * codec.KEY_ID_BYTES, 2**64 - 1)  # with the catalog key id and expiry
     for profile in (lan(), wan(), local()):
         swim = Swim("n" + "f" * 16, "n" * 63, ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535), profile,
                     random.Random(1), Keyring(b"k" * 32), verify_record=lambda r: True)
         swim._check_fits(rec, "widest record")  # raises if it does not fit
+        swim._check_fits(sealed, "widest sealed record")
     assert limits.MAX_SERVICE_BYTES <= limits.GOSSIP_MAX_PAYLOAD
 
 
