@@ -144,7 +144,8 @@ def shipped() -> list[dict]:
                what="4 VMs' `sky/mesh-setup.sh agent` started at once (meshd up) -> every pair connects by name"),
         record(BENCH, "start_to_first_packet_p99_ms", percentile(firsts, 99), "ms", "lower", goal=1000,
                anchor={"name": "K3s agent join: tens of seconds (not measured here)", "value": None,
-                       "measured": False, "source": "no k3s binary on this machine; nothing to time"}, trials=START_TRIALS, failures=first_failures,
+                       "measured": False, "source": "no k3s binary on this machine; nothing to time"},
+               trials=START_TRIALS, failures=first_failures,
                p50_ms=round(median(firsts), 1), peer="cloud -> main (tunnel)",
                what="meshagent process start with a token (unit ExecStart) -> first UDP packet answered by the "
                     "main node over the mesh"),
