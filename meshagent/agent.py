@@ -421,8 +421,10 @@ class Agent:
         if upstreams is None:
             upstreams = tuple(upstream_nameservers())
         # DNS metrics go to the process-wide registry the exporter serves (one agent per process).
-        from prometheus_client import REGISTRY
-        registry = REGISTRY if self.config.metrics else None
+        registry = None
+        if self.config.metrics:
+            from prometheus_client import REGISTRY
+            registry = REGISTRY
         self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=upstreams), self.catalog.lookup, registry,
                              clock=self.clock)
         await self.dns.start()
