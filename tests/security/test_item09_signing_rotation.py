@@ -50,7 +50,7 @@ async def _mesh(tmp_path, clock: ManualClock, **config) -> Mesh:
 
 def refused(reason: str | None = None) -> float:
     reasons = [reason] if reason else ["unknown_key", "key_retired", "expired", "bad_signature", "unsealed"]
-    return sum(metrics.RECORDS_REFUSED.labels(r)._value.get() for r in reasons)
+    return sum(metrics.RECORDS_REFUSED.get(r) for r in reasons)
 
 
 def held(agent, name: str) -> Record | None:
@@ -97,7 +97,7 @@ async def test_rotation_keeps_every_record_and_retires_the_old_key_after_the_ove
         sampler = asyncio.create_task(watch_web())
         ghost_k1 = meshd_record(m, "ghost-old", a.identity.node_id)
         retired_k1 = meshd_record(m, "ghost-retired", a.identity.node_id)
-        refused_before, skipped_before = refused(), metrics.RECORDS_SKIPPED._value.get()
+        refused_before, skipped_before = refused(), metrics.RECORDS_SKIPPED.get()
 
         # 901 s in: the next key is announced (overlap before it signs); agents learn it at renewal
         clock.step_wall(ROTATE - OVERLAP + 1)
@@ -109,7 +109,7 @@ async def test_rotation_keeps_every_record_and_retires_the_old_key_after_the_ove
         clock.step_wall(OVERLAP)
         await until(lambda: (r := held(b, "web")) is not None and r.key_id == k2, timeout=15)
         assert "web" in b.gossip.services()
-        assert refused() == refused_before and metrics.RECORDS_SKIPPED._value.get() == skipped_before
+        assert refused() == refused_before and metrics.RECORDS_SKIPPED.get() == skipped_before
         inject(b, ghost_k1)  # during the overlap a record of the previous key is still good
         await until(lambda: held(b, "ghost-old") is not None, timeout=10)
         assert "ghost-old" in b.gossip.services()

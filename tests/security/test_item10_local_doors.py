@@ -86,11 +86,11 @@ async def test_the_local_doors_check_who_connects_even_when_the_mode_would_let_t
             sock.chmod(0o666)  # the mode would let anyone in: only the credential check is left
             sock.parent.chmod(0o755)
         nobody = pwd.getpwnam("nobody").pw_uid
-        agent_before = agent_metrics.LOCAL_API_REFUSED._value.get()
+        agent_before = agent_metrics.LOCAL_API_REFUSED.get()
         admin_before = meshd_metrics.ADMIN_SOCKET_REFUSED._value.get()
         assert await as_nobody(open_dir / "agent.sock") == 4
         assert await as_nobody(mesh.config.admin_socket) == 4
-        assert agent_metrics.LOCAL_API_REFUSED._value.get() == agent_before + 1
+        assert agent_metrics.LOCAL_API_REFUSED.get() == agent_before + 1
         assert meshd_metrics.ADMIN_SOCKET_REFUSED._value.get() == admin_before + 1
         lines = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
         assert len(lines) == 2 and all(f"uid {nobody} (pid " in line for line in lines), lines
