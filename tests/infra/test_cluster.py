@@ -463,16 +463,16 @@ def _expand(cmd: str, env: dict[str, str]) -> str:
 
 
 def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh) -> None:
-    """Both profiles, an edit that replaces instances, and delete: every operation is recorded."""
+    """Both profiles, a profile switch, and delete: every operation is recorded."""
     from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, cluster_actions
     from tests.infra.test_policy import Recorder
 
     rec = Recorder()
     ops = cluster_ops(on_client=rec)
     ops.selections.clear()  # region selection's calls count too
-    res = create(ops, mesh, spec())
+    res = create(ops, mesh, spec(profile="cost-savings"))
     ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
-    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="cost-savings"))
+    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="performance"))  # a switch moves the Elastic IP
     assert [d.name for d in ops.registry.list() if d.name == mesh] == [mesh]  # `meshctl clusters`
     assert len(ops.registry.history(mesh)) == 2
     assert delete(ops, mesh).leftovers == []
