@@ -33,6 +33,8 @@ class Hop:
     seconds: float
     joins: float  # successful Join calls counted by the new meshd
     copy_output: str
+    copied_s: float = 0.0  # from the stop until the copy finished
+    serving_s: float = 0.0  # ... until the new meshd served
 
 
 @dataclass
@@ -93,8 +95,10 @@ def hop(mesh: LocalMesh, ports: dict[str, str], source: str, target: str, n: int
     t0 = time.monotonic()
     mesh.stop(mesh.meshd)  # writes stop: nothing changes in the source from here on
     out = store_copy(source, target, state)
+    copied = time.monotonic() - t0
     mesh.start_meshd(f"127.0.0.1:{ports['listen']}", f"127.0.0.1:{ports['join']}",
                      extra=("--store", target, "--metrics", "127.0.0.1:0"))
+    serving = time.monotonic() - t0
     # a change made through the new meshd, seen by every agent: all of them follow the new store
     agent = sorted(mesh.agents)[n % len(mesh.agents)]
     deadline = time.monotonic() + 60
@@ -105,7 +109,7 @@ def hop(mesh: LocalMesh, ports: dict[str, str], source: str, target: str, n: int
         time.sleep(0.1)
     wait_all_see(mesh, f"after-hop-{n}")
     seconds = time.monotonic() - t0
-    return Hop(target, seconds, joins_ok(mesh.meshd.ready["metrics"]), out)
+    return Hop(target, seconds, joins_ok(mesh.meshd.ready["metrics"]), out, copied, serving)
 
 
 def store_token(state_dir: Path) -> str:
