@@ -16,7 +16,7 @@ def test_a_profile_switch_keeps_every_nodes_identity_and_name(tmp_path):
         assert after == run.before
     for tokens in run.tokens_after:  # use counts and revocations moved with the store
         assert tokens == run.tokens_before
-    assert [t["revoked"] for t in run.tokens_before] .count(True) == 1
+    assert [t["revoked"] for t in run.tokens_before].count(True) == 1
     # no node joined again: the new meshd admitted nobody, every agent process joined once and still runs
     assert [h.joins for h in run.hops] == [0, 0]
     assert run.agent_joins == {a: 1 for a in storeswitch.AGENTS}

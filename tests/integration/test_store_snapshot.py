@@ -12,7 +12,6 @@ import pytest
 from meshcore.clock import ManualClock
 from meshcore.errors import FailedPrecondition, InvalidArgument
 from meshd.store import snapshot
-from meshd.store.base import Put
 from meshd.store.sqlite import SQLiteStore
 from meshd.storeid import KEY as STORE_KEY
 from tests.conftest import require_netns
