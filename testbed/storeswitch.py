@@ -1,8 +1,11 @@
 """A profile switch on loopback, with real processes: meshd on SQLite → a three-member etcd → SQLite again.
 
 What `meshctl cluster edit` does on AWS between the old and the new
-coordinators, on one machine: stop the old meshd (writes stop), `meshd store
-copy` into the new store, start meshd on it at the same address, while real
+coordinators (infra/cluster/switch.py), on one machine: stop the old meshd
+(writes stop), `meshd store copy` into the new store with a client certificate
+made by `meshctl install store-certs` from the store CA (etcd speaks TLS and
+wants client certificates, as on the replicas), start meshd on it at the same
+address, while real
 meshagents stay connected throughout (they only see meshd go away and come
 back). Each hop is timed from stopping the old meshd until every agent has
 applied a change made through the new one; nodes, tokens and agent logs are
@@ -66,9 +69,18 @@ def joins_ok(metrics_port: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(r'^mesh_joins_total\{result="ok"\} (\S+)$', text, re.M))
 
 
-def store_copy(source: str, target: str, state_dir: Path) -> str:
-    r = subprocess.run([str(BIN / "meshd"), "store", "--state-dir", str(state_dir), "copy", "--from", source,
-                        "--to", target], capture_output=True, text=True, timeout=120)
+def store_copy(source: str, target: str, state_dir: Path, store_ca: Path, work: Path) -> str:
+    """As the switch's copy script: a client certificate from the store CA, then `meshd store copy`."""
+    r = subprocess.run([str(BIN / "meshctl"), "install", "store-certs", "--ca-key", str(store_ca / "ca.key"),
+                        "--ca-cert", str(store_ca / "ca.crt"), "--name", "switch", "--address", "127.0.0.1",
+                        "--etcd-dir", str(work / "etcd"), "--meshd-dir", str(work / "meshd")],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"meshctl install store-certs failed: {r.stderr.strip()}")
+    m = work / "meshd"
+    r = subprocess.run([str(BIN / "meshd"), "store", "--state-dir", str(state_dir), "--etcd-ca", str(m / "ca.crt"),
+                        "--etcd-cert", str(m / "client.crt"), "--etcd-key", str(m / "client.key"), "copy",
+                        "--from", source, "--to", target], capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"meshd store copy {source} → {target} failed: {r.stderr.strip()}")
     return r.stdout.strip()
@@ -90,14 +102,16 @@ def wait_all_see(mesh: LocalMesh, service: str, timeout: float = 60.0) -> None:
         raise RuntimeError(f"{sorted(pending)} did not see {service} within {timeout}s")
 
 
-def hop(mesh: LocalMesh, ports: dict[str, str], source: str, target: str, n: int) -> Hop:
+def hop(mesh: LocalMesh, ports: dict[str, str], source: str, target: str, n: int, etcd: EtcdCluster) -> Hop:
     state = mesh.root / "meshd"
     t0 = time.monotonic()
     mesh.stop(mesh.meshd)  # writes stop: nothing changes in the source from here on
-    out = store_copy(source, target, state)
+    out = store_copy(source, target, state, etcd.tls_dir, mesh.root / f"switch-{n}")
     copied = time.monotonic() - t0
+    ca, cert, key = etcd.client_files  # meshd's own, as a replica has them
+    tls = ("--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key) if target.startswith("etcds://") else ()
     mesh.start_meshd(f"127.0.0.1:{ports['listen']}", f"127.0.0.1:{ports['join']}",
-                     extra=("--store", target, "--metrics", "127.0.0.1:0"))
+                     extra=("--store", target, "--metrics", "127.0.0.1:0", *tls))
     serving = time.monotonic() - t0
     # a change made through the new meshd, seen by every agent: all of them follow the new store
     agent = sorted(mesh.agents)[n % len(mesh.agents)]
@@ -122,7 +136,7 @@ def run(root: Path, agents: tuple[str, ...] = AGENTS) -> SwitchRun:
     root.mkdir(parents=True, exist_ok=True)
     mesh = LocalMesh(root / "mesh", lease_ttl_s=5, grace_s=30)
     mesh.root.mkdir()
-    etcd = EtcdCluster(3, root / "etcd", heartbeat_ms=50, election_ms=300)
+    etcd = EtcdCluster(3, root / "etcd", heartbeat_ms=50, election_ms=300, tls=True)
     try:
         mesh.start_meshd(extra=("--metrics", "127.0.0.1:0"))
         ports = dict(mesh.meshd.ready)
@@ -138,7 +152,7 @@ def run(root: Path, agents: tuple[str, ...] = AGENTS) -> SwitchRun:
         etcd.start()
         sqlite = f"sqlite://{mesh.root / 'meshd' / 'state.db'}"
         for n, (source, target) in enumerate(((sqlite, etcd.url), (etcd.url, sqlite))):
-            run.hops.append(hop(mesh, ports, source, target, n))
+            run.hops.append(hop(mesh, ports, source, target, n, etcd))
             run.after.append(nodes(mesh))
             run.tokens_after.append(tokens(mesh))
             run.store_tokens.append(store_token(mesh.root / "meshd"))

@@ -514,7 +514,7 @@ def _switch(ops: Ops, doc: ClusterDoc, main: Any, coordinators: list[Slot], old:
         progress.note(region, f"launched {iid} ({s.name})")
     cmd = switch.Commands(aws, region, ops.sleep, ops.clock, lambda m: progress.note(region, m))
     progress.phase("profile switch: stopping writes on the old coordinators and copying the store")
-    switch.move_store(cmd, aws, old, switch.Side(coordinators[0].role, new), ops.sleep, ops.clock)
+    switch.move_store(cmd, aws, doc.name, old, switch.Side(coordinators[0].role, new), ops.sleep, ops.clock)
     progress.phase("profile switch: moving the address")
     try:
         address.attach(aws, doc, main, new)

@@ -16,7 +16,8 @@ name, mesh address and `--coordinator`. The order:
    plane and names, and reconnect later);
 4. `meshd store copy` on the instance that holds the SQLite file (the old
    coordinator-0 towards etcd, the new coordinator-0 from etcd), over the VPC
-   to the replicas' etcd;
+   to the replicas' etcd (TLS; a client certificate made there for the copy
+   from the store CA in the coordinators' SSM path, removed afterwards);
 5. restart meshd on the new coordinators: they serve the imported store;
 6. move the address (infra.cluster.address.attach);
 7. terminate the old coordinators.
@@ -65,7 +66,7 @@ class Side:
     def store(self) -> str:
         if self.role == "coordinator":
             return "sqlite"
-        return "etcd://" + ",".join(f"{i['PrivateIpAddress']}:2379" for _, i in sorted(self.instances.items()))
+        return "etcds://" + ",".join(f"{i['PrivateIpAddress']}:2379" for _, i in sorted(self.instances.items()))
 
     def holder(self) -> str | None:
         """The instance holding the SQLite file (None for an etcd side)."""
@@ -126,8 +127,25 @@ RESTART = "systemctl restart meshd && for i in $(seq 120); do systemctl is-activ
           "sleep 1; done; systemctl status meshd --no-pager | tail -5 >&2; exit 1"
 
 
-def copy_script(source: str, target: str) -> str:
-    return f"meshd store copy --from {shlex.quote(source)} --to {shlex.quote(target)}"
+def copy_script(cluster: str, main_region: str, source: str, target: str) -> str:
+    """`meshd store copy`, with a client certificate for the replicas' etcd made from the store CA (read from
+    the coordinators' SSM path with the instance role, used once, removed with the certificate)."""
+    q = shlex.quote
+    return "\n".join([
+        'd=$(mktemp -d /run/mesh-switch.XXXXXX); trap \'rm -rf "$d"\' EXIT',
+        f"/opt/mesh/bin/python - {q(main_region)} {q('/mesh-clusters/' + cluster + '/coordinator/')} \"$d\" <<'PY'",
+        "import sys, boto3",
+        "region, prefix, d = sys.argv[1:4]",
+        "ssm = boto3.client('ssm', region_name=region)",
+        "for name, file in (('store-ca-key', 'ca.key'), ('store-ca-cert', 'ca.crt')):",
+        "    value = ssm.get_parameter(Name=prefix + name, WithDecryption=True)['Parameter']['Value']",
+        "    open(f'{d}/{file}', 'w').write(value)",
+        "PY",
+        'meshctl install store-certs --ca-key "$d/ca.key" --ca-cert "$d/ca.crt" --name switch --address 127.0.0.1 '
+        '--etcd-dir "$d/etcd" --meshd-dir "$d/meshd" >/dev/null',
+        'meshd store --etcd-ca "$d/meshd/ca.crt" --etcd-cert "$d/meshd/client.crt" --etcd-key "$d/meshd/client.key" '
+        f"copy --from {q(source)} --to {q(target)}",
+    ])
 
 
 def wait_running(aws: Aws, region: str, ids: list[str], sleep: Callable[[float], None],
@@ -146,7 +164,7 @@ def wait_running(aws: Aws, region: str, ids: list[str], sleep: Callable[[float],
         sleep(POLL_S)
 
 
-def move_store(cmd: Commands, aws: Aws, old: Side, new: Side, sleep: Callable[[float], None],
+def move_store(cmd: Commands, aws: Aws, cluster: str, old: Side, new: Side, sleep: Callable[[float], None],
                clock: Callable[[], float]) -> None:
     """Steps 2-5 of the module docstring; on failure the old coordinators serve again, then it raises."""
     wait_running(aws, cmd.region, new.ids, sleep, clock)
@@ -158,7 +176,7 @@ def move_store(cmd: Commands, aws: Aws, old: Side, new: Side, sleep: Callable[[f
         stopped = True
         holder = old.holder() or new.holder()
         assert holder is not None  # one side is SQLite: a switch is between the two profiles
-        cmd.run([holder], "copying the store", copy_script(old.store, new.store))
+        cmd.run([holder], "copying the store", copy_script(cluster, cmd.region, old.store, new.store))
         cmd.run(new.ids, "serving the copied store", RESTART)
     except (MeshError, KeyboardInterrupt):
         if stopped:

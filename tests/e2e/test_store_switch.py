@@ -11,7 +11,7 @@ def test_a_profile_switch_keeps_every_nodes_identity_and_name(tmp_path):
     run = storeswitch.run(tmp_path / "switch")
     assert sorted(run.before) == sorted(storeswitch.AGENTS)
     assert all(node_id and address for node_id, address in run.before.values())
-    assert [h.to.split(":")[0] for h in run.hops] == ["etcd", "sqlite"]
+    assert [h.to.split(":")[0] for h in run.hops] == ["etcds", "sqlite"]  # etcd over TLS, as on replicas
     for after in run.after:  # same ids, names and mesh addresses after each hop
         assert after == run.before
     for tokens in run.tokens_after:  # use counts and revocations moved with the store

@@ -81,16 +81,20 @@ def test_to_performance_copies_the_store_in_order_and_keeps_the_address(cluster_
     slots = live(moto, mesh)
     assert sorted(slots) == ["replica-0", "replica-1", "replica-2"]
     replicas = sorted(slots[f"replica-{i}"]["InstanceId"] for i in range(3))
-    etcd = "etcd://" + ",".join(f"{slots[f'replica-{i}']['PrivateIpAddress']}:2379" for i in range(3))
-    assert commands(seq) == [
-        (replicas, "cloud-init status --wait >/dev/null && systemctl is-active --quiet etcd"),
-        ([old["InstanceId"]], "systemctl stop meshd"),
-        ([old["InstanceId"]], f"meshd store copy --from sqlite --to {etcd}"),
-        (replicas, commands(seq)[3][1]),
-    ]
+    etcd = "etcds://" + ",".join(f"{slots[f'replica-{i}']['PrivateIpAddress']}:2379" for i in range(3))
+    sent = commands(seq)
+    assert [ids for ids, _ in sent] == [replicas, [old["InstanceId"]], [old["InstanceId"]], replicas]
+    assert sent[0][1] == "cloud-init status --wait >/dev/null && systemctl is-active --quiet etcd"
+    assert sent[1][1] == "systemctl stop meshd"
+    # the copy: a client certificate from the store CA in the coordinators' SSM path, then meshd store copy
+    assert f"/mesh-clusters/{mesh}/coordinator/" in sent[2][1] and "meshctl install store-certs" in sent[2][1]
+    assert sent[2][1].splitlines()[-1].endswith(f"copy --from sqlite --to {etcd}")
+    import subprocess
+    for _, script in sent:  # as AWS-RunShellScript runs them: valid bash
+        assert subprocess.run(["bash", "-n"], input="set -eu\n" + script, text=True).returncode == 0
     assert commands(seq)[3][1].startswith("systemctl restart meshd")
     launched = first(seq, "RunInstances")
-    copied = first(seq, "SendCommand", lambda p: "store copy" in p["Parameters"]["commands"][-1])
+    copied = first(seq, "SendCommand", lambda p: "copy --from" in p["Parameters"]["commands"][-1])
     served = first(seq, "SendCommand", lambda p: "restart meshd" in p["Parameters"]["commands"][-1])
     moved = first(seq, "DisassociateAddress")
     lb = first(seq, "CreateLoadBalancer")
@@ -117,7 +121,7 @@ def test_to_cost_savings_copies_from_etcd_on_the_new_coordinator_and_keeps_the_a
     eip = the_eip(moto, mesh)
     slots = live(moto, mesh)
     replicas = sorted(slots[f"replica-{i}"]["InstanceId"] for i in range(3))
-    etcd = "etcd://" + ",".join(f"{slots[f'replica-{i}']['PrivateIpAddress']}:2379" for i in range(3))
+    etcd = "etcds://" + ",".join(f"{slots[f'replica-{i}']['PrivateIpAddress']}:2379" for i in range(3))
     assert not eip.get("InstanceId") and len(lbs(moto, res.doc.id)) == 1
     mark = len(calls.seen)
     back = edit(ops, mesh, dataclasses.replace(fast, profile="cost-savings"))
@@ -126,8 +130,9 @@ def test_to_cost_savings_copies_from_etcd_on_the_new_coordinator_and_keeps_the_a
     assert sorted(new) == ["coordinator-0"]
     c0 = new["coordinator-0"]["InstanceId"]
     # the copy runs where the SQLite file will live: the new coordinator-0, from the old replicas' etcd
-    assert commands(seq)[:3] == [([c0], "cloud-init status --wait >/dev/null"), (replicas, "systemctl stop meshd"),
-                                 ([c0], f"meshd store copy --from {etcd} --to sqlite")]
+    sent = commands(seq)
+    assert sent[:2] == [([c0], "cloud-init status --wait >/dev/null"), (replicas, "systemctl stop meshd")]
+    assert sent[2][0] == [c0] and sent[2][1].splitlines()[-1].endswith(f"copy --from {etcd} --to sqlite")
     assert commands(seq)[3][0] == [c0] and commands(seq)[3][1].startswith("systemctl restart meshd")
     assert first(seq, "RunInstances") < first(seq, "SendCommand") < first(seq, "DeleteLoadBalancer") \
         < first(seq, "AssociateAddress") < first(seq, "TerminateInstances")
