@@ -35,8 +35,9 @@
 - `profile_switch_s` and `profile_switch_rejoins`: the store move of a
   profile switch with real processes on loopback (testbed/storeswitch.py):
   a meshd on SQLite with three real agents connected; its meshd stopped,
-  `meshd store copy` into a real three-member etcd, meshd started on it at the
-  same address; then the same back to SQLite. `profile_switch_s` is the
+  `meshd store copy` into a real three-member etcd (TLS with client
+  certificates, as on the replicas), meshd started on it at the same
+  address; then the same back to SQLite. `profile_switch_s` is the
   median over those hops, from stopping the old meshd until every agent has
   applied a change made through the new one (it includes the agents' own
   reconnect backoff; not included: EC2 launching the new coordinators and the
@@ -317,7 +318,7 @@ def _profile_switch(root: Path) -> list[dict]:
     if not hops:
         raise RuntimeError(f"profile switch: every one of {SWITCH_ROUNDS} rounds failed")
     params = dict(agents=len(storeswitch.AGENTS), rounds=SWITCH_ROUNDS, hops=len(hops), failures=failures,
-                  etcd_members=3, path="sqlite→etcd→sqlite", hop_seconds=[round(h, 2) for h in hops],
+                  etcd_members=3, etcd_tls=True, path="sqlite→etcd→sqlite", hop_seconds=[round(h, 2) for h in hops],
                   copied_s_median=round(statistics.median(p[0] for p in phases), 2),
                   serving_s_median=round(statistics.median(p[1] for p in phases), 2),
                   scope="store move on loopback: old meshd stopped → copy → new meshd at the same address → every "
