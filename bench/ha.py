@@ -45,6 +45,20 @@
   the cost estimate of both profiles (Price List double, empty memory
   cache): `price_calls` and `quota_calls` in params say how many of the
   calls were theirs.
+
+- `profile_switch_s` and `profile_switch_rejoins`: the store move of a
+  profile switch with real processes on loopback (testbed/storeswitch.py):
+  a meshd on SQLite with three real agents connected; its meshd stopped,
+  `meshd store copy` into a real three-member etcd (TLS with client
+  certificates, as on the replicas), meshd started on it at the same
+  address; then the same back to SQLite. `profile_switch_s` is the
+  median over those hops, from stopping the old meshd until every agent has
+  applied a change made through the new one (it includes the agents' own
+  reconnect backoff; not included: EC2 launching the new coordinators and the
+  load balancer taking the Elastic IP, which moto cannot time).
+  `profile_switch_rejoins`: joins over the whole run that should not happen
+  (Join calls the new meshd admitted, agents whose node id changed, and
+  "joined the mesh" lines past the first in each agent's log); goal 0.
 """
 
 from __future__ import annotations
@@ -580,8 +594,42 @@ def _started(double: Any) -> Any:
         double.stop()
 
 
+SWITCH_ROUNDS = 2  # each round: SQLite → etcd → SQLite, two hops
+
+
+def _profile_switch(root: Path) -> list[dict]:
+    from testbed import storeswitch
+
+    hops: list[float] = []
+    phases: list[tuple[float, float]] = []
+    rejoins = 0
+    failures = 0
+    for i in range(SWITCH_ROUNDS):
+        try:
+            run = storeswitch.run(root / f"switch-{i}")
+        except Exception as e:  # counted, never folded into the timings
+            failures += 1
+            print(f"profile switch round {i} failed: {e}")
+            continue
+        hops += [h.seconds for h in run.hops]
+        phases += [(h.copied_s, h.serving_s) for h in run.hops]
+        rejoins += int(sum(h.joins for h in run.hops))
+        rejoins += sum(1 for after in run.after for name, ident in run.before.items() if after.get(name) != ident)
+        rejoins += sum(max(0, n - 1) for n in run.agent_joins.values())
+    if not hops:
+        raise RuntimeError(f"profile switch: every one of {SWITCH_ROUNDS} rounds failed")
+    params = dict(agents=len(storeswitch.AGENTS), rounds=SWITCH_ROUNDS, hops=len(hops), failures=failures,
+                  etcd_members=3, etcd_tls=True, path="sqlite→etcd→sqlite", hop_seconds=[round(h, 2) for h in hops],
+                  copied_s_median=round(statistics.median(p[0] for p in phases), 2),
+                  serving_s_median=round(statistics.median(p[1] for p in phases), 2),
+                  scope="store move on loopback: old meshd stopped → copy → new meshd at the same address → every "
+                        "agent applied a change made through it; EC2 launch and the load balancer not included")
+    return [record("ha", "profile_switch_s", statistics.median(hops), "s", **params),
+            record("ha", "profile_switch_rejoins", rejoins, "joins", goal=0, **params)]
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as d:
         return (asyncio.run(_run(Path(d))) + asyncio.run(_meshd_failover(Path(d)))
                 + asyncio.run(_renewal_writes(Path(d)))
-                + asyncio.run(_churn_db_size(Path(d))) + _clusters_on_moto(Path(d)))
+                + asyncio.run(_churn_db_size(Path(d))) + _clusters_on_moto(Path(d)) + _profile_switch(Path(d)))

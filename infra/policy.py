@@ -47,6 +47,9 @@ QUOTAS = (
 CLUSTER = (
     "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:RunInstances", "ec2:TerminateInstances",
     "ec2:AllocateAddress", "ec2:AssociateAddress", "ec2:DescribeAddresses", "ec2:ReleaseAddress",
+    "ec2:DisassociateAddress", "elasticloadbalancing:ModifyLoadBalancerAttributes",
+    # a profile switch's steps on the coordinators (infra.cluster.switch)
+    "ssm:SendCommand", "ssm:GetCommandInvocation",
     "elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup",
     "elasticloadbalancing:CreateListener", "elasticloadbalancing:RegisterTargets",
     "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetGroups",
@@ -126,13 +129,27 @@ def cluster_document(quotas: bool = False) -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+#: what the SSM agent on a coordinator needs to receive Run Command (as AWS's AmazonSSMManagedInstanceCore)
+MANAGED_INSTANCE = (
+    "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage", "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+
+
 def instance_document(coordinator: bool) -> dict:
-    """What a VM's instance role may do: read the join parameters; coordinators also read their secrets."""
+    """What a VM's instance role may do: read the join parameters; coordinators also read their secrets
+    and take Run Command (a profile switch's steps, infra.cluster.switch)."""
     paths = ["arn:aws:ssm:*:*:parameter/mesh/*"]
+    statements = []
     if coordinator:
         paths.append("arn:aws:ssm:*:*:parameter/mesh-clusters/*/coordinator/*")
+        statements.append({"Sid": "MeshProfileSwitch", "Effect": "Allow", "Action": sorted(MANAGED_INSTANCE),
+                           "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": paths}]}
+        {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": paths},
+        *statements]}
 
 
 def render(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = True) -> str:

@@ -55,7 +55,8 @@ def consul_config(a: argparse.Namespace, env: Mapping[str, str]) -> "ConsulConfi
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also the source of docs/configuration.md)."""
     d = MeshdConfig()
-    p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog.")
+    p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog. "
+                                "`meshd store export|import|copy` moves its whole store (see `meshd store --help`).")
     p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"CA and state (default {d.state_dir})")
     p.add_argument("--listen", default=d.listen, help=f"mTLS API address (default {d.listen})")
     p.add_argument("--join-listen", default=d.join_listen, help=f"TLS address for Join (default {d.join_listen}; '' disables)")
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-cert", default="", metavar="FILE",
                    help="etcds://: meshd's client certificate (etcd runs with --client-cert-auth)")
     p.add_argument("--etcd-key", default="", metavar="FILE", help="etcds://: key of --etcd-cert")
+    p.add_argument("--await-import", action="store_true",
+                   help="serve only once `meshd store import` has filled the store (a coordinator launched "
+                        "for a profile switch); never start a new mesh in an empty store")
     p.add_argument("--overlay-pool", default=d.overlay_pool, help=f"mesh addresses for non-AWS nodes (default {d.overlay_pool})")
     p.add_argument("--vpc-range", action="append", default=None, metavar="CIDR",
                    help=f"the AWS address plan: AWS nodes' VPCs must lie inside (repeatable; "
@@ -138,7 +142,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     if a.catalog_record_ttl < 3:
         p.error("--catalog-record-ttl must be at least 3 seconds")
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
-                       metrics=a.metrics, store=a.store, etcd_ca=a.etcd_ca, etcd_cert=a.etcd_cert,
+                       metrics=a.metrics, store=a.store, await_import=a.await_import, etcd_ca=a.etcd_ca,
+                       etcd_cert=a.etcd_cert,
                        etcd_key=a.etcd_key, overlay_pool=a.overlay_pool,
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
@@ -158,7 +163,11 @@ async def run(config: MeshdConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["store"]:  # `meshd store export|import|copy` (meshd/storecli.py)
+        from meshd.storecli import main as store_main
+        return store_main(argv[1:])
+    config = parse_args(argv)
     return daemon.run("meshd", lambda: run(config))
 
 

@@ -85,6 +85,8 @@ class MeshdConfig:
     etcd_cert: str = ""
     #: etcds:// only: the key of etcd_cert
     etcd_key: str = ""
+    #: wait until `meshd store import` has filled the store before serving (profile switch); never start a new mesh
+    await_import: bool = False
     #: where non-AWS nodes get their mesh address
     overlay_pool: str = DEFAULT_POOL
     #: the mesh's AWS address plan: an AWS node's VPC CIDR must lie inside one of these
@@ -255,6 +257,8 @@ class Coordinator:
         return server
 
     async def start(self) -> None:
+        if self.config.await_import:
+            await self._await_import()
         await self.store_mark.load()
         await self._check_alarms()
         await self.gossip.load()
@@ -302,6 +306,21 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self._mark_store(), name="store-mark"))
         self._start_election()
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    async def _await_import(self, every_s: float = 2.0) -> None:
+        """Until the store holds an imported mesh (meshd.store.snapshot): no identity of our own meanwhile."""
+        from meshd.store.snapshot import importing
+        waited = False
+        while True:
+            try:
+                if not await importing(self.store):
+                    return
+            except Exception as e:  # etcd members still starting: keep waiting
+                log.debug("store not ready yet: %s", e)
+            if not waited:
+                log.info("waiting for `meshd store import` into %s (--await-import)", self.store.describe)
+                waited = True
+            await asyncio.sleep(every_s)  # until imported or stopped (a signal cancels start-up)
 
     async def _bootstrap_token(self, path: Path) -> None:
         try:

@@ -18,7 +18,10 @@
    key exists only there: the CA etcd trusts, not the mesh CA every node has
    a certificate from), their security groups (infra.cluster.groups);
 5. instances: missing slots launched, extra or mismatched ones terminated,
-   the address pointed at the coordinators.
+   the address pointed at the coordinators. A profile change first moves
+   the mesh to the new coordinators in place (infra.cluster.switch: new ones
+   launched, the store copied, the address moved, then the old ones
+   terminated); until the address moves, a failure leaves the old ones serving.
 
 Each step reads what exists before acting, so a run that died anywhere
 (throttling, a partial failure, Ctrl-C) is finished by running the same
@@ -46,7 +49,7 @@ from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
-from infra.cluster import address, capacity, costs, instances, package
+from infra.cluster import address, capacity, costs, instances, package, switch
 from infra.cluster import groups as sg
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
@@ -397,6 +400,9 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     slots = coordinators + instances.warm_slots(doc, offered)
     etcd = instances.etcd_members(coordinators)
     states = {region: main}
+    old = switch.old_side(instances.find(aws, doc.name, region), coordinators[0].role)
+    if old is not None:
+        _switch(ops, doc, main, coordinators, old, group, etcd, result)
     found: dict[str, dict[str, Any]] = {}
     stopping: dict[str, list[str]] = {}
     progress.phase("instances")
@@ -475,6 +481,52 @@ def _publish(ops: Ops, doc: ClusterDoc) -> None:
         return ops.wheels[url][0]
     readers = [f"arn:aws:iam::{account}:role/{instances.profile_name(doc, role)}" for role in ("agent", "replica")]
     package.publish(ops.aws, doc.name, doc.spec.main_region, url, wheel, readers)
+
+
+def _switch(ops: Ops, doc: ClusterDoc, main: Any, coordinators: list[Slot], old: switch.Side, group: str,
+            etcd: str, result: Result) -> None:
+    """Move the mesh from the other profile's coordinators to this one's (infra.cluster.switch)."""
+    aws, region, progress = ops.aws, doc.spec.main_region, _progress(ops)
+    if address.legacy(aws, doc):
+        raise FailedPrecondition(f"cluster {doc.name}: its address is a load balancer's DNS name (made before "
+                                 "profiles shared the Elastic IP); switching would change every node's "
+                                 "coordinator address: recreate the cluster to switch profiles")
+    progress.phase(f"profile switch: launching the {doc.spec.profile} coordinators (the old ones keep serving)")
+    have = {tag_of(i, "mesh:slot"): i for i in instances.find(aws, doc.name, region)}
+    new: dict[str, dict[str, Any]] = {}
+    image = ""
+    for s in coordinators:
+        inst = have.get(s.name)
+        if inst is not None and instances.matches(inst, s):
+            new[s.name] = inst
+            continue
+        if inst is not None:
+            raise FailedPrecondition(f"{s.name} ({inst['InstanceId']}) does not match its slot while the profile "
+                                     "switch is under way: terminate it and run the edit again")
+        image = image or instances.image(aws, doc, region)
+        # as in converge: a replica's etcd must not be in reach of the mesh group's rules
+        groups = (replica_groups(aws, doc, main) if s.role == "replica"
+                  else [g.id for g in main.groups if g.name == f"mesh-{doc.name}"]) + [group]
+        iid = instances.launch(aws, doc, s, _subnet_for(main, s), groups, image,
+                               instances.user_data(doc, s, result.address, etcd, await_import=True))
+        new[s.name] = {"InstanceId": iid, "PrivateIpAddress": s.private_ip}
+        result.launched.append(f"{region}/{iid} ({s.name})")
+        progress.note(region, f"launched {iid} ({s.name})")
+    cmd = switch.Commands(aws, region, ops.sleep, ops.clock, lambda m: progress.note(region, m))
+    progress.phase("profile switch: stopping writes on the old coordinators and copying the store")
+    switch.move_store(cmd, aws, doc.name, old, switch.Side(coordinators[0].role, new), ops.sleep, ops.clock)
+    progress.phase("profile switch: moving the address")
+    try:
+        address.attach(aws, doc, main, new)
+    except (MeshError, KeyboardInterrupt):
+        switch.restart_old(cmd, old)
+        raise
+    progress.phase("profile switch: terminating the old coordinators")
+    instances.terminate(aws, region, old.ids)
+    for slot_name, inst in sorted(old.instances.items()):
+        result.terminated.append(f"{region}/{inst['InstanceId']} ({slot_name})")
+        progress.note(region, f"terminating {inst['InstanceId']} ({slot_name})")
+    _wait_terminated(ops, {region: old.ids})
 
 
 def _apply(ops: Ops, cfg: Any, sel: Selection) -> bool:

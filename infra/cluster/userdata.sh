@@ -17,10 +17,20 @@ ETCD_CLUSTER='@@ETCD_CLUSTER@@'      # replicas only: r0=https://10.4.0.10:2380,
 ETCD_NAME='@@ETCD_NAME@@'
 PRIVATE_IP='@@PRIVATE_IP@@'
 PACKAGE='@@PACKAGE@@'
+AWAIT_IMPORT='@@AWAIT_IMPORT@@'      # 1: launched by a profile switch; meshd serves once the store is copied in
 
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends python3-venv wireguard-tools wireguard-go nftables >/dev/null
+apt-get install -y -qq --no-install-recommends python3-venv wireguard-tools wireguard-go nftables curl >/dev/null
 [ "$ROLE" = replica ] && apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+if [ "$ROLE" = coordinator ] || [ "$ROLE" = replica ]; then
+  # SSM Run Command carries a profile switch's steps (stop meshd, copy the store, serve it)
+  if ! systemctl list-unit-files amazon-ssm-agent.service >/dev/null 2>&1; then
+    curl -fsSL -o /tmp/amazon-ssm-agent.deb \
+      "https://s3.$REGION.amazonaws.com/amazon-ssm-$REGION/latest/debian_amd64/amazon-ssm-agent.deb"
+    dpkg -i /tmp/amazon-ssm-agent.deb >/dev/null && rm -f /tmp/amazon-ssm-agent.deb
+  fi
+  systemctl enable --now amazon-ssm-agent
+fi
 [ -x /opt/mesh/bin/python ] || python3 -m venv /opt/mesh
 /opt/mesh/bin/pip install -q --disable-pip-version-check boto3
 case "$PACKAGE" in
@@ -103,8 +113,10 @@ EOF
     etcd_tls="--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt --daemon-arg=--etcd-cert=/var/lib/meshd/etcd/client.crt"
     etcd_tls="$etcd_tls --daemon-arg=--etcd-key=/var/lib/meshd/etcd/client.key"
   fi
+  await=()
+  [ "$AWAIT_IMPORT" = 1 ] && await=(--daemon-arg=--await-import)
   # $etcd_tls unquoted on purpose: three words (or none), without spaces
-  meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" $etcd_tls \
+  meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" $etcd_tls "${await[@]}" \
     --daemon-arg=--bootstrap-token-file=/etc/mesh/bootstrap-token --daemon-arg="--advertise=$PRIVATE_IP" \
     --daemon-arg="--advertise=${COORDINATOR%:*}"
 fi

@@ -134,7 +134,9 @@ def test_create_rerun_status_and_delete_leave_nothing(cluster_ops, moto, mesh) -
     ops = cluster_ops()
     name = f"{mesh}.perf"
     res = create(ops, name, spec())
-    assert res.address.endswith(".elb.amazonaws.com:7443")
+    # the cluster's Elastic IP, as in cost-savings: held by the load balancer, so a switch keeps it
+    eips = ec2(moto).describe_addresses(Filters=[{"Name": "tag:mesh:cluster", "Values": [name]}])["Addresses"]
+    assert len(eips) == 1 and res.address == f"{eips[0]['PublicIp']}:7443"
     slots = live(moto, name)
     assert sorted(slots) == ["replica-0", "replica-1", "replica-2", f"warm-{FEW[0].replace('.', '-')}-0"]
     ips = sorted(slots[f"replica-{i}"]["PrivateIpAddress"] for i in range(3))
@@ -321,7 +323,7 @@ def test_a_refused_launch_is_reported_and_a_rerun_converges_without_duplicates(c
     faults = Faults()
     ops = cluster_ops(on_client=faults)
     faults.fail("RunInstances", "InsufficientInstanceCapacity", times=1)
-    faults.fail("CreateLoadBalancer", "Throttling", times=2)
+    faults.fail("AllocateAddress", "Throttling", times=2)
     with pytest.raises(FailedPrecondition, match="InsufficientInstanceCapacity"):
         create(ops, mesh, spec())
     assert len(ops.sleep.calls) >= 2, "throttled calls are retried with backoff"
@@ -395,7 +397,10 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
     slots.append(Slot("warm-g6-xlarge-0", "agent", "us-west-2", "g6.xlarge"))
     runner = CliRunner()
     for slot in slots:
-        script = user_data(doc, slot, "mesh-c.elb.amazonaws.com:7443", etcd_members(slots))
+        # a profile switch's coordinators (here: the performance ones) serve only once the store is copied in
+        switching = profile == "performance"
+        script = user_data(doc, slot, "mesh-c.elb.amazonaws.com:7443", etcd_members(slots), await_import=switching)
+        assert (f"AWAIT_IMPORT='1'" in script) == (switching and slot.role != "agent")
         path = tmp_path / f"{slot.name}.sh"
         path.write_text(script)
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
@@ -405,7 +410,8 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
         env = {"ROLE": slot.role, "NODE_NAME": slot.name, "COORDINATOR": "mesh-c.elb.amazonaws.com:7443",
                "CLUSTER": "c1.example", "HUB": "replica-0", "PRIVATE_IP": slot.private_ip or "10.9.0.1",
                "store": "etcds://10.4.0.10:2379,10.4.0.11:2379" if replica else "sqlite", "MESH_JOIN_TOKEN": "x",
-               "ETCD_NAME": "r0", "etcd_tls": "--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt" if replica else ""}
+               "ETCD_NAME": "r0", "etcd_tls": "--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt" if replica else "",
+               "AWAIT_IMPORT": "1" if switching and slot.role != "agent" else ""}
         for cmd in _meshctl_lines(script):
             import shlex
             words = [w for w in shlex.split(_expand(cmd, env)) if w != "\\"]
@@ -423,6 +429,9 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
                 continue
             r = runner.invoke(app, words[1:] + ["--root", str(root), "--no-start"], env=token)
             assert r.exit_code == 0, (cmd, r.output)
+        if slot.role != "agent":
+            meshd_env = (tmp_path / "root" / slot.name / "etc/mesh/meshd.env").read_text()
+            assert ("--await-import" in meshd_env) == switching
         if slot.role == "agent":
             env_file = (tmp_path / "root" / slot.name / "etc/mesh/meshagent.env").read_text()
             assert "--wireguard=mesh0" in env_file and "--hub=" in env_file
@@ -449,20 +458,21 @@ def _meshctl_lines(script: str) -> list[str]:
 def _expand(cmd: str, env: dict[str, str]) -> str:
     import re
     cmd = re.sub(r"\$\{COORDINATOR%:\*\}", env["COORDINATOR"].rsplit(":", 1)[0], cmd)
+    cmd = cmd.replace('"${await[@]}"', "--daemon-arg=--await-import" if env.get("AWAIT_IMPORT") == "1" else "")
     return re.sub(r"\$([A-Za-z_]+)", lambda m: env.get(m.group(1), "x"), cmd)
 
 
 def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh) -> None:
-    """Both profiles, an edit that replaces instances, and delete: every operation is recorded."""
+    """Both profiles, a profile switch, and delete: every operation is recorded."""
     from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, cluster_actions
     from tests.infra.test_policy import Recorder
 
     rec = Recorder()
     ops = cluster_ops(on_client=rec)
     ops.selections.clear()  # region selection's calls count too
-    res = create(ops, mesh, spec())
+    res = create(ops, mesh, spec(profile="cost-savings"))
     ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
-    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="cost-savings"))
+    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="performance"))  # a switch moves the Elastic IP
     assert [d.name for d in ops.registry.list() if d.name == mesh] == [mesh]  # `meshctl clusters`
     assert len(ops.registry.history(mesh)) == 2
     assert delete(ops, mesh).leftovers == []
