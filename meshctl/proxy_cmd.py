@@ -174,8 +174,8 @@ def _services(via_meshd: bool) -> list[types_pb2.Service]:
 
 
 def proxy(target: str = typer.Argument(..., help="NAME[:PORT]: a service name; PORT defaults to its own"),
-          local_port: int = typer.Option(0, "--local-port", "-p", help="local port (default: the service's, "
-                                         "else a free one)"),
+          local_port: int = typer.Option(0, "--local-port", "-p", help="local port (default: a free one, "
+                                         "printed on start)"),
           address: str = typer.Option("127.0.0.1", "--address", help="local address to listen on"),
           via_coordinator: bool = typer.Option(False, "--via-coordinator",
                                                help="carry connections through meshd (admin certificate or "
