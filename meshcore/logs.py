@@ -14,6 +14,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import sys
 import secrets
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -55,8 +56,24 @@ class TextFormatter(logging.Formatter):
         return super().format(record).replace("\n", "\\n")
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged, not when the handler was made
+    (a process that swaps stderr, as an in-process CLI run does, never logs to a closed stream)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup(level: str, fmt: str, node: str) -> None:
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.addFilter(_Context(node))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

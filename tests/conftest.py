@@ -26,6 +26,19 @@ def pytest_asyncio_loop_factories(config, item):
     return {"uvloop": uvloop.new_event_loop}
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored():
+    """A test that parses a daemon's flags in-process sets up its logging (meshcore.logs): the
+    next test starts with the root logger as it was, so meshctl's output carries no daemon logs."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
 def _netns_missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root"

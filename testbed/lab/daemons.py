@@ -334,7 +334,7 @@ class LabDaemons:
         (bin_dir / "apt-get").chmod(0o755)
         pip = root.host_path("/opt/mesh/bin/pip")
         pip.unlink()
-        pip.write_text("#!/bin/sh\nexit 0\n")
+        pip.write_text('#!/bin/sh\nprintf \'%s\\n\' "$*" >> "$0.log"\n')  # what it was asked to install
         pip.chmod(0o755)
         self._metadata(role)
         path = root.root / "user-data.sh"
@@ -342,6 +342,14 @@ class LabDaemons:
         self.vm_run(role, ["bash", str(path)],
                     {**AWS_ENV, "AWS_ENDPOINT_URL": f"http://10.4.0.10:{MOTO_PORT}"}, vm=vm)
         self.ready[vm] = self._read_ready(vm)
+
+    def s3_put(self, bucket: str, key: str, data: bytes) -> None:
+        """An object in the hub's moto S3 (the bucket made if missing), as `cluster create` uploads one."""
+        self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import sys, boto3; s3 = boto3.client('s3'); b = sys.argv[1]\n"
+            "if b not in [x['Name'] for x in s3.list_buckets()['Buckets']]: s3.create_bucket(Bucket=b)\n"
+            "s3.put_object(Bucket=b, Key=sys.argv[2], Body=bytes.fromhex(sys.argv[3]))"),
+            bucket, key, data.hex()], AWS_ENV)
 
     def ssm_put(self, name: str, value: str) -> None:
         self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (

@@ -249,13 +249,19 @@ def test_a_cluster_instance_boots_from_its_user_data_and_joins_the_lab(lab, mesh
     mesh_lab.stop("rb")
     mesh_lab.meshctl("node", "remove", "rb")
     lab.run("rb", ["ip", "link", "del", "mesh0"], check=False)
-    doc = new_doc("lab-cluster", ClusterSpec(package="mesh==0"))
+    wheel = b"PK\x03\x04 the wheel `cluster create` uploaded"  # fetched, then given to the pip stand-in
+    url = "s3://mesh-000000000000-0a1b2c3d-pkg/0123456789abcdef/mesh-0.1.0-py3-none-any.whl"
+    mesh_lab.s3_put("mesh-000000000000-0a1b2c3d-pkg", "0123456789abcdef/mesh-0.1.0-py3-none-any.whl", wheel)
+    doc = new_doc("lab-cluster", ClusterSpec(package=url))
     slot = Slot("warm-g6-xlarge-0", "agent", "ap-northeast-1", "g6.xlarge")
     script = user_data(doc, slot, "10.4.0.10:7443", "")
     assert f"HUB='{hub(doc)}'" in script
     script = script.replace(f"HUB='{hub(doc)}'", "HUB='main'")
     mesh_lab.ssm_put("/mesh/lab-cluster/join-token", mesh_lab.token)
     mesh_lab.boot_user_data("rb", "rb-cluster", script)
+    vm = mesh_lab.vms["rb-cluster"]
+    assert vm.host_path("/var/cache/mesh/mesh-0.1.0-py3-none-any.whl").read_bytes() == wheel
+    assert "/var/cache/mesh/mesh-0.1.0-py3-none-any.whl" in vm.host_path("/opt/mesh/bin/pip.log").read_text()
     nodes = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
     warm = nodes["warm-g6-xlarge-0"]
     assert (warm["cloud"], warm["vpc_id"], warm["private_address"]) == ("aws", "vpc-rb", "10.31.0.10")
