@@ -12,7 +12,9 @@ private addresses near the top of the subnet, away from where EC2 hands out
 addresses (a replacement gets the same one, so etcd's member list and the
 load balancer's targets never change). Instances are tagged
 `mesh:cluster`, `managed-by`, `mesh:slot` and `mesh:role` in RunInstances
-itself, found by those tags, and launched with a ClientToken derived from
+itself (instance, volume and network interface: the cluster role may change
+nothing without those tags), found by them, and run with their cluster's own
+instance profile (infra.cluster.roles), and launched with a ClientToken derived from
 cluster, slot and type, so a create re-run after a crash never launches a
 slot twice. An instance whose type no longer matches its slot is replaced.
 """
@@ -153,14 +155,16 @@ def client_token(doc: ClusterDoc, slot: Slot) -> str:
 
 def launch(aws: Aws, doc: ClusterDoc, slot: Slot, subnet: str, groups: list[str], image_id: str,
            data: str) -> str:
-    profile = "mesh-coordinator" if slot.role in COORDINATOR_ROLES else "mesh-node"
+    from infra.policy import coordinator_role, node_role
+
+    profile = coordinator_role(doc.name) if slot.role in COORDINATOR_ROLES else node_role(doc.name)
     params: dict[str, Any] = dict(
         ImageId=image_id, InstanceType=slot.instance_type, MinCount=1, MaxCount=1, SubnetId=subnet,
         SecurityGroupIds=groups, IamInstanceProfile={"Name": profile}, UserData=data,
         ClientToken=client_token(doc, slot), MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
         TagSpecifications=[{"ResourceType": kind, "Tags": cluster_tags(doc.name, slot=slot.name, role=slot.role)
                             + [{"Key": "Name", "Value": f"{doc.name}/{slot.name}"}]}
-                           for kind in ("instance", "volume")])
+                           for kind in ("instance", "volume", "network-interface")])
     if slot.private_ip:
         params["PrivateIpAddress"] = slot.private_ip
     return aws.call("ec2", slot.region, "RunInstances", **params)["Instances"][0]["InstanceId"]

@@ -14,7 +14,8 @@
 2. the stable address (Elastic IP or load balancer), so it can be written
    into the join parameters and the instances' user data;
 3. the network: `infra.apply` with the join parameters;
-4. the coordinators' secrets in SSM, their security group (meshd's API and join ports);
+4. the coordinators' secrets in SSM, their security group (meshd's API and join ports),
+   the cluster's own instance roles (infra.cluster.roles);
 5. instances: missing slots launched, extra or mismatched ones terminated,
    the address pointed at the coordinators.
 
@@ -24,7 +25,7 @@ command again. A failure is recorded in the cluster document (`last_error`),
 which `meshctl clusters` shows; the next successful run clears it.
 
 `delete` marks the document `deleting`, removes instances, address,
-security group, network and secrets, then sweeps every enabled region for
+security group, instance roles, network and secrets, then sweeps every enabled region for
 anything still tagged with the cluster and lists it; the document goes only
 when nothing is left.
 """
@@ -44,7 +45,7 @@ from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
-from infra.cluster import address, capacity, costs, instances
+from infra.cluster import address, capacity, costs, instances, roles
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
 from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
@@ -115,6 +116,7 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
             raise FailedPrecondition(f"cluster {name} exists with another spec: change it with "
                                      f"`meshctl cluster edit {name}`")
     else:
+        roles.check_name(name)
         _check_mesh_name_free(ops.aws, name, spec.main_region)
         doc = ops.registry.create(new_doc(name, spec))
     if on_recorded is not None:
@@ -355,6 +357,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     (sec.directory / "ca.key").unlink(missing_ok=True)  # the coordinators' copy is the one from now on
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     group = coordinator_group(aws, doc, main.vpc_id())
+    progress.phase("instance roles")
+    roles.ensure(aws, doc.name)
     offered = {r.name: r.offered for r in sel.regions if r.selected}
     coordinators = instances.coordinator_slots(doc, main)
     slots = coordinators + instances.warm_slots(doc, offered)
@@ -480,6 +484,8 @@ def _delete(ops: Ops, doc: ClusterDoc) -> Result:
     address.remove(aws, doc)
     for g in _groups(aws, doc.name, region):
         aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
+    progress.phase("instance roles")
+    roles.remove(aws, doc.name)
     progress.phase("network")
     net = destroy(doc.spec.to_infra(doc.name), aws, progress=progress.note, clock=ops.clock)
     progress.phase("secrets, then a sweep for anything left")
@@ -525,6 +531,7 @@ def sweep(aws: Aws, doc: ClusterDoc, regions: list[str]) -> list[str]:
         out += [f"{r}: security group {g['GroupId']}" for g in _groups(aws, doc.name, r)]
         out += [f"{r}: elastic IP {a.get('PublicIp')}" for a in address.eips(aws, doc.name, r)]
     out += address.leftovers(aws, doc)
+    out += roles.leftovers(aws, doc.name)
     for key in SECRETS:
         if _described(aws, doc.spec.main_region, secret_prefix(doc.name) + key) is not None:
             out.append(f"{doc.spec.main_region}: parameter {secret_prefix(doc.name) + key}")

@@ -66,6 +66,7 @@ EOF
   fi
   meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" \
     --daemon-arg=--bootstrap-token-file=/etc/mesh/bootstrap-token --daemon-arg="--advertise=$PRIVATE_IP" \
+    --daemon-arg="--publish-join-token=ssm:$MAIN_REGION:/mesh/$CLUSTER/join-token" \
     --daemon-arg="--advertise=${COORDINATOR%:*}"
 fi
 
