@@ -431,13 +431,15 @@ def _expand(cmd: str, env: dict[str, str]) -> str:
     return re.sub(r"\$([A-Za-z_]+)", lambda m: env.get(m.group(1), "x"), cmd)
 
 
-def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh) -> None:
+def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh, moto) -> None:
     """Both profiles, an edit that replaces instances, and delete: every operation is recorded."""
-    from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, INSTANCE_ROLES, cluster_actions
+    from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, INSTANCE_ROLES, cluster_actions, cluster_document
     from tests.infra.test_policy import Recorder
 
-    rec = Recorder()
-    ops = cluster_ops(on_client=rec)
+    from tests.infra.tagcheck import TagCheck
+
+    rec, tagcheck = Recorder(), TagCheck(moto)
+    ops = cluster_ops(on_client=lambda c: (rec(c), tagcheck(c)))
     ops.selections.clear()  # region selection's calls count too
     res = create(ops, mesh, spec())
     ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
@@ -450,3 +452,6 @@ def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(
     implied = {a for called in rec.actions for a in IMPLIED.get(called, ())}
     unused = (set(CLUSTER) | set(CLUSTER_PARAMETERS) | set(INSTANCE_ROLES)) - rec.actions - implied
     assert not unused, f"cluster policy actions never called: {sorted(unused)}"
+    # and every call meets the policy's tag and boundary conditions (which moto does not evaluate)
+    assert len(tagcheck.calls) > 20
+    assert tagcheck.violations(cluster_document(quotas=True, account="123456789012")) == []

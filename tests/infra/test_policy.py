@@ -40,11 +40,13 @@ class Recorder:
 
 def test_every_call_is_in_the_policy_and_every_action_is_called(moto, mesh, builder, make_aws, tmp_path,
                                                                quotas_double, request) -> None:
-    rec = Recorder()
+    from tests.infra.tagcheck import TagCheck
+
+    rec, tagcheck = Recorder(), TagCheck(moto)
     clients: dict = {}  # every client of this test is made once, with the recorder on it
     account = AccountDouble({"eu-central-2": "DISABLED"}).start()
     request.addfinalizer(account.stop)
-    aws = lambda cfg: make_aws(cfg, on_client=rec, clients=clients,  # noqa: E731
+    aws = lambda cfg: make_aws(cfg, on_client=lambda c: (rec(c), tagcheck(c)), clients=clients,  # noqa: E731
                                endpoint_urls={"service-quotas": quotas_double.url, "account": account.url})
     (tmp_path / "token").write_text("a")
     base = few_config(mesh, instance_types=("trn2.48xlarge", "trn1.2xlarge"), meshd_address="10.4.0.4:1",
@@ -85,6 +87,9 @@ def test_every_call_is_in_the_policy_and_every_action_is_called(moto, mesh, buil
     assert not uncovered, f"calls missing from the policy: {sorted(uncovered)}"
     unused = allowed - rec.actions - implied
     assert not unused, f"policy actions never called: {sorted(unused)}"
+    # and every call meets the policy's tag conditions (which moto does not evaluate)
+    assert len(tagcheck.calls) > 20
+    assert tagcheck.violations(policy.document(mesh, quotas=True, opt_in=True)) == []
 
 
 def _user_with(iam, name: str, doc: dict) -> dict:
