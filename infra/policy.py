@@ -116,6 +116,12 @@ UNTAGGED = {
                             "same call are all tag-bound",
     "MeshAcceptIntoOwnVpc": "a cross-region peering is untagged on the accepter's side until accepted (tags do not "
                             "cross regions); AWS also authorizes the accepter VPC, which must carry our tags",
+    # the SkyPilot jobs controller's profile (infra.profiles.jobs_controller_document)
+    "SkyLaunchFromImages": "as MeshLaunchFromImages",
+    "SkyLaunchInterfaces": "SkyPilot does not tag the network interface RunInstances makes; it is made in the same "
+                           "call as the tag-bound instance, in a subnet and groups that must be the mesh's",
+    "SkySpotServiceRole": "the spot service-linked role, once per account, made by AWS's spot service "
+                          "(iam:AWSServiceName); it carries only AWS's own policy",
 }
 
 

@@ -15,7 +15,7 @@ import json
 import boto3
 import pytest
 
-from infra import policy, quotas
+from infra import policy, profiles, quotas
 from infra.aws import IAM_PREFIX
 from infra.config import InfraConfig
 from infra.destroy import destroy
@@ -157,7 +157,7 @@ def test_join_parameters_are_scoped_to_the_mesh_path() -> None:
 # -- every change is bound to what is ours ---------------------------------------------
 
 READ_VERBS = ("Describe", "Get", "List")
-TAG_KEYS = {"mesh:name", "mesh:cluster", "managed-by"}
+TAG_KEYS = {"mesh:name", "mesh:cluster", "managed-by", "mesh"}  # "mesh": SkyPilot's label (infra.profiles)
 
 
 def _mutating(action: str) -> bool:
@@ -186,7 +186,7 @@ def _arn_bound(resource, mesh: str | None) -> bool:
 
 
 @pytest.mark.parametrize("which", ["builder", "builder-all", "cluster", "instance-node", "instance-coordinator",
-                                   "boundary"])
+                                   "boundary", "jobs-controller"])
 def test_every_mutating_statement_is_bound_to_what_is_ours(which: str) -> None:
     """Walk every Allow statement with an action that changes something (EC2, load balancers, IAM, SSM):
     it has a tag condition on our keys (or the instance roles' boundary, or passes only to EC2), or
@@ -198,11 +198,13 @@ def test_every_mutating_statement_is_bound_to_what_is_ours(which: str) -> None:
         "cluster": (policy.cluster_document(True, "123456789012"), None),
         "instance-node": (policy.instance_document(mesh, False), mesh),
         "instance-coordinator": (policy.instance_document(mesh, True), mesh),
-        "boundary": (policy.boundary_document(), None)}[which]
+        "boundary": (policy.boundary_document(), None),
+        "jobs-controller": (profiles.jobs_controller_document(mesh), mesh)}[which]
     checked = 0
     for st in doc["Statement"]:
         assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
-        changes = [a for a in st["Action"] if _mutating(a) or "*" in a]
+        changes = [a for a in st["Action"] if _mutating(a) or ("*" in a and not a.split(":")[1].startswith(
+            READ_VERBS))]
         if not changes:
             continue
         assert not any("*" in a for a in changes), f"{st['Sid']}: wildcard action"
