@@ -212,7 +212,8 @@ def instance_profile_arns() -> list[str]:
 def cluster_document(quotas: bool = False, account: str = "*") -> dict:
     """The policy of the cross-account role `meshctl infra role create` makes: every cluster's network,
     instances and documents (paths /mesh/* and /mesh-clusters/*), each cluster's own instance roles
-    (bounded by `mesh-instance-boundary` of `account`), and passing only those to EC2."""
+    (bounded by `mesh-instance-boundary` of `account`; "*" when the account is not known yet, as
+    `meshctl infra policy --clusters` prints it), and passing only those to EC2."""
     ours = {TAG_MANAGED: MANAGED_BY}
     changes = NETWORK + CLUSTER_CREATE + CLUSTER_CHANGE
     statements = [
@@ -234,21 +235,24 @@ def cluster_document(quotas: bool = False, account: str = "*") -> dict:
          "Resource": instance_role_arns() + instance_profile_arns()},
         {"Sid": "MeshInstanceRolesCreateBounded", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_CREATE),
          "Resource": instance_role_arns(),
-         "Condition": {"StringEquals": {"iam:PermissionsBoundary": boundary_arn(account),
-                                        f"aws:RequestTag/{TAG_MANAGED}": MANAGED_BY}}},
+         "Condition": {"StringLike": {"iam:PermissionsBoundary": boundary_arn(account)},
+                       "StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": MANAGED_BY}}},
         {"Sid": "MeshInstanceRolesPolicyBounded", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_BOUNDED),
          "Resource": instance_role_arns(),
-         "Condition": {"StringEquals": {"iam:PermissionsBoundary": boundary_arn(account),
-                                        f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}}},
+         "Condition": {"StringLike": {"iam:PermissionsBoundary": boundary_arn(account)},
+                       "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}}},
         {"Sid": "MeshInstanceRolesCreateTagged", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_TAG),
          "Resource": instance_role_arns() + instance_profile_arns(),
          "Condition": {"StringEquals": {f"aws:RequestTag/{TAG_MANAGED}": MANAGED_BY}}},
         {"Sid": "MeshInstanceRolesChangeOwn", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_CHANGE),
          "Resource": instance_role_arns() + instance_profile_arns(),
          "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}}},
+        # only a cluster's own roles (a mesh built by `infra apply` has roles named alike, without mesh:cluster)
         {"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": instance_role_arns(),
-         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com",
+                                        f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY},
+                       "Null": {f"aws:ResourceTag/{TAG_CLUSTER}": "false"}}},
     ]
     if quotas:
         statements.append({"Sid": "MeshQuotas", "Effect": "Allow", "Action": sorted(QUOTAS), "Resource": "*"})

@@ -131,10 +131,11 @@ class TagCheck:
                 "MeshInstanceRolesCreateTagged", "MeshInstanceRolesChangeOwn")
                 for k, v in st.get("Condition", {}).get("StringEquals", {}).items() if k.startswith(prefix)}
         req, res = wanted("aws:RequestTag/"), wanted("aws:ResourceTag/")
-        assert req and res, "the policy has no tag conditions to check"
-        boundary = next((st["Condition"]["StringEquals"]["iam:PermissionsBoundary"] for st in doc["Statement"]
-                         if "iam:PermissionsBoundary" in st.get("Condition", {}).get("StringEquals", {})), None)
         iam_by_tag = any(st["Sid"] == "MeshInstanceRolesChangeOwn" for st in doc["Statement"])
+        assert req and res, "the policy has no tag conditions to check"
+        boundary = next((st["Condition"]["StringLike"]["iam:PermissionsBoundary"] for st in doc["Statement"]
+                         if "iam:PermissionsBoundary" in st.get("Condition", {}).get("StringLike", {})), None)
+        assert boundary or not iam_by_tag, "the instance roles are not bound by a boundary"
         out: list[str] = list(self.errors)
         for c in self.calls:
             if c.action.startswith("iam:") and not iam_by_tag:

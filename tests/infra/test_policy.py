@@ -151,7 +151,13 @@ def test_join_parameters_are_scoped_to_the_mesh_path() -> None:
     passing = [s for s in policy.cluster_document()["Statement"] if "iam:PassRole" in s["Action"]]
     assert passing == [{"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
                         "Resource": ["arn:aws:iam::*:role/mesh-*-node", "arn:aws:iam::*:role/mesh-*-coordinator"],
-                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]
+                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com",
+                                                       "aws:ResourceTag/managed-by": "meshctl"},
+                                      "Null": {"aws:ResourceTag/mesh:cluster": "false"}}}]
+    # the boundary is matched as a pattern: `meshctl infra policy --clusters` does not know the account
+    bounded = [s for s in policy.cluster_document()["Statement"] if "iam:CreateRole" in s["Action"]]
+    assert bounded[0]["Condition"]["StringLike"] == {
+        "iam:PermissionsBoundary": "arn:aws:iam::*:policy/mesh-instance-boundary"}
 
 
 # -- every change is bound to what is ours ---------------------------------------------
@@ -229,7 +235,7 @@ def test_the_tag_conditions_name_the_tags_the_builder_sets() -> None:
                for op in st.get("Condition", {}).values() for k, v in op.items() if k.startswith("aws:")}
     assert builder == {t["Key"]: t["Value"] for t in tags("m")}
     cluster = {k.split("/", 1)[1]: v for st in policy.cluster_document()["Statement"]
-               for op in st.get("Condition", {}).values() for k, v in op.items() if k.startswith("aws:")}
+               for k, v in st.get("Condition", {}).get("StringEquals", {}).items() if k.startswith("aws:")}
     assert cluster.items() <= {t["Key"]: t["Value"] for t in cluster_tags("c")}.items()
     # a node's role reads its own cluster's parameters and nothing of the coordinators'
     node = json.dumps(policy.instance_document("c1", coordinator=False))
