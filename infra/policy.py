@@ -247,11 +247,12 @@ def cluster_document(quotas: bool = False, account: str = "*") -> dict:
         {"Sid": "MeshInstanceRolesChangeOwn", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_CHANGE),
          "Resource": instance_role_arns() + instance_profile_arns(),
          "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}}},
-        # only a cluster's own roles (a mesh built by `infra apply` has roles named alike, without mesh:cluster)
+        # only a cluster's own roles (a mesh built by `infra apply` has roles named alike, without mesh:cluster),
+        # only to EC2 (AddRoleToInstanceProfile checks PassRole too, without naming a service)
         {"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": instance_role_arns(),
-         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com",
-                                        f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY},
+         "Condition": {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"},
+                       "StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY},
                        "Null": {f"aws:ResourceTag/{TAG_CLUSTER}": "false"}}},
     ]
     if quotas:

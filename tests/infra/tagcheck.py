@@ -13,7 +13,9 @@ each call must satisfy what the policy asks:
   resource tags (`aws:ResourceTag/...`), except where `policy.UNTAGGED` says
   why not (a cross-region peering's accepter side before it is accepted);
 - an instance role is created with, and changed only while it has, the
-  boundary `iam:PermissionsBoundary` names.
+  boundary `iam:PermissionsBoundary` names, and is passed to EC2 (by
+  RunInstances and AddRoleToInstanceProfile) only with the tags the
+  PassRole statement asks for.
 
 The required values come from the policy document itself, so a policy and
 code that drift apart fail here.
@@ -99,6 +101,13 @@ class TagCheck:
             for rid in ids:
                 out = self.admin("ec2", region).describe_tags(Filters=[{"Name": "resource-id", "Values": [rid]}])
                 resources[rid] = _tags(out.get("Tags"))
+            profile = params.get("IamInstanceProfile", {}).get("Name")
+            if profile:  # the role RunInstances passes to EC2 (iam:PassRole)
+                iam = self.admin("iam", "us-east-1")
+                roles = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"]
+                for r in roles:
+                    got = iam.get_role(RoleName=r["RoleName"])["Role"]
+                    resources["passed-role/" + r["RoleName"]] = _tags(got.get("Tags"))
         elif action.startswith("elasticloadbalancing:"):
             arns = [params[k] for k in ELB_REFS if k in params]
             if arns:
@@ -132,6 +141,9 @@ class TagCheck:
                 for k, v in st.get("Condition", {}).get("StringEquals", {}).items() if k.startswith(prefix)}
         req, res = wanted("aws:RequestTag/"), wanted("aws:ResourceTag/")
         iam_by_tag = any(st["Sid"] == "MeshInstanceRolesChangeOwn" for st in doc["Statement"])
+        passing = [st.get("Condition", {}) for st in doc["Statement"] if "iam:PassRole" in st["Action"]]
+        pass_needs = {k.split("/", 1)[1] for cond in passing for op in ("StringEquals", "Null")
+                      for k in cond.get(op, {}) if k.startswith("aws:ResourceTag/")}
         assert req and res, "the policy has no tag conditions to check"
         boundary = next((st["Condition"]["StringLike"]["iam:PermissionsBoundary"] for st in doc["Statement"]
                          if "iam:PermissionsBoundary" in st.get("Condition", {}).get("StringLike", {})), None)
@@ -151,6 +163,12 @@ class TagCheck:
                     "*", "123456789012"):
                 out.append(f"{c.action} without the boundary {boundary}")
             for rid, tags in c.resources.items():
+                passed = rid.startswith("passed-role/") or (c.action == "iam:AddRoleToInstanceProfile"
+                                                            and rid.startswith("role/"))
+                if passed and pass_needs and not all(k in tags for k in pass_needs):
+                    out.append(f"{c.action} passes {rid} without the tags {sorted(pass_needs)}")
+                if rid.startswith("passed-role/"):
+                    continue
                 if untagged_peering_accept and rid.startswith("pcx-") and c.action in (
                         "ec2:AcceptVpcPeeringConnection", "ec2:CreateTags"):
                     continue  # policy.UNTAGGED: the accepter's side, tagged right after it is accepted

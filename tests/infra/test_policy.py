@@ -151,8 +151,8 @@ def test_join_parameters_are_scoped_to_the_mesh_path() -> None:
     passing = [s for s in policy.cluster_document()["Statement"] if "iam:PassRole" in s["Action"]]
     assert passing == [{"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
                         "Resource": ["arn:aws:iam::*:role/mesh-*-node", "arn:aws:iam::*:role/mesh-*-coordinator"],
-                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com",
-                                                       "aws:ResourceTag/managed-by": "meshctl"},
+                        "Condition": {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"},
+                                      "StringEquals": {"aws:ResourceTag/managed-by": "meshctl"},
                                       "Null": {"aws:ResourceTag/mesh:cluster": "false"}}}]
     # the boundary is matched as a pattern: `meshctl infra policy --clusters` does not know the account
     bounded = [s for s in policy.cluster_document()["Statement"] if "iam:CreateRole" in s["Action"]]
