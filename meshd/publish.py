@@ -95,6 +95,7 @@ class Publisher:
     is_leader: Callable[[], bool] = lambda: True
     check_s: float = 0.0  # 0: CHECK_S, or a quarter of the time between two tokens when that is shorter
     published: int = 0  # tokens published by this process
+    _pending: tuple[TokenRecord, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.ttl_s:
@@ -129,10 +130,15 @@ class Publisher:
         rec = await self.current()
         if rec is not None and rec.expires_at - self.clock.wall() > self.overlap_s:
             return None
-        new, token = await self.admission.create(ttl_s=max(1, int(self.ttl_s)), max_uses=0, labels=self.labels,
-                                                 description="published join token (--publish-join-token)")
+        # a token minted for a write that failed is written again, not replaced by one more record per check
+        if self._pending is None or self._pending[0].expires_at - self.clock.wall() <= self.overlap_s:
+            self._pending = await self.admission.create(
+                ttl_s=max(1, int(self.ttl_s)), max_uses=0, labels=self.labels,
+                description="published join token (--publish-join-token)")
+        new, token = self._pending
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(new.expires_at))
         await asyncio.to_thread(self.sink.write, token, f"{PUBLISHED_BY_MESHD}; token {new.id}, expires {expires}")
+        self._pending = None
         self.published += 1
         log.info("published join token %s (expires %s); the previous one expires on its own", new.id, expires)
         return new

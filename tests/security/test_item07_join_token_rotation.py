@@ -118,6 +118,43 @@ async def test_the_bootstrap_token_lives_two_hours_not_ten_years(tmp_path):
         await mesh.close()
 
 
+class FlakySink:
+    """An SSM parameter that refuses the first write (throttled, or a role not yet applied)."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.refusals = 1
+
+    def read(self) -> str | None:
+        return self.value
+
+    def write(self, value: str, description: str) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RuntimeError("ThrottlingException")
+        self.value = value
+
+
+async def test_a_failed_write_is_retried_with_the_same_token(tmp_path):
+    from meshd.publish import Publisher
+
+    clock = manual_clock()
+    mesh = Mesh(tmp_path, clock=clock)
+    await mesh.start()
+    try:
+        sink = FlakySink()
+        pub = Publisher(mesh.coordinator.admission, sink, ttl_s=24 * HOUR, overlap_s=6 * HOUR, clock=clock)
+        with pytest.raises(RuntimeError):
+            await pub.step()
+        before = len(await mesh.coordinator.admission.list())
+        rec = await pub.step()
+        assert len(await mesh.coordinator.admission.list()) == before, "no second token for one publication"
+        assert sink.value.startswith(rec.id + ".") and pub.published == 1
+        await Agent(mesh.agent_config("warm-0", sink.value)).join()
+    finally:
+        await mesh.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
