@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import ConfigError, InvalidArgument
 from meshcore.jointoken import PUBLISHED_BY_MESHD, parse_token
+from meshd import metrics
 from meshd.admission import PREFIX, Admission, TokenRecord
 
 log = logging.getLogger("meshd")
@@ -140,6 +141,7 @@ class Publisher:
         await asyncio.to_thread(self.sink.write, token, f"{PUBLISHED_BY_MESHD}; token {new.id}, expires {expires}")
         self._pending = None
         self.published += 1
+        metrics.JOIN_TOKENS_PUBLISHED.inc()
         log.info("published join token %s (expires %s); the previous one expires on its own", new.id, expires)
         return new
 
@@ -151,6 +153,7 @@ class Publisher:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - logged and retried at the next check
+                metrics.JOIN_TOKEN_PUBLISH_ERRORS.inc()
                 log.warning("join token not published: %s", e)
             await asyncio.sleep(self.check_s)
 
