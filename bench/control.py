@@ -137,7 +137,8 @@ def bench_expose_to_resolvable() -> list[dict]:
                    anchor=anchor, **info),
             record(B, "expose_to_resolvable_failures", failures, "exposes", goal=0, **info),
             record(B, "agent_rss_mb", max(agent_rss), "MB", goal=55, agents_sampled=len(agent_rss),
-                   statistic="max over sampled idle agents",
+                   statistic="max over sampled idle agents", measured_at="2 s after the last agent started",
+                   agent_flags="--metrics '' --wireguard '' --imds '' --no-gpus (metrics off: no prometheus_client)",
                    anchor={"name": "serf agent RSS, same run (idle, 1 node)", "value": _serf_rss_mb()}
                    if _serf_rss_mb() is not None else
                    {"name": "Serf agent RSS (FACTS.md)", "value": 14, "measured": False,

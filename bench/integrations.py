@@ -224,9 +224,10 @@ def _takeover_and_proxy() -> list[dict[str, Any]]:
     Takeover: node `old-i` of job J holds the name `job-svc`; node `new-i` of J is running. The clock
     starts at old's Leave (the call its agent makes on a spot notice) and `new-i` exposes the name at
     once (SkyPilot's own re-provisioning of the VM is not part of the figure); it stops when every
-    observer agent's DNS answers with new's address. Proxy: `meshctl proxy` (a real process, on a
-    joined node) in front of an HTTP server, first byte of 200 requests through it and directly to
-    the service's mesh address, interleaved."""
+    observer agent's DNS answers with new's address. Proxy: `meshctl proxy` (real processes: one on a
+    joined node, one with only an admin certificate, whose connections go through meshd) in front of
+    an HTTP server, first byte of 200 requests through each and directly to the service's mesh
+    address, interleaved."""
     import socket
     import subprocess
     import threading
@@ -310,13 +311,24 @@ def _takeover_and_proxy() -> list[dict[str, Any]]:
                     c.sendall(page)
         threading.Thread(target=serve, daemon=True).start()
         mesh.meshctl("expose", "--port", str(port), "--name", "ui", agent=observers[0])
-        env = {**mesh.env, "MESH_AGENT_SOCKET": mesh.socket(observers[1])}
-        env.pop("MESH_ADMIN", None)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local_port = s.getsockname()[1]
-        proxy = subprocess.Popen([str(BIN / "meshctl"), "proxy", "ui", "--local-port", str(local_port)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        mesh.meshctl("admin", "cert", "bench-ops", "--out", str(mesh.root / "bench-ops"))
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+        # on a joined node, through its agent's view; and with only an admin certificate, through meshd
+        agent_env = {**mesh.env, "MESH_AGENT_SOCKET": mesh.socket(observers[1])}
+        agent_env.pop("MESH_ADMIN", None)
+        cert_env = {k: v for k, v in mesh.env.items() if k not in ("MESH_AGENT_SOCKET", "MESH_ADMIN")}
+        cert_env.update(MESH_ADMIN_CERT_DIR=str(mesh.root / "bench-ops"), MESH_COORDINATOR=mesh.coordinator,
+                        MESHD_ADMIN_SOCKET=str(mesh.root / "no-admin-socket.sock"))
+        proxies = []
+        for env, extra in ((agent_env, []), (cert_env, ["--via-coordinator"])):
+            local_port = free_port()
+            proxies.append((local_port, subprocess.Popen(
+                [str(BIN / "meshctl"), "proxy", "ui", "--local-port", str(local_port), *extra], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)))
         try:
             def first_byte(h: str, p: int) -> float | None:
                 t0 = time.perf_counter()
@@ -328,29 +340,43 @@ def _takeover_and_proxy() -> list[dict[str, Any]]:
                 except OSError:
                     return None
                 return (time.perf_counter() - t0) * 1000
-            deadline = time.monotonic() + 20
-            while first_byte("127.0.0.1", local_port) is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            via, direct, lost = [], [], 0
+            for local_port, _ in proxies:
+                deadline = time.monotonic() + 20
+                while first_byte("127.0.0.1", local_port) is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            via, via_meshd, direct = [], [], []
+            lost = {"agent": 0, "coordinator": 0, "direct": 0}
+            targets = (("agent", via, "127.0.0.1", proxies[0][0]), ("coordinator", via_meshd, "127.0.0.1",
+                                                                   proxies[1][0]), ("direct", direct, host, port))
             for _ in range(PROXY_ROUNDS):
-                for samples_, h, p in ((via, "127.0.0.1", local_port), (direct, host, port)):
+                for what, samples_, h, p in targets:
                     ms = first_byte(h, p)
                     if ms is None:
-                        lost += 1
+                        lost[what] += 1
                     else:
                         samples_.append(ms)
         finally:
-            proxy.terminate()
-            proxy.wait(10)
+            for _, proxy in proxies:
+                proxy.terminate()
+                proxy.wait(10)
             srv.close()
-        if not via or not direct:
-            raise RuntimeError("meshctl proxy answered nothing")
+        if not via or not via_meshd or not direct:
+            raise RuntimeError(f"a meshctl proxy answered nothing (lost: {lost})")
         out += [
-            record(BENCH, "proxy_first_byte_ms", percentile(via, 99), "ms", rounds=PROXY_ROUNDS, failures=lost,
-                   p50_ms=round(median(via), 3), what="p99 first byte of an HTTP answer through `meshctl proxy`"),
+            record(BENCH, "proxy_first_byte_ms", percentile(via, 99), "ms", rounds=PROXY_ROUNDS,
+                   failures=lost["agent"], p50_ms=round(median(via), 3),
+                   what="p99 first byte of an HTTP answer through `meshctl proxy` on a joined node"),
+            record(BENCH, "proxy_first_byte_ms_via_coordinator", percentile(via_meshd, 99), "ms", rounds=PROXY_ROUNDS,
+                   failures=lost["coordinator"], p50_ms=round(median(via_meshd), 3),
+                   what="p99 first byte through `meshctl proxy` with only an admin certificate: a new Tunnel "
+                        "through meshd (mTLS) per connection"),
             record(BENCH, "direct_first_byte_ms", percentile(direct, 99), "ms", rounds=PROXY_ROUNDS,
-                   p50_ms=round(median(direct), 3), what="p99 first byte straight to the service's mesh address"),
+                   failures=lost["direct"], p50_ms=round(median(direct), 3),
+                   what="p99 first byte straight to the service's mesh address"),
             record(BENCH, "proxy_first_byte_ratio_vs_direct", percentile(via, 99) / percentile(direct, 99), "ratio",
                    what="p99 through meshctl proxy / p99 direct, same run, interleaved"),
+            record(BENCH, "proxy_first_byte_ratio_vs_direct_via_coordinator",
+                   percentile(via_meshd, 99) / percentile(direct, 99), "ratio",
+                   what="p99 through meshctl proxy via meshd / p99 direct, same run, interleaved"),
         ]
     return out

@@ -55,20 +55,20 @@ def dataclass_table(cls) -> list[str]:
 
 
 def meshctl_commands() -> list[str]:
-    import click
     import typer
 
     from meshctl.main import app
     out: list[str] = []
 
+    # by duck type: typer may bring its own copy of click, whose classes are not click's
     def walk(cmd, path: list[str]) -> None:
-        if isinstance(cmd, click.Group):
+        if isinstance(getattr(cmd, "commands", None), dict):
             for name in sorted(cmd.commands):
                 walk(cmd.commands[name], path + [name])
             return
         helptext = (cmd.help or "").strip().splitlines()[0] if cmd.help else ""
-        opts = [f"`{'/'.join(p.opts)}`" for p in cmd.params if isinstance(p, click.Option) and p.name != "help"]
-        args = "".join(f" `{p.name.upper()}`" for p in cmd.params if isinstance(p, click.Argument))
+        opts = [f"`{'/'.join(p.opts)}`" for p in cmd.params if p.param_type_name == "option" and p.name != "help"]
+        args = "".join(f" `{p.name.upper()}`" for p in cmd.params if p.param_type_name == "argument")
         out.append(f"| `meshctl {' '.join(path)}`{args} | {_cell(helptext)} | {', '.join(opts)} |")
     walk(typer.main.get_command(app), [])
     return ["| command | what | options |", "| --- | --- | --- |", *out]

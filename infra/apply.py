@@ -59,8 +59,9 @@ class ApplyProgress:
     An apply calls start/step/finish per region (steps may come from several
     regions' threads at once) and `waiting` before it sleeps on AWS. Longer
     operations built on it (cluster create, edit, delete) also name their
-    stages with `phase` and report work outside a plan with `note`, whose
-    signature is infra.destroy's `Progress` callable."""
+    stages with `phase`, report work outside a plan with `note`, whose
+    signature is infra.destroy's `Progress` callable, and state what stays
+    true with `fact`."""
 
     def start(self, region: str, total: int) -> None: ...
 
@@ -73,6 +74,9 @@ class ApplyProgress:
     def waiting(self, region: str, what: str) -> None: ...
 
     def note(self, region: str, text: str) -> None: ...
+
+    def fact(self, text: str) -> None:
+        """A line worth keeping on screen (what it will cost), unlike a passing note."""
 
 
 def apply(config: InfraConfig, session_factory: SessionFactory | None = None, progress: ApplyProgress | None = None,

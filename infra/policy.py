@@ -71,6 +71,8 @@ QUOTAS = (
 # the cluster documents, and handing the instance roles to EC2.
 CLUSTER_READ = (
     "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeAddresses",
+    # a profile switch's results (infra.cluster.switch)
+    "ssm:GetCommandInvocation",
     "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeTargetGroups",
     "elasticloadbalancing:DescribeTargetHealth",
     # what the cluster and its nodes cost (infra.prices)
@@ -79,13 +81,30 @@ CLUSTER_READ = (
     "sts:GetCallerIdentity",
 )
 CLUSTER_CREATE = ("ec2:RunInstances", "ec2:AllocateAddress")
-CLUSTER_CHANGE = ("ec2:TerminateInstances", "ec2:AssociateAddress", "ec2:ReleaseAddress")
+CLUSTER_CHANGE = ("ec2:TerminateInstances", "ec2:AssociateAddress", "ec2:DisassociateAddress",
+                  "ec2:ReleaseAddress")
 ELB_CREATE = ("elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup")
 ELB_CHANGE = ("elasticloadbalancing:CreateListener", "elasticloadbalancing:RegisterTargets",
+              "elasticloadbalancing:ModifyLoadBalancerAttributes",
               "elasticloadbalancing:DeleteLoadBalancer", "elasticloadbalancing:DeleteTargetGroup")
-CLUSTER = CLUSTER_READ + CLUSTER_CREATE + CLUSTER_CHANGE + ELB_CREATE + ELB_CHANGE + ("elasticloadbalancing:AddTags",)
+# a profile switch's steps on the coordinators (infra.cluster.switch): only AWS's shell document, only on our instances
+RUN_COMMAND = ("ssm:SendCommand",)
+RUN_DOCUMENT = "arn:aws:ssm:*::document/AWS-RunShellScript"
+CLUSTER = (CLUSTER_READ + CLUSTER_CREATE + CLUSTER_CHANGE + ELB_CREATE + ELB_CHANGE + RUN_COMMAND
+           + ("elasticloadbalancing:AddTags",))
 CLUSTER_CREATED = ("instance", "volume", "network-interface", "elastic-ip")
 CLUSTER_PARAMETERS = ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParameterHistory")
+# The bucket a cluster's wheel lives in (infra/cluster/package.py), named mesh-<account>-<hash>-pkg.
+PACKAGE = (
+    "s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:PutBucketPublicAccessBlock",
+    "s3:PutEncryptionConfiguration", "s3:PutBucketTagging", "s3:PutBucketPolicy", "s3:GetObject",
+    "s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObject",
+)
+PACKAGE_BUCKETS = ["arn:aws:s3:::mesh-*-pkg", "arn:aws:s3:::mesh-*-pkg/*"]
+# S3 operations are authorised under other action names.
+S3_ACTIONS = {"s3:HeadBucket": "s3:ListBucket", "s3:ListObjectsV2": "s3:ListBucket", "s3:HeadObject": "s3:GetObject",
+              "s3:PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+              "s3:PutBucketEncryption": "s3:PutEncryptionConfiguration", "s3:DeleteObjects": "s3:DeleteObject"}
 # The per-cluster instance roles and profiles (`cluster create` makes them, `cluster delete` removes them).
 INSTANCE_ROLES_READ = ("iam:GetRole", "iam:GetRolePolicy", "iam:GetInstanceProfile")
 INSTANCE_ROLES_CREATE = ("iam:CreateRole",)  # with the boundary and our tags
@@ -116,6 +135,11 @@ UNTAGGED = {
                             "same call are all tag-bound",
     "MeshAcceptIntoOwnVpc": "a cross-region peering is untagged on the accepter's side until accepted (tags do not "
                             "cross regions); AWS also authorizes the accepter VPC, which must carry our tags",
+    "MeshProfileSwitch": "the SSM agent's own channel on a coordinator (AWS's AmazonSSMManagedInstanceCore): it "
+                         "registers the instance and receives its commands; Systems Manager names no resource for "
+                         "it, and who may send commands is bound (MeshRunCommandOnOwnInstances)",
+    "MeshRunCommandDocument": "AWS's own shell document, read by ssm:SendCommand; the instances of the same call "
+                              "must carry our tags (MeshRunCommandOnOwnInstances)",
     # the SkyPilot jobs controller's profile (infra.profiles.jobs_controller_document)
     "SkyLaunchFromImages": "as MeshLaunchFromImages",
     "SkyLaunchInterfaces": "SkyPilot does not tag the network interface RunInstances makes; it is made in the same "
@@ -193,7 +217,7 @@ def document(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = 
 
 
 def cluster_actions(quotas: bool = False) -> set[str]:
-    return actions(quotas, sky=False) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | set(INSTANCE_ROLES)
+    return actions(quotas, sky=False) | set(CLUSTER) | set(CLUSTER_PARAMETERS) | set(PACKAGE) | set(INSTANCE_ROLES)
 
 
 def boundary_arn(account: str = "*") -> str:
@@ -231,6 +255,11 @@ def cluster_document(quotas: bool = False, account: str = "*") -> dict:
          "Condition": {"StringEquals": {f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}}},
         {"Sid": "MeshParameters", "Effect": "Allow", "Action": sorted(set(PARAMETERS) | set(CLUSTER_PARAMETERS)),
          "Resource": ["arn:aws:ssm:*:*:parameter/mesh/*", "arn:aws:ssm:*:*:parameter/mesh-clusters/*"]},
+        {"Sid": "MeshPackageBuckets", "Effect": "Allow", "Action": sorted(PACKAGE), "Resource": PACKAGE_BUCKETS},
+        {"Sid": "MeshRunCommandDocument", "Effect": "Allow", "Action": sorted(RUN_COMMAND), "Resource": RUN_DOCUMENT},
+        {"Sid": "MeshRunCommandOnOwnInstances", "Effect": "Allow", "Action": sorted(RUN_COMMAND),
+         "Resource": "arn:aws:ec2:*:*:instance/*",
+         "Condition": {"StringEquals": {f"ssm:resourceTag/{TAG_MANAGED}": MANAGED_BY}}},
         {"Sid": "MeshInstanceRolesRead", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_READ),
          "Resource": instance_role_arns() + instance_profile_arns()},
         {"Sid": "MeshInstanceRolesCreateBounded", "Effect": "Allow", "Action": sorted(INSTANCE_ROLES_CREATE),
@@ -260,16 +289,33 @@ def cluster_document(quotas: bool = False, account: str = "*") -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+#: what the SSM agent on a coordinator needs to receive Run Command (as AWS's AmazonSSMManagedInstanceCore)
+MANAGED_INSTANCE = (
+    "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage", "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+)
+
+
 def instance_document(cluster: str, coordinator: bool) -> dict:
     """What a VM of `cluster` may do: read its cluster's join parameters; coordinators also read their
-    secrets and publish the join token meshd rotates (`meshd --publish-join-token`)."""
+    secrets, publish the join token meshd rotates (`meshd --publish-join-token`) and take Run Command (a
+    profile switch's steps, infra.cluster.switch)."""
     read = [f"arn:aws:ssm:*:*:parameter/mesh/{cluster}/*"]
     if coordinator:
         read.append(f"arn:aws:ssm:*:*:parameter/mesh-clusters/{cluster}/coordinator/*")
-    statements = [{"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": read}]
+    from infra.cluster.package import bucket_name
+
+    statements = [{"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": read},
+                  # the cluster's package bucket (infra.cluster.package: mesh-<account>-<hash of the name>-pkg)
+                  {"Sid": "MeshPackage", "Effect": "Allow", "Action": ["s3:GetObject"],
+                   "Resource": f"arn:aws:s3:::{bucket_name('*', cluster)}/*"}]
     if coordinator:
         statements.append({"Sid": "MeshPublishJoinToken", "Effect": "Allow", "Action": ["ssm:PutParameter"],
                            "Resource": f"arn:aws:ssm:*:*:parameter/mesh/{cluster}/join-token"})
+        statements.append({"Sid": "MeshProfileSwitch", "Effect": "Allow", "Action": sorted(MANAGED_INSTANCE),
+                           "Resource": "*"})
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -279,7 +325,9 @@ def boundary_document() -> dict:
         {"Sid": "MeshReadParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"],
          "Resource": ["arn:aws:ssm:*:*:parameter/mesh/*", "arn:aws:ssm:*:*:parameter/mesh-clusters/*/coordinator/*"]},
         {"Sid": "MeshPublishJoinToken", "Effect": "Allow", "Action": ["ssm:PutParameter"],
-         "Resource": "arn:aws:ssm:*:*:parameter/mesh/*/join-token"}]}
+         "Resource": "arn:aws:ssm:*:*:parameter/mesh/*/join-token"},
+        {"Sid": "MeshPackage", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::mesh-*-pkg/*"},
+        {"Sid": "MeshProfileSwitch", "Effect": "Allow", "Action": sorted(MANAGED_INSTANCE), "Resource": "*"}]}
 
 
 def render(mesh: str, quotas: bool = False, opt_in: bool = False, sky: bool = True) -> str:

@@ -71,14 +71,20 @@ class QuotaRow:
     need: Need
     current: float | None = None
     status: str = ""
+    #: vCPUs of on-demand instances already running under the quota (counted only where asked)
+    used: int = 0
+
+    @property
+    def free(self) -> float:
+        return (self.current or 0.0) - self.used
 
     @property
     def short(self) -> bool:
-        return self.current is None or self.current < self.need.vcpus
+        return self.current is None or self.free < self.need.vcpus
 
     def row(self) -> dict[str, object]:
         n = self.need
-        return {"region": n.region, "code": n.code, "quota": n.name, "current": self.current,
+        return {"region": n.region, "code": n.code, "quota": n.name, "current": self.current, "used": self.used,
                 "needed": n.vcpus, "types": ", ".join(n.types), "status": self.status}
 
 
@@ -104,10 +110,40 @@ def check(cfg: InfraConfig, aws: Aws, selection: Selection) -> list[QuotaRow]:
     return check_needs(aws, needs(cfg, selection))
 
 
-def check_needs(aws: Aws, wanted: list[Need]) -> list[QuotaRow]:
+def running_vcpus(aws: Aws, region: str) -> dict[str, int]:
+    """On-demand vCPUs pending or running in `region`, per quota code: what EC2 counts against the
+    quotas before it launches one more (spot instances count against the spot quotas instead).
+    vCPUs from each instance's CpuOptions, else from its type's description."""
+    from infra import catalog
+
+    pages = aws.paginate("ec2", region, "DescribeInstances", "Reservations",
+                         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    found = [i for r in pages for i in r.get("Instances", []) if i.get("InstanceLifecycle") != "spot"]
+    unknown = sorted({i["InstanceType"] for i in found if not i.get("CpuOptions")})
+    shapes = catalog.describe(aws, region, unknown) if unknown else {}
+    used: dict[str, int] = {}
+    for i in found:
+        cpu, itype = i.get("CpuOptions"), i["InstanceType"]
+        vcpus = cpu["CoreCount"] * cpu.get("ThreadsPerCore", 1) if cpu else getattr(shapes.get(itype), "vcpus", 0)
+        try:
+            code = codes_for(itype)[0][0]
+        except ConfigError:
+            continue  # a family this tool has no quota code for: it cannot share one we check
+        used[code] = used.get(code, 0) + vcpus
+    return used
+
+
+def check_needs(aws: Aws, wanted: list[Need], count_used: bool = False) -> list[QuotaRow]:
+    """Each need against its quota; `count_used`: against what is free under it (quota minus the
+    on-demand vCPUs already running in the region), as EC2 judges the next launch."""
     rows = []
+    used: dict[str, dict[str, int]] = {}
     for n in wanted:
         row = QuotaRow(n)
+        if count_used:
+            if n.region not in used:
+                used[n.region] = running_vcpus(aws, n.region)
+            row.used = used[n.region].get(n.code, 0)
         try:
             q = aws.call(SQ, n.region, "GetServiceQuota", ServiceCode=SERVICE, QuotaCode=n.code)
             row.current = float(q["Quota"]["Value"])

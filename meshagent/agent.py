@@ -36,6 +36,7 @@ from meshagent.gossip import AgentGossip, facts_of, load_config, save_config
 from meshagent.health import HealthChecker
 from meshagent.identity import Identity
 from meshagent.localapi import AgentServicer
+from meshagent.paths import path_health
 from meshagent.uplink import Uplink
 from meshagent.uplink import channel_options  # noqa: F401  (tests/integration/test_control.py imports it from here)
 from meshagent.view import Catalog
@@ -44,6 +45,9 @@ from meshcore.errors import StateError, Unavailable
 from meshcore import limits
 from meshcore.jointoken import parse_token
 from meshcore.metrics import split_hostport
+from meshcore.localdoor import (
+    LocalDoor, prepare_private_dir, private_socket_path, remove_private_dir, root_or_group,
+)
 from meshcore.statelock import StateLock, claim_socket
 from meshcore.supervise import Supervisor
 
@@ -72,6 +76,7 @@ class Agent:
         self.desired = Desired(self.state_dir, self.catalog, self.uplink,
                                lambda: self.health.states if self.health else {})
         self._server: grpc.aio.Server | None = None
+        self._door: LocalDoor | None = None
         self._tasks: list[asyncio.Task] = []
         self._tasks_early: list[asyncio.Task] = []  # started before the meshd connection
         # an unexpected error in a loop restarts it (and says so), never ends it silently
@@ -91,6 +96,8 @@ class Agent:
         #: WireGuard counters by peer key and peer names by key, refreshed by the "wg-stats" loop
         self.wg_stats: dict[str, object] = {}
         self.wg_names: dict[str, str] = {}
+        #: WireGuard key → when the data plane first had it as a peer (a new peer is not "down" yet)
+        self._peer_since: dict[str, float] = {}
 
     def _serve_metrics(self) -> None:
         from prometheus_client import REGISTRY
@@ -164,7 +171,20 @@ class Agent:
                               gossip_port=self.gossip.node.port if self.gossip else 0,
                               metrics_port=self.metrics_port,
                               wireguard_public_key=self.dataplane.public_key if self.dataplane else "",
-                              wireguard_port=self.config.wireguard_port if self.dataplane else 0)
+                              wireguard_port=self.config.wireguard_port if self.dataplane else 0,
+                              path_report=self.path_report())
+
+    def path_report(self) -> types_pb2.PathReport | None:
+        """The data plane's path kinds and how many peers of each are down (None without one)."""
+        dp = self.dataplane
+        if dp is None or not dp.applied:
+            return None
+        now = self.clock.wall()
+        keys = {key for _, key in dp.routes_to.values() if key}
+        self._peer_since = {k: self._peer_since.get(k, now) for k in keys}  # forget peers that went away
+        handshakes = {k: float(getattr(st, "last_handshake_s", 0) or 0) for k, st in self.wg_stats.items()}
+        health = path_health(dp.routes_to, handshakes, self._peer_since, now)
+        return types_pb2.PathReport(kinds=[types_pb2.PathReport.Kind(kind=k, down=d) for k, d in sorted(health.items())])
 
     async def discover_facts(self, gpus: bool = True) -> Facts:
         c = self.config
@@ -223,9 +243,11 @@ class Agent:
             await self.desired.reassert(self.identity.node_id)
         if not self.gossip:
             return
-        if resp.gossip.keys and list(resp.gossip.keys) != list(self.gossip.cfg.keys):
+        if resp.gossip.keys and (list(resp.gossip.keys) != list(self.gossip.cfg.keys)
+                                 or list(resp.gossip.catalog_keys) != list(self.gossip.cfg.catalog_keys)):
             self.gossip.update_keys(resp.gossip)
             save_config(self.state_dir / "gossip.json", resp.gossip)
+        self.gossip.publish_resigned(resp.records)  # after the keys: they may be signed with a new one
         await self.gossip.join_peers(list(self.catalog.nodes.items.values()), self.identity.node_id)
         self.gossip.save_peers(self.state_dir / "peers.json")
 
@@ -371,16 +393,22 @@ class Agent:
                                  facts=lambda: self.node_facts, dataplane=lambda: self.dataplane,
                                  health_line=self.health_line)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
-        # The socket is created (bound) by add_insecure_port: its mode must be in place then,
-        # not after. 0660: root and the `mesh` group; nobody else can even connect.
-        old = os.umask(0o117)
+        # The server listens on a private socket in a 0700 directory; the public socket is a door
+        # that admits root and the `mesh` group by the peer's credentials (SO_PEERCRED) and splices
+        # (meshcore.localdoor). Its mode is in place when it is bound, not after: 0660, group `mesh`.
+        private = private_socket_path(sock)
+        prepare_private_dir(private)
+        old = os.umask(0o177)
         try:
-            server.add_insecure_port(f"unix:{sock}")
+            server.add_insecure_port(f"unix:{private}")
         finally:
             os.umask(old)
-        restrict_socket(sock)
         await server.start()
         self._server = server
+        self._door = LocalDoor(sock, private, root_or_group(SOCKET_GROUP), lambda c: metrics.LOCAL_API_REFUSED.inc(),
+                               "agent socket")
+        await self._door.start(0o660)
+        restrict_socket(sock)
 
     async def _start_dns(self) -> None:
         if not self.config.dns:
@@ -393,8 +421,10 @@ class Agent:
         if upstreams is None:
             upstreams = tuple(upstream_nameservers())
         # DNS metrics go to the process-wide registry the exporter serves (one agent per process).
-        from prometheus_client import REGISTRY
-        registry = REGISTRY if self.config.metrics else None
+        registry = None
+        if self.config.metrics:
+            from prometheus_client import REGISTRY
+            registry = REGISTRY
         self.dns = DnsServer(DnsConfig(host=host, port=port, upstreams=upstreams), self.catalog.lookup, registry,
                              clock=self.clock)
         await self.dns.start()
@@ -415,8 +445,13 @@ class Agent:
             await self.dns.stop()
         if self.gossip:
             await self.gossip.stop(leave=False)  # a restart keeps the names; a dead node is detected
+        door, self._door = self._door, None
+        if door is not None:
+            await door.stop()
         if self._server:
             await self._server.stop(0.5)
+        if door is not None:
+            remove_private_dir(door.private)
         await self.uplink.close()
         if self._lock is not None:
             self._lock.release()

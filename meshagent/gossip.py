@@ -11,9 +11,13 @@ new node could learn nothing. With gossip:
 - a node that starts while meshd is away learns the catalog from any peer by
   push-pull.
 
-The keyring and meshd's public key arrive over mTLS (Join, Renew) and are
+The keyring and meshd's catalog keys arrive over mTLS (Join, Renew) and are
 kept in the state directory (gossip.json, 0600) for restarts; a rotation is
-applied in place: install, switch primary, retire (no restart).
+applied in place: install, switch primary, retire (no restart). A record is
+accepted only if signed by a catalog key meshd handed out that has not
+retired, before its expiry; a refused one is counted by reason
+(mesh_agent_gossip_records_refused_total) and logged, and the stream goes
+on. Renewals bring our own services signed again, which we pass on.
 """
 
 from __future__ import annotations
@@ -23,11 +27,9 @@ import logging
 import random
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from mesh.v1 import admission_pb2, types_pb2
 from meshagent import metrics
-from meshcore import pki
+from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.errors import InvalidArgument, PeerError, StateError
 from meshcore.gossip.adapter import GossipNode, decode_facts
@@ -35,14 +37,17 @@ from meshcore.gossip.codec import decode_message
 from meshcore.gossip.keyring import Keyring
 from meshcore.gossip.messages import Record, State
 from meshcore.gossip.profiles import GossipProfile
-from meshcore.gossip.records import ed25519_verifier
+from meshcore.gossip.codec import KEY_ID_BYTES
+from meshcore.gossip.records import CatalogVerifier
 
 log = logging.getLogger("meshagent.gossip")
 DOWN = (State.DEAD, State.LEFT)
 
 
 def save_config(path: Path, cfg: admission_pb2.GossipConfig) -> None:
-    data = {"keys": [k.hex() for k in cfg.keys], "catalog_public_key": cfg.catalog_public_key.hex()}
+    data = {"keys": [k.hex() for k in cfg.keys], "catalog_public_key": cfg.catalog_public_key.hex(),
+            "catalog_keys": [{"id": k.id, "public_key": k.public_key.hex(), "signs_from": k.signs_from,
+                              "retires_at": k.retires_at} for k in cfg.catalog_keys]}
     pki.write_file(path, json.dumps(data).encode(), private=True)
 
 
@@ -51,10 +56,29 @@ def load_config(path: Path) -> admission_pb2.GossipConfig | None:
         return None
     try:
         data = json.loads(path.read_text())
-        return admission_pb2.GossipConfig(keys=[bytes.fromhex(k) for k in data["keys"]],
-                                          catalog_public_key=bytes.fromhex(data["catalog_public_key"]))
+        return admission_pb2.GossipConfig(
+            keys=[bytes.fromhex(k) for k in data["keys"]], catalog_public_key=bytes.fromhex(data["catalog_public_key"]),
+            catalog_keys=[admission_pb2.CatalogKey(id=k["id"], public_key=bytes.fromhex(k["public_key"]),
+                                                   signs_from=k["signs_from"], retires_at=k["retires_at"])
+                          for k in data.get("catalog_keys", [])])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StateError(f"{path} is unreadable ({e}): remove it; the agent gets the keyring again from meshd") from e
+
+
+def catalog_keys(cfg: admission_pb2.GossipConfig) -> dict[str, tuple[bytes, int]]:
+    """The catalog keys meshd handed out, bounded at the door: at most limits.MAX_CATALOG_KEYS,
+    each an 8-character id and a 32-byte Ed25519 key (others are skipped, with a log line)."""
+    out: dict[str, tuple[bytes, int]] = {}
+    for k in cfg.catalog_keys[:limits.MAX_CATALOG_KEYS]:
+        if len(k.id) != KEY_ID_BYTES or len(k.public_key) != 32 or k.retires_at < 0:
+            log.warning("catalog key %r from meshd skipped: an id of %d characters and a 32-byte key expected",
+                        k.id[:16], KEY_ID_BYTES)
+            continue
+        out[k.id] = (bytes(k.public_key), int(k.retires_at))
+    if len(cfg.catalog_keys) > limits.MAX_CATALOG_KEYS:
+        log.warning("meshd handed out %d catalog keys: the first %d kept", len(cfg.catalog_keys),
+                    limits.MAX_CATALOG_KEYS)
+    return out
 
 
 def decode_record(raw: bytes) -> Record:
@@ -69,7 +93,10 @@ class AgentGossip:
                  cfg: admission_pb2.GossipConfig, facts: dict, profile: GossipProfile | None = None,
                  rng: random.Random | None = None, clock: Clock = SYSTEM, identity=None) -> None:
         self.cfg = cfg
-        self._verify = ed25519_verifier(ed25519.Ed25519PublicKey.from_public_bytes(cfg.catalog_public_key))
+        self._refusals_logged: dict[str, float] = {}
+        self._monotonic = clock.monotonic
+        self._verify = CatalogVerifier(clock.wall, self._refused)
+        self._verify.update(catalog_keys(cfg), cfg.catalog_public_key)
         keys = list(cfg.keys)
         self.keyring = Keyring(keys[0], keys[1:])
         self.node = GossipNode(node_id, name, host, port, profile=profile, keyring=self.keyring,
@@ -135,11 +162,12 @@ class AgentGossip:
             log.warning("a catalog record from meshd cannot be gossiped, skipped: %s", e)
 
     def services(self) -> dict[str, types_pb2.Service]:
-        """Live services from gossip records (origins not down, not tombstones)."""
+        """Live services from gossip records (origins not down, not tombstones, not expired or
+        of a retired key: such a record is kept, as peers may still hold a newer one, but not used)."""
         out: dict[str, types_pb2.Service] = {}
         down = self.down()
         for rec in self.node.records().values():
-            if rec.deleted or rec.origin in down:
+            if rec.deleted or rec.origin in down or not self._verify.current(rec):
                 continue
             try:
                 svc = types_pb2.Service.FromString(rec.payload)
@@ -148,10 +176,36 @@ class AgentGossip:
             out[svc.name] = svc
         return out
 
+    def _refused(self, reason: str, r: Record) -> None:
+        """A record refused by the catalog key check: counted; one log line per reason every
+        10 s at most (a peer replaying records cannot flood the log). Never an error."""
+        metrics.RECORDS_REFUSED.labels(reason).inc()
+        now = self._monotonic()
+        if now - self._refusals_logged.get(reason, float("-inf")) >= 10:
+            self._refusals_logged[reason] = now
+            log.warning("gossip record %r (revision %d, key %r, expires %d) refused: %s; known keys %s",
+                        r.key[:64], r.revision, r.key_id, r.expires, reason.replace("_", " "),
+                        ", ".join(self._verify.key_ids()) or "none")
+
+    def publish_resigned(self, records) -> int:
+        """Records of our own services that meshd signed again at a renewal (a new key or
+        expiry period): passed on like the watch stream's. At most MAX_SERVICES_PER_NODE."""
+        records = list(records)
+        if len(records) > limits.MAX_SERVICES_PER_NODE:
+            log.warning("meshd sent %d signed records at renewal: the first %d passed on", len(records),
+                        limits.MAX_SERVICES_PER_NODE)
+        for raw in records[:limits.MAX_SERVICES_PER_NODE]:
+            self.publish(raw)
+        return min(len(records), limits.MAX_SERVICES_PER_NODE)
+
     # -- keys -----------------------------------------------------------------
     def update_keys(self, cfg: admission_pb2.GossipConfig) -> None:
-        """Follow meshd's keyring: install new keys, switch primary, retire removed ones."""
+        """Follow meshd's catalog keys, and its keyring: install new keys, switch primary,
+        retire removed ones."""
+        self._verify.update(catalog_keys(cfg), cfg.catalog_public_key)
         if not cfg.keys or list(cfg.keys) == list(self.cfg.keys):
+            self.cfg = admission_pb2.GossipConfig(keys=self.cfg.keys, catalog_public_key=cfg.catalog_public_key,
+                                                  catalog_keys=cfg.catalog_keys)
             return
         wanted = list(cfg.keys)
         have = set(self.cfg.keys)

@@ -13,32 +13,97 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-CATALOG_SERVICES = Gauge("mesh_agent_catalog_services", "Services in the agent's catalog copy")
-CATALOG_REVISION = Gauge("mesh_agent_catalog_revision", "Revision of the agent's catalog copy")
-CONNECTED = Gauge("mesh_agent_meshd_connected", "1 while the watch stream to meshd is up")
-RECONNECTS = Counter("mesh_agent_meshd_disconnects", "Times the connection to meshd was lost")
-LOOP_FAILURES = Counter("mesh_agent_loop_failures",
-                        "Unexpected errors that restarted a background loop, by loop", ["loop"])
-HEALTHY = Gauge("mesh_agent_healthy", "1 while no background loop is restarting after an unexpected error (see Status)")
-RECORDS_SKIPPED = Counter("mesh_agent_records_skipped",
-                          "Signed catalog records from meshd that could not be passed on to gossip")
+class Value:
+    """A counter or gauge the agent keeps itself; prometheus_client (about 3 MB of imports) is
+    loaded only when --metrics serves them (`AgentCollector`), so an agent without metrics never
+    imports it. Counters are named without `_total`, which the exposition appends."""
+
+    def __init__(self, name: str, doc: str, kind: str, labelnames: tuple[str, ...] = ()) -> None:
+        self.name, self.doc, self.kind, self.labelnames = name, doc, kind, labelnames
+        self._values: dict[tuple[str, ...], float] = {} if labelnames else {(): 0.0}
+        self._function: Callable[[], float] | None = None
+
+    def labels(self, *values: str) -> _Child:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        self._values.setdefault(tuple(values), 0.0)
+        return _Child(self, tuple(values))
+
+    def inc(self, amount: float = 1.0) -> None:
+        _Child(self, ()).inc(amount)
+
+    def set(self, value: float) -> None:
+        if self.kind != "gauge":
+            raise TypeError(f"{self.name} is a counter: it only goes up")
+        self._values[()] = float(value)
+
+    def set_function(self, fn: Callable[[], float]) -> None:
+        self._function = fn
+
+    def get(self, *values: str) -> float:
+        if self._function is not None and not values:
+            return float(self._function())
+        return self._values.get(tuple(values), 0.0)
+
+    def family(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        fam = cls(self.name, self.doc, labels=list(self.labelnames))
+        if self._function is not None:
+            fam.add_metric([], self.get())
+        else:
+            for labels, value in sorted(dict(self._values).items()):  # a copy: the loop thread adds labels
+                fam.add_metric(list(labels), value)
+        return fam
+
+
+class _Child:
+    def __init__(self, parent: Value, labels: tuple[str, ...]) -> None:
+        self.parent, self.key = parent, labels
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.parent.name}: counters only go up")
+        self.parent._values[self.key] = self.parent._values.get(self.key, 0.0) + amount
+
+
+Metric = Any  # prometheus_client.core.Metric, imported only where metrics are served
+
+CATALOG_SERVICES = Value("mesh_agent_catalog_services", "Services in the agent's catalog copy", "gauge")
+CATALOG_REVISION = Value("mesh_agent_catalog_revision", "Revision of the agent's catalog copy", "gauge")
+CONNECTED = Value("mesh_agent_meshd_connected", "1 while the watch stream to meshd is up", "gauge")
+RECONNECTS = Value("mesh_agent_meshd_disconnects", "Times the connection to meshd was lost", "counter")
+LOOP_FAILURES = Value("mesh_agent_loop_failures",
+                      "Unexpected errors that restarted a background loop, by loop", "counter", ("loop",))
+HEALTHY = Value("mesh_agent_healthy", "1 while no background loop is restarting after an unexpected error (see Status)",
+                "gauge")
+RECORDS_SKIPPED = Value("mesh_agent_records_skipped",
+                        "Signed catalog records from meshd that could not be passed on to gossip", "counter")
+LOCAL_API_REFUSED = Value("mesh_agent_local_api_refused",
+                          "Connections to the local API socket refused by their peer credentials", "counter")
+RECORDS_REFUSED = Value("mesh_agent_gossip_records_refused",
+                        "Catalog records refused: unknown or retired key, expired, bad signature, unsealed", "counter",
+                        ("reason",))
+VALUES = (CATALOG_SERVICES, CATALOG_REVISION, CONNECTED, RECONNECTS, LOOP_FAILURES, HEALTHY, RECORDS_SKIPPED,
+          LOCAL_API_REFUSED, RECORDS_REFUSED)
 
 #: path kinds the data plane plans (meshagent/paths.py), always exported so a panel shows 0
 PATH_KINDS = ("direct", "tunnel", "relay")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
 
-class AgentCollector(Collector):
-    """Gossip, WireGuard and paths of the agent that `agent()` returns (None: nothing yet)."""
+class AgentCollector:
+    """The agent's own values, and gossip, WireGuard and paths of the agent that `agent()`
+    returns (None: nothing yet). A prometheus_client collector (it needs only `collect`)."""
 
     def __init__(self, agent: Callable[[], Any]) -> None:
         self.agent = agent
 
     def collect(self) -> Iterable[Metric]:
+        for v in VALUES:
+            yield v.family()
         a = self.agent()
         if a is None:
             return
@@ -47,6 +112,8 @@ class AgentCollector(Collector):
 
     @staticmethod
     def _gossip(g) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         members = GaugeMetricFamily("mesh_gossip_members", "Gossip members this agent knows, by state",
                                     labels=["state"])
         counts = dict.fromkeys(MEMBER_STATES, 0)
@@ -80,6 +147,8 @@ class AgentCollector(Collector):
 
     @staticmethod
     def _wireguard(a) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         dp = a.dataplane
         peers = GaugeMetricFamily("mesh_wireguard_peers", "WireGuard peers of this node's interface")
         paths = GaugeMetricFamily("mesh_paths", "Peers by the path the data plane chose", labels=["kind"])

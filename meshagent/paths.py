@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from meshcore.defaults import WIREGUARD_PORT
+from meshcore.defaults import PATH_DOWN_AFTER_S, WIREGUARD_PORT
 from meshcore.errors import InvalidArgument
 from meshagent.routes import MAIN_TABLE, RELAY_RULE_PRIORITY, RELAY_TABLE, Route, RouteState, Rule
 from meshagent.wg.model import DEFAULT_MTU, InterfaceConfig, PeerConfig, check_key
@@ -254,3 +254,22 @@ def plan(me: NodeFacts, nodes: Iterable[NodeFacts], main: NodeFacts | None, priv
     iface = InterfaceConfig(dev, private_key, _host(src), settings.listen_port,
                             settings.mtu, peer_cfgs)
     return Plan(iface, RouteState(frozenset(routes), frozenset(rules), relay_ifaces, sysctls), paths, refused)
+
+
+def path_health(routes_to: dict[str, tuple[Path, str]], handshakes: dict[str, float], since: dict[str, float],
+                now: float, down_after_s: float = PATH_DOWN_AFTER_S) -> dict[str, int]:
+    """Path kind in use → how many peers reached that way are down (the node's PathReport).
+
+    `routes_to`: node name → (its path, the WireGuard key carrying it); `handshakes`: key → latest
+    handshake (Unix seconds, 0: never); `since`: key → when it was first configured. A WireGuard
+    path is down when its key has had no handshake for `down_after_s` after being configured that
+    long; an unreachable one always is; a direct one rides the VPC's route and is never counted."""
+    report: dict[str, int] = {}
+    for path, key in routes_to.values():
+        down = 0
+        if path.kind == UNREACHABLE:
+            down = 1
+        elif path.kind in (TUNNEL, RELAY) and now - since.get(key, now) >= down_after_s:
+            down = int(now - handshakes.get(key, 0.0) >= down_after_s)
+        report[path.kind] = report.get(path.kind, 0) + down
+    return report

@@ -20,3 +20,8 @@ NODE_STATE_NAMES = {
     types_pb2.NODE_STATE_UNREACHABLE: "unreachable",
     types_pb2.NODE_STATE_LEFT: "left",
 }
+
+#: the kinds of data-plane path between two nodes (meshagent/paths.py), in a node's PathReport.
+PATH_KINDS = ("direct", "tunnel", "relay", "unreachable")
+#: a WireGuard peer with no handshake for this long (after being configured that long) is down.
+PATH_DOWN_AFTER_S = 180.0

@@ -27,6 +27,7 @@ REQUEST_BYTES: dict[str, int] = {
     "IssueAdminCert": 8 * KiB,   # a CSR
     "Expose": 2 * KiB,           # one service (MAX_SERVICE_BYTES plus envelope)
     "CreateToken": 4 * KiB,      # labels (bounded below) and a description
+    "Tunnel": 33 * KiB,          # one message of a tunnel: TUNNEL_CHUNK_BYTES and the envelope
 }
 DEFAULT_REQUEST_BYTES = 1 * KiB
 #: concurrent HTTP/2 streams per client connection (an agent uses two watches and a few calls)
@@ -70,6 +71,10 @@ GOSSIP_TCP_HEADER_DEADLINE_S = 1.0
 #: ... and the whole frame within this many (then it is authenticated or dropped)
 GOSSIP_TCP_FRAME_DEADLINE_S = 5.0
 
+#: catalog signing keys handed to an agent (previous, current, next: meshd/gossipkeys.py)
+#: and signed records of its own services in one renewal (MAX_SERVICES_PER_NODE)
+MAX_CATALOG_KEYS = 4
+
 # -- watch streams (meshd) -----------------------------------------------------
 #: store events queued for one watcher before it is treated as lagging: its queue
 #: is dropped and it re-reads the history from its last revision when it reads again
@@ -78,6 +83,20 @@ WATCH_QUEUE_BATCHES = 256
 #: admin socket (root on the main node) gets more
 WATCHES_PER_CALLER = 8
 WATCHES_PER_LOCAL_CALLER = 128
+
+# -- tunnels (meshd; `meshctl proxy` with an admin certificate) ------------------
+#: bytes of the TCP stream in one Tunnel message, either way; with its envelope it
+#: stays under REQUEST_BYTES["Tunnel"] and the transport cap
+TUNNEL_CHUNK_BYTES = 32 * KiB
+#: tunnels open at once per caller (an admin certificate, or the admin socket; a
+#: browser opens about six connections per site), and in all
+TUNNELS_PER_CALLER = 16
+TUNNELS_TOTAL = 128
+#: a tunnel that carries no byte either way for this long is closed (a client that
+#: stopped reading counts as idle: what it left unread is not held longer than this)
+TUNNEL_IDLE_S = 300.0
+#: connecting to the service's address
+TUNNEL_CONNECT_S = 10.0
 
 # -- local doors ---------------------------------------------------------------
 #: local API requests (unix socket), as the gRPC transport cap of the agent's server

@@ -13,6 +13,11 @@
   its certificate's life is left (`renew_due`).
 - The join token carries the SHA-256 of the CA certificate (its "pin"), so a
   joining node can trust meshd before it has anything else (as K3s tokens do).
+- A cluster's etcd has a CA of its own (the *store CA*, same class, made by
+  `meshctl cluster create`): etcd trusts it alone for clients and peers, so a
+  node's certificate from the mesh CA opens nothing there. `store_cert`
+  issues an etcd member's certificate (server and peer: serverAuth and
+  clientAuth, SAN = its addresses) or meshd's client certificate.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ KIND_ADMIN = "mesh-admin"
 #: an admin who may also issue admin certificates (`meshctl admin cert --may-issue`)
 KIND_ADMIN_ISSUER = "mesh-admin-issuer"
 KIND_SERVER = "mesh-server"
+#: etcd members and their clients (meshd), under a store CA
+KIND_STORE_MEMBER = "mesh-store-member"
+KIND_STORE_CLIENT = "mesh-store-client"
 
 
 def _now() -> dt.datetime:
@@ -156,6 +164,15 @@ class CertificateAuthority:
             if cert.public_key().public_numbers() != key.public_key().public_numbers():
                 raise StateError(f"{crt_path} does not match {key_path}")
             return cls(key, cert)
+        ca = cls.new(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_file(key_path, key_pem(ca.key), private=True)
+        write_file(crt_path, cert_pem(ca.cert))
+        return ca
+
+    @classmethod
+    def new(cls, name: str) -> CertificateAuthority:
+        """A new CA, in memory only (ten years)."""
         key = new_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
@@ -165,13 +182,12 @@ class CertificateAuthority:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
                 .sign(key, hashes.SHA256()))
-        directory.mkdir(parents=True, exist_ok=True)
-        write_file(key_path, key_pem(key), private=True)
-        write_file(crt_path, cert_pem(cert))
         return cls(key, cert)
 
     def _issue(self, subject_key, cn: str, kind: str, life: dt.timedelta, server: bool,
-               sans: list[x509.GeneralName]) -> bytes:
+               sans: list[x509.GeneralName], client_too: bool = False) -> bytes:
+        usages = ([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH] if client_too or not server else [])
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
                                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, kind)]))
@@ -180,9 +196,7 @@ class CertificateAuthority:
                    .not_valid_before(_now() - dt.timedelta(minutes=5))
                    .not_valid_after(_now() + life)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage(
-                       [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if server
-                       else [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return cert_pem(builder.sign(self.key, hashes.SHA256()))
@@ -209,3 +223,17 @@ class CertificateAuthority:
             except ValueError:
                 sans.append(x509.DNSName(n))
         return self._issue(key.public_key(), "meshd", KIND_SERVER, dt.timedelta(days=825), server=True, sans=sans)
+
+    def store_cert(self, key: ec.EllipticCurvePrivateKey, cn: str, member: bool, addresses: list[str] = (),
+                   days: int = 825) -> bytes:
+        """From a store CA: an etcd member's certificate (`member`: it serves clients and peers and dials
+        peers, so serverAuth and clientAuth; SAN = `addresses`, IPs or names) or a client's (clientAuth)."""
+        sans: list[x509.GeneralName] = []
+        for n in addresses:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+            except ValueError:
+                sans.append(x509.DNSName(n))
+        kind = KIND_STORE_MEMBER if member else KIND_STORE_CLIENT
+        return self._issue(key.public_key(), cn, kind, dt.timedelta(days=days), server=member, sans=sans,
+                           client_too=True)

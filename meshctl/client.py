@@ -60,6 +60,21 @@ class Endpoints:
     def _admin(self) -> grpc.Channel:
         if not self.cert_dir:
             return self._channel(self.admin_socket, "meshd")
+        return grpc.secure_channel(self.coordinator, self._admin_credentials(), options=self._tls_options())
+
+    def admin_aio(self) -> grpc.aio.Channel:
+        """The same door to meshd as the admin stubs, as an asyncio channel (call it inside the loop)."""
+        if not self.cert_dir:
+            self._channel(self.admin_socket, "meshd").close()  # the same checks and errors
+            return grpc.aio.insecure_channel(f"unix:{self.admin_socket}")
+        return grpc.aio.secure_channel(self.coordinator, self._admin_credentials(), options=self._tls_options())
+
+    @property
+    def admin_door(self) -> str:
+        """meshd as the admin stubs reach it, for messages."""
+        return f"meshd at {self.coordinator}" if self.cert_dir else f"meshd at {self.admin_socket}"
+
+    def _admin_credentials(self) -> grpc.ChannelCredentials:
         if not self.coordinator:
             fail("MESH_ADMIN_CERT_DIR is set but not MESH_COORDINATOR (meshd's host:port)")
         files = {n: os.path.join(self.cert_dir, n) for n in ("ca.crt", "admin.key", "admin.crt")}
@@ -67,9 +82,12 @@ class Endpoints:
             ca, key, crt = (open(files[n], "rb").read() for n in ("ca.crt", "admin.key", "admin.crt"))
         except OSError as e:
             fail(f"cannot read the admin certificate in {self.cert_dir}: {e.strerror} ({e.filename})")
+        return grpc.ssl_channel_credentials(ca, key, crt)
+
+    @staticmethod
+    def _tls_options() -> list[tuple[str, str]]:
         from meshcore.pki import SERVER_NAME
-        creds = grpc.ssl_channel_credentials(ca, key, crt)
-        return grpc.secure_channel(self.coordinator, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
+        return [("grpc.ssl_target_name_override", SERVER_NAME)]
 
     def to_agent(self) -> bool:
         """Whether a command both daemons answer goes to the agent (see the module docstring)."""

@@ -12,12 +12,13 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from meshcore.errors import FailedPrecondition, InvalidArgument
+from meshcore.errors import FailedPrecondition, InvalidArgument, Unavailable
 from meshcore.names import check_cluster_name
 from meshctl.infra_cmd import _run  # one error line, exit 1; Ctrl-C says to run it again
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
@@ -238,6 +239,27 @@ def _emit_result(result: Any, output: Output, verb: str) -> None:
 
 # -- meshctl clusters -------------------------------------------------------------
 
+def node_list(secrets: Path, coordinator: str, timeout_s: float) -> Callable[[], list[Any]] | None:
+    """meshd's node list over mTLS with the cluster's admin certificate (None without one)."""
+    files = [secrets / n for n in ("ca.crt", "admin.key", "admin.crt")]
+    if not all(f.is_file() for f in files):
+        return None
+
+    def nodes() -> list[Any]:
+        import grpc
+
+        from mesh.v1 import nodes_pb2, nodes_pb2_grpc
+        from meshcore.pki import SERVER_NAME
+
+        creds = grpc.ssl_channel_credentials(*(f.read_bytes() for f in files))
+        with grpc.secure_channel(coordinator, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)]) as ch:
+            try:
+                return list(nodes_pb2_grpc.NodeServiceStub(ch).ListNodes(nodes_pb2.ListNodesRequest(),
+                                                                         timeout=max(timeout_s, 1.0)).nodes)
+            except grpc.RpcError as e:
+                raise Unavailable(f"{e.details() or e.code().name} ({e.code().name})") from None
+    return nodes
+
 def clusters_cmd(
     watch: bool = typer.Option(False, "--watch", "-w", help="refresh until interrupted"),
     interval: float = typer.Option(5.0, "--interval", help="seconds between refreshes with --watch"),
@@ -247,7 +269,7 @@ def clusters_cmd(
     probe_timeout: float = PROBE_TIMEOUT, output: Output = OUTPUT_OPTION,
 ) -> None:
     """List the account's clusters with their status (derived from what is running)."""
-    columns = ["id", "name", "regions", "profile", "status", "reason"]
+    columns = ["id", "name", "regions", "profile", "status", "agents", "reason"]
 
     def rows() -> list[dict[str, Any]]:
         from infra.cluster.registry import Registry
@@ -271,7 +293,9 @@ def clusters_cmd(
         out = []
         for d in docs:
             probe = health_probe(cluster_dir(d.name) / "ca.crt", probe_timeout)
-            row = status(aws, d, probe, regions).row()
+            ctx = contexts.clusters.get(d.name)
+            nodes = node_list(cluster_dir(d.name), ctx.coordinator, probe_timeout) if ctx and ctx.coordinator else None
+            row = status(aws, d, probe, regions, nodes=nodes).row()
             row["current"] = "*" if contexts.current == d.name else ""
             out.append(row)
         return out

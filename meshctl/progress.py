@@ -78,3 +78,6 @@ class Printer(ApplyProgress):
 
     def note(self, region: str, text: str) -> None:
         self._emit(f"{region}: {text}", transient=True)
+
+    def fact(self, text: str) -> None:
+        self._emit(text)

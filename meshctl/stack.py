@@ -17,6 +17,9 @@
   lines. `--dry-run` prints the unit and the environment file (the token's
   secret masked) and changes nothing. Options for the daemon go in the environment file as
   MESHAGENT_OPTS / MESHD_OPTS, which the unit's ExecStart expands (split on whitespace: values are checked to hold none).
+- `meshctl install store-certs` makes, on a replica at first boot, its etcd
+  member certificate and meshd's etcd client certificate from the cluster's
+  store CA (meshcore.pki).
 - `meshctl dns install|uninstall` drives meshcore.hostdns.
 - `meshctl k3s join|leave` turns `--k3s` on or off in the agent's options and
   restarts the agent, which fetches the join facts from meshd over mTLS and
@@ -40,7 +43,7 @@ import typer
 
 from meshcore.defaults import DNS_ADDRESS, DNS_PORT, MESHD_PORT
 from meshcore.errors import InvalidArgument, MeshError
-from meshcore.jointoken import check_token
+from meshcore.jointoken import ARGV_REFUSED, check_token, read_token_file
 from meshcore.names import check_name, parse_hostport, parse_labels
 from meshctl.output import OUTPUT_OPTION, Output, emit, fail
 
@@ -315,8 +318,9 @@ def _edge(fn):
 @install_app.command("agent")
 def install_agent(
     coordinator: str = typer.Option(..., "--coordinator", help="meshd address, HOST:PORT"),
-    token: str = typer.Option(None, "--token", envvar="MESH_JOIN_TOKEN", show_envvar=True,
-                              help="join token (first start only); also read from MESH_JOIN_TOKEN"),
+    token_file: Path = typer.Option(None, "--token-file",
+                                    help="file holding the join token (first start only); or set MESH_JOIN_TOKEN"),
+    token_arg: str = typer.Option(None, "--token", hidden=True),  # refused: see jointoken.ARGV_REFUSED
     name: str = typer.Option(None, "--name", help="node name (agent default: the host name)"),
     label: list[str] = typer.Option([], "--label", help="node label key=value (repeatable)"),
     k3s: bool = typer.Option(False, "--k3s", help="also join the K3s cluster as an agent"),
@@ -331,13 +335,18 @@ def install_agent(
 ) -> None:
     """Install meshagent as a systemd service, start it and wait until it is ready."""
     def body():
-        nonlocal token
+        if token_arg is not None:
+            raise InvalidArgument(f"--token is refused: {ARGV_REFUSED}")
         check_host_port(coordinator, "coordinator")
         state = root / "var/lib/meshagent"
         joined = state.is_dir() and any(state.iterdir())
-        token = token or None  # an empty MESH_JOIN_TOKEN means none
+        from_env = os.environ.get("MESH_JOIN_TOKEN") or None  # an empty MESH_JOIN_TOKEN means none
+        if token_file is not None and from_env is not None:
+            raise InvalidArgument("a join token from both --token-file and MESH_JOIN_TOKEN: give one")
+        token = read_token_file(str(token_file)) if token_file is not None else from_env
         if token is None and not joined:
-            raise InvalidArgument("a join token is needed for the first start: pass --token or set MESH_JOIN_TOKEN")
+            raise InvalidArgument("a join token is needed for the first start: pass --token-file PATH "
+                                  "or set MESH_JOIN_TOKEN")
         opts = ["--coordinator", coordinator]
         if name:
             opts += ["--name", check_name(name, "node name")]
@@ -375,6 +384,76 @@ def install_coordinator(
         opts = " ".join(["--listen", listen, *check_daemon_args(daemon_arg)])
         return install("meshd", root, {"MESHD_OPTS": opts}, bin_dir, no_start, dry_run, timeout)
     emit(_edge(body), ["what", "result"], output, title="meshd")
+
+
+def store_certs(root: Path, ca_key: Path, ca_cert: Path, name: str, addresses: list[str], etcd_dir: str,
+                meshd_dir: str) -> list[dict]:
+    """An etcd member's certificate (its client and peer listeners) and meshd's client certificate, both
+    from the cluster's store CA; the member's files go to the `etcd` user when it exists."""
+    import pwd
+
+    from meshcore import pki
+
+    for a in addresses:
+        try:
+            ipaddress.ip_address(a)
+        except ValueError:
+            if not _HOST.match(a):
+                raise InvalidArgument(f"invalid --address {a!r}: an IP address or a host name") from None
+
+    def read(flag: str, path: Path) -> bytes:
+        try:
+            return (root / str(path).lstrip("/")).read_bytes()
+        except OSError as e:
+            raise InvalidArgument(f"{flag} {path}: cannot read it: {e.strerror or e}") from None
+
+    ca = pki.CertificateAuthority(pki.load_key(read("--ca-key", ca_key), f"--ca-key {ca_key}"),
+                                  pki.load_cert(read("--ca-cert", ca_cert), f"--ca-cert {ca_cert}"))
+    if ca.cert.public_key().public_numbers() != ca.key.public_key().public_numbers():
+        raise InvalidArgument(f"--ca-cert {ca_cert} does not match --ca-key {ca_key}")
+    try:
+        owner = pwd.getpwnam("etcd")
+    except KeyError:
+        owner = None
+    rows = []
+    member_key, client_key = pki.new_key(), pki.new_key()
+    files = {
+        (etcd_dir, "ca.crt"): (ca.pem, 0o644),
+        (etcd_dir, "member.crt"): (ca.store_cert(member_key, name, member=True,
+                                                 addresses=addresses), 0o644),
+        (etcd_dir, "member.key"): (pki.key_pem(member_key), 0o600),
+        (meshd_dir, "ca.crt"): (ca.pem, 0o644),
+        (meshd_dir, "client.crt"): (ca.store_cert(client_key, f"meshd {name}", member=False), 0o644),
+        (meshd_dir, "client.key"): (pki.key_pem(client_key), 0o600),
+    }
+    for (directory, file), (data, mode) in files.items():
+        path = root / directory.lstrip("/") / file
+        write_file(path, data.decode(), mode)
+        who = "root"
+        if directory == etcd_dir and owner is not None:  # etcd runs as its own user
+            for p in (path.parent, path):
+                os.chown(p, owner.pw_uid, owner.pw_gid)
+            who = "etcd"
+        rows.append({"what": f"/{directory.strip('/')}/{file}", "result": f"written ({who}, {mode:o})"})
+    return rows
+
+
+@install_app.command("store-certs")
+def install_store_certs(
+    ca_key: Path = typer.Option(..., "--ca-key", help="the store CA's key (the cluster keeps it in SSM)"),
+    ca_cert: Path = typer.Option(..., "--ca-cert", help="the store CA's certificate"),
+    name: str = typer.Option(..., "--name", help="the etcd member's name"),
+    address: list[str] = typer.Option(..., "--address", help="an address etcd serves on (SAN; repeatable)"),
+    etcd_dir: str = typer.Option("/var/lib/etcd/tls", "--etcd-dir", help="where etcd's files go"),
+    meshd_dir: str = typer.Option("/var/lib/meshd/etcd", "--meshd-dir", help="where meshd's files go"),
+    root: Path = ROOT_OPTION,
+    output: Output = OUTPUT_OPTION,
+) -> None:
+    """Make an etcd member's certificate and meshd's etcd client certificate from the store CA.
+
+    Paths are under --root, like the other install commands."""
+    emit(_edge(lambda: store_certs(root, ca_key, ca_cert, name, address, etcd_dir, meshd_dir)),
+         ["what", "result"], output, title="store certificates")
 
 
 # -- meshctl dns -------------------------------------------------------------------

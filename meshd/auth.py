@@ -15,7 +15,8 @@ until it expires, so a node caller is also looked up.
 
 An admin certificate can be revoked (meshd.admincerts): the error interceptor
 asks whether the serial of every admin certificate that calls is revoked
-before the servicer runs, on the mTLS listener's every method.
+before the servicer runs, on the mTLS listener's every method (unary,
+server-streaming and the bidirectional Tunnel alike).
 """
 
 from __future__ import annotations
@@ -185,6 +186,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
                                                         response_serializer=handler.response_serializer)
+        if handler.stream_stream:
+            # servicers read and write through the context (Tunnel); each checks its messages' size itself
+            inner_b = handler.stream_stream
+
+            async def bidi(request_iterator, context):
+                request_id.set(new_request_id())
+                code = "OK"
+                try:
+                    await self._check_caller(context)
+                    await inner_b(request_iterator, context)
+                except MeshError as e:
+                    code = e.code
+                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                finally:
+                    metrics.RPCS.labels(method, _code(context, code)).inc()
+
+            return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
+                                                         response_serializer=handler.response_serializer)
         return handler
 
 

@@ -189,6 +189,10 @@ class Catalog:
             raise NotFound(f"service {name!r} changed concurrently; retry")
         return svc
 
+    async def get(self, name: str) -> types_pb2.Service | None:
+        kv = await self.store.get(PREFIX + name)
+        return decode(kv) if kv is not None else None
+
     async def list(self) -> tuple[list[types_pb2.Service], int]:
         kvs, rev = await self.store.range(PREFIX)
         return [decode(kv) for kv in kvs], rev

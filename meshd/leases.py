@@ -32,7 +32,7 @@ the catalog; one further back gets the full current set (watch_prefix).
 `Liveness` is the table of renewals (sans-IO but for the shared heartbeats);
 `LeaseLoop` is meshd's background loop that acts on it when leading: it marks
 nodes unreachable, takes their services out of the catalog, advances gossip
-key rotations, exports the gauges and drives the store's own lease expiry.
+key rotations and the catalog signing-key schedule, exports the gauges and drives the store's own lease expiry.
 """
 
 from __future__ import annotations
@@ -232,7 +232,12 @@ class LeaseLoop:
             stage = await self.gossip.advance(self.liveness.all_renewed_since)
             if stage:
                 log.info("gossip key rotation: %s", stage)
+            changed = await self.gossip.rotate_catalog_key()
+            if changed:
+                log.info("catalog signing keys: %s", changed)
             await self.compact(rev)
+        else:  # the leader rotates keys: follow what it wrote
+            await self.gossip.refresh()
         await self.store.expire_leases()
 
     async def compact(self, revision: int, force: bool = False) -> int:

@@ -55,13 +55,22 @@ def consul_config(a: argparse.Namespace, env: Mapping[str, str]) -> "ConsulConfi
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also the source of docs/configuration.md)."""
     d = MeshdConfig()
-    p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog.")
+    p = argparse.ArgumentParser(prog="meshd", description="Mesh coordinator: admission, addresses, catalog. "
+                                "`meshd store export|import|copy` moves its whole store (see `meshd store --help`).")
     p.add_argument("--state-dir", type=Path, default=d.state_dir, help=f"CA and state (default {d.state_dir})")
     p.add_argument("--listen", default=d.listen, help=f"mTLS API address (default {d.listen})")
     p.add_argument("--join-listen", default=d.join_listen, help=f"TLS address for Join (default {d.join_listen}; '' disables)")
     p.add_argument("--admin-socket", default=d.admin_socket, help=f"root-only unix socket (default {d.admin_socket}; '' disables)")
     p.add_argument("--metrics", default=d.metrics, help=f"Prometheus address (default {d.metrics}; '' disables)")
-    p.add_argument("--store", default=d.store, help="sqlite (default), sqlite:///path.db or etcd://host:2379,...")
+    p.add_argument("--store", default=d.store,
+                   help="sqlite (default), sqlite:///path.db, etcd://host:2379,... or etcds://host:2379,... (TLS)")
+    p.add_argument("--etcd-ca", default="", metavar="FILE", help="etcds://: CA bundle that signed etcd's certificate")
+    p.add_argument("--etcd-cert", default="", metavar="FILE",
+                   help="etcds://: meshd's client certificate (etcd runs with --client-cert-auth)")
+    p.add_argument("--etcd-key", default="", metavar="FILE", help="etcds://: key of --etcd-cert")
+    p.add_argument("--await-import", action="store_true",
+                   help="serve only once `meshd store import` has filled the store (a coordinator launched "
+                        "for a profile switch); never start a new mesh in an empty store")
     p.add_argument("--overlay-pool", default=d.overlay_pool, help=f"mesh addresses for non-AWS nodes (default {d.overlay_pool})")
     p.add_argument("--vpc-range", action="append", default=None, metavar="CIDR",
                    help=f"the AWS address plan: AWS nodes' VPCs must lie inside (repeatable; "
@@ -75,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k3s-token-file", default="", help="file with the K3s agent token")
     p.add_argument("--node-cert-ttl", type=float, default=d.node_cert_ttl_s,
                    help=f"seconds a node certificate lives; agents renew it with a third left (default {d.node_cert_ttl_s:.0f})")
+    p.add_argument("--catalog-key-rotate", type=float, default=d.catalog_key_rotate_s, metavar="SECONDS",
+                   help=f"seconds a catalog signing key signs before the next takes over (default {d.catalog_key_rotate_s:.0f})")
+    p.add_argument("--catalog-key-overlap", type=float, default=d.catalog_key_overlap_s, metavar="SECONDS",
+                   help=f"seconds the next catalog key is handed out before it signs, and the previous one "
+                        f"accepted after (default {d.catalog_key_overlap_s:.0f})")
+    p.add_argument("--catalog-record-ttl", type=float, default=d.catalog_record_ttl_s, metavar="SECONDS",
+                   help=f"seconds a signed catalog record is valid; signed again a third of it before "
+                        f"(default {d.catalog_record_ttl_s:.0f})")
     p.add_argument("--bootstrap-token-file", default="",
                    help="file with a join string made by a cluster builder; registered at start (unlimited uses, "
                         "valid --bootstrap-token-ttl from its first registration)")
@@ -120,6 +137,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
     logs.setup(a.log_level, a.log_format, socket.gethostname())
     consul = kubernetes = None
     try:
+        from meshd.store.etcd_tls import from_flags
+        from_flags(a.store, a.etcd_ca, a.etcd_cert, a.etcd_key)  # checked again at start; here for one clear line
         if a.consul:
             consul = consul_config(a, os.environ)
         if a.publish_join_token:
@@ -132,15 +151,22 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                                           context=a.kubernetes_context, namespace=a.kubernetes_namespace)
     except (MeshError, OSError) as e:
         p.error(str(e))
+    if not 0 < a.catalog_key_overlap < a.catalog_key_rotate:
+        p.error("--catalog-key-overlap must be positive and shorter than --catalog-key-rotate")
+    if a.catalog_record_ttl < 3:
+        p.error("--catalog-record-ttl must be at least 3 seconds")
     return MeshdConfig(state_dir=a.state_dir, listen=a.listen, join_listen=a.join_listen, admin_socket=a.admin_socket,
-                       metrics=a.metrics, store=a.store, overlay_pool=a.overlay_pool,
+                       metrics=a.metrics, store=a.store, await_import=a.await_import, etcd_ca=a.etcd_ca,
+                       etcd_cert=a.etcd_cert,
+                       etcd_key=a.etcd_key, overlay_pool=a.overlay_pool,
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
                        bootstrap_token_file=a.bootstrap_token_file, bootstrap_token_ttl_s=a.bootstrap_token_ttl,
                        publish_join_token=a.publish_join_token, publish_join_token_ttl_s=a.publish_join_token_ttl,
                        publish_join_token_overlap_s=a.publish_join_token_overlap, price_table=a.price_table, consul=consul,
-                       kubernetes=kubernetes)
+                       kubernetes=kubernetes, catalog_key_rotate_s=a.catalog_key_rotate,
+                       catalog_key_overlap_s=a.catalog_key_overlap, catalog_record_ttl_s=a.catalog_record_ttl)
 
 
 async def run(config: MeshdConfig) -> None:
@@ -153,7 +179,11 @@ async def run(config: MeshdConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["store"]:  # `meshd store export|import|copy` (meshd/storecli.py)
+        from meshd.storecli import main as store_main
+        return store_main(argv[1:])
+    config = parse_args(argv)
     return daemon.run("meshd", lambda: run(config))
 
 

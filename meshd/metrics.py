@@ -19,6 +19,8 @@ RPCS = Counter("mesh_rpc_requests", "RPCs handled, by method and status code", [
 RPC_SECONDS = Histogram("mesh_rpc_duration_seconds", "RPC latency by method", ["method"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
 JOINS = Counter("mesh_joins", "Join attempts by result", ["result"])
+ADMIN_SOCKET_REFUSED = Counter("mesh_admin_socket_refused",
+                               "Connections to the admin socket refused by their peer credentials (not root)")
 CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")
 NODES = Gauge("mesh_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("mesh_store_revision", "Current store revision")
@@ -35,6 +37,11 @@ RECORDS_SKIPPED = Counter("mesh_watch_records_skipped",
 WATCHES_REFUSED = Counter("mesh_watches_refused", "Watch streams refused: the caller has too many open")
 WATCHERS_LAGGING = Counter("mesh_watchers_lagging",
                            "Watchers whose event queue filled up (they re-read the history when they read again)")
+TUNNELS_OPEN = Gauge("mesh_tunnels_open", "Tunnels open through meshd to a service (meshctl proxy with an admin certificate)")
+TUNNEL_BYTES = Counter("mesh_tunnel_bytes", "Bytes carried by tunnels, by direction (to_service, from_service)",
+                       ["direction"])
+TUNNELS_REFUSED = Counter("mesh_tunnels_refused", "Tunnels refused: the caller, or meshd in all, has too many open")
+TUNNELS_IDLE = Counter("mesh_tunnels_idle_closed", "Tunnels closed because no byte moved either way for too long")
 ELECTION_TRANSITIONS = Counter("mesh_election_transitions", "Times this meshd gained or lost leadership")
 JOIN_TOKENS_PUBLISHED = Counter("mesh_join_tokens_published",
                                 "Join tokens published to SSM by --publish-join-token (rotations and replacements)")

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from mesh.v1 import types_pb2
 from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
+from meshcore.defaults import PATH_KINDS
 from meshcore.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from meshcore.names import check_labels, check_name, check_port
 from meshd.addresses import AddressPool
@@ -70,6 +71,17 @@ def check_fact_sizes(node: types_pb2.Node) -> None:
             raise InvalidArgument(f"node {f} is {len(getattr(node, f).encode())} bytes: at most {limits.MAX_FACT_BYTES}")
     if len(node.hostname.encode()) > limits.MAX_HOSTNAME_BYTES:
         raise InvalidArgument(f"node hostname is {len(node.hostname.encode())} bytes: at most {limits.MAX_HOSTNAME_BYTES}")
+    if node.HasField("path_report"):
+        check_path_report(node.path_report)
+
+
+def check_path_report(report: types_pb2.PathReport) -> None:
+    """A path report names each known path kind at most once."""
+    kinds = [k.kind for k in report.kinds]
+    unknown = sorted(set(kinds) - set(PATH_KINDS))
+    if unknown or len(kinds) != len(set(kinds)):
+        what = f"unknown path kind {unknown[0][:32]!r}" if unknown else "a path kind named twice"
+        raise InvalidArgument(f"path report: {what}: each of {', '.join(PATH_KINDS)} at most once")
 
 
 def check_facts(node: types_pb2.Node) -> None:
@@ -222,6 +234,8 @@ class Nodes:
                   "metrics_port"):
             if getattr(facts, f):
                 setattr(wanted, f, getattr(facts, f))
+        if facts.HasField("path_report"):
+            wanted.path_report.CopyFrom(facts.path_report)
         if facts.labels:
             bound = await self._bound(node_id)
             claims.check_token_labels({**bound, **facts.labels}, bound)

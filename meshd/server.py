@@ -3,7 +3,8 @@
 Jobs live in their own modules: admission (join tokens), nodes (join, facts,
 drain, removal), leases (liveness and the leader's lease loop), catalog,
 gossipkeys, mirrors (Consul and Kubernetes), election (which replica leads),
-auth (who is calling) and servicers (protobuf in, domain calls out). This
+tunnels (admins' TCP connections to services), auth (who is calling) and
+servicers (protobuf in, domain calls out). This
 module builds them from a MeshdConfig, hands each servicer the collaborators
 it uses, and runs the server and the background loops.
 
@@ -13,7 +14,8 @@ Listeners (all one grpc.aio server, same servicers):
 - `join_listen` (default 0.0.0.0:7444): server TLS only, its own gRPC server
   answering Join and nothing else (no health, no reflection, no other
   method): the one door open to callers without a certificate.
-- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, for
+- `admin_socket` (default /run/meshd/admin.sock): unix socket, mode 0600, whose
+  door admits root only by the peer's credentials (meshcore/localdoor.py), for
   root on the main node (tokens, node removal) without any certificate.
 Health checking and reflection are on the mTLS listener and the admin socket.
 
@@ -40,6 +42,7 @@ from meshcore import limits, pki
 from meshcore.clock import SYSTEM, Clock
 from meshcore.defaults import JOIN_PORT, MESHD_PORT
 from meshcore.errors import ConfigError, StateError
+from meshcore.localdoor import LocalDoor, prepare_private_dir, private_socket_path, remove_private_dir, root_only
 from meshcore.statelock import StateLock, claim_socket
 from meshd import metrics
 from meshd.addresses import DEFAULT_POOL, AddressPool
@@ -48,7 +51,7 @@ from meshd.admission import Admission
 from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
 from meshd.claims import DEFAULT_VPC_RANGES, ClaimRules
-from meshd.gossipkeys import GossipKeys
+from meshd.gossipkeys import CATALOG_KEY_OVERLAP_S, CATALOG_KEY_ROTATE_S, CATALOG_RECORD_TTL_S, GossipKeys
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
@@ -57,6 +60,7 @@ from meshd.store import open_store, sqlite_path
 from meshd.store.base import Store
 from meshd.store.sqlite import SQLiteStore
 from meshd.storeid import MARK_EVERY_S, StoreMark
+from meshd.tunnels import Tunnels
 
 log = logging.getLogger("meshd")
 
@@ -73,8 +77,16 @@ class MeshdConfig:
     admin_socket: str = "/run/meshd/admin.sock"
     #: Prometheus metrics address ("" to disable)
     metrics: str = "127.0.0.1:9464"
-    #: sqlite (default), sqlite:///path.db or etcd://host:2379,...
+    #: sqlite (default), sqlite:///path.db, etcd://host:2379,... or etcds://host:2379,... (TLS)
     store: str = "sqlite"
+    #: etcds:// only: CA bundle that signed etcd's certificate
+    etcd_ca: str = ""
+    #: etcds:// only: meshd's client certificate for etcd (--client-cert-auth)
+    etcd_cert: str = ""
+    #: etcds:// only: the key of etcd_cert
+    etcd_key: str = ""
+    #: wait until `meshd store import` has filled the store before serving (profile switch); never start a new mesh
+    await_import: bool = False
     #: where non-AWS nodes get their mesh address
     overlay_pool: str = DEFAULT_POOL
     #: the mesh's AWS address plan: an AWS node's VPC CIDR must lie inside one of these
@@ -93,6 +105,12 @@ class MeshdConfig:
     k3s_token_file: str = ""
     #: lifetime of the node certificates meshd signs; agents renew them over mTLS with a third left
     node_cert_ttl_s: float = 90 * 24 * 3600.0
+    #: seconds a catalog signing key signs before the next one takes over
+    catalog_key_rotate_s: float = CATALOG_KEY_ROTATE_S
+    #: seconds the next catalog key is handed out before it signs, and the previous one accepted after
+    catalog_key_overlap_s: float = CATALOG_KEY_OVERLAP_S
+    #: seconds a signed catalog record stays valid (signed again a third of this before)
+    catalog_record_ttl_s: float = CATALOG_RECORD_TTL_S
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
     #: how long a bootstrap join string stays valid after meshd first registers it
@@ -130,7 +148,8 @@ class Coordinator:
                 self._locks.append(StateLock(db.with_name(db.name + ".lock"), "meshd",
                                              f"stop it first; two meshd cannot share {db}"))
             self.ca = pki.CertificateAuthority.load_or_create(state)
-            self.store = store or open_store(config.store, state, clock)
+            self.store = store or open_store(config.store, state, clock, config.etcd_ca, config.etcd_cert,
+                                             config.etcd_key)
         except BaseException:
             self._release_locks()
             raise
@@ -148,14 +167,17 @@ class Coordinator:
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules,
                            cert_ttl_s=config.node_cert_ttl_s)
         self.admin_certs = AdminCerts(self.store, self.ca, clock)
-        self.gossip = GossipKeys(self.store, clock)
+        self.gossip = GossipKeys(self.store, clock, config.catalog_key_rotate_s, config.catalog_key_overlap_s,
+                                 config.catalog_record_ttl_s)
         self.leases = LeaseLoop(self.liveness, self.nodes, self.catalog, self.gossip, self.store,
                                 is_leader=lambda: self.is_leader)
         self.mirrors = Mirrors(self.store, self.catalog, self.nodes, config.consul, config.kubernetes, clock)
         self.callers = Callers(self.nodes.exists)
+        self.tunnels = Tunnels(self.catalog, clock)
         self._server_key, self._server_cert = self._server_identity(state)
         self.server: grpc.aio.Server | None = None
         self.join_server: grpc.aio.Server | None = None
+        self.admin_door: LocalDoor | None = None
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.election = None
@@ -185,7 +207,8 @@ class Coordinator:
         # The watch methods send events encoded once for all streams (meshd.fanout): their serializer
         # passes those bytes through.
         _add_with_passthrough(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(
-            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots),
+            self.catalog, self.nodes, self.gossip, self.callers, self.mirrors.errors, self._store_token, slots,
+            self.tunnels),
             server, {"WatchServices": catalog_pb2.ServiceEvent})
         _add_with_passthrough(nodes_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(
             self.nodes, self.catalog, self.callers, self.store.describe, str(self.addresses.network),
@@ -243,6 +266,8 @@ class Coordinator:
         return server
 
     async def start(self) -> None:
+        if self.config.await_import:
+            await self._await_import()
         await self.store_mark.load()
         await self._check_alarms()
         await self.gossip.load()
@@ -266,16 +291,22 @@ class Coordinator:
             self.ports["listen"] = _bind(server, self.config.listen, "--listen",
                                          grpc.ssl_server_credentials(pair, self.ca.pem, require_client_auth=True))
         if self.config.admin_socket:
+            # The admin socket is a door that checks the peer's credentials (root only) and splices
+            # admitted connections to the server's own socket in a 0700 directory (meshcore.localdoor).
             sock = Path(self.config.admin_socket)
             sock.parent.mkdir(parents=True, exist_ok=True)
             claim_socket(sock, "meshd", "--admin-socket")
+            private = private_socket_path(sock)
+            prepare_private_dir(private)
             old = os.umask(0o177)
             try:
-                server.add_insecure_port(f"unix:{sock}")
+                server.add_insecure_port(f"unix:{private}")
                 await server.start()
             finally:
                 os.umask(old)
-            os.chmod(sock, 0o600)
+            self.admin_door = LocalDoor(sock, private, root_only(), lambda c: metrics.ADMIN_SOCKET_REFUSED.inc(),
+                                        "meshd admin socket")
+            await self.admin_door.start(0o600)
         else:
             await server.start()
         self.server = server
@@ -292,6 +323,21 @@ class Coordinator:
         if self.publisher is not None:
             self._tasks.append(asyncio.create_task(self.publisher.run(), name="publish-join-token"))
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    async def _await_import(self, every_s: float = 2.0) -> None:
+        """Until the store holds an imported mesh (meshd.store.snapshot): no identity of our own meanwhile."""
+        from meshd.store.snapshot import importing
+        waited = False
+        while True:
+            try:
+                if not await importing(self.store):
+                    return
+            except Exception as e:  # etcd members still starting: keep waiting
+                log.debug("store not ready yet: %s", e)
+            if not waited:
+                log.info("waiting for `meshd store import` into %s (--await-import)", self.store.describe)
+                waited = True
+            await asyncio.sleep(every_s)  # until imported or stopped (a signal cancels start-up)
 
     async def _bootstrap_token(self, path: Path) -> None:
         try:
@@ -364,9 +410,14 @@ class Coordinator:
         if self.join_server:
             await self.join_server.stop(grace)
             self.join_server = None
+        door, self.admin_door = self.admin_door, None
+        if door is not None:
+            await door.stop()
         if self.server:
             await self.server.stop(grace)
             self.server = None
+        if door is not None:
+            remove_private_dir(door.private)
         try:
             await self.store_mark.mark(force=True)
         except Exception as e:

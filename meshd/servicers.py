@@ -26,6 +26,7 @@ from meshd.catalog import Catalog
 from meshd.fanout import Encoded, Snapshots
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
+from meshd.tunnels import Tunnels
 
 #: the token label that lets the nodes it admits fetch the K3s agent token
 K3S_LABEL = "mesh.k3s"
@@ -108,6 +109,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         self.lease_ttl_s = lease_ttl_s
         self.k3s_join = k3s_join
         self.admin_certs = admin_certs
+        self._resigned_epoch: dict[str, tuple[str, int]] = {}  # node id -> epoch of the records last sent
 
     async def CreateToken(self, request, context):
         require_admin(caller_of(context))
@@ -141,7 +143,26 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         node = await self.nodes.renew(node_id, request.node)
         return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.lease_ttl_s),
                                            gossip=self.gossip.config(), observed_address=observed(context),
-                                           certificate_pem=cert.decode())
+                                           certificate_pem=cert.decode(), records=await self._resigned(node_id))
+
+    async def _resigned(self, node_id: str) -> list[bytes]:
+        """The caller's services signed again, once per signing key and expiry period (this
+        replica remembers which it sent; another replica sends them once more, harmlessly)."""
+        epoch = self.gossip.epoch()
+        if self._resigned_epoch.get(node_id) == epoch:
+            return []
+        services, _ = await self.catalog.list()
+        out = []
+        for svc in services:
+            if svc.node_id != node_id:
+                continue
+            try:
+                out.append(self.gossip.sign(svc, svc.revision, False))
+            except MeshError as e:
+                metrics.RECORDS_SKIPPED.inc()
+                log.error("catalog record %r left out of a renewal: %s", svc.name, e)
+        self._resigned_epoch[node_id] = epoch
+        return out
 
     async def Leave(self, request, context):
         node_id = await self.callers.node_caller(context)
@@ -189,8 +210,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, catalog: Catalog, nodes: Nodes, gossip: GossipKeys, callers: Callers,
                  sync_errors: Callable[[], dict[str, str]], store_token: Callable[[], str] = str,
-                 slots: WatchSlots | None = None) -> None:
+                 slots: WatchSlots | None = None, tunnels: Tunnels | None = None) -> None:
         self.slots = slots or WatchSlots()
+        self.tunnels = tunnels
         self.catalog = catalog
         self.store_token = store_token
         self.nodes = nodes
@@ -215,6 +237,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         await self.callers.any_member(context)
         services, rev = await self.catalog.list()
         return catalog_pb2.ListServicesResponse(services=services, revision=rev, sync_errors=self.sync_errors())
+
+    async def Tunnel(self, request_iterator, context):
+        caller = caller_of(context)
+        require_admin(caller)
+        if self.tunnels is None:
+            raise FailedPrecondition("this meshd opens no tunnels")
+        await self.tunnels.serve(caller, context)
 
     def _signed(self, svc: types_pb2.Service, rev: int, deleted: bool) -> bytes | None:
         """The signed record of a change, or None (counted and logged) if it cannot be signed:
@@ -250,9 +279,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 async for kind, svc, rev in batched(events, request.batch):
                     if kind == "reset":
                         reset_rev, index = rev, 0
+                    epoch = self.gossip.epoch()  # records signed with another key or expiry are new bytes
                     if kind == "batch":
                         index += 1
-                        data = self.encoded.get((store, "batch", reset_rev, index, rev, len(svc)),
+                        data = self.encoded.get((store, "batch", reset_rev, index, rev, len(svc), epoch),
                                                 lambda: self._batch_event(svc, rev))
                         if data is not None:
                             yield data
@@ -261,9 +291,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                         yield catalog_pb2.ServiceEvent(type=EVENT[kind], revision=rev, store=store)
                         continue
                     if kind == "put" and reset_rev and rev <= reset_rev:  # a PUT of the set, unbatched
-                        key = (store, "set", reset_rev, svc.name, rev)
+                        key = (store, "set", reset_rev, svc.name, rev, epoch)
                     else:
-                        key = (store, kind, rev, svc.name)
+                        key = (store, kind, rev, svc.name, epoch)
                     data = self.encoded.get(key, lambda: self._change_event(kind, svc, rev))
                     if data is not None:
                         yield data

@@ -10,6 +10,13 @@ Timing: tests pass a short heartbeat and election timeout so a lost leader is
 replaced quickly; the defaults are etcd's own (100 ms / 1000 ms), which the
 failover benchmark uses. etcd derives its minimum lease TTL from them
 (1.5 election timeouts, rounded up to whole seconds).
+
+TLS (`tls=True`): as the cluster user data sets up a replica. A store CA is
+made under `root/tls`; each member gets a certificate from it (SAN
+127.0.0.1 and localhost, serverAuth and clientAuth) for its client and peer
+listeners, which are https and require a client certificate from that CA
+(--client-cert-auth, --peer-client-cert-auth); `client_files` are a client
+certificate and key for meshd and `url` is etcds://.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class EtcdCluster:
     election_ms: int = 1000
     #: etcd's --quota-backend-bytes (0: etcd's default, 2 GiB)
     quota_backend_bytes: int = 0
+    #: https client and peer URLs with client certificate authentication (see the module docstring)
+    tls: bool = False
     members: list[Member] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,6 +76,42 @@ class EtcdCluster:
             name = f"m{i}"
             self.members.append(Member(name, free_port(), free_port(), self.root / name,
                                        self.root / f"{name}.log"))
+        if self.tls:
+            self._make_certs()
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def client_files(self) -> tuple[str, str, str]:
+        """(CA bundle, client certificate, key) for meshd's --etcd-ca/--etcd-cert/--etcd-key."""
+        d = self.tls_dir
+        return str(d / "ca.crt"), str(d / "client.crt"), str(d / "client.key")
+
+    def _make_certs(self) -> None:
+        from meshcore import pki
+
+        d = self.tls_dir
+        d.mkdir(parents=True, exist_ok=True)
+        ca = pki.CertificateAuthority.load_or_create(d, name="test store CA")
+        for m in self.members:
+            key = pki.new_key()
+            pki.write_file(d / f"{m.name}.key", pki.key_pem(key), private=True)
+            pki.write_file(d / f"{m.name}.crt", ca.store_cert(key, m.name, member=True,
+                                                              addresses=["127.0.0.1", "localhost"]))
+        key = pki.new_key()
+        pki.write_file(d / "client.key", pki.key_pem(key), private=True)
+        pki.write_file(d / "client.crt", ca.store_cert(key, "meshd", member=False))
+
+    def channel(self, endpoint: str):
+        """A blocking gRPC channel to a member (with the client certificate under TLS)."""
+        import grpc
+
+        if not self.tls:
+            return grpc.insecure_channel(endpoint)
+        ca, crt, key = (Path(f).read_bytes() for f in self.client_files)
+        return grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(ca, key, crt))
 
     @property
     def endpoints(self) -> list[str]:
@@ -74,15 +119,26 @@ class EtcdCluster:
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(self.endpoints)
+        return ("etcds://" if self.tls else "etcd://") + ",".join(self.endpoints)
+
+    def tls_args(self, m: Member) -> list[str]:
+        if not self.tls:
+            return []
+        d = self.tls_dir
+        crt, key, ca = str(d / f"{m.name}.crt"), str(d / f"{m.name}.key"), str(d / "ca.crt")
+        return ["--cert-file", crt, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+                "--peer-cert-file", crt, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+                "--peer-client-cert-auth"]
 
     def _args(self, m: Member, state: str) -> list[str]:
-        initial = ",".join(f"{o.name}=http://127.0.0.1:{o.peer_port}" for o in self.members)
+        scheme = "https" if self.tls else "http"
+        initial = ",".join(f"{o.name}={scheme}://127.0.0.1:{o.peer_port}" for o in self.members)
         return [ETCD, "--name", m.name, "--data-dir", str(m.data_dir),
-                "--listen-client-urls", f"http://{m.endpoint}",
-                "--advertise-client-urls", f"http://{m.endpoint}",
-                "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
+                "--listen-client-urls", f"{scheme}://{m.endpoint}",
+                "--advertise-client-urls", f"{scheme}://{m.endpoint}",
+                "--listen-peer-urls", f"{scheme}://127.0.0.1:{m.peer_port}",
+                "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{m.peer_port}",
+                *self.tls_args(m),
                 "--initial-cluster", initial, "--initial-cluster-state", state,
                 "--initial-cluster-token", f"meshtest-{os.getpid()}-{self.root.name}",
                 "--heartbeat-interval", str(self.heartbeat_ms),
@@ -123,7 +179,7 @@ class EtcdCluster:
                 if not m.alive:
                     raise RuntimeError(f"etcd member {m.name} exited: {self.tail(i)}")
                 try:
-                    with grpc.insecure_channel(m.endpoint) as ch:
+                    with self.channel(m.endpoint) as ch:
                         # a linearizable read succeeds only once the cluster has a leader
                         rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"/", count_only=True), timeout=1)
                     break
@@ -144,7 +200,7 @@ class EtcdCluster:
                 if not m.alive:
                     continue
                 try:
-                    with grpc.insecure_channel(m.endpoint) as ch:
+                    with self.channel(m.endpoint) as ch:
                         st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=1)
                 except grpc.RpcError:
                     continue

@@ -108,8 +108,9 @@ class LocalMesh:
         return str(self.root / f"{agent}.sock")
 
     def start_agent(self, name: str, token: str | None = None, timeout: float = 20,
-                    extra: list[str] = ()) -> Proc:
-        argv = [str(BIN / "meshagent"), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
+                    extra: list[str] = (), program: list[str] | None = None) -> Proc:
+        """`program`: what runs in place of the meshagent script (e.g. python -c with a probe)."""
+        argv = [*(program or [str(BIN / "meshagent")]), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
                 "--join-address", self.join_address, "--name", name, "--socket", self.socket(name),
                 "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
                 "--gossip-profile", self.gossip_profile, "--no-spot-watch",

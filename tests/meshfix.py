@@ -100,9 +100,9 @@ class Mesh:
                            gossip_profile=kw.pop("gossip_profile", "local"), spot=kw.pop("spot", False),
                            imds=kw.pop("imds", ""), gpus=kw.pop("gpus", False), **kw)
 
-    async def agent(self, name: str | None = None, token: str | None = None, **kw) -> Agent:
+    async def agent(self, name: str | None = None, token: str | None = None, clock=None, **kw) -> Agent:
         cfg = self.agent_config(name, token if token is not None else await self.token(), **kw)
-        a = Agent(cfg)
+        a = Agent(cfg, clock=clock) if clock is not None else Agent(cfg)
         self.agents.append(a)
         await asyncio.wait_for(a.start(), 20)
         if a.gossip:  # the first renewal registers the gossip port: let it land before the test measures

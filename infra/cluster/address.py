@@ -1,11 +1,30 @@
 """The one stable address agents, nodes outside AWS and meshctl use for a cluster's meshd.
 
-- cost-savings: an Elastic IP on `coordinator-0` (survives stop/start and
-  replacement of the instance);
+It is the cluster's Elastic IP in both profiles, so a profile switch
+(`meshctl cluster edit`, infra.cluster.switch) keeps every agent's
+`--coordinator` valid and no node is touched:
+
+- cost-savings: the Elastic IP on `coordinator-0`'s network interface;
 - performance: an internet-facing Network Load Balancer in the main region's
   subnets, TCP passthrough on meshd's mTLS API and join ports, IP targets at
-  the replicas' fixed private addresses, health-checked, so a dead replica
-  stops receiving connections and agents reconnect to a live one.
+  the replicas' fixed private addresses, health-checked, cross-zone on (so
+  the Elastic IP's zone reaches replicas in every zone). The Elastic IP is the
+  load balancer's address in the first subnet (CreateLoadBalancer
+  SubnetMappings with AllocationId; AWS documents one Elastic IP per subnet
+  for an internet-facing NLB, given only at creation); the other subnets get
+  addresses from AWS, reachable through the load balancer's DNS name too.
+
+Moving the address is the switch's last reversible step: an Elastic IP
+serves one thing at a time, so it is taken off `coordinator-0` before the
+load balancer is created with it (and the load balancer is deleted before
+the Elastic IP goes back to `coordinator-0`). Agents see meshd away while the
+load balancer provisions (minutes on AWS) and reconnect on their own; the
+data plane, names and gossip keep working meanwhile.
+
+Clusters made before the Elastic IP served both profiles keep their load
+balancer's DNS name as address (a load balancer without a cluster Elastic
+IP); switching such a cluster's profile would change its address, and is
+refused until it is recreated.
 
 TLS ends at meshd (the mesh CA signs its certificate, SAN `meshd.mesh`), so
 neither needs a certificate of its own. Both carry the cluster tags and are
@@ -31,35 +50,52 @@ def lb_name(doc: ClusterDoc) -> str:
 
 
 def ensure(aws: Aws, doc: ClusterDoc, main: RegionState) -> str:
-    """Create the address if missing; returns host (IP or DNS name) without port."""
-    if doc.spec.profile == COST_SAVINGS:
-        eip = find_eip(aws, doc.name, doc.spec.main_region)
-        if eip is None:
-            eip = aws.call("ec2", doc.spec.main_region, "AllocateAddress", Domain="vpc", TagSpecifications=[
-                {"ResourceType": "elastic-ip", "Tags": cluster_tags(doc.name, role="coordinator")}])
-        return eip["PublicIp"]
-    lb = find_lb(aws, doc)
+    """Create the address if missing; returns host (the Elastic IP, or a legacy load balancer's DNS name)."""
     region = doc.spec.main_region
-    if lb is None:
-        subnets = [s.id for s in sorted(main.subnets, key=lambda s: s.zone)]
-        lb = aws.call("elbv2", region, "CreateLoadBalancer", Name=lb_name(doc), Subnets=subnets,
-                      Scheme="internet-facing", Type="network", IpAddressType="ipv4",
-                      Tags=_elb_tags(doc))["LoadBalancers"][0]
-    return lb["DNSName"]
+    eip = find_eip(aws, doc.name, region)
+    if eip is None:
+        legacy = find_lb(aws, doc)
+        if legacy is not None:
+            return legacy["DNSName"]
+        eip = aws.call("ec2", region, "AllocateAddress", Domain="vpc", TagSpecifications=[
+            {"ResourceType": "elastic-ip", "Tags": cluster_tags(doc.name, role="coordinator")}])
+    return eip["PublicIp"]
+
+
+def legacy(aws: Aws, doc: ClusterDoc) -> bool:
+    """A load balancer without the cluster's Elastic IP: its DNS name is the address (see the docstring)."""
+    return find_eip(aws, doc.name, doc.spec.main_region) is None and find_lb(aws, doc) is not None
 
 
 def attach(aws: Aws, doc: ClusterDoc, main: RegionState, coordinators: dict[str, dict[str, Any]]) -> None:
-    """Point the address at the coordinators (slot name → instance)."""
+    """Point the address at the coordinators (slot name → instance), moving it from the other profile's
+    holder first (see the module docstring)."""
     region = doc.spec.main_region
+    eip = find_eip(aws, doc.name, region)
     if doc.spec.profile == COST_SAVINGS:
-        eip, inst = find_eip(aws, doc.name, region), coordinators.get("coordinator-0")
-        if eip is not None and inst is not None and eip.get("InstanceId") != inst["InstanceId"]:
+        inst = coordinators.get("coordinator-0")
+        if eip is None or inst is None:
+            return
+        if find_lb(aws, doc) is not None:  # the performance profile's: it holds the Elastic IP
+            _delete_lb(aws, doc)
+        if eip.get("InstanceId") != inst["InstanceId"]:
             aws.call("ec2", region, "AssociateAddress", AllocationId=eip["AllocationId"], InstanceId=inst["InstanceId"],
                      AllowReassociation=True)
         return
     lb = find_lb(aws, doc)
     if lb is None:
-        return
+        if eip is None:
+            return
+        if eip.get("AssociationId"):  # on coordinator-0 (a switch from cost-savings)
+            aws.call("ec2", region, "DisassociateAddress", AssociationId=eip["AssociationId"])
+        subnets = sorted(main.subnets, key=lambda s: s.zone)
+        mappings = [{"SubnetId": s.id, **({"AllocationId": eip["AllocationId"]} if i == 0 else {})}
+                    for i, s in enumerate(subnets)]
+        lb = aws.call("elbv2", region, "CreateLoadBalancer", Name=lb_name(doc), SubnetMappings=mappings,
+                      Scheme="internet-facing", Type="network", IpAddressType="ipv4",
+                      Tags=_elb_tags(doc))["LoadBalancers"][0]
+        aws.call("elbv2", region, "ModifyLoadBalancerAttributes", LoadBalancerArn=lb["LoadBalancerArn"],
+                 Attributes=[{"Key": "load_balancing.cross_zone.enabled", "Value": "true"}])
     vpc = main.vpc_id()
     groups = {g["TargetGroupName"]: g for g in _groups(aws, region, lb["LoadBalancerArn"])}
     for port in PORTS:
@@ -114,18 +150,23 @@ def find_lb(aws: Aws, doc: ClusterDoc) -> dict[str, Any] | None:
     return lbs[0] if lbs else None
 
 
-def remove(aws: Aws, doc: ClusterDoc) -> None:
-    """Delete the load balancer and its target groups, or release the Elastic IP (whichever exists)."""
+def _delete_lb(aws: Aws, doc: ClusterDoc) -> None:
     region = doc.spec.main_region
-    eip = find_eip(aws, doc.name, region)
-    if eip is not None:
-        aws.call("ec2", region, "ReleaseAddress", AllocationId=eip["AllocationId"])
     lb = find_lb(aws, doc)
     if lb is not None:
         groups = _groups(aws, region, lb["LoadBalancerArn"])
         aws.call("elbv2", region, "DeleteLoadBalancer", LoadBalancerArn=lb["LoadBalancerArn"])
         for g in groups:
             aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])
+
+
+def remove(aws: Aws, doc: ClusterDoc) -> None:
+    """Delete the load balancer and its target groups, then release the Elastic IP it or coordinator-0 held."""
+    region = doc.spec.main_region
+    _delete_lb(aws, doc)
+    eip = find_eip(aws, doc.name, region)
+    if eip is not None:
+        aws.call("ec2", region, "ReleaseAddress", AllocationId=eip["AllocationId"])
     for g in _named_groups(aws, doc):  # whose load balancer is already gone (a crashed delete)
         if not g.get("LoadBalancerArns"):
             aws.call("elbv2", region, "DeleteTargetGroup", TargetGroupArn=g["TargetGroupArn"])

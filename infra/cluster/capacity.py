@@ -8,10 +8,14 @@ EC2 counts running on-demand instances against a vCPU quota per family
 - wherever a listed type is offered: room for one more instance of the
   largest listed type of each family, so the first job can start.
 
+Slots whose instance already runs need nothing more, and when nothing is
+to be launched there is nothing to check (a re-run asks no quota).
+
 Only on-demand quotas stop a create: the cluster launches nothing on spot
 (`meshctl quotas check` reports spot quotas for the jobs). The comparison is
-with the quota's value, not what is free under it: instances outside the
-cluster also count, and AWS alone knows them all at launch time.
+with what is free under each quota: its value minus the vCPUs of the
+on-demand instances already pending or running in the region, the
+cluster's own included (infra.quotas.running_vcpus), as EC2 judges a launch.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from infra.cluster.spec import ClusterDoc
 from infra.quotas import Need, QuotaRow
 
 
-def needs(doc: ClusterDoc, offered: dict[str, tuple[str, ...]], vcpus: dict[str, int]) -> list[Need]:
-    """`offered`: selected region → listed types offered there; `vcpus`: type → vCPUs (every type named)."""
+def needs(doc: ClusterDoc, offered: dict[str, tuple[str, ...]], vcpus: dict[str, int],
+          existing: frozenset[str] | set[str] = frozenset()) -> list[Need]:
+    """`offered`: selected region → listed types offered there; `vcpus`: type → vCPUs (every type
+    named); `existing`: slots whose instance is already there (they need no more vCPUs)."""
     spec = doc.spec
     want: dict[tuple[str, str, str], int] = {}
     types: dict[tuple[str, str, str], set[str]] = {}
@@ -36,8 +42,13 @@ def needs(doc: ClusterDoc, offered: dict[str, tuple[str, ...]], vcpus: dict[str,
         want[key] = want.get(key, 0) + n
         types.setdefault(key, set()).add(itype)
 
-    add(spec.main_region, spec.coordinator_instance_type, spec.replicas * vcpus[spec.coordinator_instance_type])
-    for slot in instances.warm_slots(doc, offered):
+    missing = [n for n in instances.coordinator_names(spec) if n not in existing]
+    warm = [slot for slot in instances.warm_slots(doc, offered) if slot.name not in existing]
+    if not missing and not warm:
+        return []
+    if missing:
+        add(spec.main_region, spec.coordinator_instance_type, len(missing) * vcpus[spec.coordinator_instance_type])
+    for slot in warm:
         add(slot.region, slot.instance_type, vcpus[slot.instance_type])
     for region, here in sorted(offered.items()):
         largest: dict[str, str] = {}
@@ -52,8 +63,8 @@ def needs(doc: ClusterDoc, offered: dict[str, tuple[str, ...]], vcpus: dict[str,
 
 def shortfall_message(name: str, rows: list[QuotaRow]) -> str:
     short = [r for r in rows if r.short]
-    lines = [f"{r.need.region} {r.need.code} ({r.need.name}): {_n(r.current)} vCPUs, needs {r.need.vcpus} "
-             f"for {', '.join(r.need.types)}" for r in short]
+    lines = [f"{r.need.region} {r.need.code} ({r.need.name}): {_n(r.current)} vCPUs, {r.used} in use, needs "
+             f"{r.need.vcpus} more for {', '.join(r.need.types)}" for r in short]
     return (f"cluster {name}: {len(short)} vCPU quota{'s are' if len(short) > 1 else ' is'} too low, nothing "
             "was launched: " + "; ".join(lines) + f". Ask AWS with `meshctl quotas request --cluster {name}`, "
             "then run this command again once granted")

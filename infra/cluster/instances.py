@@ -13,10 +13,10 @@ addresses (a replacement gets the same one, so etcd's member list and the
 load balancer's targets never change). Instances are tagged
 `mesh:cluster`, `managed-by`, `mesh:slot` and `mesh:role` in RunInstances
 itself (instance, volume and network interface: the cluster role may change
-nothing without those tags), found by them, and run with their cluster's own
+nothing without those tags), found by them, run with their cluster's own
 instance profile (infra.cluster.roles), and launched with a ClientToken derived from
-cluster, slot and type, so a create re-run after a crash never launches a
-slot twice. An instance whose type no longer matches its slot is replaced.
+cluster, spec version, slot and type, so a create re-run after a crash never
+launches a slot twice. An instance whose type no longer matches its slot is replaced.
 """
 
 from __future__ import annotations
@@ -129,13 +129,16 @@ def image(aws: Aws, doc: ClusterDoc, region: str) -> str:
     return images[-1]["ImageId"]
 
 
-def user_data(doc: ClusterDoc, slot: Slot, coordinator: str, etcd_cluster: str) -> str:
+def user_data(doc: ClusterDoc, slot: Slot, coordinator: str, etcd_cluster: str, await_import: bool = False) -> str:
+    """The first-boot script; `await_import`: a coordinator of a profile switch, whose meshd serves only
+    once the old coordinators' store is copied in (infra.cluster.switch)."""
     text = resources.files("infra.cluster").joinpath("userdata.sh").read_text()
     values = {"CLUSTER": doc.name, "ROLE": slot.role, "REGION": slot.region, "MAIN_REGION": doc.spec.main_region,
               "NODE_NAME": slot.name, "COORDINATOR": coordinator, "HUB": hub(doc),
               "ETCD_CLUSTER": etcd_cluster if slot.role == "replica" else "",
               "ETCD_NAME": slot.name.replace("replica-", "r") if slot.role == "replica" else "",
-              "PRIVATE_IP": slot.private_ip, "PACKAGE": doc.spec.package, "MESHD_PORT": str(MESHD_PORT)}
+              "PRIVATE_IP": slot.private_ip, "PACKAGE": doc.spec.package, "MESHD_PORT": str(MESHD_PORT),
+              "AWAIT_IMPORT": "1" if await_import and slot.role in COORDINATOR_ROLES else ""}
     for k, v in values.items():
         if "'" in v:
             raise FailedPrecondition(f"{k} must not contain a quote: {v!r}")
@@ -146,18 +149,25 @@ def user_data(doc: ClusterDoc, slot: Slot, coordinator: str, etcd_cluster: str) 
 
 
 def etcd_members(slots: list[Slot]) -> str:
-    return ",".join(f"{s.name.replace('replica-', 'r')}=http://{s.private_ip}:2380" for s in slots if s.role == "replica")
+    return ",".join(f"{s.name.replace('replica-', 'r')}=https://{s.private_ip}:2380" for s in slots if s.role == "replica")
 
 
 def client_token(doc: ClusterDoc, slot: Slot) -> str:
-    return hashlib.sha256(f"{doc.id}/{slot.name}/{slot.instance_type}".encode()).hexdigest()[:64]
+    # With the spec version: EC2 answers a token it saw (for a day after termination) with that
+    # instance, so switching a profile back must not reuse the token of the slot's terminated instance.
+    return hashlib.sha256(f"{doc.id}/{doc.version}/{slot.name}/{slot.instance_type}".encode()).hexdigest()[:64]
+
+
+def profile_name(doc: ClusterDoc, role: str) -> str:
+    """The instance profile (and its role, of the same name) of a slot role: the cluster's own (infra.cluster.roles)."""
+    from infra.policy import coordinator_role, node_role
+
+    return coordinator_role(doc.name) if role in COORDINATOR_ROLES else node_role(doc.name)
 
 
 def launch(aws: Aws, doc: ClusterDoc, slot: Slot, subnet: str, groups: list[str], image_id: str,
            data: str) -> str:
-    from infra.policy import coordinator_role, node_role
-
-    profile = coordinator_role(doc.name) if slot.role in COORDINATOR_ROLES else node_role(doc.name)
+    profile = profile_name(doc, slot.role)
     params: dict[str, Any] = dict(
         ImageId=image_id, InstanceType=slot.instance_type, MinCount=1, MaxCount=1, SubnetId=subnet,
         SecurityGroupIds=groups, IamInstanceProfile={"Name": profile}, UserData=data,

@@ -14,10 +14,15 @@
 2. the stable address (Elastic IP or load balancer), so it can be written
    into the join parameters and the instances' user data;
 3. the network: `infra.apply` with the join parameters;
-4. the coordinators' secrets in SSM, their security group (meshd's API and join ports),
-   the cluster's own instance roles (infra.cluster.roles);
+4. the coordinators' secrets in SSM (with the store CA, made here once, whose
+   key exists only there: the CA etcd trusts, not the mesh CA every node has
+   a certificate from), their security groups (infra.cluster.groups), the
+   cluster's own instance roles (infra.cluster.roles);
 5. instances: missing slots launched, extra or mismatched ones terminated,
-   the address pointed at the coordinators.
+   the address pointed at the coordinators. A profile change first moves
+   the mesh to the new coordinators in place (infra.cluster.switch: new ones
+   launched, the store copied, the address moved, then the old ones
+   terminated); until the address moves, a failure leaves the old ones serving.
 
 Each step reads what exists before acting, so a run that died anywhere
 (throttling, a partial failure, Ctrl-C) is finished by running the same
@@ -45,7 +50,8 @@ from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
-from infra.cluster import address, capacity, costs, instances, roles
+from infra.cluster import address, capacity, costs, instances, package, roles, switch
+from infra.cluster import groups as sg
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
 from infra.cluster.spec import ClusterDoc, ClusterSpec, check_edit, validate
@@ -53,13 +59,13 @@ from infra.destroy import destroy
 from infra.regions import ENABLED, Selection, list_regions, select_regions
 from infra.state import read_region, tag_filters
 from meshcore import pki
-from meshcore.defaults import JOIN_PORT, MESHD_PORT
+from meshcore.defaults import MESHD_PORT
 from meshcore.errors import AlreadyExists, ConfigError, FailedPrecondition, MeshError, Unavailable
 from meshcore.names import check_cluster_name
 
 TERMINATE_WAIT_S = 600.0
 # Beside the spec, in the main region, for coordinators at boot and for other machines of the user.
-SECRETS = ("ca-key", "join-token")
+SECRETS = ("ca-key", "join-token", "store-ca-key", "store-ca-cert")
 POLL_S = 5.0
 
 
@@ -90,6 +96,10 @@ class Ops:
     selections: dict = field(default_factory=dict)  # reused per spec within one process (benchmarks, tests)
     prices: Any = None  # infra.prices.Prices: estimates are made when set
     check_quotas: bool = True
+    # Builds a wheel of the running mesh into a directory (a spec without `package`); the wheels
+    # built in this process, by their s3:// URL, are kept until uploaded.
+    wheel: Callable[[Path], Path] = package.build_running
+    wheels: dict[str, Any] = field(default_factory=dict)
 
 
 def new_doc(name: str, spec: ClusterSpec) -> ClusterDoc:
@@ -104,8 +114,11 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
     `on_recorded` is called once the name is taken (the CLI saves the context then, so an
     interrupted create can be resumed)."""
     check_cluster_name(name)
-    validate(spec)
     doc = ops.registry.get(name)
+    if not spec.package:  # the version this machine runs: the stored one on a re-run, else a new wheel
+        spec = replace(spec, package=doc.spec.package if doc is not None and doc.id == known_id
+                       else _wheel_url(ops, name))
+    validate(spec)
     if doc is not None:
         if doc.id != known_id:
             raise AlreadyExists(f"cluster name {name!r} is taken by cluster {doc.id} in this account: "
@@ -125,9 +138,12 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
 
 
 def edit(ops: Ops, name: str, new: ClusterSpec, base_version: int | None = None) -> Result:
-    """Store `new` as the next spec version and converge; nothing changes if it is invalid."""
-    validate(new)
+    """Store `new` as the next spec version and converge; nothing changes if it is invalid.
+    A spec without `package` keeps the cluster's."""
     doc = _existing(ops, name)
+    if not new.package:
+        new = replace(new, package=doc.spec.package)
+    validate(new)
     if base_version is not None and doc.version != base_version:
         raise FailedPrecondition(f"cluster {name} changed while it was being edited (version {base_version} → "
                                  f"{doc.version}): edit again")
@@ -239,6 +255,17 @@ def local_secrets(ops: Ops, doc: ClusterDoc) -> Secrets:
     return Secrets(d, ca, token)
 
 
+def store_ca(aws: Aws, doc: ClusterDoc) -> None:
+    """The CA the replicas' etcd trusts for clients and peers, made once and kept in SSM only (the
+    coordinators' path): a node certificate from the mesh CA is worth nothing to etcd."""
+    region, prefix = doc.spec.main_region, secret_prefix(doc.name)
+    if _described(aws, region, prefix + "store-ca-key") and _described(aws, region, prefix + "store-ca-cert"):
+        return
+    ca = pki.CertificateAuthority.new(f"mesh store CA {doc.name}")
+    _put_secret(aws, region, prefix + "store-ca-key", pki.key_pem(ca.key).decode())
+    _put_secret(aws, region, prefix + "store-ca-cert", ca.pem.decode())
+
+
 def _admin_cert_due(path: Path) -> bool:
     try:
         cert = pki.load_cert(path.read_bytes(), str(path))
@@ -315,7 +342,11 @@ def preview(ops: Ops, doc: ClusterDoc, price: bool = True) -> Preview:
             raise ConfigError(f"coordinator_instance_type {coord} is not offered in {doc.spec.main_region}")
         vcpus[coord] = found[coord].vcpus
     warm = instances.warm_slots(doc, offered)
-    rows = quota_api.check_needs(ops.aws, capacity.needs(doc, offered, vcpus)) if ops.check_quotas else []
+    rows = []
+    if ops.check_quotas:
+        there = {instances.tag_of(i, "mesh:slot") for r in {doc.spec.main_region, *(s.region for s in warm)}
+                 for i in instances.find(ops.aws, doc.name, r)} if doc.version else set()
+        rows = quota_api.check_needs(ops.aws, capacity.needs(doc, offered, vcpus, there), count_used=True)
     warm_regions = {s.instance_type: s.region for s in warm}
     out = Preview([], rows, warm_regions, sel)
     if price:
@@ -336,6 +367,10 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
         raise FailedPrecondition(capacity.shortfall_message(doc.name, before.quotas))
     result.estimates = estimate(ops, doc, before)
     progress = _progress(ops)
+    if result.estimates:  # said before anything is built, so Ctrl-C still costs nothing
+        progress.fact(f"{doc.name} costs " + "; ".join(
+            f"{e.profile}{' (this spec)' if i == 0 else ' if switched'} {costs.money(e.hour)}/h, {costs.money(e.day)}/day"
+            for i, e in enumerate(result.estimates)))
     progress.phase("local secrets")
     sec = local_secrets(ops, doc)
     sel = before.selection
@@ -356,14 +391,22 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     _put_secret(aws, region, secret_prefix(doc.name) + "ca-key", pki.key_pem(sec.ca.key).decode())
     (sec.directory / "ca.key").unlink(missing_ok=True)  # the coordinators' copy is the one from now on
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
+    store_ca(aws, doc)
     group = coordinator_group(aws, doc, main.vpc_id())
     progress.phase("instance roles")
-    roles.ensure(aws, doc.name)
+    roles.ensure(aws, doc.name)  # before the package: its bucket policy names them
+    if _ours(ops, doc):
+        progress.phase("the package, for this cluster's instances only")
+        _publish(ops, doc)
     offered = {r.name: r.offered for r in sel.regions if r.selected}
     coordinators = instances.coordinator_slots(doc, main)
+    replica = replica_groups(aws, doc, main) if any(s.role == "replica" for s in coordinators) else []
     slots = coordinators + instances.warm_slots(doc, offered)
     etcd = instances.etcd_members(coordinators)
     states = {region: main}
+    old = switch.old_side(instances.find(aws, doc.name, region), coordinators[0].role)
+    if old is not None:
+        _switch(ops, doc, main, coordinators, old, group, etcd, result)
     found: dict[str, dict[str, Any]] = {}
     stopping: dict[str, list[str]] = {}
     progress.phase("instances")
@@ -385,7 +428,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
             continue
         st = states.get(s.region) or states.setdefault(s.region, read_region(aws, doc.name, s.region))
         subnet = _subnet_for(st, s)
-        groups = [g.id for g in st.groups if g.name == f"mesh-{doc.name}"]
+        # a replica's etcd must not be in reach of the mesh group's "all traffic from the peered VPCs"
+        groups = list(replica) if s.role == "replica" else [g.id for g in st.groups if g.name == f"mesh-{doc.name}"]
         if s.role in instances.COORDINATOR_ROLES:
             groups.append(group)
         if s.region not in images:
@@ -398,6 +442,95 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     progress.phase("pointing the address at the coordinators")
     address.attach(aws, doc, main, {s.name: found[s.name] for s in coordinators if s.name in found})
     return result
+
+
+def _caller(ops: Ops) -> tuple[str, str]:
+    """(account, the caller's IAM principal), asked once per Ops."""
+    if "caller" not in ops.wheels:
+        from infra.cluster.access import caller_principal
+
+        me = ops.aws.call("sts", "us-east-1", "GetCallerIdentity")
+        ops.wheels["caller"] = (me["Account"], caller_principal(me["Arn"]))
+    return ops.wheels["caller"]
+
+
+def _wheel_url(ops: Ops, name: str) -> str:
+    """Build a wheel of the running mesh (kept in `ops.wheels` until uploaded); its s3:// URL."""
+    wheel, tmp = package.build_in_temp(ops.wheel)
+    url = package.plan_url(_caller(ops)[0], name, wheel)
+    ops.wheels[url] = (wheel, tmp)
+    return url
+
+
+def _ours(ops: Ops, doc: ClusterDoc) -> bool:
+    """Whether the spec's package is the wheel `create` keeps in this cluster's bucket."""
+    if not doc.spec.package.startswith(package.SCHEME):
+        return False
+    return package.parse_url(doc.spec.package)[0] == package.bucket_name(_caller(ops)[0], doc.name)
+
+
+def _publish(ops: Ops, doc: ClusterDoc) -> None:
+    """The cluster's bucket as package.py describes it, with the wheel of the spec's URL in it."""
+    url = doc.spec.package
+    account = _caller(ops)[0]
+
+    def wheel() -> Path:  # only when the bucket lacks it: this machine must run the very same build
+        if url not in ops.wheels:
+            built, tmp = package.build_in_temp(ops.wheel)
+            if package.plan_url(account, doc.name, built) != url:
+                raise FailedPrecondition(f"cluster {doc.name}'s package {url} is not in its bucket and this machine "
+                                         f"runs another build ({built.name}): run the command where the cluster "
+                                         "was created, or set another package with `meshctl cluster edit`")
+            ops.wheels[url] = (built, tmp)
+        return ops.wheels[url][0]
+    readers = [f"arn:aws:iam::{account}:role/{instances.profile_name(doc, role)}" for role in ("agent", "replica")]
+    package.publish(ops.aws, doc.name, doc.spec.main_region, url, wheel, readers)
+
+
+def _switch(ops: Ops, doc: ClusterDoc, main: Any, coordinators: list[Slot], old: switch.Side, group: str,
+            etcd: str, result: Result) -> None:
+    """Move the mesh from the other profile's coordinators to this one's (infra.cluster.switch)."""
+    aws, region, progress = ops.aws, doc.spec.main_region, _progress(ops)
+    if address.legacy(aws, doc):
+        raise FailedPrecondition(f"cluster {doc.name}: its address is a load balancer's DNS name (made before "
+                                 "profiles shared the Elastic IP); switching would change every node's "
+                                 "coordinator address: recreate the cluster to switch profiles")
+    progress.phase(f"profile switch: launching the {doc.spec.profile} coordinators (the old ones keep serving)")
+    have = {tag_of(i, "mesh:slot"): i for i in instances.find(aws, doc.name, region)}
+    new: dict[str, dict[str, Any]] = {}
+    image = ""
+    for s in coordinators:
+        inst = have.get(s.name)
+        if inst is not None and instances.matches(inst, s):
+            new[s.name] = inst
+            continue
+        if inst is not None:
+            raise FailedPrecondition(f"{s.name} ({inst['InstanceId']}) does not match its slot while the profile "
+                                     "switch is under way: terminate it and run the edit again")
+        image = image or instances.image(aws, doc, region)
+        # as in converge: a replica's etcd must not be in reach of the mesh group's rules
+        groups = (replica_groups(aws, doc, main) if s.role == "replica"
+                  else [g.id for g in main.groups if g.name == f"mesh-{doc.name}"]) + [group]
+        iid = instances.launch(aws, doc, s, _subnet_for(main, s), groups, image,
+                               instances.user_data(doc, s, result.address, etcd, await_import=True))
+        new[s.name] = {"InstanceId": iid, "PrivateIpAddress": s.private_ip}
+        result.launched.append(f"{region}/{iid} ({s.name})")
+        progress.note(region, f"launched {iid} ({s.name})")
+    cmd = switch.Commands(aws, region, ops.sleep, ops.clock, lambda m: progress.note(region, m))
+    progress.phase("profile switch: stopping writes on the old coordinators and copying the store")
+    switch.move_store(cmd, aws, doc.name, old, switch.Side(coordinators[0].role, new), ops.sleep, ops.clock)
+    progress.phase("profile switch: moving the address")
+    try:
+        address.attach(aws, doc, main, new)
+    except (MeshError, KeyboardInterrupt):
+        switch.restart_old(cmd, old)
+        raise
+    progress.phase("profile switch: terminating the old coordinators")
+    instances.terminate(aws, region, old.ids)
+    for slot_name, inst in sorted(old.instances.items()):
+        result.terminated.append(f"{region}/{inst['InstanceId']} ({slot_name})")
+        progress.note(region, f"terminating {inst['InstanceId']} ({slot_name})")
+    _wait_terminated(ops, {region: old.ids})
 
 
 def _apply(ops: Ops, cfg: Any, sel: Selection) -> bool:
@@ -426,19 +559,43 @@ def _groups(aws: Aws, name: str, region: str) -> list[dict[str, Any]]:
             if tag_of(g, "mesh:cluster") == name]
 
 
-def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
-    """The security group that opens meshd's ports (mTLS API and join, adjacent: one range) to the world."""
+def _group(aws: Aws, doc: ClusterDoc, vpc: str | None, name: str, role: str, description: str) -> dict[str, Any]:
+    """The cluster's security group called `name` in the main region's VPC, created if missing."""
     region = doc.spec.main_region
-    found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc]
+    found = [g for g in _groups(aws, doc.name, region) if g.get("VpcId") == vpc and g.get("GroupName") == name]
     if found:
-        return found[0]["GroupId"]
-    gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=f"mesh-{doc.name}-coordinator", VpcId=vpc,
-                   Description="meshd: mTLS API and join (TLS, token-gated)",
+        return found[0]
+    gid = aws.call("ec2", region, "CreateSecurityGroup", GroupName=name, VpcId=vpc, Description=description,
                    TagSpecifications=[{"ResourceType": "security-group",
-                                       "Tags": cluster_tags(doc.name, role="coordinator")}])["GroupId"]
-    aws.call("ec2", region, "AuthorizeSecurityGroupIngress", GroupId=gid, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": MESHD_PORT, "ToPort": JOIN_PORT, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
-    return gid
+                                       "Tags": cluster_tags(doc.name, role=role)}])["GroupId"]
+    return {"GroupId": gid, "IpPermissions": []}
+
+
+def coordinator_group(aws: Aws, doc: ClusterDoc, vpc: str | None) -> str:
+    """The group that opens meshd's ports to the world and etcd's to the coordinators alone (infra.cluster.groups)."""
+    g = _group(aws, doc, vpc, sg.coordinator_name(doc.name), "coordinator",
+               "meshd: mTLS API and join (TLS, token-gated); etcd from coordinators only")
+    sg.reconcile(aws, doc.spec.main_region, g, sg.coordinator_permissions(g["GroupId"]))
+    return g["GroupId"]
+
+
+def replica_groups(aws: Aws, doc: ClusterDoc, main: Any) -> list[str]:
+    """The groups a replica has instead of the network's `mesh-<cluster>`: its rules without etcd's ports."""
+    mesh = next((g for g in main.groups if g.name == f"mesh-{doc.name}"), None)
+    if mesh is None:
+        raise FailedPrecondition(f"the main region has no security group mesh-{doc.name}: the network is not complete")
+    chunks = sg.replica_rules(mesh.rules)
+    ids = []
+    for i, name in enumerate(sg.replica_names(doc.name, sg.MAX_REPLICA_GROUPS)):
+        existing = [g for g in _groups(aws, doc.name, doc.spec.main_region) if g.get("GroupName") == name]
+        if i >= len(chunks):
+            for g in existing:  # fewer rules than before: an emptied group stays harmless
+                sg.reconcile(aws, doc.spec.main_region, g, [])
+            continue
+        g = _group(aws, doc, main.vpc_id(), name, "replica", "mesh replica: mesh traffic except etcd")
+        sg.reconcile(aws, doc.spec.main_region, g, sg.rule_permissions(chunks[i]))
+        ids.append(g["GroupId"])
+    return ids
 
 
 # -- delete ---------------------------------------------------------------------
@@ -495,8 +652,13 @@ def _delete(ops: Ops, doc: ClusterDoc) -> Result:
         except AwsError as e:
             if e.aws_code != "ParameterNotFound":
                 raise
+    if _ours(ops, doc):
+        progress.phase("the package bucket")
+        package.remove(aws, _caller(ops)[0], doc.name, region)
     result.leftovers = [f"{x.region}: {x.resource} ({x.reason})" for x in net.leftovers]
     result.leftovers += sweep(aws, doc, regions)
+    if _ours(ops, doc) and package.exists(aws, package.bucket_name(_caller(ops)[0], doc.name), region):
+        result.leftovers.append(f"{region}: bucket {package.bucket_name(_caller(ops)[0], doc.name)}")
     return result
 
 

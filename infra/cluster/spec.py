@@ -65,8 +65,9 @@ class ClusterSpec:
     image_owner: str = "136693071363"
     image_name: str = "debian-12-amd64-*"
     # What `pip install` gets on each instance: a wheel URL, a git URL of this
-    # project, or name==version from your own index. No default: a bare name
-    # would install whatever a public index has under it.
+    # project, or name==version from your own index. Empty: `create` uploads a
+    # wheel of the mesh it runs to a bucket only this cluster's instances read,
+    # and stores its s3:// URL here (infra/cluster/package.py).
     package: str = ""
 
     @property
@@ -168,10 +169,6 @@ def validate(spec: ClusterSpec) -> None:
     if not spec.image_name:
         raise ConfigError("image_name must not be empty")
     spec.to_infra("x")  # regions, CIDRs: the network builder's own rules
-    if not spec.package:
-        raise ConfigError("package is not set: where instances pip install the mesh from (a wheel URL, "
-                          "git+https://…/mesh@<tag>, or name==version from your own index); pass --package "
-                          "or set it in the spec")
     if any(c.isspace() or c in "'\"" for c in spec.package):
         raise ConfigError(f"invalid package {spec.package!r}: one pip requirement, without spaces or quotes")
 

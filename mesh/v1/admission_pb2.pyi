@@ -110,12 +110,26 @@ class JoinResponse(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., certificate_pem: _Optional[str] = ..., ca_pem: _Optional[str] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ...) -> None: ...
 
 class GossipConfig(_message.Message):
-    __slots__ = ("keys", "catalog_public_key")
+    __slots__ = ("keys", "catalog_public_key", "catalog_keys")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_KEYS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     catalog_public_key: bytes
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., catalog_public_key: _Optional[bytes] = ...) -> None: ...
+    catalog_keys: _containers.RepeatedCompositeFieldContainer[CatalogKey]
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., catalog_public_key: _Optional[bytes] = ..., catalog_keys: _Optional[_Iterable[_Union[CatalogKey, _Mapping]]] = ...) -> None: ...
+
+class CatalogKey(_message.Message):
+    __slots__ = ("id", "public_key", "signs_from", "retires_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNS_FROM_FIELD_NUMBER: _ClassVar[int]
+    RETIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    public_key: bytes
+    signs_from: int
+    retires_at: int
+    def __init__(self, id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., signs_from: _Optional[int] = ..., retires_at: _Optional[int] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("node", "csr_pem")
@@ -126,18 +140,20 @@ class RenewRequest(_message.Message):
     def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., csr_pem: _Optional[str] = ...) -> None: ...
 
 class RenewResponse(_message.Message):
-    __slots__ = ("node", "lease_ttl_s", "gossip", "observed_address", "certificate_pem")
+    __slots__ = ("node", "lease_ttl_s", "gossip", "observed_address", "certificate_pem", "records")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.Node
     lease_ttl_s: int
     gossip: GossipConfig
     observed_address: str
     certificate_pem: str
-    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ..., certificate_pem: _Optional[str] = ...) -> None: ...
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, node: _Optional[_Union[_types_pb2.Node, _Mapping]] = ..., lease_ttl_s: _Optional[int] = ..., gossip: _Optional[_Union[GossipConfig, _Mapping]] = ..., observed_address: _Optional[str] = ..., certificate_pem: _Optional[str] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RotateGossipKeyRequest(_message.Message):
     __slots__ = ()

@@ -69,3 +69,17 @@ class ServiceEvent(_message.Message):
     records: _containers.RepeatedScalarFieldContainer[bytes]
     store: str
     def __init__(self, type: _Optional[_Union[_types_pb2.EventType, str]] = ..., service: _Optional[_Union[_types_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ..., record: _Optional[bytes] = ..., services: _Optional[_Iterable[_Union[_types_pb2.Service, _Mapping]]] = ..., records: _Optional[_Iterable[bytes]] = ..., store: _Optional[str] = ...) -> None: ...
+
+class TunnelData(_message.Message):
+    __slots__ = ("service", "port", "data", "node_name", "address")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    port: int
+    data: bytes
+    node_name: str
+    address: str
+    def __init__(self, service: _Optional[str] = ..., port: _Optional[int] = ..., data: _Optional[bytes] = ..., node_name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class CatalogServiceStub:
                 request_serializer=mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_catalog__pb2.ServiceEvent.FromString,
                 _registered_method=True)
+        self.Tunnel = channel.stream_stream(
+                '/mesh.v1.CatalogService/Tunnel',
+                request_serializer=mesh_dot_v1_dot_catalog__pb2.TunnelData.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_catalog__pb2.TunnelData.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
@@ -89,6 +94,20 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tunnel(self, request_iterator, context):
+        """Admins only: a TCP connection from meshd to a healthy service, carried
+        both ways in this stream (what `meshctl proxy` uses with an admin
+        certificate). The first request names the service; meshd answers with
+        one message naming the target once connected, then both sides send data.
+        The end of the requests half-closes the connection to the service; the
+        service closing ends the call. NOT_FOUND: no such service;
+        FAILED_PRECONDITION: its health check fails; RESOURCE_EXHAUSTED: too many
+        tunnels open (meshcore/limits.py); DEADLINE_EXCEEDED: idle too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +130,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.WatchServices,
                     request_deserializer=mesh_dot_v1_dot_types__pb2.WatchRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_catalog__pb2.ServiceEvent.SerializeToString,
+            ),
+            'Tunnel': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tunnel,
+                    request_deserializer=mesh_dot_v1_dot_catalog__pb2.TunnelData.FromString,
+                    response_serializer=mesh_dot_v1_dot_catalog__pb2.TunnelData.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +245,33 @@ class CatalogService:
             '/mesh.v1.CatalogService/WatchServices',
             mesh_dot_v1_dot_types__pb2.WatchRequest.SerializeToString,
             mesh_dot_v1_dot_catalog__pb2.ServiceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tunnel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mesh.v1.CatalogService/Tunnel',
+            mesh_dot_v1_dot_catalog__pb2.TunnelData.SerializeToString,
+            mesh_dot_v1_dot_catalog__pb2.TunnelData.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/types.proto\x12\x07mesh.v1\"\xe1\x03\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\r\n\x05\x63loud\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0e\n\x06vpc_id\x18\x06 \x01(\t\x12\x17\n\x0fprivate_address\x18\x07 \x01(\t\x12\x16\n\x0epublic_address\x18\x08 \x01(\t\x12\x1c\n\x14wireguard_public_key\x18\t \x01(\t\x12\x16\n\x0ewireguard_port\x18\n \x01(\r\x12)\n\x06labels\x18\x0b \x03(\x0b\x32\x19.mesh.v1.Node.LabelsEntry\x12\x14\n\x0cmesh_address\x18\x0c \x01(\t\x12!\n\x05state\x18\r \x01(\x0e\x32\x12.mesh.v1.NodeState\x12\x11\n\tjoined_at\x18\x0e \x01(\x03\x12\x11\n\tlast_seen\x18\x0f \x01(\x03\x12\x0f\n\x07\x64rained\x18\x10 \x01(\x08\x12\x10\n\x08revision\x18\x11 \x01(\x03\x12\x10\n\x08vpc_cidr\x18\x12 \x01(\t\x12\x13\n\x0bgossip_port\x18\x13 \x01(\r\x12\x14\n\x0cmetrics_port\x18\x14 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x0bHealthCheck\x12\x13\n\thttp_path\x18\x01 \x01(\tH\x00\x12\r\n\x03tcp\x18\x02 \x01(\x08H\x00\x12\x12\n\ninterval_s\x18\x03 \x01(\rB\x06\n\x04kind\"\xf1\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12#\n\x08protocol\x18\x03 \x01(\x0e\x32\x11.mesh.v1.Protocol\x12$\n\x06health\x18\x04 \x01(\x0b\x32\x14.mesh.v1.HealthCheck\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x0c\n\x04tags\x18\t \x03(\t\x12*\n\x0chealth_state\x18\n \x01(\x0e\x32\x14.mesh.v1.HealthState\"C\n\x0cWatchRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x03\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x08\x12\r\n\x05store\x18\x03 \x01(\t*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x1a\n\x16NODE_STATE_UNREACHABLE\x10\x02\x12\x13\n\x0fNODE_STATE_LEFT\x10\x03*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02*`\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATE_CRITICAL\x10\x02*\x7f\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45VENT_TYPE_PUT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_DELETE\x10\x02\x12\x14\n\x10\x45VENT_TYPE_RESET\x10\x03\x12\x15\n\x11\x45VENT_TYPE_SYNCED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/types.proto\x12\x07mesh.v1\"\x8b\x04\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\r\n\x05\x63loud\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0e\n\x06vpc_id\x18\x06 \x01(\t\x12\x17\n\x0fprivate_address\x18\x07 \x01(\t\x12\x16\n\x0epublic_address\x18\x08 \x01(\t\x12\x1c\n\x14wireguard_public_key\x18\t \x01(\t\x12\x16\n\x0ewireguard_port\x18\n \x01(\r\x12)\n\x06labels\x18\x0b \x03(\x0b\x32\x19.mesh.v1.Node.LabelsEntry\x12\x14\n\x0cmesh_address\x18\x0c \x01(\t\x12!\n\x05state\x18\r \x01(\x0e\x32\x12.mesh.v1.NodeState\x12\x11\n\tjoined_at\x18\x0e \x01(\x03\x12\x11\n\tlast_seen\x18\x0f \x01(\x03\x12\x0f\n\x07\x64rained\x18\x10 \x01(\x08\x12\x10\n\x08revision\x18\x11 \x01(\x03\x12\x10\n\x08vpc_cidr\x18\x12 \x01(\t\x12\x13\n\x0bgossip_port\x18\x13 \x01(\r\x12\x14\n\x0cmetrics_port\x18\x14 \x01(\r\x12(\n\x0bpath_report\x18\x15 \x01(\x0b\x32\x13.mesh.v1.PathReport\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\nPathReport\x12\'\n\x05kinds\x18\x01 \x03(\x0b\x32\x18.mesh.v1.PathReport.Kind\x1a\"\n\x04Kind\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x64own\x18\x02 \x01(\r\"M\n\x0bHealthCheck\x12\x13\n\thttp_path\x18\x01 \x01(\tH\x00\x12\r\n\x03tcp\x18\x02 \x01(\x08H\x00\x12\x12\n\ninterval_s\x18\x03 \x01(\rB\x06\n\x04kind\"\xf1\x01\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12#\n\x08protocol\x18\x03 \x01(\x0e\x32\x11.mesh.v1.Protocol\x12$\n\x06health\x18\x04 \x01(\x0b\x32\x14.mesh.v1.HealthCheck\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x10\n\x08revision\x18\x08 \x01(\x03\x12\x0c\n\x04tags\x18\t \x03(\t\x12*\n\x0chealth_state\x18\n \x01(\x0e\x32\x14.mesh.v1.HealthState\"C\n\x0cWatchRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x03\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x08\x12\r\n\x05store\x18\x03 \x01(\t*n\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x1a\n\x16NODE_STATE_UNREACHABLE\x10\x02\x12\x13\n\x0fNODE_STATE_LEFT\x10\x03*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02*`\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_PASSING\x10\x01\x12\x19\n\x15HEALTH_STATE_CRITICAL\x10\x02*\x7f\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45VENT_TYPE_PUT\x10\x01\x12\x15\n\x11\x45VENT_TYPE_DELETE\x10\x02\x12\x14\n\x10\x45VENT_TYPE_RESET\x10\x03\x12\x15\n\x11\x45VENT_TYPE_SYNCED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=908
-  _globals['_NODESTATE']._serialized_end=1018
-  _globals['_PROTOCOL']._serialized_start=1020
-  _globals['_PROTOCOL']._serialized_end=1092
-  _globals['_HEALTHSTATE']._serialized_start=1094
-  _globals['_HEALTHSTATE']._serialized_end=1190
-  _globals['_EVENTTYPE']._serialized_start=1192
-  _globals['_EVENTTYPE']._serialized_end=1319
+  _globals['_NODESTATE']._serialized_start=1041
+  _globals['_NODESTATE']._serialized_end=1151
+  _globals['_PROTOCOL']._serialized_start=1153
+  _globals['_PROTOCOL']._serialized_end=1225
+  _globals['_HEALTHSTATE']._serialized_start=1227
+  _globals['_HEALTHSTATE']._serialized_end=1323
+  _globals['_EVENTTYPE']._serialized_start=1325
+  _globals['_EVENTTYPE']._serialized_end=1452
   _globals['_NODE']._serialized_start=33
-  _globals['_NODE']._serialized_end=514
-  _globals['_NODE_LABELSENTRY']._serialized_start=469
-  _globals['_NODE_LABELSENTRY']._serialized_end=514
-  _globals['_HEALTHCHECK']._serialized_start=516
-  _globals['_HEALTHCHECK']._serialized_end=593
-  _globals['_SERVICE']._serialized_start=596
-  _globals['_SERVICE']._serialized_end=837
-  _globals['_WATCHREQUEST']._serialized_start=839
-  _globals['_WATCHREQUEST']._serialized_end=906
+  _globals['_NODE']._serialized_end=556
+  _globals['_NODE_LABELSENTRY']._serialized_start=511
+  _globals['_NODE_LABELSENTRY']._serialized_end=556
+  _globals['_PATHREPORT']._serialized_start=558
+  _globals['_PATHREPORT']._serialized_end=647
+  _globals['_PATHREPORT_KIND']._serialized_start=613
+  _globals['_PATHREPORT_KIND']._serialized_end=647
+  _globals['_HEALTHCHECK']._serialized_start=649
+  _globals['_HEALTHCHECK']._serialized_end=726
+  _globals['_SERVICE']._serialized_start=729
+  _globals['_SERVICE']._serialized_end=970
+  _globals['_WATCHREQUEST']._serialized_start=972
+  _globals['_WATCHREQUEST']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

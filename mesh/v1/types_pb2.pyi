@@ -50,7 +50,7 @@ EVENT_TYPE_RESET: EventType
 EVENT_TYPE_SYNCED: EventType
 
 class Node(_message.Message):
-    __slots__ = ("id", "name", "hostname", "cloud", "region", "vpc_id", "private_address", "public_address", "wireguard_public_key", "wireguard_port", "labels", "mesh_address", "state", "joined_at", "last_seen", "drained", "revision", "vpc_cidr", "gossip_port", "metrics_port")
+    __slots__ = ("id", "name", "hostname", "cloud", "region", "vpc_id", "private_address", "public_address", "wireguard_public_key", "wireguard_port", "labels", "mesh_address", "state", "joined_at", "last_seen", "drained", "revision", "vpc_cidr", "gossip_port", "metrics_port", "path_report")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class Node(_message.Message):
     VPC_CIDR_FIELD_NUMBER: _ClassVar[int]
     GOSSIP_PORT_FIELD_NUMBER: _ClassVar[int]
     METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    PATH_REPORT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     hostname: str
@@ -98,7 +99,21 @@ class Node(_message.Message):
     vpc_cidr: str
     gossip_port: int
     metrics_port: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., cloud: _Optional[str] = ..., region: _Optional[str] = ..., vpc_id: _Optional[str] = ..., private_address: _Optional[str] = ..., public_address: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., mesh_address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., joined_at: _Optional[int] = ..., last_seen: _Optional[int] = ..., drained: _Optional[bool] = ..., revision: _Optional[int] = ..., vpc_cidr: _Optional[str] = ..., gossip_port: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+    path_report: PathReport
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., hostname: _Optional[str] = ..., cloud: _Optional[str] = ..., region: _Optional[str] = ..., vpc_id: _Optional[str] = ..., private_address: _Optional[str] = ..., public_address: _Optional[str] = ..., wireguard_public_key: _Optional[str] = ..., wireguard_port: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., mesh_address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., joined_at: _Optional[int] = ..., last_seen: _Optional[int] = ..., drained: _Optional[bool] = ..., revision: _Optional[int] = ..., vpc_cidr: _Optional[str] = ..., gossip_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., path_report: _Optional[_Union[PathReport, _Mapping]] = ...) -> None: ...
+
+class PathReport(_message.Message):
+    __slots__ = ("kinds",)
+    class Kind(_message.Message):
+        __slots__ = ("kind", "down")
+        KIND_FIELD_NUMBER: _ClassVar[int]
+        DOWN_FIELD_NUMBER: _ClassVar[int]
+        kind: str
+        down: int
+        def __init__(self, kind: _Optional[str] = ..., down: _Optional[int] = ...) -> None: ...
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedCompositeFieldContainer[PathReport.Kind]
+    def __init__(self, kinds: _Optional[_Iterable[_Union[PathReport.Kind, _Mapping]]] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("http_path", "tcp", "interval_s")

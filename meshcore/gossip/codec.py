@@ -30,6 +30,10 @@ MAX_ID = 255
 MAX_FACTS = limits.GOSSIP_MAX_FACTS
 MAX_PAYLOAD = limits.GOSSIP_MAX_PAYLOAD
 MAX_SIGNATURE = 255
+#: a catalog key id on the wire: 8 hex characters (meshd's gossipkeys.key_id)
+KEY_ID_BYTES = 8
+#: the seal of a record signed by a rotating catalog key: key id, expiry (u64), Ed25519 signature
+SEALED_BYTES = KEY_ID_BYTES + 8 + 64
 MAX_PUSHPULL_ITEMS = 100_000
 MAX_PROOF = 1024
 
@@ -62,10 +66,25 @@ def _addr(a: Addr) -> bytes:
     return _str8(host) + _U16.pack(port)
 
 
+def _seal(r: Record) -> bytes:
+    """The record's signature field: the bare signature (a meshd before key rotation), or
+    key id | expires u64 | signature (SEALED_BYTES long). Both fit the old u8-length field."""
+    if not r.key_id:
+        return r.signature
+    kid = r.key_id.encode()
+    if len(kid) != KEY_ID_BYTES or not 0 <= r.expires < 2**64 or len(r.signature) != 64:
+        raise InvalidArgument(f"record key id {r.key_id!r} must be {KEY_ID_BYTES} characters, its expiry 0-2^64 "
+                              "and its signature 64 bytes")
+    return kid + _REV.pack(r.expires) + r.signature
+
+
 def encode_record(r: Record) -> bytes:
+    seal = _seal(r)
+    if len(seal) > MAX_SIGNATURE:
+        raise InvalidArgument(f"record signature of {len(seal)} bytes: at most {MAX_SIGNATURE} allowed")
     return (_str8(r.key) + _REV.pack(r.revision) + _str8(r.origin) + _U8.pack(1 if r.deleted else 0)
             + _bytes16(r.payload, MAX_PAYLOAD, "record payload")
-            + _U8.pack(len(r.signature)) + r.signature)
+            + _U8.pack(len(seal)) + seal)
 
 
 def _member(m: MemberState) -> bytes:
@@ -87,8 +106,8 @@ def encode_message(m: Message) -> bytes:
         return (_INC.pack(t, m.incarnation) + _str8(m.node) + _str8(m.name) + _addr(m.addr)
                 + _bytes16(m.facts, MAX_FACTS, "facts"))
     if t == 8:
-        if len(m.signature) > MAX_SIGNATURE or m.revision < 0:
-            raise InvalidArgument("record signature longer than 255 bytes or negative revision")
+        if m.revision < 0:
+            raise InvalidArgument("record revision must not be negative")
         return _U8.pack(t) + encode_record(m)
     if t == 9:
         parts = [_U8.pack(t), _U8.pack((1 if m.reply else 0) | (2 if m.join else 0)),
@@ -177,7 +196,14 @@ def _read_record(r: _Reader) -> Record:
         raise PeerError(f"record deleted flag {flag} is not 0 or 1")
     payload = r.bytes16(MAX_PAYLOAD)
     sig = bytes(r.take(r.u8()))
-    return Record(key, rev, origin, payload, bool(flag), sig)
+    if len(sig) != SEALED_BYTES:  # a bare signature: whether it is acceptable is the verifier's call
+        return Record(key, rev, origin, payload, bool(flag), sig)
+    try:
+        kid = sig[:KEY_ID_BYTES].decode("ascii")
+    except UnicodeDecodeError:
+        raise PeerError("record key id is not ASCII") from None
+    return Record(key, rev, origin, payload, bool(flag), sig[KEY_ID_BYTES + 8:], kid,
+                  _REV.unpack(sig[KEY_ID_BYTES:KEY_ID_BYTES + 8])[0])
 
 
 def _read_member(r: _Reader) -> MemberState:

@@ -112,7 +112,11 @@ class Dead:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A catalog record signed by meshd. `deleted` records are tombstones."""
+    """A catalog record signed by meshd. `deleted` records are tombstones.
+
+    `key_id` names the catalog key that signed it and `expires` (unix seconds)
+    ends its validity; both are covered by the signature (records.py). A record
+    without them is of a meshd before key rotation (accepted only from one)."""
 
     TYPE = 8
     key: str
@@ -121,15 +125,20 @@ class Record:
     payload: bytes
     deleted: bool = False
     signature: bytes = b""
+    key_id: str = ""
+    expires: int = 0
 
     def wins_over(self, other: Record) -> bool:
         """The conflict rule: higher revision wins; on a tie the higher origin id.
 
         Two different records with the same revision and origin are never
         signed by meshd, but should they meet, the tombstone and then the
-        bytes decide, so every node still keeps the same one."""
-        return ((self.revision, self.origin, self.deleted, self.payload, self.signature)
-                > (other.revision, other.origin, other.deleted, other.payload, other.signature))
+        bytes decide, so every node still keeps the same one. A record meshd
+        signed again (a new key, or a later expiry) has the same revision and
+        wins by its later expiry, so a refreshed record replaces the old one."""
+        return ((self.revision, self.origin, self.deleted, self.expires, self.payload, self.key_id, self.signature)
+                > (other.revision, other.origin, other.deleted, other.expires, other.payload, other.key_id,
+                   other.signature))
 
 
 @dataclass(frozen=True, slots=True)

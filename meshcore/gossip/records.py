@@ -6,6 +6,12 @@ with this payload" and carries meshd's Ed25519 signature over all of that
 `verify` callback says the signature is good, so a node cannot forge another
 node's service: it would need meshd's private key.
 
+Catalog keys rotate (meshd/gossipkeys.py): a record also names the key that
+signed it (`key_id`) and when it stops being valid (`expires`, unix seconds),
+both under the signature. `CatalogVerifier` accepts a record only if its key
+is one meshd handed out, that key is not retired, the record has not expired
+and the signature verifies; every refusal is counted by reason.
+
 Conflicts resolve the same way on every node, whatever the arrival order:
 the higher revision wins, and on equal revisions the higher origin id (and,
 for two records meshd would never sign, the tombstone flag, then bytes). A
@@ -24,30 +30,38 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshcore.errors import InvalidArgument
-from meshcore.gossip.codec import MAX_ID, MAX_PAYLOAD, encode_record
+from meshcore.gossip.codec import KEY_ID_BYTES, MAX_ID, MAX_PAYLOAD, encode_record
 from meshcore.gossip.messages import Record
 
 _DOMAIN = b"mesh-gossip-record-v1\x00"
+_DOMAIN_SEALED = b"mesh-gossip-record-v2\x00"
 
 Verify = Callable[[Record], bool]
 
 
 def signed_bytes(r: Record) -> bytes:
-    """The exact bytes meshd signs: a domain tag and every field except the signature."""
-    return _DOMAIN + encode_record(Record(r.key, r.revision, r.origin, r.payload, r.deleted, b""))
+    """The exact bytes meshd signs: a domain tag and every field except the signature
+    (with a key id: the key id and the expiry too, under their own domain tag)."""
+    body = encode_record(Record(r.key, r.revision, r.origin, r.payload, r.deleted, b""))
+    if not r.key_id:
+        return _DOMAIN + body
+    return _DOMAIN_SEALED + body + r.key_id.encode() + r.expires.to_bytes(8, "big")
 
 
 def make_record(private_key, key: str, revision: int, origin: str, payload: bytes,
-                deleted: bool = False) -> Record:
-    """A record signed with an Ed25519 private key (meshd's side)."""
+                deleted: bool = False, key_id: str = "", expires: int = 0) -> Record:
+    """A record signed with an Ed25519 private key (meshd's side); with `key_id`, sealed
+    with that id and the expiry `expires` (unix seconds)."""
     if not key or len(key.encode()) > MAX_ID or not origin or len(origin.encode()) > MAX_ID:
         raise InvalidArgument(f"invalid record key {key!r} or origin {origin!r}: 1-{MAX_ID} bytes each")
     if len(payload) > MAX_PAYLOAD:
         raise InvalidArgument(f"record payload is {len(payload)} bytes: at most {MAX_PAYLOAD} allowed")
     if revision < 0:
         raise InvalidArgument(f"record revision {revision} must not be negative")
-    unsigned = Record(key, revision, origin, payload, deleted, b"")
-    return Record(key, revision, origin, payload, deleted, private_key.sign(signed_bytes(unsigned)))
+    if key_id and (len(key_id.encode()) != KEY_ID_BYTES or expires <= 0):
+        raise InvalidArgument(f"record key id {key_id!r} must be {KEY_ID_BYTES} characters with an expiry")
+    unsigned = Record(key, revision, origin, payload, deleted, b"", key_id, expires)
+    return Record(key, revision, origin, payload, deleted, private_key.sign(signed_bytes(unsigned)), key_id, expires)
 
 
 def ed25519_verifier(public_key) -> Verify:
@@ -64,6 +78,79 @@ def ed25519_verifier(public_key) -> Verify:
             return False
 
     return verify
+
+
+#: why CatalogVerifier refused a record (the `reason` label of the refusal metric)
+REFUSALS = ("unknown_key", "key_retired", "expired", "bad_signature", "unsealed")
+
+
+class CatalogVerifier:
+    """Verify records against the catalog keys meshd handed out (GossipConfig.catalog_keys).
+
+    `keys`: key id -> (Ed25519 public key bytes, retires_at unix seconds or 0);
+    `legacy`: meshd's single public key of before key rotation, used only when
+    meshd handed out no key set (a meshd that does not rotate). `wall` is the
+    wall clock (expiry and retirement are points in time); `refused(reason,
+    record)` is told each refusal (metric and log line), and the caller only
+    learns False: a refused record is dropped, never an error for the stream."""
+
+    def __init__(self, wall: Callable[[], float], refused: Callable[[str, Record], None] = lambda *_: None) -> None:
+        self._wall = wall
+        self._refused = refused
+        self._keys: dict[str, tuple[object, int]] = {}
+        self._retired: list[str] = []
+        self._legacy: Verify | None = None
+
+    def update(self, keys: dict[str, tuple[bytes, int]], legacy: bytes = b"") -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        # a key meshd no longer hands out has retired: remember its id (a few) to say so
+        self._retired = ([k for k in self._retired if k not in keys] + [k for k in self._keys if k not in keys])[-16:]
+        self._keys = {kid: (ed25519.Ed25519PublicKey.from_public_bytes(pub), int(retires))
+                      for kid, (pub, retires) in keys.items()}
+        self._legacy = (ed25519_verifier(ed25519.Ed25519PublicKey.from_public_bytes(legacy))
+                        if legacy and not keys else None)
+
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def why_not(self, r: Record) -> str | None:
+        """None if `r` is acceptable now, else the reason (one of REFUSALS)."""
+        if not r.key_id:
+            if self._legacy is not None:
+                return None if self._legacy(r) else "bad_signature"
+            return "unsealed"
+        known = self._keys.get(r.key_id)
+        if known is None:
+            return "key_retired" if r.key_id in self._retired else "unknown_key"
+        public, retires = known
+        now = self._wall()
+        if retires and now >= retires:
+            return "key_retired"
+        if now >= r.expires:
+            return "expired"
+        if len(r.signature) != 64:
+            return "bad_signature"
+        from cryptography.exceptions import InvalidSignature
+        try:
+            public.verify(r.signature, signed_bytes(r))
+        except InvalidSignature:
+            return "bad_signature"
+        return None
+
+    def current(self, r: Record) -> bool:
+        """Whether a record accepted earlier is still within its time: its key not retired,
+        itself not expired (the signature was checked when it was accepted)."""
+        if not r.key_id:
+            return self._legacy is not None
+        known = self._keys.get(r.key_id)
+        now = self._wall()
+        return known is not None and not (known[1] and now >= known[1]) and now < r.expires
+
+    def __call__(self, r: Record) -> bool:
+        reason = self.why_not(r)
+        if reason is not None:
+            self._refused(reason, r)
+        return reason is None
 
 
 class RecordStore:

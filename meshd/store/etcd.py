@@ -29,6 +29,7 @@ quorum, writes fail with a message saying the store is read-only.
 
 Keys live under a configurable prefix (default "/mesh") so several meshes can
 share one etcd; `etcd://h1:2379,h2:2379/other-mesh` selects another prefix.
+`etcds://` is the same over TLS with a client certificate (etcd_tls).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from meshcore.errors import ConfigError, NotFound, Unavailable
 from meshd.store import etcd_txn
 from meshd.store.base import Compacted, Compare, Event, KeyValue, Op, Put, Store, TxnResult
 from meshd.store.etcd_conn import HASLEADER, HistoryCompacted, Members, ReadOnly
+from meshd.store.etcd_tls import EtcdTls
 
 DEFAULT_PREFIX = "/mesh"
 
@@ -66,6 +68,8 @@ class EtcdConfig:
     watch_reconnect_timeout: how long a broken watch keeps trying to reopen
         on some member before it raises Unavailable.
     page_size: keys per Range page when reading a prefix.
+    tls: CA bundle, client certificate and key for an etcds:// store (etcd
+        with --client-cert-auth); None: plain gRPC (etcd://).
     """
 
     endpoints: tuple[str, ...]
@@ -75,14 +79,19 @@ class EtcdConfig:
     stale_reads: bool = True
     watch_reconnect_timeout: float = 10.0
     page_size: int = 1000
+    tls: EtcdTls | None = None
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> EtcdConfig:
-        """etcd://host:port[,host:port...][/key-prefix]"""
-        rule = "use etcd://host:port[,host:port...][/key-prefix]"
-        if not url.startswith("etcd://"):
+        """etcd://host:port[,host:port...][/key-prefix], or etcds://... with `tls` (required then)."""
+        rule = "use etcd://host:port[,host:port...][/key-prefix] (etcds:// for TLS)"
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("etcd", "etcds"):
             raise ConfigError(f"invalid etcd store URL {url!r}: {rule}")
-        rest = url[len("etcd://"):]
+        if (scheme == "etcds") != (overrides.get("tls") is not None):
+            raise ConfigError(f"etcd store URL {url!r}: " + (
+                "etcds:// needs a CA bundle, client certificate and key (--etcd-ca, --etcd-cert, --etcd-key)"
+                if scheme == "etcds" else "TLS settings were given for a plain etcd:// store: use etcds://"))
         hosts, slash, path = rest.partition("/")
         endpoints = tuple(h.strip() for h in hosts.split(",") if h.strip())
         if not endpoints:
@@ -106,7 +115,7 @@ class EtcdStore(Store):
         from meshd.store.etcdpb import rpc_pb2
 
         self.config = config
-        self.describe = f"etcd:{','.join(config.endpoints)}{config.prefix}"
+        self.describe = f"{'etcds' if config.tls else 'etcd'}:{','.join(config.endpoints)}{config.prefix}"
         self._pb = rpc_pb2
         self._keys = etcd_txn.Keys(config.prefix)
         self._clock = clock
@@ -114,7 +123,7 @@ class EtcdStore(Store):
         self.alarms: list[str] = []  # see check_alarms
         self.db_size = 0
         self._members = Members(config.endpoints, config.request_timeout, config.failover_timeout,
-                                clock=clock, sleep=sleep)
+                                clock=clock, sleep=sleep, tls=config.tls)
 
     @classmethod
     def from_url(cls, url: str, clock: Clock = SYSTEM, **overrides: Any) -> EtcdStore:

@@ -27,6 +27,9 @@ When every reachable member says it has no leader, there is no quorum: writes
 fail with a message saying the store is read-only, and reads (when
 `stale_reads` is on) are served by one member alone (etcd's serializable
 reads; they may lag the last committed write).
+
+With `tls` (an etcds:// store) every channel is TLS with meshd's client
+certificate; a refused handshake is "unreachable" (the request never left).
 """
 
 from __future__ import annotations
@@ -135,8 +138,9 @@ class Members:
 
     def __init__(self, endpoints: tuple[str, ...], request_timeout: float, failover_timeout: float,
                  clock: Clock = SYSTEM,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tls: Any = None) -> None:
         self.endpoints = endpoints
+        self._tls = tls  # etcd_tls.EtcdTls or None
         self.request_timeout = request_timeout
         self.failover_timeout = failover_timeout
         self._clock = clock
@@ -157,7 +161,9 @@ class Members:
         key = (endpoint, service)
         if key not in self._stubs:
             if endpoint not in self._channels:
-                self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                self._channels[endpoint] = (
+                    grpc.aio.secure_channel(endpoint, self._tls.credentials(), options=CHANNEL_OPTIONS)
+                    if self._tls is not None else grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS))
             self._stubs[key] = getattr(rpc_pb2_grpc, f"{service}Stub")(self._channels[endpoint])
         return self._stubs[key]
 

@@ -65,6 +65,17 @@ def test_every_node_reaches_every_service_by_name_over_the_selected_path(lab, me
         kinds = {select_path(facts[a], facts[b], facts["hub"], facts["hub"].region).kind
                  for a in ROLES for b in ROLES if a != b}
         assert kinds == {DIRECT, TUNNEL, RELAY}
+        # each agent reports the path kinds its data plane uses (in Renew), none down, for `meshctl clusters`
+        want = {r: {select_path(facts[r], facts[d], facts["hub"], facts["hub"].region).kind for d in ROLES if d != r}
+                for r in ROLES}
+
+        def reports():
+            listed = {n["name"]: n for n in json.loads(mesh_lab.meshctl("nodes", "-o", "json").stdout)["nodes"]}
+            got = {r: {k["kind"]: k.get("down", 0) for k in listed[NAMES[r]].get("path_report", {}).get("kinds", [])}
+                   for r in ROLES}
+            return got if all(want[r] <= set(got[r]) for r in ROLES) else None
+        got = wait_for(reports, 30, "every agent reporting its path kinds")
+        assert all(not any(got[r].values()) for r in ROLES), got
     finally:
         for s in servers:
             s.terminate()

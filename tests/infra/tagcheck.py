@@ -80,7 +80,8 @@ class TagCheck:
 
         def before_call(model: Any, params: dict, **_: Any) -> None:
             action = f"{prefix}:{model.name}"
-            if prefix not in ("ec2", "elasticloadbalancing", "iam") or model.name.startswith(READ_VERBS):
+            if (prefix not in ("ec2", "elasticloadbalancing", "iam") and action != "ssm:SendCommand") \
+                    or model.name.startswith(READ_VERBS):
                 return
             try:
                 self.calls.append(self._observe(action, region, params))
@@ -96,7 +97,7 @@ class TagCheck:
         if "Tags" in params:
             request["*"] = _tags(params["Tags"])
         resources: dict[str, dict[str, str]] = {}
-        if action.startswith("ec2:"):
+        if action.startswith("ec2:") or action == "ssm:SendCommand":  # Run Command: on the instances named
             ids = [params[k] for k in EC2_REFS if k in params] + [i for k in EC2_REF_LISTS for i in params.get(k, [])]
             for rid in ids:
                 out = self.admin("ec2", region).describe_tags(Filters=[{"Name": "resource-id", "Values": [rid]}])

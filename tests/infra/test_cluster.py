@@ -136,7 +136,9 @@ def test_create_rerun_status_and_delete_leave_nothing(cluster_ops, moto, mesh) -
     ops = cluster_ops()
     name = f"{mesh}.perf"
     res = create(ops, name, spec())
-    assert res.address.endswith(".elb.amazonaws.com:7443")
+    # the cluster's Elastic IP, as in cost-savings: held by the load balancer, so a switch keeps it
+    eips = ec2(moto).describe_addresses(Filters=[{"Name": "tag:mesh:cluster", "Values": [name]}])["Addresses"]
+    assert len(eips) == 1 and res.address == f"{eips[0]['PublicIp']}:7443"
     slots = live(moto, name)
     assert sorted(slots) == ["replica-0", "replica-1", "replica-2", f"warm-{FEW[0].replace('.', '-')}-0"]
     ips = sorted(slots[f"replica-{i}"]["PrivateIpAddress"] for i in range(3))
@@ -157,7 +159,7 @@ def test_create_rerun_status_and_delete_leave_nothing(cluster_ops, moto, mesh) -
     data = ec2(moto).describe_instance_attribute(InstanceId=slots["replica-1"]["InstanceId"], Attribute="userData")
     import base64
     script = base64.b64decode(data["UserData"]["Value"]).decode()
-    assert "ROLE='replica'" in script and f"COORDINATOR='{res.address}'" in script and "r2=http://" in script
+    assert "ROLE='replica'" in script and f"COORDINATOR='{res.address}'" in script and "r2=https://" in script
     # join parameters for VMs in every selected region, the CA key only beside the coordinators
     for region in FEW_REGIONS:
         names = {p["Name"] for p in boto3.client("ssm", region_name=region, endpoint_url=moto).describe_parameters(
@@ -243,7 +245,8 @@ def test_a_quota_shortfall_stops_create_before_any_launch_and_names_the_request(
         with pytest.raises(FailedPrecondition) as e:
             create(ops, mesh, spec())
         msg = str(e.value)
-        assert "us-east-1 L-2C3B7624 (Running On-Demand Trn instances): 4 vCPUs, needs 16" in msg
+        assert re.search(r"us-east-1 L-2C3B7624 \(Running On-Demand Trn instances\): 4 vCPUs, \d+ in use, "
+                         r"needs 16 more", msg), msg
         assert f"meshctl quotas request --cluster {mesh}" in msg and "nothing was launched" in msg
         assert "RunInstances" not in faults.seen and "CreateVpc" not in faults.seen
         assert "GetProducts" not in faults.seen, "quotas are checked before anything is priced"
@@ -252,6 +255,38 @@ def test_a_quota_shortfall_stops_create_before_any_launch_and_names_the_request(
     finally:
         low.stop()
     assert delete(cluster_ops(), mesh).leftovers == []
+
+
+def test_the_quota_check_counts_what_already_runs_and_a_rerun_asks_none(cluster_ops, moto, mesh) -> None:
+    """EC2 refuses a launch when quota minus the on-demand vCPUs already running is too small, so
+    the check subtracts them (an instance outside the cluster too); a re-run with every slot
+    running launches nothing and asks no quota."""
+    from infra.quotas import running_vcpus
+    from testbed.doubles.servicequotas import ServiceQuotasDouble
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto)
+    image = ec2.describe_images(Owners=[TEST_IMAGE["image_owner"]],
+                                Filters=[{"Name": "name", "Values": [TEST_IMAGE["image_name"]]}])["Images"][0]["ImageId"]
+    other = ec2.run_instances(ImageId=image, InstanceType=FEW[0], MinCount=1, MaxCount=1)["Instances"][0]
+    low = ServiceQuotasDouble(default=10000.0).start()
+    try:
+        ops = cluster_ops(endpoint_urls={"service-quotas": low.url})
+        used = running_vcpus(ops.aws, "us-east-1")["L-2C3B7624"]
+        assert used >= 8, "the instance outside the cluster counts (a trn1.2xlarge has 8 vCPUs)"
+        low.set("us-east-1", "L-2C3B7624", float(used + 16 - 1))  # enough by its value, one vCPU short when free
+        with pytest.raises(FailedPrecondition) as e:
+            create(ops, mesh, spec(profile="cost-savings"))
+        assert f"{used + 15:g} vCPUs, {used} in use, needs 16 more" in str(e.value)
+    finally:
+        low.stop()
+        ec2.terminate_instances(InstanceIds=[other["InstanceId"]])
+    ops = cluster_ops()
+    first = create(ops, mesh, spec(profile="cost-savings"), known_id=Registry(ops.aws).get(mesh).id)  # run again
+    asked = ops.aws.operations.get("servicequotas:GetServiceQuota", 0)
+    assert asked > 0
+    again = create(ops, mesh, spec(profile="cost-savings"), known_id=first.doc.id)
+    assert again.launched == [] and ops.aws.operations.get("servicequotas:GetServiceQuota", 0) == asked
+    assert delete(ops, mesh).leftovers == []
 
 
 def test_a_taken_name_is_refused(cluster_ops, builder, mesh) -> None:
@@ -303,7 +338,7 @@ def test_a_refused_launch_is_reported_and_a_rerun_converges_without_duplicates(c
     faults = Faults()
     ops = cluster_ops(on_client=faults)
     faults.fail("RunInstances", "InsufficientInstanceCapacity", times=1)
-    faults.fail("CreateLoadBalancer", "Throttling", times=2)
+    faults.fail("AllocateAddress", "Throttling", times=2)
     with pytest.raises(FailedPrecondition, match="InsufficientInstanceCapacity"):
         create(ops, mesh, spec())
     assert len(ops.sleep.calls) >= 2, "throttled calls are retried with backoff"
@@ -385,23 +420,41 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
     slots.append(Slot("warm-g6-xlarge-0", "agent", "us-west-2", "g6.xlarge"))
     runner = CliRunner()
     for slot in slots:
-        script = user_data(doc, slot, "mesh-c.elb.amazonaws.com:7443", etcd_members(slots))
+        # a profile switch's coordinators (here: the performance ones) serve only once the store is copied in
+        switching = profile == "performance"
+        script = user_data(doc, slot, "mesh-c.elb.amazonaws.com:7443", etcd_members(slots), await_import=switching)
+        assert (f"AWAIT_IMPORT='1'" in script) == (switching and slot.role != "agent")
         path = tmp_path / f"{slot.name}.sh"
         path.write_text(script)
         assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
         assert "@@" not in script
         # every meshctl install line runs against the real CLI (files only, into a scratch root)
+        replica = slot.role == "replica"
         env = {"ROLE": slot.role, "NODE_NAME": slot.name, "COORDINATOR": "mesh-c.elb.amazonaws.com:7443",
                "CLUSTER": "c1.example", "HUB": "replica-0", "PRIVATE_IP": slot.private_ip or "10.9.0.1",
-               "store": "etcd://10.4.0.10:2379,10.4.0.11:2379", "MESH_JOIN_TOKEN": "x", "MAIN_REGION": "us-east-1"}
+               "store": "etcds://10.4.0.10:2379,10.4.0.11:2379" if replica else "sqlite", "MESH_JOIN_TOKEN": "x",
+               "ETCD_NAME": "r0", "etcd_tls": "--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt" if replica else "",
+               "AWAIT_IMPORT": "1" if switching and slot.role != "agent" else "", "MAIN_REGION": "us-east-1"}
         for cmd in _meshctl_lines(script):
             import shlex
             words = [w for w in shlex.split(_expand(cmd, env)) if w != "\\"]
             assert words[0] == "meshctl"
             root = tmp_path / "root" / slot.name
-            token = ["--token", "t1a2b3c4d." + "0" * 32] if words[1:3] == ["install", "agent"] else []
-            r = runner.invoke(app, words[1:] + token + ["--root", str(root), "--no-start"])
+            token = {"MESH_JOIN_TOKEN": "t1a2b3c4d." + "0" * 32} if words[1:3] == ["install", "agent"] else {}
+            if words[1:3] == ["install", "store-certs"]:  # files only, from a store CA where SSM's copy goes
+                from meshcore import pki
+                ca = pki.CertificateAuthority.new("store CA")
+                (root / "run").mkdir(parents=True, exist_ok=True)
+                (root / "run/store-ca.key").write_bytes(pki.key_pem(ca.key))
+                (root / "run/store-ca.crt").write_bytes(ca.pem)
+                r = runner.invoke(app, words[1:] + ["--root", str(root)])
+                assert r.exit_code == 0, (cmd, r.output)
+                continue
+            r = runner.invoke(app, words[1:] + ["--root", str(root), "--no-start"], env=token)
             assert r.exit_code == 0, (cmd, r.output)
+        if slot.role != "agent":
+            meshd_env = (tmp_path / "root" / slot.name / "etc/mesh/meshd.env").read_text()
+            assert ("--await-import" in meshd_env) == switching
         if slot.role == "agent":
             env_file = (tmp_path / "root" / slot.name / "etc/mesh/meshagent.env").read_text()
             assert "--wireguard=mesh0" in env_file and "--hub=" in env_file
@@ -428,11 +481,12 @@ def _meshctl_lines(script: str) -> list[str]:
 def _expand(cmd: str, env: dict[str, str]) -> str:
     import re
     cmd = re.sub(r"\$\{COORDINATOR%:\*\}", env["COORDINATOR"].rsplit(":", 1)[0], cmd)
+    cmd = cmd.replace('"${await[@]}"', "--daemon-arg=--await-import" if env.get("AWAIT_IMPORT") == "1" else "")
     return re.sub(r"\$([A-Za-z_]+)", lambda m: env.get(m.group(1), "x"), cmd)
 
 
 def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh, moto) -> None:
-    """Both profiles, an edit that replaces instances, and delete: every operation is recorded."""
+    """Both profiles, a profile switch, and delete: every operation is recorded."""
     from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, INSTANCE_ROLES, cluster_actions, cluster_document
     from tests.infra.test_policy import Recorder
 
@@ -441,9 +495,9 @@ def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(
     rec, tagcheck = Recorder(), TagCheck(moto)
     ops = cluster_ops(on_client=lambda c: (rec(c), tagcheck(c)))
     ops.selections.clear()  # region selection's calls count too
-    res = create(ops, mesh, spec())
+    res = create(ops, mesh, spec(profile="cost-savings"))
     ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
-    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="cost-savings"))
+    edit(ops, mesh, dataclasses.replace(res.doc.spec, profile="performance"))  # a switch moves the Elastic IP
     assert [d.name for d in ops.registry.list() if d.name == mesh] == [mesh]  # `meshctl clusters`
     assert len(ops.registry.history(mesh)) == 2
     assert delete(ops, mesh).leftovers == []

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import boto3
@@ -77,8 +79,6 @@ def test_from_role_to_running_cluster_to_delete(cli, sts, tmp_path, mesh) -> Non
     assert "invalid cluster name 'Bad_Name'" in r.output and "'-' or '.'" in r.output
     r = cli("cluster", "create", "aws", "--role-arn", "arn:aws:iam::1:role/x", "--external-id", ext, name, ok=False)
     assert "invalid role ARN" in r.output
-    r = cli("cluster", "create", "aws", *auth, name, ok=False, env={"MESH_PACKAGE": ""})
-    assert "package is not set" in r.output and "--package" in r.output
     assert len(sts.requests) == n
     r = cli("cluster", "create", "aws", "--role-arn", arn, "--external-id", "wrong-id", name, ok=False)
     assert "wrong external id" in r.output
@@ -172,3 +172,54 @@ def test_infra_types_lists_offered_types_per_region_with_shape_and_price(cli) ->
     g6 = by[("us-east-1", "g6.xlarge")]
     assert g6["gpus"] == 1 and "L4" in g6["gpu"] and g6["on_demand_hour"] == 0.8048
     assert m6i["spot_hour"] == pytest.approx(0.00001)  # moto's spot price history
+
+
+def test_clusters_judges_the_mesh_from_meshds_nodes(cli, tmp_path, mesh, monkeypatch) -> None:
+    """`meshctl clusters` with the cluster's admin certificate: agents ready out of expected (every
+    running cluster instance's agent and every node that has not left), so an agent that died makes
+    the cluster degraded, naming it. A real meshd with the cluster's CA and join string, real agents
+    joined with that string as the user data joins them; moto's made-up instance address is the one
+    stand-in (the health probe is pointed at the real meshd's join port)."""
+    from infra.cluster import status as status_mod
+
+    role = json.loads(cli("infra", "role", "create", "-o", "json").output)
+    auth = ("--role-arn", role["role_arn"], "--external-id", role["external_id"])
+    r = cli("cluster", "create", "aws", *auth, "--spec", str(spec_file(tmp_path, "s", profile="cost-savings")), mesh)
+    lines = r.output.splitlines()  # the cost is said before anything is built
+    cost = next(i for i, x in enumerate(lines) if f"{mesh} costs cost-savings (this spec) $0.1010/h, $2.42/day" in x)
+    assert cost < next(i for i, x in enumerate(lines) if "local secrets" in x)
+    secrets = tmp_path / "meshctl" / "clusters" / mesh
+    with LocalMesh(tmp_path / "coordinator", lease_ttl_s=1.5, grace_s=60) as lm:
+        (lm.root / "meshd").mkdir(mode=0o700, parents=True)
+        ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=os.environ["MESH_AWS_ENDPOINT_URL"])
+        key = ssm.get_parameter(Name=f"/mesh-clusters/{mesh}/coordinator/ca-key", WithDecryption=True)
+        (lm.root / "meshd" / "ca.key").write_text(key["Parameter"]["Value"])
+        shutil.copy(secrets / "ca.crt", lm.root / "meshd" / "ca.crt")
+        lm.start_meshd(extra=("--bootstrap-token-file", str(secrets / "join-token")))
+        real = status_mod.health_probe
+        monkeypatch.setattr(status_mod, "health_probe",
+                            lambda ca, timeout: (lambda _target: real(ca, 5.0)(lm.join_address)))
+        ctx_path = tmp_path / "meshctl" / "contexts.json"
+        ctx = json.loads(ctx_path.read_text())
+        ctx["clusters"][mesh]["coordinator"] = lm.coordinator  # the Elastic IP, here on loopback
+        ctx_path.write_text(json.dumps(ctx))
+
+        def row() -> dict:
+            rows = json.loads(cli("clusters", "-o", "json", "--probe-timeout", "5").output)
+            return next(r for r in rows if r["name"] == mesh)
+
+        r = row()  # coordinator-0 runs (in moto) but its agent has not joined yet: first boot
+        assert (r["status"], r["agents"]) == ("provisioning", "0/1"), r
+        assert "agents 0/1 ready: not coordinator-0 (never joined)" in r["reason"]
+        token = (secrets / "join-token").read_text().strip()
+        lm.start_agent("coordinator-0", token=token)
+        gpu = lm.start_agent("gpu-1", token=token)  # a SkyPilot VM: not a cluster instance, still expected
+        r = row()
+        assert (r["status"], r["agents"], r["reason"]) == ("running", "2/2", ""), r
+        lm.stop(gpu, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (r := row())["agents"] != "1/2" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (r["status"], r["agents"]) == ("degraded", "1/2"), r  # was ready: no boot explains it
+        assert "not gpu-1 (unreachable)" in r["reason"]
+    cli("cluster", "delete", mesh, "--yes")

@@ -7,7 +7,6 @@ same run (first byte of an HTTP answer).
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 
 import pytest
@@ -63,20 +62,16 @@ async def test_a_missing_or_unhealthy_name_is_one_clear_error(mesh):
     assert (t.node, t.port) == ("central", 5000) and t.address
 
 
-async def test_the_local_port_serves_the_page_and_costs_little_over_direct():
+async def test_the_local_port_serves_every_request_the_service_answers():
+    """Each of 50 connections through the local port gets the service's whole page (the latency
+    against a direct connection is measured in `make bench`, integrations.proxy_first_byte_ms)."""
     srv, port = await http_server()
     fwd = Forwarder("127.0.0.1", port)
     local = await fwd.start()
     try:
-        direct, proxied = [], []
         for _ in range(50):
-            ms, body = await first_byte_ms(port)
-            direct.append(ms)
-            ms, body = await first_byte_ms(local)
+            _, body = await first_byte_ms(local)
             assert body.endswith(b"mlflow ui")
-            proxied.append(ms)
-        p99 = lambda xs: statistics.quantiles(xs, n=100)[98]  # noqa: E731
-        assert p99(proxied) < 50, (p99(proxied), p99(direct))
     finally:
         await fwd.stop()
         srv.close()

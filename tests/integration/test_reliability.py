@@ -27,12 +27,12 @@ async def test_a_renew_loop_whose_disk_write_fails_keeps_renewing_and_says_degra
         def full_disk(path):
             raise OSError(28, "No space left on device", str(path))
         a.gossip.save_peers = full_disk  # every renewal now ends in a failed file write
-        failures = metrics.LOOP_FAILURES.labels("renew")._value.get()
+        failures = metrics.LOOP_FAILURES.get("renew")
         await until(lambda: a.supervisor.failures.get("renew", 0) >= 2, timeout=10)
         status = await _status(a)
         assert status.health.startswith("degraded: renew (OSError") and "No space left" in status.health
         assert status.counters["loop_failures"] >= 2
-        assert metrics.LOOP_FAILURES.labels("renew")._value.get() >= failures + 2
+        assert metrics.LOOP_FAILURES.get("renew") >= failures + 2
         # the lease is still renewed: over three lease-plus-grace periods the node stays ready with its name
         loop = asyncio.get_running_loop()
         end = loop.time() + 3 * (1.0 + 1.0)

@@ -1,7 +1,8 @@
 """The store contract: every backend passes these.
 
 The `store` fixture runs each contract test against SQLite and against a real
-etcd server (one `etcd` process for the module, a fresh key prefix per test).
+etcd server (one `etcd` process for the module, a fresh key prefix per test),
+plain and over TLS with a client certificate (etcds://, as the replicas run it).
 Revisions are global in etcd (shared by every prefix, and a new cluster starts
 at 1), so the tests compare revisions relative to the one they start from.
 Tests of one backend's own mechanics (a corrupted SQLite file, SIGKILL of the
@@ -41,17 +42,30 @@ def etcd_server(tmp_path_factory):
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def etcd_tls_server(tmp_path_factory):
+    require_netns("etcd")
+    cluster = EtcdCluster(1, tmp_path_factory.mktemp("etcd-tls"), heartbeat_ms=50, election_ms=250, tls=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def etcd_store(cluster: EtcdCluster, prefix: str | None = None):
     from meshd.store.etcd import EtcdConfig, EtcdStore
-    return EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix=prefix or f"/test-{uuid.uuid4().hex[:12]}"))
+    from meshd.store.etcd_tls import load
+    return EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix=prefix or f"/test-{uuid.uuid4().hex[:12]}",
+                                tls=load(*cluster.client_files) if cluster.tls else None))
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "etcds"])
 async def store(request, tmp_path):
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "state.db", clock=ManualClock(), retain=5)
     else:
-        s = etcd_store(request.getfixturevalue("etcd_server"))
+        s = etcd_store(request.getfixturevalue("etcd_server" if request.param == "etcd" else "etcd_tls_server"))
     try:
         yield s
     finally:

@@ -52,9 +52,9 @@ def installed(tmp_path):
         stub.chmod(0o755)
     runner = CliRunner()
     root = tmp_path / "root"
-    for args in (["agent", "--coordinator", "10.4.0.4:7443", "--token", "t0123abcd." + "5" * 32 + "." + "a" * 64],
-                 ["coordinator"]):
-        r = runner.invoke(install_app, args + ["--root", str(root), "--bin-dir", str(bin_dir), "--no-start"])
+    token = {"MESH_JOIN_TOKEN": "t0123abcd." + "5" * 32 + "." + "a" * 64}
+    for args in (["agent", "--coordinator", "10.4.0.4:7443"], ["coordinator"]):
+        r = runner.invoke(install_app, args + ["--root", str(root), "--bin-dir", str(bin_dir), "--no-start"], env=token)
         assert r.exit_code == 0, r.output
     return {d: root / "etc/systemd/system" / f"{d}.service" for d in UNITS}
 

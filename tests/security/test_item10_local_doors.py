@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -44,9 +46,87 @@ async def test_the_agent_socket_refuses_another_user_and_state_files_are_private
         for f in (a.state_dir / "key.pem", a.state_dir / "gossip.json"):
             assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
     finally:
-        for f in open_dir.iterdir():
-            f.unlink()
+        for f in sorted(open_dir.rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
         open_dir.rmdir()
+
+
+PROBE = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.settimeout(10)\ntry:\n s.connect(sys.argv[1])\n"
+         "except PermissionError:\n sys.exit(3)\n"
+         "try:\n s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n')\n"  # a gRPC client's first bytes
+         " data = s.recv(4096)\nexcept (BrokenPipeError, ConnectionResetError):\n data = b''\n"
+         "sys.exit(4 if data == b'' else 5)")
+
+
+async def as_nobody(path) -> int:
+    """Connect to a unix socket as `nobody`: 3 refused by the mode, 4 closed by the door, 5 answered.
+    (A child process the event loop does not wait for: the door runs on this loop.)"""
+    p = await asyncio.create_subprocess_exec("setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+                                             sys.executable, "-c", PROBE, str(path),
+                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(p.communicate(), 30)
+    assert p.returncode in (3, 4, 5), err
+    return p.returncode
+
+
+async def test_the_local_doors_check_who_connects_even_when_the_mode_would_let_them(tmp_path, caplog):
+    require_netns()  # root, to act as another user
+    from mesh.v1 import agent_pb2, agent_pb2_grpc
+    from meshagent import metrics as agent_metrics
+    from meshd import metrics as meshd_metrics
+    from tests.meshfix import Mesh
+    open_dir = Path(tempfile.mkdtemp(prefix="mesh-door-"))
+    open_dir.chmod(0o755)  # (pytest's tmp_path is closed to other users: the sockets live here)
+    mesh = Mesh(tmp_path)
+    mesh.config.admin_socket = str(open_dir / "admin.sock")
+    await mesh.start()
+    try:
+        a = await mesh.agent("alpha", socket=str(open_dir / "agent.sock"))
+        for sock in (open_dir / "agent.sock", Path(mesh.config.admin_socket)):
+            sock.chmod(0o666)  # the mode would let anyone in: only the credential check is left
+            sock.parent.chmod(0o755)
+        nobody = pwd.getpwnam("nobody").pw_uid
+        agent_before = agent_metrics.LOCAL_API_REFUSED.get()
+        admin_before = meshd_metrics.ADMIN_SOCKET_REFUSED._value.get()
+        assert await as_nobody(open_dir / "agent.sock") == 4
+        assert await as_nobody(mesh.config.admin_socket) == 4
+        assert agent_metrics.LOCAL_API_REFUSED.get() == agent_before + 1
+        assert meshd_metrics.ADMIN_SOCKET_REFUSED._value.get() == admin_before + 1
+        lines = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
+        assert len(lines) == 2 and all(f"uid {nobody} (pid " in line for line in lines), lines
+        # the private sockets behind the doors are in directories only root may enter
+        for sock in (open_dir / "agent.sock", Path(mesh.config.admin_socket)):
+            private = sock.parent / f".{sock.name}.private"
+            assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+        # root goes through both doors
+        async with grpc.aio.insecure_channel(f"unix:{open_dir / 'agent.sock'}") as ch:
+            status = await agent_pb2_grpc.AgentServiceStub(ch).Status(agent_pb2.AgentStatusRequest(), timeout=10)
+        assert status.node.id == a.identity.node_id
+        await mesh.token()  # over the admin socket
+    finally:
+        await mesh.close()
+        for f in sorted(open_dir.rglob("*"), reverse=True):
+            f.rmdir() if f.is_dir() else f.unlink()
+        open_dir.rmdir()
+
+
+def test_meshctl_install_agent_refuses_a_token_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from meshctl.stack import install_app
+    token = "t0123abcd." + "5" * 32 + "." + "a" * 64
+    r = CliRunner().invoke(install_app, ["agent", "--coordinator", "10.4.0.4:7443", "--token", token,
+                                         "--root", str(tmp_path), "--no-start"], env={"MESH_JOIN_TOKEN": None})
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "--token is refused" in r.output and "ps" in r.output
+    assert "--token-file" in r.output and "MESH_JOIN_TOKEN" in r.output
+    assert not (tmp_path / "etc/mesh/join-token").exists()
+    (tmp_path / "tok").write_text(token + "\n")
+    r = CliRunner().invoke(install_app, ["agent", "--coordinator", "10.4.0.4:7443", "--token-file",
+                                         str(tmp_path / "tok"), "--root", str(tmp_path), "--no-start"],
+                           env={"MESH_JOIN_TOKEN": None})
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "etc/mesh/join-token").read_text() == token + "\n"
 
 
 async def test_the_join_port_answers_join_only_and_says_the_same_for_every_bad_token(mesh):
@@ -87,3 +167,29 @@ async def test_the_k3s_token_goes_only_to_nodes_whose_token_allows_it(tmp_path):
         assert resp.token == "K10feed::server:agent-secret"
     finally:
         await m.close()
+
+
+async def test_a_member_of_the_allowed_group_is_let_through_the_door():
+    require_netns()  # root, to act as another user
+    from meshcore.localdoor import LocalDoor, prepare_private_dir, private_socket_path, remove_private_dir, root_or_group
+    open_dir = Path(tempfile.mkdtemp(prefix="mesh-door-"))
+    open_dir.chmod(0o755)
+    public = open_dir / "door.sock"
+    private = private_socket_path(public)
+    prepare_private_dir(private)
+
+    async def echo(reader, writer):
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+    backend = await asyncio.start_unix_server(echo, path=str(private))
+    door = LocalDoor(public, private, root_or_group("nogroup"), what="test door")  # nobody's group here
+    await door.start(0o666)
+    try:
+        assert await as_nobody(public) == 5  # admitted and spliced: the echo came back
+    finally:
+        await door.stop()
+        backend.close()
+        await backend.wait_closed()
+        remove_private_dir(private)
+        open_dir.rmdir()

@@ -46,6 +46,13 @@ def host(tmp_path):
         def __init__(self) -> None:
             self.root = root
             self.runner = CliRunner()
+            self.token_file = self.token_path(TOKEN)
+
+        def token_path(self, value: str) -> str:
+            """A file holding `value` as a join token (the token never goes on the command line)."""
+            f = tmp_path / f"token-{abs(hash(value))}"
+            f.write_text(value + "\n")
+            return str(f)
 
         def run(self, *args: str, fail: bool = False):
             env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "MESH_JOIN_TOKEN": None,
@@ -69,7 +76,7 @@ def env_lines(path: Path) -> list[str]:
 
 
 def test_install_agent_writes_unit_env_file_and_starts(host):
-    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--k3s", "-o", "json")
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file, "--k3s", "-o", "json")
     assert r.exit_code == 0, r.output
     unit = host.root / "etc/systemd/system/meshagent.service"
     assert unit.read_text() == shipped("meshagent")
@@ -96,7 +103,7 @@ def test_install_agent_with_name_labels_and_empty_token_after_join(host):
 
 
 def test_reinstall_without_changes_does_not_bounce_the_daemon(host):
-    args = ("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN)
+    args = ("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file)
     assert host.run(*args).exit_code == 0
     env = host.root / "etc/mesh/meshagent.env"
     before = env.read_bytes()
@@ -136,33 +143,33 @@ def test_install_coordinator_on_ipv6(host):
 
 @pytest.mark.parametrize("args, message", [
     (["install", "agent", "--coordinator", "10.4.0.4"], "must be HOST:PORT"),
-    (["install", "agent", "--coordinator", "10.4.0.4:70000", "--token", TOKEN], "between 1 and 65535"),
-    (["install", "agent", "--coordinator", "bad host:7443", "--token", TOKEN], "must be HOST:PORT"),
-    (["install", "agent", "--coordinator", "fd00::1:7443", "--token", TOKEN], "must be HOST:PORT"),
-    (["install", "agent", "--coordinator", "[mesh]:7443", "--token", TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "10.4.0.4:70000", "--token-file", "@" + TOKEN], "between 1 and 65535"),
+    (["install", "agent", "--coordinator", "bad host:7443", "--token-file", "@" + TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "fd00::1:7443", "--token-file", "@" + TOKEN], "must be HOST:PORT"),
+    (["install", "agent", "--coordinator", "[mesh]:7443", "--token-file", "@" + TOKEN], "must be HOST:PORT"),
     (["install", "coordinator", "--listen", "0.0.0.0:0"], "between 1 and 65535"),
     (["install", "agent", "--coordinator", "10.4.0.4:7443"], "a join token is needed"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", "abc def"], "malformed join token"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", 'x."$(reboot)'], "malformed join token"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--bin-dir", "bin"], "absolute path"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", "@abc def"], "malformed join token"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", '@x."$(reboot)'], "malformed join token"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", "@" + TOKEN, "--bin-dir", "bin"], "absolute path"),
     (["install", "coordinator", "--daemon-arg", "--x;reboot"], "invalid --daemon-arg"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--name", "Qwen_Coder"], "RFC 1123"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--label", "gpu model=L4"],
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", "@" + TOKEN, "--name", "Qwen_Coder"], "RFC 1123"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", "@" + TOKEN, "--label", "gpu model=L4"],
      "Kubernetes label"),
-    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--label", "gpu"], "expected key=value"),
+    (["install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", "@" + TOKEN, "--label", "gpu"], "expected key=value"),
     (["k3s", "join"], "install the agent first"),
     (["dns", "install", "--address", "localhost"], "invalid DNS address"),
     (["dns", "install", "--mode", "hosts"], "choose one of auto, resolved, resolv.conf"),
 ])
 def test_bad_input_is_one_clear_line_and_nothing_is_written(host, args, message):
-    r = host.run(*args)
+    r = host.run(*[host.token_path(a[1:]) if a.startswith("@") else a for a in args])
     assert r.exit_code == 1
     assert r.output.startswith("error: ") and message in r.output and "Traceback" not in r.output
     assert not (host.root / "etc/mesh").exists() and host.calls() == []
 
 
 def test_failing_systemctl_is_reported_in_one_line(host):
-    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, fail=True)
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file, fail=True)
     assert r.exit_code == 1
     assert r.output.startswith("error: 'systemctl daemon-reload' failed: Failed to connect to bus: No such file")
     assert "systemctl restart meshagent" in r.output and r.output.count("\n") == 1
@@ -170,7 +177,7 @@ def test_failing_systemctl_is_reported_in_one_line(host):
 
 
 def test_k3s_join_and_leave_toggle_the_agent_option(host):
-    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN).exit_code == 0
+    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file).exit_code == 0
     env = host.root / "etc/mesh/meshagent.env"
     r = host.run("k3s", "join")
     assert r.exit_code == 0, r.output
@@ -204,7 +211,7 @@ def test_written_options_are_understood_by_the_daemons(host):
     from meshagent.main import parse_args as agent_args
     from meshd.main import parse_args as meshd_args
 
-    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--name", "qwen-coder",
+    assert host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file, "--name", "qwen-coder",
                     "--label", "gpu.model=L4", "--dns", "127.0.0.77:53", "--no-start").exit_code == 0
     assert host.run("install", "coordinator", "--daemon-arg=--k3s-server-url=https://10.4.0.4:6443",
                     "--daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token", "--no-start").exit_code == 0
@@ -264,7 +271,7 @@ def run_meshctl(venv: Path, host_bin: Path, *args: str, env: dict | None = None)
 
 
 def test_install_from_a_virtualenv_points_the_unit_at_its_executables(host, venv, tmp_path):
-    r = run_meshctl(venv, tmp_path / "bin", "install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN,
+    r = run_meshctl(venv, tmp_path / "bin", "install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file,
                     "--root", str(host.root), "-o", "json")
     assert r.returncode == 0, r.stderr
     unit = (host.root / "etc/systemd/system/meshagent.service").read_text()
@@ -279,7 +286,7 @@ def test_install_from_a_virtualenv_points_the_unit_at_its_executables(host, venv
 
 
 def test_a_missing_executable_is_refused_before_anything_is_written(host, tmp_path):
-    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN,
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file,
                  "--bin-dir", str(tmp_path / "nowhere"))
     assert r.exit_code == 1 and r.output.startswith("error: meshagent executable not found")
     assert not (host.root / "etc").exists() and host.calls() == []
@@ -295,7 +302,7 @@ def test_an_executable_under_home_is_refused(host, tmp_path, monkeypatch):
 
 
 def test_dry_run_prints_the_unit_and_the_environment_file_and_changes_nothing(host):
-    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token", TOKEN, "--dry-run")
+    r = host.run("install", "agent", "--coordinator", "10.4.0.4:7443", "--token-file", host.token_file, "--dry-run")
     assert r.exit_code == 0, r.output
     assert "ExecStart=" in r.output and f'MESHAGENT_OPTS="--coordinator 10.4.0.4:7443{TF}"' in r.output
     assert "MESH_JOIN_TOKEN=" not in r.output and "5" * 32 not in r.output

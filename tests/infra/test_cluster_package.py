@@ -1,0 +1,83 @@
+"""The same version on the laptop and the VMs (infra/cluster/package.py), on the moto server.
+
+A spec without `package`: `create` builds a wheel of the running checkout, puts it in a bucket of
+the account made for the cluster (encrypted, tagged, public access blocked, readable only by the
+cluster's instance roles), and the instances' user data fetches that very file; `delete` removes the
+bucket. Every S3 call is one the cluster policy allows, and each S3 action it allows is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import boto3
+
+from infra.cluster import instances, package
+from infra.cluster.lifecycle import create, delete
+from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
+from infra.policy import PACKAGE, S3_ACTIONS, cluster_actions
+from tests.infra.conftest import TEST_IMAGE
+from tests.infra.helpers import FEW
+from tests.infra.test_policy import Recorder
+
+
+def test_create_uploads_the_running_wheel_for_this_cluster_only_and_delete_removes_it(cluster_ops, moto, mesh,
+                                                                                       tmp_path) -> None:
+    rec = Recorder()
+    ops = cluster_ops(on_client=rec)
+    built: list = []
+
+    def wheel(out):  # the real builder, watched
+        built.append(package.build_running(out))
+        return built[-1]
+    ops.wheel = wheel
+    image = {k: v for k, v in TEST_IMAGE.items() if k != "package"}
+    res = create(ops, mesh, ClusterSpec(profile="cost-savings", instance_types=(InstanceTypeSpec(FEW[0], 0),), **image))
+    url = res.doc.spec.package
+    account = boto3.client("sts", region_name="us-east-1", endpoint_url=moto).get_caller_identity()["Account"]
+    bucket, key = package.parse_url(url)
+    assert url.startswith("s3://") and bucket == package.bucket_name(account, mesh), url
+    assert len(built) == 1 and key.endswith("/" + built[0].name) and built[0].name.startswith("mesh-")
+
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto)
+    body = ops.aws.call("s3", "us-east-1", "GetObject", Bucket=bucket, Key=key)  # as the cluster role
+    data = body["Body"].read()
+    assert hashlib.sha256(data).hexdigest()[:16] == key.split("/")[0]
+    assert body["ServerSideEncryption"] == "AES256"
+    wheel_path = tmp_path / built[0].name
+    wheel_path.write_bytes(data)
+    with zipfile.ZipFile(wheel_path) as z:  # the checkout this process runs, not some other build
+        from pathlib import Path
+        import meshcore.jointoken as mine
+        assert z.read("meshcore/jointoken.py") == Path(mine.__file__).read_bytes()
+    assert s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0][
+        "ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+    assert tags["mesh:cluster"] == mesh
+    policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    readers = {f"arn:aws:iam::{account}:role/{instances.profile_name(res.doc, r)}" for r in ("agent", "replica")}
+    grant = next(st for st in policy["Statement"] if st["Sid"] == "ThisClustersInstancesRead")
+    assert (grant["Effect"], grant["Action"], set(grant["Principal"]["AWS"])) == ("Allow", "s3:GetObject", readers)
+    assert len(policy["Statement"]) == 1, "the policy grants nothing else"
+
+    # the instance installs that file: its user data fetches the URL with the instance role
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto)
+    inst = instances.find(ops.aws, mesh, "us-east-1")[0]
+    import base64
+    data = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")["UserData"]["Value"]
+    script = base64.b64decode(data).decode()
+    assert f"PACKAGE='{url}'" in script and "download_file" in script
+
+    # a re-run keeps the package (nothing new built), an edit without one keeps it too
+    again = create(ops, mesh, ClusterSpec(profile="cost-savings", instance_types=(InstanceTypeSpec(FEW[0], 0),),
+                                          **image), known_id=res.doc.id)
+    assert again.doc.spec.package == url and len(built) == 1
+
+    assert delete(ops, mesh).leftovers == []
+    assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    called = {S3_ACTIONS.get(a, a) for a in rec.actions if a.startswith("s3:")}
+    assert called <= cluster_actions(), f"S3 calls outside the cluster policy: {sorted(called - cluster_actions())}"
+    assert set(PACKAGE) - called <= {"s3:PutObjectTagging", "s3:GetObject"}, sorted(set(PACKAGE) - called)
