@@ -30,6 +30,7 @@ from infra.config import InfraConfig
 from infra.desired import RegionSpec, build_desired
 from infra.regions import Selection, select_regions
 from infra.ssm import desired_params
+from meshcore.jointoken import PUBLISHED_BY_MESHD
 from infra.profiles import ProfileState, check_names, documents, read_profiles
 from infra.state import RegionState, has_leftovers, read_region, subnet_name, vpc_name
 
@@ -234,7 +235,8 @@ def diff_region(spec: RegionSpec, st: RegionState, mesh: str) -> list[Change]:
         current = st.params.get(name)
         if current is None:
             add("put_param", "create", f"parameter {name}", "new" if new else "missing", name=name)
-        elif current != param.description:
+        elif current != param.description and not current.startswith(PUBLISHED_BY_MESHD):
+            # a join token meshd publishes (and rotates) is meshd's from then on
             add("put_param", "update", f"parameter {name}", "value changed", name=name)
     for name in sorted(set(st.params) - set(spec.params)):
         add("delete_param", "delete", f"parameter {name}", "no longer configured", name=name)

@@ -2,12 +2,18 @@
 
 SkyPilot launches VMs with the instance profile `sky/config.yaml` names
 (`aws.remote_identity`, by cluster-name pattern), so the profiles must
-exist before the first `sky launch`. Two per mesh, both trusted by EC2 and
-both scoped to this mesh's own SSM path `/mesh/<name>/` and nothing else:
+exist before the first `sky launch`. Three per mesh, all trusted by EC2:
 
 - `mesh-<name>-main`: the main node; reads and writes the join parameters
-  (its setup stores meshd's addresses and the fleet's join token);
-- `mesh-<name>-node`: every other VM; reads them.
+  under `/mesh/<name>/` (its setup stores meshd's addresses and the fleet's
+  join token);
+- `mesh-<name>-node`: every other VM; reads them;
+- `mesh-<name>-jobs-controller`: SkyPilot's managed-jobs controller, which
+  launches, stops and terminates the jobs' VMs: what SkyPilot's minimal AWS
+  permissions list, bound to this mesh (instances created with the mesh's
+  `mesh` label as a tag and changed only while they carry it, launched only
+  into the mesh's own subnets and groups, with `mesh-<name>-node` and no
+  other role), instead of the user's own credentials.
 
 IAM is global, so these are planned as changes of the main region. A role of
 that name that is not tagged for this mesh is never touched: the plan stops
@@ -42,15 +48,59 @@ def node_profile(mesh: str) -> str:
     return f"mesh-{mesh}-node"
 
 
+def jobs_controller_profile(mesh: str) -> str:
+    return f"mesh-{mesh}-jobs-controller"
+
+
+#: the tag SkyPilot puts on every instance it launches, from sky/config.yaml's `aws.labels`
+SKY_LABEL = "mesh"
+
+
+def jobs_controller_document(mesh: str) -> dict:
+    """SkyPilot's minimal AWS permissions for a jobs controller, bound to this mesh's tags and node role."""
+    label = {f"aws:RequestTag/{SKY_LABEL}": mesh}
+    ours = {f"aws:ResourceTag/{SKY_LABEL}": mesh}
+    network = {f"aws:ResourceTag/{TAG_NAME}": mesh, f"aws:ResourceTag/{TAG_MANAGED}": MANAGED_BY}
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "SkyDescribe", "Effect": "Allow", "Action": ["ec2:Describe*"], "Resource": "*"},
+        {"Sid": "SkyLaunchTagged", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": ["arn:aws:ec2:*:*:instance/*", "arn:aws:ec2:*:*:volume/*"],
+         "Condition": {"StringEquals": label}},
+        {"Sid": "SkyLaunchIntoMeshNetwork", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": ["arn:aws:ec2:*:*:subnet/*", "arn:aws:ec2:*:*:security-group/*"],
+         "Condition": {"StringEquals": network}},
+        {"Sid": "SkyLaunchFromImages", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": "arn:aws:ec2:*::image/*"},
+        {"Sid": "SkyLaunchInterfaces", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": "arn:aws:ec2:*:*:network-interface/*"},
+        {"Sid": "SkyTagOnLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"], "Resource": "*",
+         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances", **label}}},
+        {"Sid": "SkyChangeOwnInstances", "Effect": "Allow",
+         "Action": ["ec2:CreateTags", "ec2:DeleteTags", "ec2:StartInstances", "ec2:StopInstances",
+                    "ec2:TerminateInstances"],
+         "Resource": "arn:aws:ec2:*:*:instance/*", "Condition": {"StringEquals": ours}},
+        {"Sid": "SkyPassNodeRole", "Effect": "Allow", "Action": ["iam:PassRole"],
+         "Resource": f"arn:aws:iam::*:role/{node_profile(mesh)}",
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
+        {"Sid": "SkyReadNodeRole", "Effect": "Allow", "Action": ["iam:GetRole", "iam:GetInstanceProfile"],
+         "Resource": [f"arn:aws:iam::*:role/{node_profile(mesh)}",
+                      f"arn:aws:iam::*:instance-profile/{node_profile(mesh)}"]},
+        {"Sid": "SkySpotServiceRole", "Effect": "Allow", "Action": ["iam:CreateServiceLinkedRole"],
+         "Resource": "arn:aws:iam::*:role/aws-service-role/spot.amazonaws.com/*",
+         "Condition": {"StringEquals": {"iam:AWSServiceName": "spot.amazonaws.com"}}},
+    ]}
+
+
 def documents(mesh: str) -> dict[str, dict]:
-    """Profile name → its inline policy (this mesh's SSM path only)."""
+    """Profile name → its inline policy (the first two: this mesh's SSM path only)."""
     path = f"arn:aws:ssm:*:*:parameter/mesh/{mesh}/*"
 
     def doc(actions: tuple[str, ...]) -> dict:
         return {"Version": "2012-10-17", "Statement": [
             {"Sid": "MeshJoinParameters", "Effect": "Allow", "Action": sorted(actions), "Resource": path}]}
 
-    return {main_profile(mesh): doc(READ + WRITE), node_profile(mesh): doc(READ)}
+    return {main_profile(mesh): doc(READ + WRITE), node_profile(mesh): doc(READ),
+            jobs_controller_profile(mesh): jobs_controller_document(mesh)}
 
 
 def check_names(mesh: str) -> None:
@@ -119,10 +169,12 @@ def read_profiles(aws: Aws, mesh: str) -> dict[str, ProfileState]:
 def converge(aws: Aws, mesh: str, name: str, st: ProfileState) -> None:
     """Create what is missing of one profile and put its policy back."""
     doc = documents(mesh)[name]
-    what = "main node: read and write" if name == main_profile(mesh) else "mesh VMs: read"
+    what = {main_profile(mesh): f"main node: read and write /mesh/{mesh}/ in SSM",
+            node_profile(mesh): f"mesh VMs: read /mesh/{mesh}/ in SSM"}.get(
+        name, "SkyPilot jobs controller: launch and end the mesh's job VMs")
     if not st.role:
         aws.call("iam", IAM_REGION, "CreateRole", RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
-                 Description=f"mesh {mesh} {what} /mesh/{mesh}/ in SSM", Tags=tags(mesh))
+                 Description=f"mesh {mesh} {what}", Tags=tags(mesh))
     if st.policy != doc:
         aws.call("iam", IAM_REGION, "PutRolePolicy", RoleName=name, PolicyName=POLICY_NAME,
                  PolicyDocument=json.dumps(doc))

@@ -42,6 +42,10 @@ def join_string(token_id: str, secret: str, ca_pin: str) -> str:
     return f"{token_id}.{secret}.{ca_pin}"
 
 
+#: how a join token parameter that meshd publishes and rotates begins its description: a cluster
+#: builder re-applying its join parameters leaves such a parameter to meshd
+PUBLISHED_BY_MESHD = "published by meshd"
+
 #: why a join token is never taken from a command line
 ARGV_REFUSED = ("a join token on the command line is readable by every local user (ps, /proc/<pid>/cmdline): "
                 "put it in a file only root can read and pass --token-file PATH, or set MESH_JOIN_TOKEN")

@@ -460,12 +460,12 @@ def role_create(name: str = typer.Option("meshctl-clusters", "--name", help="rol
         res = create_role(_base_aws(endpoint_url, sts_endpoint_url), name, trusted,
                           external_id=fresh() if new_external_id else None)
         raw = {"role_arn": res.role_arn, "external_id": res.external_id, "created": res.created,
-               "instance_profiles": list(res.instance_profiles)}
+               "instance_role_boundary": res.boundary}
         if output == Output.json:
             emit([], [], output, raw=raw)
             return
         emit([{"what": "role ARN", "value": res.role_arn}, {"what": "external id", "value": res.external_id},
-              {"what": "instance profiles", "value": ", ".join(res.instance_profiles)}],
+              {"what": "instance role boundary", "value": res.boundary}],
              ["what", "value"], output, title="role " + ("created" if res.created else "updated"))
         typer.echo(f"\nmeshctl cluster create aws --role-arn {res.role_arn} --external-id {res.external_id} NAME")
     _run(body)

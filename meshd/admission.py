@@ -41,7 +41,8 @@ PREFIX = "/tokens/"
 REFUSED = ("join token refused: it is unknown, wrong, revoked, expired or used up "
            "(make a new one with `meshctl token create` on the main node)")
 MAX_TTL_S = 30 * 24 * 3600
-BOOTSTRAP_TTL_S = 10 * 365 * 24 * 3600
+#: a bootstrap join string is short-lived: meshd publishes its own rotated token once up (meshd/publish.py)
+BOOTSTRAP_TTL_S = 2 * 3600
 
 
 @dataclass
@@ -93,16 +94,20 @@ class Admission:
         await self.store.put(PREFIX + token_id, rec.encode())
         return rec, join_string(token_id, secret, self.ca_pin)
 
-    async def ensure(self, token: str, description: str = "bootstrap token (--bootstrap-token-file)") -> bool:
+    async def ensure(self, token: str, description: str = "bootstrap token (--bootstrap-token-file)",
+                     ttl_s: float = BOOTSTRAP_TTL_S) -> bool:
         """Register a join string made outside meshd (a cluster builder writes it to SSM before
         any meshd runs, as a K3s server token is chosen up front): unlimited uses, valid for
-        BOOTSTRAP_TTL_S, revocable like any other. Create-if-absent, so replicas agree and a
-        revoked bootstrap token stays revoked across restarts. True if this call created it."""
+        `ttl_s` from its first registration, revocable like any other. Create-if-absent, so
+        replicas agree, a restart does not extend it, and a revoked bootstrap token stays
+        revoked. True if this call created it."""
+        if not 1 <= ttl_s <= MAX_TTL_S:
+            raise InvalidArgument(f"invalid bootstrap token TTL {ttl_s:.0f}s: must be between 1 second and 30 days")
         token_id, secret, pin = parse_token(token)
         if pin is not None and pin != self.ca_pin:
             raise InvalidArgument("bootstrap join token is for another mesh: its CA pin does not match this meshd's CA")
         now = self.clock.wall()
-        rec = TokenRecord(token_id, _hash(secret), now + BOOTSTRAP_TTL_S, 0, created_at=now, description=description)
+        rec = TokenRecord(token_id, _hash(secret), now + ttl_s, 0, created_at=now, description=description)
         res = await self.store.txn([absent(PREFIX + token_id)], [Put(PREFIX + token_id, rec.encode())])
         if not res.succeeded:
             kv = await self.store.get(PREFIX + token_id)

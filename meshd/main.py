@@ -93,7 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds a signed catalog record is valid; signed again a third of it before "
                         f"(default {d.catalog_record_ttl_s:.0f})")
     p.add_argument("--bootstrap-token-file", default="",
-                   help="file with a join string made by a cluster builder; registered at start (unlimited uses)")
+                   help="file with a join string made by a cluster builder; registered at start (unlimited uses, "
+                        "valid --bootstrap-token-ttl from its first registration)")
+    p.add_argument("--bootstrap-token-ttl", type=float, default=d.bootstrap_token_ttl_s, metavar="SECONDS",
+                   help=f"lifetime of the bootstrap join string (default {d.bootstrap_token_ttl_s:.0f})")
+    p.add_argument("--publish-join-token", default="", metavar="ssm:REGION:PARAMETER",
+                   help="keep a short-lived join token (unlimited uses) in this SSM parameter, replaced before it "
+                        "expires (leader only; needs boto3 and ssm:GetParameter/PutParameter on it)")
+    p.add_argument("--publish-join-token-ttl", type=float, default=d.publish_join_token_ttl_s, metavar="SECONDS",
+                   help=f"lifetime of each published token (default {d.publish_join_token_ttl_s:.0f})")
+    p.add_argument("--publish-join-token-overlap", type=float, default=d.publish_join_token_overlap_s,
+                   metavar="SECONDS", help="a new token is published when the current one has this long left; the "
+                                           f"old one works until then (default {d.publish_join_token_overlap_s:.0f})")
     p.add_argument("--price-table", default="", metavar="FILE",
                    help="prices from `meshctl costs --price-table FILE`: cost gauges per node, service and in total")
     p.add_argument("--consul", nargs="?", const=CONSUL_FROM_ENV, default="", metavar="ADDRESS",
@@ -130,6 +141,9 @@ def parse_args(argv: list[str]) -> MeshdConfig:
         from_flags(a.store, a.etcd_ca, a.etcd_cert, a.etcd_key)  # checked again at start; here for one clear line
         if a.consul:
             consul = consul_config(a, os.environ)
+        if a.publish_join_token:
+            from meshd.publish import parse_target
+            parse_target(a.publish_join_token)
         if a.kubernetes:
             from meshd.sync.kube_client import KubernetesConfig
             in_cluster = a.kubernetes == "in-cluster"
@@ -148,7 +162,9 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
                        grace_s=a.grace, advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
-                       bootstrap_token_file=a.bootstrap_token_file, price_table=a.price_table, consul=consul,
+                       bootstrap_token_file=a.bootstrap_token_file, bootstrap_token_ttl_s=a.bootstrap_token_ttl,
+                       publish_join_token=a.publish_join_token, publish_join_token_ttl_s=a.publish_join_token_ttl,
+                       publish_join_token_overlap_s=a.publish_join_token_overlap, price_table=a.price_table, consul=consul,
                        kubernetes=kubernetes, catalog_key_rotate_s=a.catalog_key_rotate,
                        catalog_key_overlap_s=a.catalog_key_overlap, catalog_record_ttl_s=a.catalog_record_ttl)
 

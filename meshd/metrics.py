@@ -43,6 +43,10 @@ TUNNEL_BYTES = Counter("mesh_tunnel_bytes", "Bytes carried by tunnels, by direct
 TUNNELS_REFUSED = Counter("mesh_tunnels_refused", "Tunnels refused: the caller, or meshd in all, has too many open")
 TUNNELS_IDLE = Counter("mesh_tunnels_idle_closed", "Tunnels closed because no byte moved either way for too long")
 ELECTION_TRANSITIONS = Counter("mesh_election_transitions", "Times this meshd gained or lost leadership")
+JOIN_TOKENS_PUBLISHED = Counter("mesh_join_tokens_published",
+                                "Join tokens published to SSM by --publish-join-token (rotations and replacements)")
+JOIN_TOKEN_PUBLISH_ERRORS = Counter("mesh_join_token_publish_errors",
+                                    "Checks of the published join token that failed (SSM or the store away)")
 SYNC_SECONDS = Histogram("mesh_sync_reconcile_duration_seconds", "Time of one reconcile of a mirror, by target",
                          ["target"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 SYNC_ERRORS = Counter("mesh_sync_errors", "Reconciles of a mirror that failed, by target", ["target"])

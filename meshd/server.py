@@ -113,6 +113,14 @@ class MeshdConfig:
     catalog_record_ttl_s: float = CATALOG_RECORD_TTL_S
     #: file holding a join string registered at start (unlimited uses, revocable); "" for none
     bootstrap_token_file: str = ""
+    #: how long a bootstrap join string stays valid after meshd first registers it
+    bootstrap_token_ttl_s: float = 2 * 3600.0
+    #: keep a short-lived join token published at ssm:<region>:<parameter> (meshd/publish.py); "" for none
+    publish_join_token: str = ""
+    #: lifetime of each published join token
+    publish_join_token_ttl_s: float = 24 * 3600.0
+    #: a new token is published when the current one has this long left (the old one works until then)
+    publish_join_token_overlap_s: float = 6 * 3600.0
     #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
     price_table: str = ""
     #: mirror the catalog into Consul (meshd/sync/consul_client.py: ConsulConfig); None: off
@@ -147,6 +155,7 @@ class Coordinator:
             raise
         self.store_mark = StoreMark(self.store, state, clock)
         self.admission = Admission(self.store, pki.pin(self.ca.pem), clock)
+        self.publisher = None  # meshd.publish.Publisher with --publish-join-token, made at start
         self.addresses = AddressPool(self.store, config.overlay_pool)
         self.catalog = Catalog(self.store)
         # a lone meshd on SQLite sees every renewal itself; replicas on etcd share them
@@ -264,6 +273,12 @@ class Coordinator:
         await self.gossip.load()
         if self.config.bootstrap_token_file:
             await self._bootstrap_token(Path(self.config.bootstrap_token_file))
+        if self.config.publish_join_token:
+            from meshd.publish import from_config
+            self.publisher = from_config(self.config.publish_join_token, self.admission,
+                                         ttl_s=self.config.publish_join_token_ttl_s,
+                                         overlap_s=self.config.publish_join_token_overlap_s, clock=self.clock,
+                                         is_leader=lambda: self.is_leader)
         for what, addr in (("--listen", self.config.listen), ("--join-listen", self.config.join_listen)):
             if addr:
                 check_port_free(addr, what)
@@ -305,6 +320,8 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
         self._tasks.append(asyncio.create_task(self._mark_store(), name="store-mark"))
         self._start_election()
+        if self.publisher is not None:
+            self._tasks.append(asyncio.create_task(self.publisher.run(), name="publish-join-token"))
         log.info("meshd serving: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
     async def _await_import(self, every_s: float = 2.0) -> None:
@@ -327,7 +344,7 @@ class Coordinator:
             token = path.read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read bootstrap token file {path}: {e.strerror}") from None
-        if await self.admission.ensure(token):
+        if await self.admission.ensure(token, ttl_s=self.config.bootstrap_token_ttl_s):
             log.info("registered the bootstrap join token from %s", path)
 
     # -- leadership -------------------------------------------------------------

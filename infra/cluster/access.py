@@ -1,15 +1,23 @@
 """Access to the user's account: the cross-account role, its external id, and assuming it.
 
 `create_role` runs once with the user's own admin credentials (`meshctl infra
-role create`) and makes three roles:
+role create`) and makes:
 
 - the cluster role (default `meshctl-clusters`): trusted by one principal
   (by default the IAM user or role running `role create`, never the whole
   account unless asked with `--trusted ACCOUNT`) only with the external id, carrying
   `policy.cluster_document()` inline; this is all `meshctl cluster …` ever
   uses, so no user with IAM rights is needed afterwards;
-- `mesh-node` and `mesh-coordinator`, trusted by EC2, with instance profiles
-  of the same names: VMs read their join parameters with them.
+- the managed policy `mesh-instance-boundary`, the permissions boundary of
+  every instance role the cluster role makes (infra.cluster.roles: one pair
+  per cluster, `mesh-<cluster>-node` and `mesh-<cluster>-coordinator`, made
+  by `cluster create` and removed by `cluster delete`): the cluster role may
+  only create roles that carry it, so it can never hand a VM more than
+  reading mesh parameters and publishing a join token.
+
+The shared `mesh-node`/`mesh-coordinator` roles of earlier versions (which
+read every cluster's parameters) are no longer made or used; VMs launched
+with them keep them until replaced, and they may then be deleted by hand.
 
 Re-running it converges (policies re-put, trust re-written) and keeps the
 external id unless a new one is asked for.
@@ -124,12 +132,12 @@ class RoleResult:
     role_arn: str
     external_id: str
     created: bool
-    instance_profiles: tuple[str, ...]
+    boundary: str  # the ARN of the instance roles' permissions boundary
 
 
 def create_role(aws: Aws, name: str = DEFAULT_ROLE, trusted: str | None = None, external_id: str | None = None,
                 quotas: bool = True) -> RoleResult:
-    """Create or converge the cluster role and the two instance roles (see the module docstring)."""
+    """Create or converge the cluster role and the instance roles' boundary (see the module docstring)."""
     if not re.match(r"^[\w+=,.@-]{1,64}$", name):
         raise InvalidArgument(f"invalid role name {name!r}: 1-64 letters, digits or + = , . @ - _")
     if external_id is not None:
@@ -151,11 +159,36 @@ def create_role(aws: Aws, name: str = DEFAULT_ROLE, trusted: str | None = None, 
     else:
         arn = existing["Arn"]
         aws.call("iam", IAM_REGION, "UpdateAssumeRolePolicy", RoleName=name, PolicyDocument=json.dumps(trust))
+    boundary = ensure_boundary(aws, me["Account"], tag)
     aws.call("iam", IAM_REGION, "PutRolePolicy", RoleName=name, PolicyName="mesh-clusters",
-             PolicyDocument=json.dumps(policy.cluster_document(quotas)))
-    for role, coordinator in ((policy.NODE_ROLE, False), (policy.COORDINATOR_ROLE, True)):
-        _instance_role(aws, role, policy.instance_document(coordinator), tag)
-    return RoleResult(arn, external_id, created, (policy.NODE_ROLE, policy.COORDINATOR_ROLE))
+             PolicyDocument=json.dumps(policy.cluster_document(quotas, me["Account"])))
+    return RoleResult(arn, external_id, created, boundary)
+
+
+def ensure_boundary(aws: Aws, account: str, tag: list[dict]) -> str:
+    """The managed policy `mesh-instance-boundary` with today's document (a new default version if it differs)."""
+    arn, want = policy.boundary_arn(account), policy.boundary_document()
+    try:
+        found = aws.call("iam", IAM_REGION, "GetPolicy", PolicyArn=arn)["Policy"]
+    except AwsError as e:
+        if e.aws_code != "NoSuchEntity":
+            raise
+        aws.call("iam", IAM_REGION, "CreatePolicy", PolicyName=policy.INSTANCE_BOUNDARY,
+                 PolicyDocument=json.dumps(want), Tags=tag,
+                 Description="mesh instance roles: the most they may ever do (read mesh parameters, publish a "
+                             "join token)")
+        return arn
+    current = aws.call("iam", IAM_REGION, "GetPolicyVersion", PolicyArn=arn,
+                       VersionId=found["DefaultVersionId"])["PolicyVersion"]
+    if _trust_doc(current.get("Document")) == want:
+        return arn
+    versions = aws.call("iam", IAM_REGION, "ListPolicyVersions", PolicyArn=arn).get("Versions", [])
+    old = sorted((v for v in versions if not v.get("IsDefaultVersion")), key=lambda v: str(v.get("CreateDate")))
+    if len(versions) >= 5 and old:  # IAM keeps at most five versions
+        aws.call("iam", IAM_REGION, "DeletePolicyVersion", PolicyArn=arn, VersionId=old[0]["VersionId"])
+    aws.call("iam", IAM_REGION, "CreatePolicyVersion", PolicyArn=arn, PolicyDocument=json.dumps(want),
+             SetAsDefault=True)
+    return arn
 
 
 def caller_principal(arn: str) -> str:
@@ -188,26 +221,8 @@ def _get_role(aws: Aws, name: str) -> dict | None:
         raise
 
 
-def _instance_role(aws: Aws, name: str, doc: dict, tag: list[dict]) -> None:
-    ec2_trust = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-    if _get_role(aws, name) is None:
-        aws.call("iam", IAM_REGION, "CreateRole", RoleName=name, AssumeRolePolicyDocument=json.dumps(ec2_trust),
-                 Description="mesh VMs: read join parameters", Tags=tag)
-    aws.call("iam", IAM_REGION, "PutRolePolicy", RoleName=name, PolicyName="mesh-parameters",
-             PolicyDocument=json.dumps(doc))
-    try:
-        profile = aws.call("iam", IAM_REGION, "GetInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
-    except AwsError as e:
-        if e.aws_code != "NoSuchEntity":
-            raise
-        profile = aws.call("iam", IAM_REGION, "CreateInstanceProfile", InstanceProfileName=name)["InstanceProfile"]
-    if not any(r.get("RoleName") == name for r in profile.get("Roles", [])):
-        aws.call("iam", IAM_REGION, "AddRoleToInstanceProfile", InstanceProfileName=name, RoleName=name)
-
-
 def delete_role(aws: Aws, name: str = DEFAULT_ROLE) -> bool:
-    """Remove the cluster role (instance roles stay: running VMs may use them). False if absent."""
+    """Remove the cluster role (the boundary stays: clusters' instance roles carry it). False if absent."""
     if _get_role(aws, name) is None:
         return False
     for pol in aws.call("iam", IAM_REGION, "ListRolePolicies", RoleName=name).get("PolicyNames", []):

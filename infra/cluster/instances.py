@@ -12,7 +12,9 @@ private addresses near the top of the subnet, away from where EC2 hands out
 addresses (a replacement gets the same one, so etcd's member list and the
 load balancer's targets never change). Instances are tagged
 `mesh:cluster`, `managed-by`, `mesh:slot` and `mesh:role` in RunInstances
-itself, found by those tags, and launched with a ClientToken derived from
+itself (instance, volume and network interface: the cluster role may change
+nothing without those tags), found by them, run with their cluster's own
+instance profile (infra.cluster.roles), and launched with a ClientToken derived from
 cluster, spec version, slot and type, so a create re-run after a crash never
 launches a slot twice. An instance whose type no longer matches its slot is replaced.
 """
@@ -157,8 +159,10 @@ def client_token(doc: ClusterDoc, slot: Slot) -> str:
 
 
 def profile_name(doc: ClusterDoc, role: str) -> str:
-    """The instance profile (and its role, of the same name) of a slot role."""
-    return "mesh-coordinator" if role in COORDINATOR_ROLES else "mesh-node"
+    """The instance profile (and its role, of the same name) of a slot role: the cluster's own (infra.cluster.roles)."""
+    from infra.policy import coordinator_role, node_role
+
+    return coordinator_role(doc.name) if role in COORDINATOR_ROLES else node_role(doc.name)
 
 
 def launch(aws: Aws, doc: ClusterDoc, slot: Slot, subnet: str, groups: list[str], image_id: str,
@@ -170,7 +174,7 @@ def launch(aws: Aws, doc: ClusterDoc, slot: Slot, subnet: str, groups: list[str]
         ClientToken=client_token(doc, slot), MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
         TagSpecifications=[{"ResourceType": kind, "Tags": cluster_tags(doc.name, slot=slot.name, role=slot.role)
                             + [{"Key": "Name", "Value": f"{doc.name}/{slot.name}"}]}
-                           for kind in ("instance", "volume")])
+                           for kind in ("instance", "volume", "network-interface")])
     if slot.private_ip:
         params["PrivateIpAddress"] = slot.private_ip
     return aws.call("ec2", slot.region, "RunInstances", **params)["Instances"][0]["InstanceId"]

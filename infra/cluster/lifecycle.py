@@ -16,7 +16,8 @@
 3. the network: `infra.apply` with the join parameters;
 4. the coordinators' secrets in SSM (with the store CA, made here once, whose
    key exists only there: the CA etcd trusts, not the mesh CA every node has
-   a certificate from), their security groups (infra.cluster.groups);
+   a certificate from), their security groups (infra.cluster.groups), the
+   cluster's own instance roles (infra.cluster.roles);
 5. instances: missing slots launched, extra or mismatched ones terminated,
    the address pointed at the coordinators. A profile change first moves
    the mesh to the new coordinators in place (infra.cluster.switch: new ones
@@ -29,7 +30,7 @@ command again. A failure is recorded in the cluster document (`last_error`),
 which `meshctl clusters` shows; the next successful run clears it.
 
 `delete` marks the document `deleting`, removes instances, address,
-security group, network and secrets, then sweeps every enabled region for
+security group, instance roles, network and secrets, then sweeps every enabled region for
 anything still tagged with the cluster and lists it; the document goes only
 when nothing is left.
 """
@@ -49,7 +50,7 @@ from infra.apply import ApplyProgress, apply
 from infra.aws import Aws, AwsError
 from infra import catalog
 from infra import quotas as quota_api
-from infra.cluster import address, capacity, costs, instances, package, switch
+from infra.cluster import address, capacity, costs, instances, package, roles, switch
 from infra.cluster import groups as sg
 from infra.cluster.instances import Slot, cluster_filters, cluster_tags, tag_of
 from infra.cluster.registry import Registry, secret_prefix
@@ -128,6 +129,7 @@ def create(ops: Ops, name: str, spec: ClusterSpec, known_id: str | None = None,
             raise FailedPrecondition(f"cluster {name} exists with another spec: change it with "
                                      f"`meshctl cluster edit {name}`")
     else:
+        roles.check_name(name)
         _check_mesh_name_free(ops.aws, name, spec.main_region)
         doc = ops.registry.create(new_doc(name, spec))
     if on_recorded is not None:
@@ -391,6 +393,8 @@ def converge(ops: Ops, doc: ClusterDoc) -> Result:
     _put_secret(aws, region, secret_prefix(doc.name) + "join-token", sec.token_file.read_text().strip())
     store_ca(aws, doc)
     group = coordinator_group(aws, doc, main.vpc_id())
+    progress.phase("instance roles")
+    roles.ensure(aws, doc.name)  # before the package: its bucket policy names them
     if _ours(ops, doc):
         progress.phase("the package, for this cluster's instances only")
         _publish(ops, doc)
@@ -637,6 +641,8 @@ def _delete(ops: Ops, doc: ClusterDoc) -> Result:
     address.remove(aws, doc)
     for g in _groups(aws, doc.name, region):
         aws.call("ec2", region, "DeleteSecurityGroup", GroupId=g["GroupId"])
+    progress.phase("instance roles")
+    roles.remove(aws, doc.name)
     progress.phase("network")
     net = destroy(doc.spec.to_infra(doc.name), aws, progress=progress.note, clock=ops.clock)
     progress.phase("secrets, then a sweep for anything left")
@@ -687,6 +693,7 @@ def sweep(aws: Aws, doc: ClusterDoc, regions: list[str]) -> list[str]:
         out += [f"{r}: security group {g['GroupId']}" for g in _groups(aws, doc.name, r)]
         out += [f"{r}: elastic IP {a.get('PublicIp')}" for a in address.eips(aws, doc.name, r)]
     out += address.leftovers(aws, doc)
+    out += roles.leftovers(aws, doc.name)
     for key in SECRETS:
         if _described(aws, doc.spec.main_region, secret_prefix(doc.name) + key) is not None:
             out.append(f"{doc.spec.main_region}: parameter {secret_prefix(doc.name) + key}")

@@ -118,6 +118,7 @@ EOF
   # $etcd_tls unquoted on purpose: three words (or none), without spaces
   meshctl install coordinator --listen 0.0.0.0:@@MESHD_PORT@@ --daemon-arg="--store=$store" $etcd_tls "${await[@]}" \
     --daemon-arg=--bootstrap-token-file=/etc/mesh/bootstrap-token --daemon-arg="--advertise=$PRIVATE_IP" \
+    --daemon-arg="--publish-join-token=ssm:$MAIN_REGION:/mesh/$CLUSTER/join-token" \
     --daemon-arg="--advertise=${COORDINATOR%:*}"
 fi
 

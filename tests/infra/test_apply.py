@@ -203,6 +203,23 @@ def test_changed_join_parameter_is_updated(moto, mesh, builder, make_aws, tmp_pa
     assert ssm.get_parameter(Name=f"/mesh/{mesh}/join-token", WithDecryption=True)["Parameter"]["Value"] == "jt-456"
 
 
+def test_a_join_token_meshd_publishes_is_left_to_meshd(moto, mesh, builder, make_aws, tmp_path) -> None:
+    """A cluster's coordinator rotates /mesh/<cluster>/join-token (meshd --publish-join-token): re-applying
+    the network (every `cluster edit`) must not put the expired bootstrap token back."""
+    import boto3
+
+    from meshcore.jointoken import PUBLISHED_BY_MESHD
+    cfg = join_config(mesh, tmp_path)
+    assert builder.apply(cfg).ok
+    ssm = boto3.client("ssm", region_name="us-west-2", endpoint_url=moto)
+    name = f"/mesh/{mesh}/join-token"
+    ssm.put_parameter(Name=name, Value="rotated", Type="SecureString", Overwrite=True,
+                      Description=f"{PUBLISHED_BY_MESHD}; token t0, expires later")
+    assert builder.plan(cfg).empty
+    assert ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"] == "rotated"
+    assert destroy(cfg, make_aws(cfg)).complete  # and it still goes with the mesh
+
+
 def test_destroy_removes_everything_including_dangling_leftovers(moto, mesh, builder, make_aws, tmp_path) -> None:
     cfg = join_config(mesh, tmp_path)
     assert builder.apply(cfg).ok

@@ -93,13 +93,15 @@ def test_role_create_converges_and_keeps_its_external_id(base_aws, cluster_role,
     me = boto3.client("sts", region_name="us-east-1", endpoint_url=moto).get_caller_identity()["Arn"]
     assert [st["Principal"]["AWS"] for st in trust["Statement"]] == [access.caller_principal(me)]  # not :root
     doc = iam.get_role_policy(RoleName="meshctl-clusters", PolicyName="mesh-clusters")["PolicyDocument"]
-    from infra.policy import cluster_document
-    assert (doc if isinstance(doc, dict) else json.loads(doc)) == cluster_document(quotas=True)
-    for name in ("mesh-node", "mesh-coordinator"):
-        roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
-        assert [r["RoleName"] for r in roles] == [name]
-    node = iam.get_role_policy(RoleName="mesh-node", PolicyName="mesh-parameters")["PolicyDocument"]
-    assert "coordinator" not in json.dumps(node), "plain nodes must not read the CA key"
+    from infra.policy import boundary_document, cluster_document
+    assert (doc if isinstance(doc, dict) else json.loads(doc)) == cluster_document(quotas=True, account="123456789012")
+    # no shared instance roles: each cluster makes its own, bounded by the boundary made here
+    assert cluster_role.boundary == "arn:aws:iam::123456789012:policy/mesh-instance-boundary"
+    found = iam.get_policy(PolicyArn=cluster_role.boundary)["Policy"]
+    version = iam.get_policy_version(PolicyArn=cluster_role.boundary, VersionId=found["DefaultVersionId"])
+    raw = version["PolicyVersion"]["Document"]
+    assert (raw if isinstance(raw, dict) else json.loads(urllib.parse.unquote(raw))) == boundary_document()
+    assert found["DefaultVersionId"] == "v1", "an unchanged boundary is not versioned again"
     # a second role with a fresh external id, removed again
     other = access.create_role(base_aws, "meshctl-other", external_id="fresh-id-123")
     assert other.external_id == "fresh-id-123" and other.created
@@ -141,7 +143,19 @@ def test_create_rerun_status_and_delete_leave_nothing(cluster_ops, moto, mesh) -
     assert sorted(slots) == ["replica-0", "replica-1", "replica-2", f"warm-{FEW[0].replace('.', '-')}-0"]
     ips = sorted(slots[f"replica-{i}"]["PrivateIpAddress"] for i in range(3))
     assert len(set(ips)) == 3 and all(ip.startswith("10.4.") and ip.endswith((".245", ".244", ".243")) for ip in ips)
-    assert slots["replica-0"]["IamInstanceProfile"]["Arn"].endswith("/mesh-coordinator")
+    # the cluster's own instance roles: nodes read only its join parameters, coordinators also its CA key
+    # and may publish its join token; both bounded by the boundary `infra role create` made
+    assert slots["replica-0"]["IamInstanceProfile"]["Arn"].endswith(f"/mesh-{name}-coordinator")
+    assert slots[f"warm-{FEW[0].replace('.', '-')}-0"]["IamInstanceProfile"]["Arn"].endswith(f"/mesh-{name}-node")
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto)
+    for role, coordinator in ((f"mesh-{name}-node", False), (f"mesh-{name}-coordinator", True)):
+        got = iam.get_role(RoleName=role)["Role"]
+        assert got["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/mesh-instance-boundary")
+        assert {"Key": "mesh:cluster", "Value": name} in got["Tags"]
+        raw = iam.get_role_policy(RoleName=role, PolicyName="mesh-parameters")["PolicyDocument"]
+        pol = json.dumps(raw if isinstance(raw, dict) else json.loads(urllib.parse.unquote(raw)))
+        assert f"parameter/mesh/{name}/*" in pol and "parameter/mesh/*" not in pol
+        assert ("coordinator/" in pol) == coordinator and ("ssm:PutParameter" in pol) == coordinator
     data = ec2(moto).describe_instance_attribute(InstanceId=slots["replica-1"]["InstanceId"], Attribute="userData")
     import base64
     script = base64.b64decode(data["UserData"]["Value"]).decode()
@@ -193,7 +207,8 @@ def test_cost_savings_has_one_coordinator_behind_an_elastic_ip(cluster_ops, moto
     assert all(re.match(r"^\[ *\d+\.\ds\] \S", line) for line in lines), lines
     texts = [line.split("] ", 1)[1] for line in lines]
     phases = [t for t in texts if t.endswith(" ...")]
-    assert phases == ["terminating instances ...", "address and coordinator security group ...", "network ...",
+    assert phases == ["terminating instances ...", "address and coordinator security group ...",
+                      "instance roles ...", "network ...",
                       "secrets, then a sweep for anything left ..."]
     assert f"us-east-1: terminating {slots['coordinator-0']['InstanceId']}" in texts
     assert any(t.startswith("us-east-1: deleted vpc") for t in texts), texts
@@ -334,6 +349,9 @@ def test_a_refused_launch_is_reported_and_a_rerun_converges_without_duplicates(c
     res = create(ops, mesh, spec(), known_id=doc.id)
     assert len(res.launched) == 4 and sorted(live(moto, mesh))[:3] == ["replica-0", "replica-1", "replica-2"]
     assert res.doc.last_error == "" and status(ops.aws, res.doc, lambda t: True).status == "running"
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto)
+    before = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert {f"mesh-{mesh}-node", f"mesh-{mesh}-coordinator"} <= before
     # a delete that dies halfway is reported as deleting, and finished by running it again
     faults.fail("DeleteLoadBalancer", "InternalFailure", times=8)
     with pytest.raises(Unavailable):
@@ -343,6 +361,10 @@ def test_a_refused_launch_is_reported_and_a_rerun_converges_without_duplicates(c
     with pytest.raises(FailedPrecondition, match="being deleted"):
         create(ops, mesh, spec(), known_id=doc.id)
     assert delete(ops, mesh).leftovers == [] and Registry(ops.aws).get(mesh) is None
+    after = {r["RoleName"] for r in iam.list_roles()["Roles"]}
+    assert not after & {f"mesh-{mesh}-node", f"mesh-{mesh}-coordinator"}, "delete removes the cluster's roles"
+    profiles = {p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]}
+    assert not profiles & {f"mesh-{mesh}-node", f"mesh-{mesh}-coordinator"}
 
 
 def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, iam_enforced, pricing_double,
@@ -362,6 +384,7 @@ def test_a_role_without_a_permission_names_the_action(cluster_ops, moto, mesh, i
         st.pop("Condition", None)
         if "ec2:RunInstances" in st["Action"]:
             st["Action"].remove("ec2:RunInstances")
+    doc["Statement"] = [st for st in doc["Statement"] if st["Action"]]
     iam.put_role_policy(RoleName=f"{mesh}-partial", PolicyName="p", PolicyDocument=json.dumps(doc))
     creds = boto3.client("sts", region_name="us-east-1", endpoint_url=moto).assume_role(
         RoleArn=arn, RoleSessionName="partial", ExternalId="x1")["Credentials"]
@@ -411,7 +434,7 @@ def test_user_data_is_valid_bash_and_uses_only_real_options(profile: str, tmp_pa
                "CLUSTER": "c1.example", "HUB": "replica-0", "PRIVATE_IP": slot.private_ip or "10.9.0.1",
                "store": "etcds://10.4.0.10:2379,10.4.0.11:2379" if replica else "sqlite", "MESH_JOIN_TOKEN": "x",
                "ETCD_NAME": "r0", "etcd_tls": "--daemon-arg=--etcd-ca=/var/lib/meshd/etcd/ca.crt" if replica else "",
-               "AWAIT_IMPORT": "1" if switching and slot.role != "agent" else ""}
+               "AWAIT_IMPORT": "1" if switching and slot.role != "agent" else "", "MAIN_REGION": "us-east-1"}
         for cmd in _meshctl_lines(script):
             import shlex
             words = [w for w in shlex.split(_expand(cmd, env)) if w != "\\"]
@@ -462,13 +485,15 @@ def _expand(cmd: str, env: dict[str, str]) -> str:
     return re.sub(r"\$([A-Za-z_]+)", lambda m: env.get(m.group(1), "x"), cmd)
 
 
-def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh) -> None:
+def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(cluster_ops, mesh, moto) -> None:
     """Both profiles, a profile switch, and delete: every operation is recorded."""
-    from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, cluster_actions
+    from infra.policy import CLUSTER, CLUSTER_PARAMETERS, IMPLIED, INSTANCE_ROLES, cluster_actions, cluster_document
     from tests.infra.test_policy import Recorder
 
-    rec = Recorder()
-    ops = cluster_ops(on_client=rec)
+    from tests.infra.tagcheck import TagCheck
+
+    rec, tagcheck = Recorder(), TagCheck(moto)
+    ops = cluster_ops(on_client=lambda c: (rec(c), tagcheck(c)))
     ops.selections.clear()  # region selection's calls count too
     res = create(ops, mesh, spec(profile="cost-savings"))
     ops.prices.spot(FEW[0], "us-east-1")  # `meshctl costs` prices spot nodes through the same role
@@ -479,5 +504,8 @@ def test_the_cluster_policy_covers_every_call_and_each_of_its_actions_is_called(
     uncovered = rec.actions - cluster_actions(quotas=True)
     assert not uncovered, f"calls missing from the cluster policy: {sorted(uncovered)}"
     implied = {a for called in rec.actions for a in IMPLIED.get(called, ())}
-    unused = (set(CLUSTER) | set(CLUSTER_PARAMETERS)) - rec.actions - implied
+    unused = (set(CLUSTER) | set(CLUSTER_PARAMETERS) | set(INSTANCE_ROLES)) - rec.actions - implied
     assert not unused, f"cluster policy actions never called: {sorted(unused)}"
+    # and every call meets the policy's tag and boundary conditions (which moto does not evaluate)
+    assert len(tagcheck.calls) > 20
+    assert tagcheck.violations(cluster_document(quotas=True, account="123456789012")) == []

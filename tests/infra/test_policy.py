@@ -15,7 +15,7 @@ import json
 import boto3
 import pytest
 
-from infra import policy, quotas
+from infra import policy, profiles, quotas
 from infra.aws import IAM_PREFIX
 from infra.config import InfraConfig
 from infra.destroy import destroy
@@ -40,11 +40,13 @@ class Recorder:
 
 def test_every_call_is_in_the_policy_and_every_action_is_called(moto, mesh, builder, make_aws, tmp_path,
                                                                quotas_double, request) -> None:
-    rec = Recorder()
+    from tests.infra.tagcheck import TagCheck
+
+    rec, tagcheck = Recorder(), TagCheck(moto)
     clients: dict = {}  # every client of this test is made once, with the recorder on it
     account = AccountDouble({"eu-central-2": "DISABLED"}).start()
     request.addfinalizer(account.stop)
-    aws = lambda cfg: make_aws(cfg, on_client=rec, clients=clients,  # noqa: E731
+    aws = lambda cfg: make_aws(cfg, on_client=lambda c: (rec(c), tagcheck(c)), clients=clients,  # noqa: E731
                                endpoint_urls={"service-quotas": quotas_double.url, "account": account.url})
     (tmp_path / "token").write_text("a")
     base = few_config(mesh, instance_types=("trn2.48xlarge", "trn1.2xlarge"), meshd_address="10.4.0.4:1",
@@ -85,6 +87,9 @@ def test_every_call_is_in_the_policy_and_every_action_is_called(moto, mesh, buil
     assert not uncovered, f"calls missing from the policy: {sorted(uncovered)}"
     unused = allowed - rec.actions - implied
     assert not unused, f"policy actions never called: {sorted(unused)}"
+    # and every call meets the policy's tag conditions (which moto does not evaluate)
+    assert len(tagcheck.calls) > 20
+    assert tagcheck.violations(policy.document(mesh, quotas=True, opt_in=True)) == []
 
 
 def _user_with(iam, name: str, doc: dict) -> dict:
@@ -99,8 +104,9 @@ def test_moto_iam_accepts_the_policy_and_names_a_missing_action(moto, mesh, buil
     (tmp_path / "token").write_text("t")
     cfg = few_config(mesh, meshd_address="10.4.0.4:1", join_token_file=str(tmp_path / "token"))
     builder.selection(cfg)  # made before enforcement, with the test's own credentials
-    # moto evaluates actions against resource "*" only (it derives no SSM parameter ARNs),
-    # so the parameter statement's resource is widened here; the actions are the policy's own.
+    # moto evaluates actions against resource "*" only (it derives no EC2 or SSM ARNs) and evaluates
+    # no condition of an identity policy (test_every_mutating_statement_is_bound_to_what_is_ours reads
+    # them), so resources are widened here; the actions are the policy's own.
     def evaluable() -> dict:
         doc = policy.document(mesh)
         for st in doc["Statement"]:
@@ -109,7 +115,9 @@ def test_moto_iam_accepts_the_policy_and_names_a_missing_action(moto, mesh, buil
 
     full = _user_with(iam, f"{mesh}-full", evaluable())
     doc = evaluable()
-    doc["Statement"][1]["Action"].remove("ec2:AuthorizeSecurityGroupIngress")
+    for st in doc["Statement"]:
+        if "ec2:AuthorizeSecurityGroupIngress" in st["Action"]:
+            st["Action"].remove("ec2:AuthorizeSecurityGroupIngress")
     partial = _user_with(iam, f"{mesh}-partial", doc)
 
     per_user: dict[str, dict] = {}
@@ -140,7 +148,99 @@ def test_join_parameters_are_scoped_to_the_mesh_path() -> None:
     assert iam[0]["Resource"] == ["arn:aws:iam::*:role/mesh-lmrun-*", "arn:aws:iam::*:instance-profile/mesh-lmrun-*"]
     assert "iam:PassRole" not in iam[0]["Action"]
     assert not any(a.startswith("iam:") for s in policy.document("lmrun", sky=False)["Statement"] for a in s["Action"])
-    passing = [s for s in policy.cluster_document()["Statement"] if any(a.startswith("iam:") for a in s["Action"])]
+    passing = [s for s in policy.cluster_document()["Statement"] if "iam:PassRole" in s["Action"]]
     assert passing == [{"Sid": "MeshPassInstanceRoles", "Effect": "Allow", "Action": ["iam:PassRole"],
-                        "Resource": ["arn:aws:iam::*:role/mesh-node", "arn:aws:iam::*:role/mesh-coordinator"],
-                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]
+                        "Resource": ["arn:aws:iam::*:role/mesh-*-node", "arn:aws:iam::*:role/mesh-*-coordinator"],
+                        "Condition": {"StringEqualsIfExists": {"iam:PassedToService": "ec2.amazonaws.com"},
+                                      "StringEquals": {"aws:ResourceTag/managed-by": "meshctl"},
+                                      "Null": {"aws:ResourceTag/mesh:cluster": "false"}}}]
+    # the boundary is matched as a pattern: `meshctl infra policy --clusters` does not know the account
+    bounded = [s for s in policy.cluster_document()["Statement"] if "iam:CreateRole" in s["Action"]]
+    assert bounded[0]["Condition"]["StringLike"] == {
+        "iam:PermissionsBoundary": "arn:aws:iam::*:policy/mesh-instance-boundary"}
+
+
+# -- every change is bound to what is ours ---------------------------------------------
+
+READ_VERBS = ("Describe", "Get", "List")
+TAG_KEYS = {"mesh:name", "mesh:cluster", "managed-by", "mesh"}  # "mesh": SkyPilot's label (infra.profiles)
+
+
+def _mutating(action: str) -> bool:
+    service, op = action.split(":")
+    return service in ("ec2", "elasticloadbalancing", "iam", "ssm") and not op.startswith(READ_VERBS)
+
+
+def _tag_bound(cond: dict) -> bool:
+    """A condition that holds only for our tags (on the resource, in the request) or our boundary."""
+    keys = {k for op in cond.values() for k in op}
+    tags = {k.split("/", 1)[1] for k in keys
+            if k.startswith(("aws:ResourceTag/", "aws:RequestTag/", "ssm:resourceTag/"))}
+    return bool(tags & TAG_KEYS) or "iam:PermissionsBoundary" in keys or "iam:PassedToService" in keys
+
+
+def _arn_bound(resource, mesh: str | None) -> bool:
+    """Every resource names a mesh path or mesh role: /mesh/<mesh>/ (or any cluster's /mesh/, /mesh-clusters/
+    for the cross-account role), roles and profiles named mesh-<mesh>-… (or mesh-*-node/-coordinator)."""
+    items = resource if isinstance(resource, list) else [resource]
+    if mesh is None:
+        ok = ("arn:aws:ssm:*:*:parameter/mesh/", "arn:aws:ssm:*:*:parameter/mesh-clusters/",
+              "arn:aws:iam::*:role/mesh-*-", "arn:aws:iam::*:instance-profile/mesh-*-")
+    else:
+        ok = (f"arn:aws:ssm:*:*:parameter/mesh/{mesh}/", f"arn:aws:iam::*:role/mesh-{mesh}-",
+              f"arn:aws:iam::*:instance-profile/mesh-{mesh}-")
+    return all(r.startswith(ok) for r in items)
+
+
+@pytest.mark.parametrize("which", ["builder", "builder-all", "cluster", "instance-node", "instance-coordinator",
+                                   "boundary", "jobs-controller"])
+def test_every_mutating_statement_is_bound_to_what_is_ours(which: str) -> None:
+    """Walk every Allow statement with an action that changes something (EC2, load balancers, IAM, SSM):
+    it has a tag condition on our keys (or the instance roles' boundary, or passes only to EC2), or
+    each of its resources names the mesh's own path or roles. moto cannot check this: it evaluates no
+    condition of an identity policy and derives no EC2 or SSM resource ARNs (see the tests above)."""
+    mesh = "lmrun"
+    doc, bound_to = {
+        "builder": (policy.document(mesh), mesh), "builder-all": (policy.document(mesh, True, True), mesh),
+        "cluster": (policy.cluster_document(True, "123456789012"), None),
+        "instance-node": (policy.instance_document(mesh, False), mesh),
+        "instance-coordinator": (policy.instance_document(mesh, True), mesh),
+        "boundary": (policy.boundary_document(), None),
+        "jobs-controller": (profiles.jobs_controller_document(mesh), mesh)}[which]
+    checked = 0
+    for st in doc["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st and "NotResource" not in st
+        changes = [a for a in st["Action"] if _mutating(a) or ("*" in a and not a.split(":")[1].startswith(
+            READ_VERBS))]
+        if not changes:
+            continue
+        assert not any("*" in a for a in changes), f"{st['Sid']}: wildcard action"
+        checked += 1
+        if st["Sid"] in policy.UNTAGGED:
+            # one resource type each; only the SSM agent's channel names none (AWS defines no resource for it)
+            assert (st["Resource"] != "*" and not isinstance(st["Resource"], list)) or st["Sid"] == "MeshProfileSwitch"
+            continue
+        assert _tag_bound(st.get("Condition", {})) or _arn_bound(st["Resource"], bound_to), \
+            f"{which}: statement {st['Sid']} lets {changes} change what is not ours"
+    assert checked or which == "instance-node", "the walk saw no change at all"
+    if which == "instance-node":
+        assert checked == 0, "a plain node changes nothing in AWS"
+
+
+def test_the_tag_conditions_name_the_tags_the_builder_sets() -> None:
+    """The keys the policies bind to are the ones every create carries (infra.state, infra.cluster.instances)."""
+    from infra.cluster.instances import TAG_CLUSTER, cluster_tags
+    from infra.state import MANAGED_BY, TAG_MANAGED, TAG_NAME, tags
+    assert (policy.TAG_MESH, policy.TAG_MANAGED, policy.MANAGED_BY, policy.TAG_CLUSTER) == (
+        TAG_NAME, TAG_MANAGED, MANAGED_BY, TAG_CLUSTER)
+    builder = {k.split("/", 1)[1]: v for st in policy.document("m")["Statement"]
+               for op in st.get("Condition", {}).values() for k, v in op.items() if k.startswith("aws:")}
+    assert builder == {t["Key"]: t["Value"] for t in tags("m")}
+    cluster = {k.split("/", 1)[1]: v for st in policy.cluster_document()["Statement"]
+               for k, v in st.get("Condition", {}).get("StringEquals", {}).items() if k.startswith("aws:")}
+    assert cluster.items() <= {t["Key"]: t["Value"] for t in cluster_tags("c")}.items()
+    # a node's role reads its own cluster's parameters and nothing of the coordinators'
+    node = json.dumps(policy.instance_document("c1", coordinator=False))
+    assert "parameter/mesh/c1/*" in node and "mesh-clusters" not in node and "PutParameter" not in node
+    coord = json.dumps(policy.instance_document("c1", coordinator=True))
+    assert "parameter/mesh-clusters/c1/coordinator/*" in coord and "parameter/mesh/c1/join-token" in coord

@@ -64,7 +64,8 @@ def ec2(url: str):
 def test_skypilot_launches_every_template_into_the_mesh(network, tmp_path) -> None:
     url, aws = network
     out = probe(url, ROOT / "sky/config.yaml", tmp_path, "main=sky/main.yaml", "qwen-coder=sky/model-server.yaml",
-                "client=sky/client.yaml", "qwen-job-7=sky/model-server-job.yaml")
+                "client=sky/client.yaml", "qwen-job-7=sky/model-server-job.yaml",
+                "sky-jobs-controller-1a2b3c4d=sky/client.yaml")
     assert out["config"]["ok"], out["config"]
     c = ec2(url)
     vpc = c.describe_vpcs(Filters=[{"Name": "tag:Name", "Values": ["mesh"]}])["Vpcs"]
@@ -76,7 +77,9 @@ def test_skypilot_launches_every_template_into_the_mesh(network, tmp_path) -> No
     for cluster, group, profile in (("main", "mesh-mesh-main", "mesh-mesh-main"),
                                     ("qwen-coder", "mesh-mesh", "mesh-mesh-node"),
                                     ("client", "mesh-mesh", "mesh-mesh-node"),
-                                    ("qwen-job-7", "mesh-mesh", "mesh-mesh-node")):
+                                    ("qwen-job-7", "mesh-mesh", "mesh-mesh-node"),
+                                    # the managed-jobs controller: its own profile, not the user's credentials
+                                    ("sky-jobs-controller-1a2b3c4d", "mesh-mesh", "mesh-mesh-jobs-controller")):
         got = out[cluster]
         assert got["ok"], f"{cluster}: {got.get('error')}\n{got.get('trace')}"
         inst = got["instance"]
@@ -107,6 +110,10 @@ def test_profiles_are_scoped_to_this_meshs_parameters(network) -> None:
         [st] = doc["Statement"]
         assert st["Resource"] == "arn:aws:ssm:*:*:parameter/mesh/mesh/*"
         assert ("ssm:PutParameter" in st["Action"]) == (name == "mesh-mesh-main")
+    from infra.profiles import jobs_controller_document
+    raw = iam.get_role_policy(RoleName="mesh-mesh-jobs-controller", PolicyName="mesh-parameters")["PolicyDocument"]
+    assert (raw if isinstance(raw, dict) else json.loads(raw)) == jobs_controller_document("mesh")
+    assert "ssm:" not in json.dumps(raw), "the jobs controller reads no join parameter"
 
 
 def test_a_config_naming_what_infra_did_not_make_fails_with_what_to_run(network, tmp_path) -> None:
