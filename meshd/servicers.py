@@ -77,6 +77,11 @@ def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]
     return [(kind, list(objs.values()), first, last) for kind, objs, first, last in out]
 
 
+async def _pace() -> None:
+    """The pause of a node watch stream after it sent live changes."""
+    await asyncio.sleep(NODE_EVENTS_EVERY_S)
+
+
 log = logging.getLogger("meshd")
 
 
@@ -357,15 +362,15 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                                 yield self.encoded.get((store, "run", run_kind, first, last, len(objs)),
                                                        lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], nodes=objs,
                                                                                    revision=last))
+                        # what changes meanwhile waits, and goes out as one message: a fleet joining at
+                        # 50 nodes a second costs each stream a few messages a second, not 50
+                        await _pace()
                         continue
                     if kind == "batch":
                         index += 1
                         yield self.encoded.get((store, "batch", reset_rev, index, rev, len(node)),
                                                lambda: nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
                                                                            nodes=[n for n, _ in node]))
-                        # what changes meanwhile waits, and goes out as one message: a fleet joining at
-                        # 50 nodes a second costs each stream a few messages a second, not 50
-                        await asyncio.sleep(NODE_EVENTS_EVERY_S)
                         continue
                     if kind in ("reset", "synced"):
                         yield nodes_pb2.NodeEvent(type=EVENT[kind], revision=rev, store=store)
