@@ -5,30 +5,35 @@
 - expose → resolvable: 50 real meshagent processes; a service is exposed
   through one agent's local API and timed until another agent's DNS answers.
 - DNS: bench/dns_bench.py (responder on one core, dnsmasq side by side).
-- meshd with 1,000 simulated agents in this one load process: each joined
-  with its own key and certificate, holding both watch streams over its own
-  mTLS channel and renewing its lease every 5 s, while the catalog changes
-  CHANGES_PER_S times a second mesh-wide (every change reaches all 2,000
-  streams); p99 latency of the RPCs they make (Renew, Expose, ListServices)
-  and meshd's RSS, measured once every agent holds the full node list.
+- meshd under a fleet of simulated agents (bench/fleet.py: several per load
+  process, 1,000 to a process): 200, 1,000 and 5,000 agents on one meshd
+  (SQLite), and 2,000 over three replicas on one real etcd next to the same
+  fleet on one replica. Each agent joins and renews every 5 s from then on;
+  once the fleet has joined, agents arrive at 50/s opening both watch
+  streams, while the catalog changes twice a second (every change reaching
+  every stream); p99 latency of the RPCs they make (Renew, Expose,
+  ListServices), lease expiries, the time until every stream holds the whole
+  set, and meshd's RSS.
 - idle meshagent RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
+from bench import fleet
 from bench.common import percentile, record
-from mesh.v1 import admission_pb2, admission_pb2_grpc, agent_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
+from mesh.v1 import agent_pb2_grpc, catalog_pb2, types_pb2
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from meshagent.uplink import mtls_channel
 from testbed.localmesh import LocalMesh, resolve
 
 B = "control"
@@ -37,8 +42,6 @@ AGENTS = 50
 EXPOSES = 40
 LOAD_SECONDS = 20
 SYNC_TIMEOUT_S = 90
-ARRIVALS_PER_S = 50.0  # agents opening their watch streams per second
-CHANGES_PER_S = 2.0
 EXPOSE_TIMEOUT_S = 4.0  # a busy mesh: a service exposed or moved somewhere every half second
 
 
@@ -145,119 +148,89 @@ def bench_expose_to_resolvable() -> list[dict]:
                     "source": "shared/FACTS.md (serf not installed)"})]
 
 
-async def _load(mesh: LocalMesh, root: Path, n: int) -> tuple[list[float], float, float]:
-    token = mesh.token(uses=0)
-    joined = await _joins(mesh, root, token, n, 16)
-    idents = [ident for _, ident in joined]
-    channels = [mtls_channel(mesh.coordinator, ident) for ident in idents]
-    latencies: list[float] = []
-    stop = asyncio.Event()
-    synced = [0]
-    all_synced = asyncio.Event()
-
-    errors = [0]
-
-    async def timed(call):
-        t0 = time.perf_counter()
-        try:
-            await call
-        except grpc.aio.AioRpcError:
-            errors[0] += 1
-            return
-        if not stop.is_set():
-            latencies.append((time.perf_counter() - t0) * 1000)
-
-    unreachable: set[str] = set()  # nodes meshd marked unreachable (lease expired), as the streams told
-
-    async def watch(stream):
-        try:
-            async for ev in stream:
-                if ev.type == types_pb2.EVENT_TYPE_PUT and hasattr(ev, "nodes"):
-                    for node in list(ev.nodes) + ([ev.node] if ev.HasField("node") else []):
-                        if node.state == types_pb2.NODE_STATE_UNREACHABLE:
-                            unreachable.add(node.id)
-                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
-                    synced[0] += 1
-                    if synced[0] == 2 * n:
-                        all_synced.set()
-        except grpc.aio.AioRpcError:
-            pass
-
-    async def agent(i: int, ch: grpc.aio.Channel):
-        adm = admission_pb2_grpc.AdmissionServiceStub(ch)
-        cat = catalog_pb2_grpc.CatalogServiceStub(ch)
-        nodes = nodes_pb2_grpc.NodeServiceStub(ch)
-        await asyncio.sleep(i / ARRIVALS_PER_S)  # the fleet comes up over time, as VMs boot
-        streams = [cat.WatchServices(types_pb2.WatchRequest(batch=True)),
-                   nodes.WatchNodes(types_pb2.WatchRequest(batch=True))]
-        watchers = [asyncio.create_task(watch(s)) for s in streams]
-        rng = random.Random(i)
-        await asyncio.sleep(rng.random() * 5)  # spread renewals as real agents do (they renew while syncing too)
-        try:
-            changes = 0
-            while not stop.is_set():
-                await timed(adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=30))
-                if rng.random() < CHANGES_PER_S * 5 / n:
-                    changes += 1
-                    await timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
-                        name=f"load-{i}-{changes % 3}", port=8000 + changes % 3)), timeout=30))
-                if rng.random() < 0.02:
-                    await timed(cat.ListServices(catalog_pb2.ListServicesRequest(), timeout=30))
-                await asyncio.sleep(5)  # lease TTL 15 s: renew every third
-        finally:
-            for s in streams:
-                s.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
-
-    t0 = time.perf_counter()
-    tasks = [asyncio.create_task(agent(i, ch)) for i, ch in enumerate(channels)]
-    try:  # until every agent holds the whole node list (bounded: meshd may not get there)
-        await asyncio.wait_for(all_synced.wait(), SYNC_TIMEOUT_S)
-        sync_s = time.perf_counter() - t0
-    except TimeoutError:
-        sync_s = None  # never synced: no time to report (the synced fraction says how far it got)
-    synced_fraction = synced[0] / (2 * n)
-    await asyncio.sleep(5)  # renewals spread out
-    latencies.clear()
-    errors[0] = 0
-    await asyncio.sleep(LOAD_SECONDS)
-    rss = rss_mb(mesh.meshd.popen.pid)
-    stop.set()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for ch in channels:
-        await ch.close()
-    return latencies, rss, sync_s, errors[0], synced_fraction, len(unreachable)
-
-
-def bench_agents(n: int) -> list[dict]:
-    """meshd under n simulated agents; metric names carry n."""
-    import uvloop
-    with LocalMesh(pool="127.80.0.0/16") as mesh, tempfile.TemporaryDirectory() as tmp:
-        mesh.start_meshd()
-        latencies, rss, sync_s, errors, synced, expiries = uvloop.run(_load(mesh, Path(tmp), n))
-    return [record(B, f"meshd_rpc_p99_ms_{n}_agents", percentile(latencies, 99) if latencies else None, "ms",
-                   goal=50, agents=n, rpcs=len(latencies), rpc_errors=errors, seconds=LOAD_SECONDS,
-                   changes_per_s=CHANGES_PER_S, arrivals_per_s=ARRIVALS_PER_S, synced_fraction=round(synced, 3),
-                   failures=errors,
+def _agents_records(n: int, out: dict, suffix: str = "", **extra) -> list[dict]:
+    """The records of one fleet run (bench.fleet.run_fleet); metric names carry n (and `suffix`)."""
+    name = f"{n}_agents{suffix}"
+    latencies, errors, synced = out["latencies"], out["errors"], out["synced_fraction"]
+    info = {"agents": n, "load_processes": out["processes"], **extra}
+    return [record(B, f"meshd_rpc_p99_ms_{name}", percentile(latencies, 99) if latencies else None, "ms",
+                   goal=GOALS.get(name, {}).get("rpc"), rpcs=len(latencies), rpc_errors=errors, seconds=LOAD_SECONDS,
+                   changes_per_s=fleet.CHANGES_PER_S, arrivals_per_s=fleet.ARRIVALS_PER_S,
+                   synced_fraction=round(synced, 3), failures=errors, machine=MACHINE, **info,
                    anchor={"name": "K3s server: RPC latency at this agent count (no K3s installable here)",
                            "value": None, "measured": False,
                            "source": "K3s sizing docs put ~350 agents on 2 cores; no latency figure published"}),
-            record(B, f"meshd_lease_expiries_{n}_agents", expiries, "nodes", goal=0, agents=n,
+            record(B, f"meshd_lease_expiries_{name}", out["unreachable"], "nodes", goal=0, **info,
                    how="distinct nodes seen UNREACHABLE in the agents' node watch streams (every agent renews "
-                       "every 5 s on a 15 s lease, so any is meshd's doing)"),
-            record(B, f"meshd_rpc_errors_{n}_agents", errors, "rpcs", goal=0, agents=n, seconds=LOAD_SECONDS),
-            record(B, f"meshd_rss_mb_{n}_agents", rss, "MB", agents=n, goal=300 if n == 1000 else None),
-            # Until every agent, arriving at ARRIVALS_PER_S, holds the whole node list.
+                       "every 5 s on a 15 s lease from its join on, so any is meshd's doing)"),
+            record(B, f"meshd_rpc_errors_{name}", errors, "rpcs", goal=0, seconds=LOAD_SECONDS, **info),
+            record(B, f"meshd_rss_mb_{name}", out["rss_mb"], "MB", goal=GOALS.get(name, {}).get("rss"),
+                   statistic="sum over replicas" if extra.get("replicas", 1) > 1 else "meshd process", **info),
+            # Until every agent, arriving at ARRIVALS_PER_S after the fleet joined, holds the whole set.
             # null when not every stream synced within SYNC_TIMEOUT_S (a failure, not a time)
-            record(B, f"meshd_initial_sync_s_{n}_agents", sync_s, "s", agents=n, goal=20 if n == 1000 else None,
-                   arrivals_per_s=ARRIVALS_PER_S, synced_fraction=round(synced, 3), timeout_s=SYNC_TIMEOUT_S,
-                   failures=0 if sync_s is not None else 1),
-            record(B, f"meshd_watch_streams_synced_fraction_{n}_agents", synced, "ratio", better="higher", goal=1.0,
-                   agents=n)]
+            record(B, f"meshd_initial_sync_s_{name}", out["sync_s"], "s", goal=GOALS.get(name, {}).get("sync"),
+                   arrivals_per_s=fleet.ARRIVALS_PER_S, synced_fraction=round(synced, 3),
+                   timeout_s=SYNC_TIMEOUT_S, failures=0 if out["sync_s"] is not None else 1, **info),
+            record(B, f"meshd_watch_streams_synced_fraction_{name}", synced, "ratio", better="higher", goal=1.0,
+                   **info),
+            # joins while the fleet already in the mesh renews (JOIN_CONCURRENCY per load process)
+            record(B, f"meshd_join_p99_ms_{name}", percentile(out["join_ms"], 99) if out["join_ms"] else None, "ms",
+                   joins=len(out["join_ms"]), failures=out["join_failures"],
+                   join_phase_s=round(out["join_phase_s"], 1), join_phase_cut_at_s=fleet.JOIN_PHASE_LIMIT_S
+                   if out["join_phase_cut"] else None, **info)]
+
+
+#: goals by fleet (issue 17)
+GOALS = {"1000_agents": {"rpc": 50, "sync": 20, "rss": 300}, "5000_agents": {"rpc": 200}}
+MACHINE = "2 cores shared with other work: figures move with the machine's load (see load_avg)"
+
+
+def _fleet(n: int, coordinators: list[str], joins: list[str], token: str, rss) -> dict:
+    return fleet.run_fleet(n, coordinators, joins, token, SYNC_TIMEOUT_S, LOAD_SECONDS, rss)
+
+
+def bench_agents(n: int) -> list[dict]:
+    """meshd (SQLite) under n simulated agents."""
+    with LocalMesh(pool="127.80.0.0/16") as mesh:
+        mesh.start_meshd()
+        out = _fleet(n, [mesh.coordinator], [mesh.join_address], mesh.token(uses=0),
+                     lambda: rss_mb(mesh.meshd.popen.pid))
+    return _agents_records(n, out, load_avg=round(os.getloadavg()[0], 1))
+
+
+def bench_agents_replicas(n: int, replicas: int) -> list[dict]:
+    """n simulated agents spread over `replicas` meshd replicas on one real etcd (agent i on replica
+    i % replicas), and the same fleet on one replica on the same kind of etcd, in the same run."""
+    from testbed.etcd_cluster import EtcdCluster
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (1, replicas):
+            cluster = EtcdCluster(1, Path(tmp) / f"etcd-{count}").start()
+            meshes: list[LocalMesh] = []
+            try:
+                store = ("--store", cluster.url + f"/fleet{count}")
+                first = LocalMesh(pool="127.80.0.0/16")
+                meshes.append(first)
+                first.start_meshd(extra=store)
+                for r in range(1, count):  # one mesh CA: the replicas share the first one's state
+                    other = LocalMesh(pool="127.80.0.0/16")
+                    shutil.copytree(first.root / "meshd", other.root / "meshd",
+                                    ignore=shutil.ignore_patterns("*.sock"))
+                    meshes.append(other)
+                    other.start_meshd(extra=store)
+                out = _fleet(n, [m.coordinator for m in meshes], [m.join_address for m in meshes],
+                             first.token(uses=0), lambda: sum(rss_mb(m.meshd.popen.pid) for m in meshes))
+                suffix = f"_{count}_replicas" if count > 1 else "_1_replica_etcd"
+                records += _agents_records(n, out, suffix, replicas=count, store="etcd (one member)",
+                                           load_avg=round(os.getloadavg()[0], 1))
+            finally:
+                for m in meshes:
+                    m.__exit__(None, None, None)
+                cluster.stop()
+    return records
 
 
 def run() -> list[dict]:
     from bench.dns_bench import run_dns
-    return bench_joins() + bench_expose_to_resolvable() + run_dns() + bench_agents(200) + bench_agents(1000)
+    return (bench_joins() + bench_expose_to_resolvable() + run_dns() + bench_agents(200) + bench_agents(1000)
+            + bench_agents(5000) + bench_agents_replicas(2000, 3))

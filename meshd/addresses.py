@@ -23,6 +23,8 @@ from meshd.store.base import Compare, Delete, Op, Put, Store, absent
 
 PREFIX = "/addresses/"
 CURSOR = "/alloc/cursor"
+#: addresses after the cursor asked for one by one before the whole taken set is read
+PROBES = 8
 DEFAULT_POOL = "100.96.0.0/12"
 
 
@@ -60,17 +62,22 @@ class AddressPool:
             if holder is not None:
                 raise AlreadyExists(f"address {ip} is already held by node {holder.value.decode()}")
             return Allocation(str(ip), [absent(key)], [Put(key, node_id.encode())])
-        taken_kvs, _ = await self.store.range(PREFIX)
-        taken = {kv.key[len(PREFIX):] for kv in taken_kvs}
         cur = await self.store.get(CURSOR)
         start = int(cur.value) if cur else 1
         size = self.network.num_addresses
         first, last = 1, size - 2  # skip the network and broadcast addresses
         base = int(self.network.network_address)
+        taken: set[str] | None = None
         for step in range(last - first + 1):
             idx = first + (start - first + step) % (last - first + 1)
             ip = str(ipaddress.ip_address(base + idx))
-            if ip not in taken:
+            if taken is None and step < PROBES:  # the cursor's next address is nearly always free: ask for it
+                free = await self.store.get(PREFIX + ip) is None
+            else:  # a crowded stretch of the pool: read what is taken once
+                if taken is None:
+                    taken = {kv.key[len(PREFIX):] for kv in (await self.store.range(PREFIX))[0]}
+                free = ip not in taken
+            if free:
                 cursor_cmp = Compare(CURSOR, "mod", "=", cur.mod_revision) if cur else absent(CURSOR)
                 return Allocation(ip, [absent(PREFIX + ip), cursor_cmp],
                                   [Put(PREFIX + ip, node_id.encode()), Put(CURSOR, str(idx + 1).encode())])

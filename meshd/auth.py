@@ -21,6 +21,7 @@ server-streaming and the bidirectional Tunnel alike).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,7 +62,14 @@ def caller_of(context: grpc.aio.ServicerContext) -> Caller:
     pem = (context.auth_context() or {}).get("x509_pem_cert")
     if not pem:
         return Caller("anonymous")
-    cert = x509.load_pem_x509_certificate(pem[0])
+    return _caller_of_cert(pem[0])
+
+
+@functools.lru_cache(maxsize=16384)
+def _caller_of_cert(pem: bytes) -> Caller:
+    """Who a (TLS-verified) client certificate names: parsed once per certificate, not on every
+    call (a fleet's renewals, each checked more than once, spent their time here)."""
+    cert = x509.load_pem_x509_certificate(pem)
     kind, cn = pki.identity(cert)
     if kind == pki.KIND_NODE:
         return Caller("node", cn)

@@ -215,8 +215,12 @@ class Catalog:
 
 
 async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
-                       snapshot=None) -> AsyncIterator[tuple]:
+                       snapshot=None, grouped: bool = False) -> AsyncIterator[tuple]:
     """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
+
+    With `grouped`, the changes after the current set (or the resumed history) come as the
+    store hands them over instead, one ("changes", [(kind, object, revision), ...], last
+    revision) per batch: a watcher that fell behind gets what waited for it at once.
 
     Resuming after `from_revision` replays exactly what was missed, then
     "synced". From 0, a compacted revision, or one ahead of the store (the
@@ -236,9 +240,13 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
             while True:
                 if not batch:
                     yield ("synced", None, last)
-                for e in batch:
-                    last = e.revision
-                    yield (e.type, _decoded(decode_fn, e), e.revision)
+                elif grouped:
+                    last = batch[-1].revision
+                    yield ("changes", _changes(decode_fn, batch), last)
+                else:
+                    for e in batch:
+                        last = e.revision
+                        yield (e.type, _decoded(decode_fn, e), e.revision)
                 batch = await anext(stream)
     if snapshot is not None:
         items, rev = await snapshot()
@@ -250,8 +258,16 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         yield ("put", obj, mod_revision)
     yield ("synced", None, rev)
     async for batch in store.watch(prefix, rev):
+        if grouped:
+            if batch:
+                yield ("changes", _changes(decode_fn, batch), batch[-1].revision)
+            continue
         for e in batch:
             yield (e.type, _decoded(decode_fn, e), e.revision)
+
+
+def _changes(decode_fn, batch: list[Event]) -> list[tuple]:
+    return [(e.type, _decoded(decode_fn, e), e.revision) for e in batch]
 
 
 def _decoded(decode_fn, e: Event):

@@ -203,7 +203,8 @@ class LeaseLoop:
     async def check(self) -> None:
         """Mark nodes past their lease unreachable; drop the services of those past the grace period."""
         await self.liveness.load_heartbeats()
-        nodes, _ = await self.nodes.list()
+        # read and decoded once per store revision, not every tick (the list is shared: read only)
+        nodes = await self.nodes.current()
         expired, gone = self.liveness.overdue(nodes)
         for n in expired:
             log.warning("node %s (%s) missed its lease: unreachable", n.name, n.id)

@@ -29,6 +29,7 @@ from meshd.addresses import AddressPool
 from meshd.admission import Admission
 from meshd import claims
 from meshd.catalog import watch_prefix
+from meshd.fanout import Snapshots
 from meshd.claims import ClaimRules
 from meshd.leases import HEARTBEATS, Liveness
 from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
@@ -122,6 +123,9 @@ class Nodes:
         # Joins on one replica take turns: they would all race for the same address cursor.
         # The store's compare-and-swap still guards against other replicas.
         self._joining = asyncio.Lock()
+        # the current node list, read once per store revision (the lease loop, joins, new watch streams)
+        self.snapshots = Snapshots(store, PREFIX, decode)
+        self._decoded: dict[tuple[str, int], types_pb2.Node] = {}  # (key, revision) -> node, for watchers
 
     # -- reads ----------------------------------------------------------------
     def _live(self, node: types_pb2.Node) -> types_pb2.Node:
@@ -150,8 +154,27 @@ class Nodes:
     async def get(self, id_or_name: str) -> types_pb2.Node:
         return self._live(decode(await self._find(id_or_name)))
 
-    def watch(self, from_revision: int, snapshot=None) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
-        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot)
+    async def current(self) -> list[types_pb2.Node]:
+        """Every node as stored (no `last_seen`), read and decoded once per store revision and
+        shared with the watch streams' snapshots: callers must not change them."""
+        items, _ = await self.snapshots.get()
+        return [n for n, _ in items]
+
+    def watch(self, from_revision: int, snapshot=None,
+              grouped: bool = False) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
+        """Changes to the nodes (meshd.catalog.watch_prefix); `grouped` streams share each decoded
+        change (read only), so a change is decoded once, not once per watcher."""
+        return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared if grouped else decode,
+                            snapshot, grouped)
+
+    def _decode_shared(self, kv: KeyValue) -> types_pb2.Node:
+        key = (kv.key, kv.mod_revision)
+        node = self._decoded.get(key)
+        if node is None:
+            node = self._decoded[key] = decode(kv)
+            if len(self._decoded) > 4096:
+                self._decoded.pop(next(iter(self._decoded)))
+        return node
 
     # -- join -----------------------------------------------------------------
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
@@ -170,8 +193,7 @@ class Nodes:
             # Labels from the token bind the node: it may add labels, never change these.
             claims.check_token_labels({**tok.labels, **facts.labels}, tok.labels)
             check_labels({**facts.labels, **tok.labels}, "node label")
-            others, _ = await self.list()
-            claims.check(facts, others, self.rules)
+            claims.check(facts, await self.current(), self.rules)
             node_id = "n" + secrets.token_hex(8)
             fixed = facts.private_address if facts.cloud == "aws" and facts.private_address else None
             alloc = await self.addresses.plan(node_id, fixed)
@@ -247,9 +269,8 @@ class Nodes:
             return current  # nothing changed: no write
         if (wanted.public_address, wanted.wireguard_public_key) != (current.public_address,
                                                                     current.wireguard_public_key):
-            others, _ = await self.list()
             claims.check_public(wanted, self.rules)
-            claims.check_unique(wanted, others)
+            claims.check_unique(wanted, await self.current())
         return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
 
     async def bound_labels(self, node_id: str) -> dict[str, str]:

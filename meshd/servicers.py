@@ -7,6 +7,7 @@ names.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -35,6 +36,9 @@ EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
 #: objects per batched PUT while sending the current set (WatchRequest.batch)
 BATCH = 256
+#: a node watch stream (batch mode) sends live changes at most this often: the first change after
+#: a quiet spell at once, those that follow it within this time together (each node once)
+NODE_EVENTS_EVERY_S = 0.25
 
 
 async def batched(events, batch: bool):
@@ -57,6 +61,26 @@ async def batched(events, batch: bool):
                 pending = []
             in_reset = False
         yield kind, obj, rev
+
+
+def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]]:
+    """Changes (kind, object, revision) as runs of one kind, each object once per run with its
+    last change: [(kind, objects, first revision, last revision), ...]. A node that flapped
+    three times while its watcher was behind is sent once, as it is now."""
+    out: list[list] = []
+    for kind, obj, rev in changes:
+        if not out or out[-1][0] != kind:
+            out.append([kind, {}, rev, rev])
+        run = out[-1]
+        run[1].pop(key(obj), None)
+        run[1][key(obj)] = obj
+        run[3] = rev
+    return [(kind, list(objs.values()), first, last) for kind, objs, first, last in out]
+
+
+async def _pace() -> None:
+    """The pause of a node watch stream after it sent live changes."""
+    await asyncio.sleep(NODE_EVENTS_EVERY_S)
 
 
 log = logging.getLogger("meshd")
@@ -315,7 +339,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         self.store_name = store_name
         self.overlay_pool = overlay_pool
         self.encoded = Encoded()
-        self.snapshots = Snapshots(nodes.store, nodes_mod.PREFIX, nodes_mod.decode)
+        self.snapshots = nodes.snapshots
 
     async def ListNodes(self, request, context):
         await self.callers.any_member(context)
@@ -351,10 +375,27 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                 store = self.store_token()
                 start = resume_point(request, store)
                 reset_rev, index = 0, 0
-                events = self.nodes.watch(start, self.snapshots.get)
+                # live changes come grouped (what waited for this stream since it last sent) when the
+                # caller takes batches: one message per run, each node once, as it is now
+                events = self.nodes.watch(start, self.snapshots.get, grouped=request.batch)
                 async for kind, node, rev in batched(events, request.batch):
                     if kind == "reset":
                         reset_rev, index = rev, 0
+                    if kind == "changes":
+                        for run_kind, objs, first, last in runs(node, lambda n: n.id):
+                            if len(objs) == 1:
+                                only = objs[0]
+                                yield self.encoded.get((store, run_kind, only.revision, only.id),
+                                                       lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], node=only,
+                                                                                   revision=only.revision))
+                            else:
+                                yield self.encoded.get((store, "run", run_kind, first, last, len(objs)),
+                                                       lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], nodes=objs,
+                                                                                   revision=last))
+                        # what changes meanwhile waits, and goes out as one message: a fleet joining at
+                        # 50 nodes a second costs each stream a few messages a second, not 50
+                        await _pace()
+                        continue
                     if kind == "batch":
                         index += 1
                         yield self.encoded.get((store, "batch", reset_rev, index, rev, len(node)),

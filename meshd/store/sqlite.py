@@ -2,6 +2,12 @@
 
 One database file in WAL mode, written by one thread (a single-worker
 executor) so the event loop never blocks on disk and writes are serialized.
+Reads (get, range, watch history) run on a second thread with its own
+connection: WAL lets them read the last commit while a write waits for its
+fsync, so a renewal's read never queues behind the writes of a burst of
+joins. The current revision is kept in memory (this process is the only
+writer: meshd holds the file's lock), so asking for it costs no trip to a
+thread at all.
 `synchronous=FULL`: a write is acknowledged only once it is on disk, so
 nothing acknowledged is lost when meshd is killed, or the machine loses power.
 
@@ -74,8 +80,12 @@ class SQLiteStore(Store):
         self._clock = clock
         self._retain = retain
         self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._rx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
         self._subs: set[tuple[str, asyncio.Queue[list[Event]]]] = set()
         self._db = self._open()
+        self._rdb = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._rdb.execute("PRAGMA busy_timeout=5000")
+        self._revision = self._rev()
 
     # -- opening --------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -104,32 +114,38 @@ class SQLiteStore(Store):
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._ex, fn, *args)
 
-    # -- reads ----------------------------------------------------------------
-    def _rev(self) -> int:
-        return self._db.execute("SELECT v FROM meta WHERE k='revision'").fetchone()[0]
+    async def _read(self, fn, *args):
+        """fn(*args) on the reading thread (its own connection: the last commit, never a write's)."""
+        return await asyncio.get_running_loop().run_in_executor(self._rx, fn, *args)
 
-    def _get(self, key: str) -> KeyValue | None:
-        r = self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key=?", (key,)).fetchone()
+    # -- reads ----------------------------------------------------------------
+    def _rev(self, db: sqlite3.Connection | None = None) -> int:
+        return (db or self._db).execute("SELECT v FROM meta WHERE k='revision'").fetchone()[0]
+
+    def _get(self, key: str, db: sqlite3.Connection | None = None) -> KeyValue | None:
+        r = (db or self._db).execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv WHERE key=?",
+                                     (key,)).fetchone()
         return _row(r) if r else None
 
     def _range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        db = self._rdb
         lo, hi = _prefix_bounds(prefix)
-        self._db.execute("BEGIN")
+        db.execute("BEGIN")
         try:
-            rows = self._db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv "
-                                    "WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)).fetchall()
-            return [_row(r) for r in rows], self._rev()
+            rows = db.execute("SELECT key, value, create_rev, mod_rev, version, lease FROM kv "
+                              "WHERE key >= ? AND key < ? ORDER BY key", (lo, hi)).fetchall()
+            return [_row(r) for r in rows], self._rev(db)
         finally:
-            self._db.execute("COMMIT")
+            db.execute("COMMIT")
 
     async def get(self, key: str) -> KeyValue | None:
-        return await self._run(self._get, key)
+        return await self._read(self._get, key, self._rdb)
 
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        return await self._run(self._range, prefix)
+        return await self._read(self._range, prefix)
 
     async def revision(self) -> int:
-        return await self._run(self._rev)
+        return self._revision
 
     # -- writes ---------------------------------------------------------------
     def _apply(self, rev: int, ops: Sequence[Op]) -> list[Event]:
@@ -182,6 +198,7 @@ class SQLiteStore(Store):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._revision = rev
         return TxnResult(ok, rev, events)
 
     async def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
@@ -235,6 +252,7 @@ class SQLiteStore(Store):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._revision = rev
         return TxnResult(True, rev, events)
 
     async def lease_grant(self, ttl: float) -> int:
@@ -256,21 +274,27 @@ class SQLiteStore(Store):
 
     # -- watch ----------------------------------------------------------------
     def _history(self, prefix: str, after: int) -> tuple[list[Event], int]:
-        compacted = self._db.execute("SELECT v FROM meta WHERE k='compacted'").fetchone()[0]
-        if after < compacted:
-            raise Compacted(after, compacted)
-        lo, hi = _prefix_bounds(prefix)
-        rows = self._db.execute("SELECT rev, type, key, value, create_rev, version, lease FROM log "
-                                "WHERE rev > ? AND key >= ? AND key < ? ORDER BY rev, seq", (after, lo, hi)).fetchall()
-        events = [Event(t, KeyValue(k, bytes(v), c, rev, ver, lease), rev) for rev, t, k, v, c, ver, lease in rows]
-        return events, self._rev()
+        db = self._rdb
+        db.execute("BEGIN")  # the compaction point and the log as of one commit
+        try:
+            compacted = db.execute("SELECT v FROM meta WHERE k='compacted'").fetchone()[0]
+            if after < compacted:
+                raise Compacted(after, compacted)
+            lo, hi = _prefix_bounds(prefix)
+            rows = db.execute("SELECT rev, type, key, value, create_rev, version, lease FROM log "
+                              "WHERE rev > ? AND key >= ? AND key < ? ORDER BY rev, seq", (after, lo, hi)).fetchall()
+            events = [Event(t, KeyValue(k, bytes(v), c, rev, ver, lease), rev)
+                      for rev, t, k, v, c, ver, lease in rows]
+            return events, self._rev(db)
+        finally:
+            db.execute("COMMIT")
 
     async def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
         q: asyncio.Queue[list[Event] | None] = asyncio.Queue(maxsize=limits.WATCH_QUEUE_BATCHES)
         sub = (prefix, q)
         self._subs.add(sub)
         try:
-            history, _ = await self._run(self._history, prefix, from_revision)
+            history, _ = await self._read(self._history, prefix, from_revision)
             last = from_revision
             batch: list[Event] = []
             for e in history:  # one batch per revision
@@ -284,8 +308,11 @@ class SQLiteStore(Store):
             yield []  # caught up
             while True:
                 item = await q.get()
+                while item is not None and not q.empty():  # a watcher behind gets what waits as one batch
+                    more = q.get_nowait()
+                    item = None if more is None else item + more
                 if item is None:  # we lagged: our queue was dropped; the history has it all
-                    history, _ = await self._run(self._history, prefix, last)
+                    history, _ = await self._read(self._history, prefix, last)
                     batch = []
                     for e in history:  # one batch per revision
                         if batch and e.revision != batch[0].revision:
@@ -320,5 +347,7 @@ class SQLiteStore(Store):
         await self._run(go)
 
     async def close(self) -> None:
+        await self._read(self._rdb.close)
         await self._run(self._db.close)
+        self._rx.shutdown(wait=True)
         self._ex.shutdown(wait=True)

@@ -320,3 +320,39 @@ async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_re
     code, details = await code_of(renew.admission_stub.Renew(admission_pb2.RenewRequest(
         node=types_pb2.Node(labels={"pool": "two words"}))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
+
+
+async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_once(mesh, monkeypatch):
+    from meshd import servicers
+    armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    plain = servicers._pace
+
+    async def pace() -> None:  # once armed, a stream's pause lasts until the changes below are all made
+        if not armed.is_set():
+            return await plain()
+        paused.set()
+        await release.wait()
+    monkeypatch.setattr(servicers, "_pace", pace)
+    await mesh.agent("one")
+    await mesh.agent("two")
+    stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
+    events = stream.__aiter__()
+    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
+        pass
+
+    async def drain(name: str, on: bool) -> int:
+        resp = await mesh.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name=name, drain=on))
+        return resp.node.revision
+
+    armed.set()
+    await drain("one", True)  # the first change after a quiet spell: sent at once, alone
+    first = await asyncio.wait_for(anext(events), 30)
+    assert first.node.name == "one" and first.node.drained and not first.nodes
+    await asyncio.wait_for(paused.wait(), 30)
+    revs = [await drain("two", True), await drain("one", False), await drain("one", True), await drain("one", False)]
+    release.set()
+    grouped = await asyncio.wait_for(anext(events), 30)
+    stream.cancel()
+    assert grouped.type == types_pb2.EVENT_TYPE_PUT and not grouped.HasField("node")
+    assert [(n.name, n.drained, n.revision) for n in grouped.nodes] == [("two", True, revs[0]), ("one", False, revs[3])]
+    assert grouped.revision == revs[3]

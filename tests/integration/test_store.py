@@ -395,3 +395,26 @@ async def test_etcd_space_quota_alarm_is_reported(tmp_path):
     finally:
         await store.close()
         cluster.stop()
+
+
+async def test_sqlite_watcher_behind_gets_what_waited_as_one_batch_in_order(sqlite_store):
+    store = sqlite_store
+    rev = await store.revision()
+    stream = store.watch("/w/", rev)
+    assert await asyncio.wait_for(anext(stream), 5) == []  # caught up
+    revs = [await store.put("/w/a", b"1"), await store.put("/w/b", b"2"), await store.delete("/w/a")]
+    batch = await asyncio.wait_for(anext(stream), 5)  # nothing read meanwhile: all three at once
+    assert [(e.type, e.kv.key, e.revision) for e in batch] == [("put", "/w/a", revs[0]), ("put", "/w/b", revs[1]),
+                                                              ("delete", "/w/a", revs[2])]
+    assert await store.revision() == revs[2]  # the revision kept in memory follows every write
+    await stream.aclose()
+
+
+async def test_sqlite_reads_see_each_acknowledged_write(sqlite_store):
+    """Reads run on their own connection: a write, once acknowledged, is what the next read sees."""
+    for i in range(20):
+        rev = await sqlite_store.put(f"/r/{i}", str(i).encode())
+        kv = await sqlite_store.get(f"/r/{i}")
+        kvs, at = await sqlite_store.range("/r/")
+        assert kv.value == str(i).encode() and kv.mod_revision == rev
+        assert len(kvs) == i + 1 and at == rev == await sqlite_store.revision()

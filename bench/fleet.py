@@ -1,0 +1,292 @@
+"""Simulated agents for the meshd-at-fleet-scale figures, in one or several load processes.
+
+A load process (`python -m bench.fleet`, driven over its stdin/stdout, one JSON
+line per step) runs a slice of the fleet; `run_fleet` starts enough of them
+for the fleet (AGENTS_PER_PROCESS each: one Python process cannot drive
+5,000 mTLS channels and 10,000 streams on its own) and combines what they
+measured. Every agent:
+
+1. joins (its own key and CSR, the CA checked against the token's pin, Join
+   over TLS; the identity kept in memory) and renews its lease every 5 s from
+   then on, as an agent does, while the rest of the fleet is still joining;
+2. once every agent of the fleet has joined, arrives: opens both watch
+   streams (services, nodes; batch mode) at ARRIVALS_PER_S fleet-wide;
+3. renews every 5 s (lease TTL 15 s), exposes a service now and then (the
+   catalog changes CHANGES_PER_S times a second fleet-wide, every change to
+   every stream) and sometimes lists the catalog.
+
+Agent i talks to replica i % len(coordinators) (its joins and its mTLS
+channel), as agents behind a balancer spread over the replicas.
+
+Figures: the latency of every Renew, Expose and ListServices during a
+measurement window that opens 5 s after every stream is synced (or the sync
+timed out); the time from the first arrival until every stream holds the
+whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
+every agent renews every 5 s on a 15 s lease); join latencies and failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import grpc
+
+from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
+from meshagent.identity import Identity, fetch_pinned_ca
+from meshagent.uplink import channel_options, mtls_channel
+from meshcore import pki
+from meshcore.jointoken import parse_token
+
+ARRIVALS_PER_S = 50.0  # agents opening their watch streams per second, fleet-wide
+CHANGES_PER_S = 2.0  # catalog changes per second, fleet-wide
+RENEW_EVERY_S = 5.0
+JOIN_CONCURRENCY = 16  # joins in flight per load process
+JOIN_TIMEOUT_S = 60.0
+JOIN_PHASE_LIMIT_S = 300.0  # agents not joined by then are failures (they never arrive)
+RPC_TIMEOUT_S = 30.0
+AGENTS_PER_PROCESS = 1000
+
+
+async def join_in_memory(join_address: str, coordinator: str, token: str, name: str) -> Identity:
+    """A simulated agent's join, as meshagent's uplink does it, with the identity kept in memory: a
+    real agent writes it to its own disk, and thousands of fsyncs in one load process would stall
+    every other agent there (late renewals that would be the load generator's, not meshd's)."""
+    host, port = join_address.rsplit(":", 1)
+    _, _, pin = parse_token(token)
+    ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, int(port), pin)
+    key = pki.new_key()
+    csr = pki.make_csr(key, name)
+    async with grpc.aio.secure_channel(join_address, grpc.ssl_channel_credentials(ca_pem),
+                                       options=channel_options()) as ch:
+        resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
+            admission_pb2.JoinRequest(token=token, node=types_pb2.Node(name=name, hostname=name),
+                                      csr_pem=csr.decode()), timeout=JOIN_TIMEOUT_S)
+    return Identity(resp.node.id, resp.node.name, resp.node.mesh_address, coordinator, pki.key_pem(key),
+                    resp.certificate_pem.encode(), resp.ca_pem.encode())
+
+
+class Slice:
+    """Agents first..first+count-1 of a fleet of n, in this process."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.n = spec["n"]
+        self.first, self.count = spec["first"], spec["count"]
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.measuring = False
+        self.stop = asyncio.Event()
+        self.go = asyncio.Event()
+        self.arrive_at = 0.0
+        self.synced = 0
+        self.all_synced = asyncio.Event()
+        self.unreachable: set[str] = set()
+        self.join_ms: list[float] = []
+        self.ids: list[str] = []  # node ids of the agents that joined
+        self.join_failures = 0
+        self.joined = 0
+        self.joined_ids: set[int] = set()  # joined, or refused (done either way)
+        self.late = False  # the join phase hit its limit
+        self.all_joined = asyncio.Event()
+        self.channels: list[grpc.aio.Channel] = []
+
+    async def timed(self, call) -> None:
+        t0 = time.perf_counter()
+        try:
+            await call
+        except grpc.aio.AioRpcError:
+            if self.measuring:
+                self.errors += 1
+            return
+        if self.measuring:
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+
+    async def watch(self, stream) -> None:
+        try:
+            async for ev in stream:
+                if ev.type == types_pb2.EVENT_TYPE_PUT and hasattr(ev, "nodes"):
+                    for node in list(ev.nodes) + ([ev.node] if ev.HasField("node") else []):
+                        if node.state == types_pb2.NODE_STATE_UNREACHABLE:
+                            self.unreachable.add(node.id)
+                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                    self.synced += 1
+                    if self.synced == 2 * (self.count - self.join_failures):
+                        self.all_synced.set()
+        except grpc.aio.AioRpcError:
+            pass
+
+    def _joined_one(self, i: int) -> None:
+        self.joined_ids.add(i)
+        self.joined += 1
+        if self.joined == self.count:
+            self.all_joined.set()
+
+    async def agent(self, i: int, sem: asyncio.Semaphore) -> None:
+        coords, joins = self.spec["coordinators"], self.spec["join_addresses"]
+        target = i % len(coords)
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                ident = await join_in_memory(joins[target], coords[target], self.spec["token"], f"sim-{i:05d}")
+            except Exception:  # refused or timed out: counted; this agent never arrives
+                self.join_failures += 1
+                self._joined_one(i)
+                return
+            self.join_ms.append((time.perf_counter() - t0) * 1000)
+            self.ids.append(ident.node_id)
+        self._joined_one(i)
+        ch = mtls_channel(coords[target], ident)
+        self.channels.append(ch)
+        adm = admission_pb2_grpc.AdmissionServiceStub(ch)
+        cat = catalog_pb2_grpc.CatalogServiceStub(ch)
+        nodes = nodes_pb2_grpc.NodeServiceStub(ch)
+        rng = random.Random(i)
+        renewing = asyncio.create_task(self.renew(i, rng, adm, cat))
+        streams, watchers = [], []
+        try:
+            await self.go.wait()
+            await asyncio.sleep(max(0.0, self.arrive_at + i / ARRIVALS_PER_S - time.time()))
+            streams = [cat.WatchServices(types_pb2.WatchRequest(batch=True)),
+                       nodes.WatchNodes(types_pb2.WatchRequest(batch=True))]
+            watchers = [asyncio.create_task(self.watch(s)) for s in streams]
+            await self.stop.wait()
+        finally:
+            renewing.cancel()
+            for s in streams:
+                s.cancel()
+            await asyncio.gather(renewing, *watchers, return_exceptions=True)
+
+    async def renew(self, i: int, rng: random.Random, adm, cat) -> None:
+        await asyncio.sleep(rng.random() * RENEW_EVERY_S)  # spread, as real agents are
+        changes = 0
+        while not self.stop.is_set():
+            await self.timed(adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=RPC_TIMEOUT_S))
+            if self.go.is_set() and rng.random() < CHANGES_PER_S * RENEW_EVERY_S / self.n:
+                changes += 1
+                await self.timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
+                    name=f"load-{i}-{changes % 3}", port=8000 + changes % 3)), timeout=RPC_TIMEOUT_S))
+            if self.go.is_set() and rng.random() < 0.02:
+                await self.timed(cat.ListServices(catalog_pb2.ListServicesRequest(), timeout=RPC_TIMEOUT_S))
+            await asyncio.sleep(RENEW_EVERY_S)
+
+
+def _say(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _line() -> str:
+    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+
+
+async def worker() -> None:
+    """One load process: a slice of the fleet, driven step by step over stdin/stdout."""
+    spec = json.loads(await _line())
+    s = Slice(spec)
+    sem = asyncio.Semaphore(JOIN_CONCURRENCY)
+    tasks = {i: asyncio.create_task(s.agent(i, sem)) for i in range(s.first, s.first + s.count)}
+    try:
+        await asyncio.wait_for(asyncio.shield(s.all_joined.wait()), spec["join_phase_limit_s"])
+    except TimeoutError:  # agents still joining are failures: they never arrive
+        for i, t in tasks.items():
+            if i not in s.joined_ids:
+                t.cancel()
+                s.join_failures += 1
+        s.late = True
+    _say({"joined": len(s.join_ms), "join_failures": s.join_failures, "join_ms": s.join_ms, "late": s.late,
+          "ids": s.ids})
+    cmd = (await _line()).split()  # "go <epoch>"
+    s.arrive_at = float(cmd[1])
+    s.go.set()
+    deadline = s.arrive_at + spec["sync_timeout_s"]
+    try:
+        await asyncio.wait_for(s.all_synced.wait(), max(1.0, deadline - time.time()))
+        sync_s = time.time() - s.arrive_at
+    except TimeoutError:
+        sync_s = None
+    _say({"sync_s": sync_s, "synced": s.synced})
+    await _line()  # "measure"
+    s.measuring = True
+    await asyncio.sleep(spec["load_s"])
+    s.measuring = False
+    _say({"latencies": s.latencies, "errors": s.errors, "unreachable": sorted(s.unreachable),
+          "synced": s.synced})
+    await _line()  # "stop"
+    s.stop.set()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    for ch in s.channels:
+        await ch.close()
+
+
+def _read(p: subprocess.Popen) -> dict:
+    """The next JSON line of a load process (each of its steps bounds itself: join and sync timeouts)."""
+    line = p.stdout.readline()
+    if not line:
+        raise RuntimeError(f"load process {p.pid} ended early (exit {p.poll()})")
+    return json.loads(line)
+
+
+def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token: str, sync_timeout_s: float,
+              load_s: float, rss: Callable[[], float]) -> dict:
+    """n simulated agents over ceil(n / AGENTS_PER_PROCESS) load processes; returns the combined figures
+    (`rss()` is read at the end of the measurement window)."""
+    procs: list[subprocess.Popen] = []
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    try:
+        for first in range(0, n, AGENTS_PER_PROCESS):
+            p = subprocess.Popen([sys.executable, "-m", "bench.fleet"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+            procs.append(p)
+            p.stdin.write(json.dumps({"n": n, "first": first, "count": min(AGENTS_PER_PROCESS, n - first),
+                                      "coordinators": coordinators, "join_addresses": join_addresses,
+                                      "token": token, "sync_timeout_s": sync_timeout_s, "load_s": load_s,
+                                      "join_phase_limit_s": JOIN_PHASE_LIMIT_S}) + "\n")
+            p.stdin.flush()
+        t_join = time.time()
+        joined = [_read(p) for p in procs]
+        join_phase_s = time.time() - t_join
+        arrive_at = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"go {arrive_at}\n")
+            p.stdin.flush()
+        synced = [_read(p) for p in procs]
+        time.sleep(5)  # renewals spread out again
+        for p in procs:
+            p.stdin.write("measure\n")
+            p.stdin.flush()
+        results = [_read(p) for p in procs]
+        rss_mb = rss()
+        for p in procs:
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+        for p in procs:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    syncs = [s["sync_s"] for s in synced]
+    return {"latencies": [x for r in results for x in r["latencies"]],
+            "errors": sum(r["errors"] for r in results),
+            # nodes of this fleet's agents only: a join cut off by the join phase's limit may have
+            # got through without its agent ever renewing
+            "unreachable": len({u for r in results for u in r["unreachable"]} & {i for j in joined for i in j["ids"]}),
+            "sync_s": None if any(s is None for s in syncs) else max(syncs),
+            "synced_fraction": sum(s["synced"] for s in synced) / (2 * n),
+            "join_ms": [x for j in joined for x in j["join_ms"]],
+            "join_failures": sum(j["join_failures"] for j in joined),
+            "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
+            "rss_mb": rss_mb, "processes": len(procs)}
+
+
+if __name__ == "__main__":
+    import uvloop
+    uvloop.run(worker())
