@@ -13,18 +13,20 @@ import json
 import zipfile
 
 import boto3
+import pytest
+from botocore.exceptions import ClientError
 
 from infra.cluster import instances, package
 from infra.cluster.lifecycle import create, delete
 from infra.cluster.spec import ClusterSpec, InstanceTypeSpec
 from infra.policy import PACKAGE, S3_ACTIONS, cluster_actions
-from tests.infra.conftest import TEST_IMAGE
+from tests.infra.conftest import TEST_IMAGE, moto_post
 from tests.infra.helpers import FEW
 from tests.infra.test_policy import Recorder
 
 
 def test_create_uploads_the_running_wheel_for_this_cluster_only_and_delete_removes_it(cluster_ops, moto, mesh,
-                                                                                       tmp_path) -> None:
+                                                                                       tmp_path, iam_enforced) -> None:
     rec = Recorder()
     ops = cluster_ops(on_client=rec)
     built: list = []
@@ -70,6 +72,33 @@ def test_create_uploads_the_running_wheel_for_this_cluster_only_and_delete_remov
     data = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")["UserData"]["Value"]
     script = base64.b64decode(data).decode()
     assert f"PACKAGE='{url}'" in script and "download_file" in script
+
+    # moto's IAM enforcement: this cluster's node role reads the wheel, another cluster's node role does not
+    def session_of(role_name: str, document: dict | None = None):
+        iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto)
+        if document is not None:
+            trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                             "Principal": {"AWS": f"arn:aws:iam::{account}:root"}}]}
+            iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))
+            iam.put_role_policy(RoleName=role_name, PolicyName="p", PolicyDocument=json.dumps(document))
+        creds = boto3.client("sts", region_name="us-east-1", endpoint_url=moto).assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{role_name}", RoleSessionName="i-0123")["Credentials"]
+        return boto3.client("s3", region_name="us-east-1", endpoint_url=moto, aws_access_key_id=creds["AccessKeyId"],
+                            aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+    from infra.policy import instance_document, node_role
+    mine = session_of(node_role(mesh))
+    other = session_of(f"{mesh}-other-node", instance_document(f"{mesh}-other", False))
+    iam_enforced()
+    try:
+        assert mine.get_object(Bucket=bucket, Key=key)["Body"].read() == wheel_path.read_bytes()
+        with pytest.raises(ClientError) as e:
+            other.get_object(Bucket=bucket, Key=key)
+        assert e.value.response["Error"]["Code"] in ("AccessDenied", "403")
+    finally:
+        moto_post(moto, "/moto-api/reset-auth", b"inf")
+    boto3.client("iam", region_name="us-east-1", endpoint_url=moto).delete_role_policy(
+        RoleName=f"{mesh}-other-node", PolicyName="p")
+    boto3.client("iam", region_name="us-east-1", endpoint_url=moto).delete_role(RoleName=f"{mesh}-other-node")
 
     # a re-run keeps the package (nothing new built), an edit without one keeps it too
     again = create(ops, mesh, ClusterSpec(profile="cost-savings", instance_types=(InstanceTypeSpec(FEW[0], 0),),

@@ -435,7 +435,7 @@ def test_only_the_coordinators_group_reaches_etcd(cluster_ops, moto):
         mesh_ca = (Path(ops.secrets_dir(name)) / "ca.crt").read_bytes()
         assert pki.pin(store_ca.pem) != pki.pin(mesh_ca)
         import fnmatch
-        node_paths = instance_document(False)["Statement"][0]["Resource"]
+        node_paths = instance_document(name, False)["Statement"][0]["Resource"]
         arn = f"arn:aws:ssm:us-east-1:123456789012:parameter/mesh-clusters/{name}/coordinator/store-ca-key"
         assert not any(fnmatch.fnmatch(arn, p) for p in node_paths)
         # a re-run converges without touching the rules
