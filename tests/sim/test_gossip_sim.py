@@ -62,10 +62,11 @@ def test_ten_percent_loss_and_a_slow_member_cause_no_false_positives():
 
 def _stalling_run(profile) -> Simulation:
     sim = Simulation(30, seed=6, profile=profile)
-    for k in range(8):  # two members freeze for 3 s every 15 s
+    for k in range(8):  # two members freeze for 3 s every 15 s, each just after sending a probe
         sim.run_until(5.0 + 15 * k)
-        sim.stall(1, 3.0)
-        sim.stall(2, 3.0)
+        for i in (1, 2):
+            sim.run_until(max(sim.now, sim.swim(i)._next_probe) + 0.0001)  # its ping is out, the ack not back
+            sim.stall(i, 3.0)
     sim.run_until(130.0)
     return sim
 
