@@ -59,7 +59,9 @@ Lifeguard:
 
 Dissemination: membership changes and catalog records are queued as
 broadcasts and piggybacked on every packet (pings, acks, gossip), each sent
-retransmit_limit(N) times, least-sent first. Gossip rounds go to
+retransmit_limit(N) times, least-sent first. A member that starts to suspect
+someone, or declares it dead or gone, gossips at once instead of at its next
+gossip phase, so failure news crosses the mesh in network time per hop. Gossip rounds go to
 `gossip_nodes` random members, including recently dead ones so that a member
 wrongly declared dead hears it and refutes. Periodic push-pull (full state
 over TCP, requested through `pushpull_requests()`) repairs what gossip missed
@@ -630,13 +632,14 @@ class Swim:
         m.state = State.SUSPECT
         m.state_change = now
         n = max(1, self.num_alive())
-        lo = suspicion_timeout(self.p.suspicion_mult, n, self.p.probe_interval)
+        lo = max(self.p.suspicion_min_timeout, suspicion_timeout(self.p.suspicion_mult, n, self.p.probe_interval))
         hi = self.p.suspicion_max_timeout_mult * lo
         k = suspicion_confirmations(self.p.suspicion_confirmations, n)
         self._suspicions[s.node] = _Suspicion(now, k, lo, hi, {s.sender},
                                               now + remaining_suspicion(0, k, 0.0, lo, hi))
         self.stats.suspicions += 1
         self._broadcast(f"m:{s.node}", s, now)
+        self._next_gossip = now  # news of a failure goes out at once, not at our next gossip phase
         self._events.append(MemberEvent("suspect", replace(m)))
         if s.sender != self.id and self.rng.random() < CONFIRM_PROBES * (k + 1) / n:
             self._probe_first = s.node
@@ -699,6 +702,7 @@ class Swim:
         if m.state == State.DEAD:
             self.stats.members_declared_dead += 1
         self._broadcast(f"m:{m.node}", msg, now)
+        self._next_gossip = now  # news of a failure goes out at once, not at our next gossip phase
         self._events.append(MemberEvent(m.state.label, replace(m)))
         for r in self._records.hide_origin(m.node):
             self._events.append(RecordEvent("removed", r))

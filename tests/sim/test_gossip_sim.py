@@ -189,3 +189,27 @@ def test_ten_percent_loss_with_freezing_and_slow_members_gives_no_false_positive
     assert sum(s.suspicions for s in stats) > 0 and sum(s.suspicions_confirmed for s in stats) > 0
     assert sum(s.refutations for s in stats) > 0  # suspected members were alive and said so
     all_invariants(sim)
+
+
+def _freezing_small_mesh(profile) -> Simulation:
+    import random
+
+    sim = Simulation(20, seed=0, profile=profile, network=SimNetwork(loss=0.10))
+    rng = random.Random(0)
+    frozen = rng.sample(range(20), 2)
+    for t in range(5, 300, 5):  # every 5 s each frozen member stalls 2-4 s with probability 0.3
+        sim.run_until(float(t))
+        for i in frozen:
+            if rng.random() < 0.3:
+                sim.stall(i, rng.uniform(2.0, 4.0))
+    sim.run_until(300.0)
+    return sim
+
+
+def test_a_small_mesh_at_ten_percent_loss_outlives_members_freezing_for_4_s():
+    sim = _freezing_small_mesh(lan())
+    assert not sim.false_positives
+    all_invariants(sim)
+    # Control: without the suspicion floor (2.5 * log10(20) = 3.25 s here) the same freezes kill.
+    bare = _freezing_small_mesh(lan().with_(suspicion_min_timeout=0.1))
+    assert bare.false_positives
