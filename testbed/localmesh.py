@@ -176,6 +176,40 @@ class LocalMesh:
         self.close()
 
 
+def still_resolving(name: str, servers: list[tuple[str, int]], timeout: float = 0.5) -> set[tuple[str, int]]:
+    """Ask every server for `name` at once (one socket, one query each); the servers that still
+    answer with records, or did not answer within `timeout` (unknown counts as still resolving)."""
+    import select
+    import socket
+
+    import dnslib
+    pending: dict[tuple[str, int], int] = {}
+    out: set[tuple[str, int]] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i, server in enumerate(servers):
+            q = dnslib.DNSRecord.question(name, "A")
+            q.header.id = i + 1
+            pending[server] = i + 1
+            sock.sendto(q.pack(), server)
+        ids = {v: k for k, v in pending.items()}
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:  # bounded by timeout
+            if not select.select([sock], [], [], left)[0]:
+                break
+            data, _ = sock.recvfrom(4096)
+            try:
+                reply = dnslib.DNSRecord.parse(data)
+            except Exception:
+                continue
+            server = ids.get(reply.header.id)
+            if server is None or server not in pending:
+                continue
+            del pending[server]
+            if reply.rr:
+                out.add(server)
+    return out | set(pending)
+
+
 def resolve(name: str, server: tuple[str, int], qtype: str = "A", timeout: float = 2.0) -> list[str]:
     """Ask one DNS server for `name`; the answers' data as text (raises on timeout)."""
     import dnslib

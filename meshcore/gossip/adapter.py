@@ -143,7 +143,8 @@ class GossipNode:
             lambda: _Udp(self), local_addr=(self.host, self.port))
         self._swim = Swim(self.node_id, self.name, self.addr, self.profile, self._rng, self.keyring,
                           self.verify_record, self.facts, epoch=int(self._clock.wall() * 1000), now=self._now(),
-                          verify_leave=self._leave[0], sign_leave=self._leave[1])
+                          verify_leave=self._leave[0], sign_leave=self._leave[1],
+                          clock_offset=self._clock.wall() - self._clock.monotonic())
         self._flush()
         if not self.seeds:
             return 0

@@ -8,11 +8,23 @@ the simulator) feeds it `receive(data, addr, now)` for each datagram and
 `pushpull_requests()` and `events()`. Randomness comes from an injected
 `random.Random`, so a seeded run is reproducible.
 
-Failure detection (SWIM): every probe interval a member pings the next member
-of a shuffled round-robin order. No ack within the probe timeout: it asks
-`indirect_checks` random members to ping the target for it (they answer ack,
-or nack when they could not reach it either). No ack by the end of the
-interval: the target becomes *suspect*, and that claim is gossiped.
+Failure detection (SWIM): every probe interval a member pings one other
+member. No ack within the probe timeout: it asks `indirect_checks` random
+members to ping the target for it (they answer ack, or nack in time for the
+end of the interval when they could not reach it either). No ack by the end of
+the interval: the target becomes *suspect*, and that claim is gossiped.
+
+Probe schedule (our change to SWIM's shuffled round robin): intervals are
+numbered on a shared clock (the driver passes `clock_offset`, wall minus
+monotonic time), and in interval s the member at place i of the sorted list of
+live members probes the one at place i + 1 + s mod (N - 1). For each s that is
+a permutation, so, while views agree, every member is probed by exactly one
+peer per interval (each member still probes every other once per N - 1
+intervals, at its own random phase). With independent shuffles the gap
+between two probes of a member is random with a long tail (p99 4.5 s at 1 s
+intervals); here it is at most two intervals, so a crash is first suspected
+within about two intervals. Where clocks disagree the schedule degrades to
+what shuffles give.
 
 Suspicion and refutation: a suspect that hears of it raises its incarnation
 number and gossips ALIVE, which overrides any claim with a lower incarnation.
@@ -25,7 +37,13 @@ Lifeguard:
   interval and timeout are multiplied by (score + 1), so a node that is itself
   slow or losing packets backs off instead of accusing healthy peers.
 - dynamic suspicion: a suspicion starts at max = suspicion_max_timeout_mult *
-  min and shrinks logarithmically to min as independent members confirm it.
+  min and shrinks logarithmically to min as independent members confirm it
+  (k = suspicion_confirmations). A member that hears of a fresh suspicion
+  probes the suspect at its next slot with probability 3(k + 1)/N, so the k
+  confirmations (or the suspect's refutation, provoked by the buddy ping)
+  arrive within about one interval. The confirmations are what make a short
+  minimum safe: a healthy member that one peer failed to reach is rarely
+  unreachable from k more, and an unconfirmed suspicion lasts the maximum.
 - buddy system: a ping to a suspect carries the suspicion, so the suspect
   learns of it on the direct path and refutes at once.
 - last chance (our addition to the buddy system): one probe timeout before a
@@ -41,7 +59,9 @@ Lifeguard:
 
 Dissemination: membership changes and catalog records are queued as
 broadcasts and piggybacked on every packet (pings, acks, gossip), each sent
-retransmit_limit(N) times, least-sent first. Gossip rounds go to
+retransmit_limit(N) times, least-sent first. A member that starts to suspect
+someone, or declares it dead or gone, gossips at once instead of at its next
+gossip phase, so failure news crosses the mesh in network time per hop. Gossip rounds go to
 `gossip_nodes` random members, including recently dead ones so that a member
 wrongly declared dead hears it and refutes. Periodic push-pull (full state
 over TCP, requested through `pushpull_requests()`) repairs what gossip missed
@@ -68,6 +88,7 @@ refutation never overflows the 32-bit field.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Callable
@@ -91,6 +112,11 @@ from meshcore.gossip.replay import ReplayWindows
 from meshcore.gossip.stats import GossipStats
 
 MAX_STREAM = limits.GOSSIP_MAX_STREAM_BYTES
+# A member hearing of a fresh suspicion probes the suspect at its next slot with
+# probability CONFIRM_PROBES * (k + 1) / N: about that many times k members check
+# it within one interval, so the k confirmations (or the refutation the buddy
+# ping provokes) come in one interval instead of k.
+CONFIRM_PROBES = 3
 
 
 @dataclass(slots=True)
@@ -163,7 +189,8 @@ class Swim:
                  verify_record: Callable[[Record], bool], facts: bytes = b"",
                  epoch: int = 0, now: float = 0.0, *,
                  verify_leave: Callable[[str, int, bytes], bool] | None = None,
-                 sign_leave: Callable[[str, int], bytes] | None = None) -> None:
+                 sign_leave: Callable[[str, int], bytes] | None = None,
+                 clock_offset: float = 0.0) -> None:
         if not node_id or len(node_id.encode()) > codec.MAX_ID:
             raise InvalidArgument(f"invalid gossip node id {node_id!r}: 1-{codec.MAX_ID} bytes")
         if len(facts) > codec.MAX_FACTS:
@@ -189,8 +216,12 @@ class Swim:
             node_id: Member(node_id, name, addr, 0, State.ALIVE, bytes(facts), now)}
         self._peers: list[str] = []
         self._peer_index: dict[str, int] = {}
-        self._probe_order: list[str] = []
-        self._probe_pos = 0
+        # Slots count from the shared clock's zero; kept as whole slots plus a fraction
+        # so that `now` (small monotonic seconds) is never added to a huge offset.
+        self._slot_base = math.floor(clock_offset / profile.probe_interval)
+        self._slot_frac = clock_offset - self._slot_base * profile.probe_interval
+        self._ring: list[str] | None = None  # sorted ids of live members and self; None: recompute
+        self._probe_first: str | None = None
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, _Suspicion] = {}
@@ -202,7 +233,8 @@ class Swim:
         self._windows = ReplayWindows()
         self._records = RecordStore(profile.tombstone_ttl)
         # Random phases keep members from probing and gossiping in lockstep.
-        self._next_probe = now + rng.random() * profile.probe_interval
+        self._probe_phase = rng.random() * profile.probe_interval
+        self._next_probe = self._probe_time(self._probe_slot(now) + 1)
         self._gossip_phase = rng.random() * profile.gossip_interval
         self._next_gossip = now + self._gossip_phase
         self._next_pushpull = now + rng.random() * profile.push_pull_interval
@@ -280,8 +312,7 @@ class Swim:
                 self._peers.append(s.node)
                 if s.state in (State.DEAD, State.LEFT):
                     self._gone[s.node] = now
-        self._probe_order = []  # reshuffled at the next probe
-        self._probe_pos = 0
+        self._ring = None
         self._next_pushpull = now + self.rng.random() * push_pull_scale(
             self.p.push_pull_interval, len(self._members))
 
@@ -339,11 +370,12 @@ class Swim:
             if self._probe is not None:
                 # The previous probe is still waiting for indirect acks (local
                 # health changed the interval): let it finish first.
-                self._next_probe = self._probe.end_deadline
+                self._next_probe = self._probe_time(self._probe_slot(self._probe.end_deadline) + 1)
             else:
-                self._next_probe = now + self.p.probe_interval * (self._lhm + 1)
+                slot = self._probe_slot(now)
+                self._next_probe = self._probe_time(slot + self._lhm + 1)
                 if not self._leaving:
-                    self._start_probe(now)
+                    self._start_probe(now, slot)
         for seq in [s for s, r in self._relays.items() if now >= r.deadline]:
             r = self._relays.pop(seq)
             if r.want_nack:
@@ -390,28 +422,43 @@ class Swim:
 
     # -------------------------------------------------------------- probing
 
-    def _next_target(self) -> str | None:
-        for _ in range(2):
-            while self._probe_pos < len(self._probe_order):
-                node = self._probe_order[self._probe_pos]
-                self._probe_pos += 1
-                m = self._members.get(node)
-                if m is not None and m.state in (State.ALIVE, State.SUSPECT):
-                    return node
-            self._probe_order = list(self._peers)
-            self.rng.shuffle(self._probe_order)
-            self._probe_pos = 0
-        return None
+    def _probe_slot(self, t: float) -> int:
+        """The interval `t` falls in on the shared clock (a probe time is the start of its own)."""
+        return self._slot_base + math.floor((t + self._slot_frac - self._probe_phase) / self.p.probe_interval + 1e-6)
 
-    def _start_probe(self, now: float) -> None:
-        target = self._next_target()
+    def _probe_time(self, slot: int) -> float:
+        return (slot - self._slot_base) * self.p.probe_interval + self._probe_phase - self._slot_frac
+
+    def _live_ring(self) -> list[str]:
+        if self._ring is None:
+            self._ring = sorted(n for n, m in self._members.items()
+                                if n == self.id or m.state in (State.ALIVE, State.SUSPECT))
+        return self._ring
+
+    def _slot_target(self, slot: int) -> str | None:
+        ring = self._live_ring()
+        n = len(ring)
+        if n < 2:
+            return None
+        i = bisect.bisect_left(ring, self.id)
+        return ring[(i + 1 + slot % (n - 1)) % n]
+
+    def _start_probe(self, now: float, slot: int) -> None:
+        target = None
+        if self._probe_first is not None:
+            node, self._probe_first = self._probe_first, None
+            m = self._members.get(node)
+            if m is not None and m.state == State.SUSPECT:
+                target = node
+        if target is None:
+            target = self._slot_target(slot)
         if target is None:
             return
         m = self._members[target]
         self._seq += 1
         scale = self._lhm + 1
         self._probe = _Probe(self._seq, target, now + self.p.probe_timeout * scale,
-                             now + self.p.probe_interval * scale)
+                             self._next_probe)
         msgs: list[Message] = [Ping(self._seq, target)]
         if m.state == State.SUSPECT:  # buddy system: tell the suspect directly
             msgs.insert(0, Suspect(m.incarnation, target, self.id))
@@ -493,7 +540,10 @@ class Swim:
             if self._leaving:
                 return
             self._seq += 1
-            self._relays[self._seq] = _Relay(addr, msg.seq, now + self.p.probe_timeout, msg.want_nack)
+            # The nack must reach the requester before its probe ends (it asked us
+            # probe_timeout into its interval), or it counts against its own health.
+            wait = min(self.p.probe_timeout, 0.8 * (self.p.probe_interval - self.p.probe_timeout))
+            self._relays[self._seq] = _Relay(addr, msg.seq, now + wait, msg.want_nack)
             self._send(msg.addr, [Ping(self._seq, msg.target)], now)
         elif t is Alive:
             self._on_alive(msg, now)
@@ -551,6 +601,7 @@ class Swim:
         m.state = State.ALIVE
         m.state_change = now
         self._gone.pop(a.node, None)
+        self._ring = None
         if prev == State.DEAD:
             self.stats.false_positives += 1
         self._events.append(MemberEvent("alive", replace(m)))
@@ -581,14 +632,17 @@ class Swim:
         m.state = State.SUSPECT
         m.state_change = now
         n = max(1, self.num_alive())
-        lo = suspicion_timeout(self.p.suspicion_mult, n, self.p.probe_interval)
+        lo = max(self.p.suspicion_min_timeout, suspicion_timeout(self.p.suspicion_mult, n, self.p.probe_interval))
         hi = self.p.suspicion_max_timeout_mult * lo
-        k = suspicion_confirmations(self.p.suspicion_mult, n)
+        k = suspicion_confirmations(self.p.suspicion_confirmations, n)
         self._suspicions[s.node] = _Suspicion(now, k, lo, hi, {s.sender},
                                               now + remaining_suspicion(0, k, 0.0, lo, hi))
         self.stats.suspicions += 1
         self._broadcast(f"m:{s.node}", s, now)
+        self._next_gossip = now  # news of a failure goes out at once, not at our next gossip phase
         self._events.append(MemberEvent("suspect", replace(m)))
+        if s.sender != self.id and self.rng.random() < CONFIRM_PROBES * (k + 1) / n:
+            self._probe_first = s.node
 
     def _last_chance(self, node: str, sus: _Suspicion, now: float) -> None:
         # One probe_timeout before declaring a suspect dead, ping it with the
@@ -643,10 +697,12 @@ class Swim:
         m.state = state
         m.state_change = now
         self._gone[m.node] = now
+        self._ring = None
         self._suspicions.pop(m.node, None)
         if m.state == State.DEAD:
             self.stats.members_declared_dead += 1
         self._broadcast(f"m:{m.node}", msg, now)
+        self._next_gossip = now  # news of a failure goes out at once, not at our next gossip phase
         self._events.append(MemberEvent(m.state.label, replace(m)))
         for r in self._records.hide_origin(m.node):
             self._events.append(RecordEvent("removed", r))
@@ -822,14 +878,13 @@ class Swim:
 
     def _add_member(self, m: Member) -> None:
         self._members[m.node] = m
+        self._ring = None
         self._peer_index[m.node] = len(self._peers)
         self._peers.append(m.node)
-        # New members go to a random place in the current round so they are probed soon.
-        pos = self.rng.randint(self._probe_pos, len(self._probe_order))
-        self._probe_order.insert(pos, m.node)
 
     def _remove_member(self, node: str) -> None:
         del self._members[node]
+        self._ring = None
         i = self._peer_index.pop(node)
         last = self._peers.pop()
         if last != node:

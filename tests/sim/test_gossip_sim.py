@@ -62,10 +62,11 @@ def test_ten_percent_loss_and_a_slow_member_cause_no_false_positives():
 
 def _stalling_run(profile) -> Simulation:
     sim = Simulation(30, seed=6, profile=profile)
-    for k in range(8):  # two members freeze for 3 s every 15 s
+    for k in range(8):  # two members freeze for 3 s every 15 s, each just after sending a probe
         sim.run_until(5.0 + 15 * k)
-        sim.stall(1, 3.0)
-        sim.stall(2, 3.0)
+        for i in (1, 2):
+            sim.run_until(max(sim.now, sim.swim(i)._next_probe) + 0.0001)  # its ping is out, the ack not back
+            sim.stall(i, 3.0)
     sim.run_until(130.0)
     return sim
 
@@ -145,3 +146,70 @@ def test_wan_profile_over_wan_latency_detects_a_crash_without_false_alarms():
     assert took < p.suspicion_max_timeout_mult * suspicion_timeout(p.suspicion_mult, 20, p.probe_interval)
     assert not sim.false_positives
     all_invariants(sim)
+
+
+MEMBERLIST_LAN_BOUND_N100 = 4 * 2 * 1.0  # memberlist: SuspicionMult 4 * log10(100) * ProbeInterval 1 s
+
+
+def test_crashes_at_100_members_are_detected_by_all_within_memberlists_bound():
+    sim = Simulation(100, seed=21)
+    sim.run_until(3.0)
+    took = []
+    for victim in (13, 47, 88):
+        sim.crash(victim)
+        end = sim.now + 20.0
+        while sim.detection_time(victim) is None and sim.now < end:  # bounded: 20 simulated s
+            sim.run_until(sim.now + 0.25)
+        took.append(sim.detection_time(victim))
+        sim.run_until(sim.now + 5.0)
+    assert None not in took
+    assert max(took) <= MEMBERLIST_LAN_BOUND_N100, took
+    assert not sim.false_positives
+    # Helpers nack in time: probing a crashed member does not count against the prober's health.
+    assert all(sim.swim(i).local_health == 0 for i in sim.live())
+    all_invariants(sim)
+
+
+def test_ten_percent_loss_with_freezing_and_slow_members_gives_no_false_positives_at_100():
+    import random
+
+    sim = Simulation(100, seed=22, network=SimNetwork(loss=0.10))
+    rng = random.Random(22)
+    frozen = rng.sample(range(100), 5)
+    for i in rng.sample([i for i in range(100) if i not in frozen], 3):
+        sim.slow(i, 0.15)
+    for t in range(5, 95, 5):  # every 5 s each frozen member stalls 2-4 s with probability 0.3
+        sim.run_until(float(t))
+        for i in frozen:
+            if rng.random() < 0.3:
+                sim.stall(i, rng.uniform(2.0, 4.0))
+    sim.run_until(100.0)
+    assert not sim.false_positives
+    stats = [sim.swim(i).stats for i in range(100)]
+    assert sum(s.suspicions for s in stats) > 0 and sum(s.suspicions_confirmed for s in stats) > 0
+    assert sum(s.refutations for s in stats) > 0  # suspected members were alive and said so
+    all_invariants(sim)
+
+
+def _freezing_small_mesh(profile) -> Simulation:
+    import random
+
+    sim = Simulation(20, seed=0, profile=profile, network=SimNetwork(loss=0.10))
+    rng = random.Random(0)
+    frozen = rng.sample(range(20), 2)
+    for t in range(5, 300, 5):  # every 5 s each frozen member stalls 2-4 s with probability 0.3
+        sim.run_until(float(t))
+        for i in frozen:
+            if rng.random() < 0.3:
+                sim.stall(i, rng.uniform(2.0, 4.0))
+    sim.run_until(300.0)
+    return sim
+
+
+def test_a_small_mesh_at_ten_percent_loss_outlives_members_freezing_for_4_s():
+    sim = _freezing_small_mesh(lan())
+    assert not sim.false_positives
+    all_invariants(sim)
+    # Control: without the suspicion floor (2.5 * log10(20) = 3.25 s here) the same freezes kill.
+    bare = _freezing_small_mesh(lan().with_(suspicion_min_timeout=0.1))
+    assert bare.false_positives

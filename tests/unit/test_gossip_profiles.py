@@ -16,7 +16,9 @@ def test_formulas_match_the_swim_and_lifeguard_shapes():
     assert suspicion_timeout(4, 1000, 1.0) == pytest.approx(12.0)
     assert suspicion_timeout(4, 3, 1.0) == pytest.approx(4.0)  # log10 floored at 1
     assert retransmit_limit(4, 9) == 4 and retransmit_limit(4, 1000) == 16
-    assert suspicion_confirmations(4, 100) == 2 and suspicion_confirmations(4, 3) == 0
+    # k is at most the n - 2 members that are neither the suspect nor the first suspector
+    assert suspicion_confirmations(3, 100) == 3 and suspicion_confirmations(3, 4) == 2
+    assert suspicion_confirmations(3, 2) == 0 and suspicion_confirmations(3, 1) == 0
     lo, hi = 8.0, 48.0
     steps = [remaining_suspicion(c, 2, 0.0, lo, hi) for c in range(4)]
     assert steps[0] == hi and steps[2] == pytest.approx(lo) and steps[3] == lo
