@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 BINDS = ("/etc/mesh", "/etc/systemd/system", "/var/lib/meshagent", "/var/lib/meshd", "/run/meshagent",
-         "/run/meshd", "/run/wireguard", "/usr/local/bin", "/opt/mesh", "/var/log/mesh-lab", "/etc/rancher", "/home/ubuntu")
+         "/run/meshd", "/run/wireguard", "/usr/local/bin", "/opt/mesh", "/var/log/mesh-lab", "/etc/rancher", "/home/ubuntu",
+         "/var/cache/mesh")
 #: files of the host's /etc the VM starts with a copy of (machine-id: a new one); the rest of /etc shows through
 ETC_COPIES = ("resolv.conf", "hosts", "hostname")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
