@@ -2,7 +2,7 @@
 
 A performance cluster puts three meshd replicas (one etcd cluster, one CA)
 behind a Network Load Balancer; agents know only its address. Here two real
-replicas share a real three-member etcd, and a small TCP forwarder stands in
+replicas share a real three-member etcd, and testbed.balancer stands in
 for the load balancer: each new connection goes to the first replica that
 accepts it, as the balancer sends new flows only to targets passing their
 health check. Replica A is stopped; agents reconnect through the same
@@ -19,56 +19,10 @@ import pytest
 
 from mesh.v1 import catalog_pb2, types_pb2
 from meshagent.agent import Agent
+from testbed.balancer import Balancer
 from tests.meshfix import Mesh, until
 
 pytestmark = pytest.mark.slow
-
-
-class Forwarder:
-    """TCP passthrough to the first backend that accepts (TLS ends at meshd, as behind an NLB)."""
-
-    def __init__(self, backends: list[str]) -> None:
-        self.backends = backends
-        self.server: asyncio.base_events.Server | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.address = ""
-
-    async def start(self) -> Forwarder:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for backend in self.backends:
-            host, port = backend.rsplit(":", 1)
-            try:
-                up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 2)
-            except (OSError, asyncio.TimeoutError):
-                continue
-            for src, dst in ((reader, up_w), (up_r, writer)):
-                t = asyncio.create_task(self._pipe(src, dst))
-                self.tasks.add(t)
-                t.add_done_callback(self.tasks.discard)
-            return
-        writer.close()
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            dst.close()
-
-    async def close(self) -> None:
-        if self.server:
-            self.server.close()
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def test_agents_fail_over_to_a_live_replica_and_resume_their_watch(tmp_path, cluster) -> None:
@@ -76,8 +30,8 @@ async def test_agents_fail_over_to_a_live_replica_and_resume_their_watch(tmp_pat
     b = Mesh(tmp_path / "b", store=cluster.url + "/behind-lb")
     shutil.copytree(tmp_path / "a" / "meshd", tmp_path / "b" / "meshd", dirs_exist_ok=True)  # one mesh CA
     await b.start()
-    api = await Forwarder([a.address, b.address]).start()
-    join = await Forwarder([a.join_address, b.join_address]).start()
+    api = await Balancer([a.address, b.address]).start()
+    join = await Balancer([a.join_address, b.join_address]).start()
     agents: list[Agent] = []
     try:
         token = await a.token(uses=2)
