@@ -76,10 +76,58 @@ def gossip() -> list[Path]:
     path = OUT / "gossip_crash_vs_serf.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return [path] + _convergence(recs)
+
+
+def _convergence(recs: dict[str, dict]) -> list[Path]:
+    """The share of 1,000 simulated members holding a new record over time, with Serf's published
+    point (its simulator: 99.99% at 2.2 s) beside it: Serf publishes the point, not a curve."""
+    r = recs.get("convergence_9999_s_n1000")
+    curve = (r or {}).get("params", {}).get("curve") or []
+    if not curve:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([t for t, _ in curve], [f * 100 for _, f in curve], "-", label="mesh gossip (simulator, 1,000 members)")
+    anchor = r.get("anchor") or {}
+    if anchor.get("value") is not None:
+        ax.plot([anchor["value"]], [99.99], "s", color="tab:red", label=f"Serf, published: 99.99% at {anchor['value']} s")
+    ax.set(xlabel="seconds after the record is published", ylabel="% of members holding it",
+           title="Gossip convergence, 1,000 members")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = OUT / "gossip_convergence.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return [path]
 
 
-PLOTS = {"control": control, "gossip": gossip}
+def dataplane() -> list[Path]:
+    """Tunnel throughput next to the bare link, raw wireguard-go and Nebula, measured in the same rounds."""
+    recs = _records("dataplane")
+    peers = [("bare veth", "veth_mbps"), ("raw wireguard-go", "raw_wireguard_go_mbps"),
+             ("mesh tunnel", "tunnel_mbps"), ("Nebula", "nebula_mbps")]
+    peers = [(label, recs[m]) for label, m in peers if m in recs and recs[m].get("value") is not None]
+    if not peers:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    vals = [r["value"] for _, r in peers]
+    samples = [r.get("params", {}).get("samples") or [r["value"]] for _, r in peers]
+    lo = [v - min(s) for v, s in zip(vals, samples)]
+    hi = [max(s) - v for v, s in zip(vals, samples)]
+    ax.bar(range(len(peers)), vals, yerr=[lo, hi], capsize=3,
+           color=["grey", "tab:blue", "tab:green", "tab:purple"][:len(peers)])
+    ax.set_xticks(range(len(peers)), [label for label, _ in peers])
+    ax.set(ylabel="Mbit/s (median, min-max bars)", yscale="log", title="TCP throughput, same rounds")
+    fig.tight_layout()
+    path = OUT / "dataplane_throughput.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+PLOTS = {"control": control, "gossip": gossip, "dataplane": dataplane}
 
 
 def draw(name: str) -> list[Path]:
