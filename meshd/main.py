@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from meshcore import __version__, daemon, logs
 from meshcore.errors import MeshError
+from meshcore.names import check_labels, parse_labels
 from meshd.server import Coordinator, MeshdConfig
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-join-token-overlap", type=float, default=d.publish_join_token_overlap_s,
                    metavar="SECONDS", help="a new token is published when the current one has this long left; the "
                                            f"old one works until then (default {d.publish_join_token_overlap_s:.0f})")
+    p.add_argument("--publish-join-token-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="label given to the nodes a published token admits, e.g. mesh.k3s=agent (repeatable)")
     p.add_argument("--price-table", default="", metavar="FILE",
                    help="prices from `meshctl costs --price-table FILE`: cost gauges per node, service and in total")
     p.add_argument("--consul", nargs="?", const=CONSUL_FROM_ENV, default="", metavar="ADDRESS",
@@ -144,6 +147,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
         if a.publish_join_token:
             from meshd.publish import parse_target
             parse_target(a.publish_join_token)
+        publish_labels = check_labels(parse_labels(a.publish_join_token_label, "--publish-join-token-label"),
+                                      "--publish-join-token-label")
         if a.kubernetes:
             from meshd.sync.kube_client import KubernetesConfig
             in_cluster = a.kubernetes == "in-cluster"
@@ -164,7 +169,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
                        bootstrap_token_file=a.bootstrap_token_file, bootstrap_token_ttl_s=a.bootstrap_token_ttl,
                        publish_join_token=a.publish_join_token, publish_join_token_ttl_s=a.publish_join_token_ttl,
-                       publish_join_token_overlap_s=a.publish_join_token_overlap, price_table=a.price_table, consul=consul,
+                       publish_join_token_overlap_s=a.publish_join_token_overlap,
+                       publish_join_token_labels=publish_labels, price_table=a.price_table, consul=consul,
                        kubernetes=kubernetes, catalog_key_rotate_s=a.catalog_key_rotate,
                        catalog_key_overlap_s=a.catalog_key_overlap, catalog_record_ttl_s=a.catalog_record_ttl)
 

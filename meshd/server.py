@@ -121,6 +121,8 @@ class MeshdConfig:
     publish_join_token_ttl_s: float = 24 * 3600.0
     #: a new token is published when the current one has this long left (the old one works until then)
     publish_join_token_overlap_s: float = 6 * 3600.0
+    #: labels of the published join tokens, given to the nodes they admit (e.g. mesh.k3s=agent)
+    publish_join_token_labels: dict[str, str] = field(default_factory=dict)
     #: price table file (`meshctl costs --price-table`): cost gauges on /metrics; "" for none
     price_table: str = ""
     #: mirror the catalog into Consul (meshd/sync/consul_client.py: ConsulConfig); None: off
@@ -277,7 +279,8 @@ class Coordinator:
             from meshd.publish import from_config
             self.publisher = from_config(self.config.publish_join_token, self.admission,
                                          ttl_s=self.config.publish_join_token_ttl_s,
-                                         overlap_s=self.config.publish_join_token_overlap_s, clock=self.clock,
+                                         overlap_s=self.config.publish_join_token_overlap_s,
+                                         labels=dict(self.config.publish_join_token_labels), clock=self.clock,
                                          is_leader=lambda: self.is_leader)
         for what, addr in (("--listen", self.config.listen), ("--join-listen", self.config.join_listen)):
             if addr:

@@ -191,3 +191,41 @@ async def test_a_meshd_process_publishes_and_replaces_its_token_in_ssm(ssm_url, 
             proc.kill()
             proc.wait()
     assert proc.returncode in (0, -15), proc.stderr.read().decode()[-2000:]
+
+
+async def test_published_tokens_carry_the_labels_given_on_the_command_line(ssm_url, tmp_path):
+    """`--publish-join-token-label mesh.k3s=agent` (as sky/mesh-setup.sh passes it): the nodes a published
+    token admits are bound to the label, which lets them fetch the K3s agent token."""
+    from meshd.main import parse_args
+
+    name = "/mesh/c3/join-token"
+    parsed = parse_args(["--publish-join-token", f"ssm:{REGION}:{name}",
+                         "--publish-join-token-label", "mesh.k3s=agent", "--publish-join-token-label", "team=ml"])
+    assert parsed.publish_join_token_labels == {"mesh.k3s": "agent", "team": "ml"}
+    clock = manual_clock()
+    mesh = Mesh(tmp_path, clock=clock, publish_join_token=parsed.publish_join_token,
+                publish_join_token_labels=parsed.publish_join_token_labels)
+    await mesh.start()
+    try:
+        token, desc = await _until(lambda: _param(ssm_url, name))
+        assert desc.startswith(PUBLISHED_BY_MESHD)
+        rec = next(t for t in await mesh.coordinator.admission.list() if token.startswith(t.id + "."))
+        assert rec.labels == {"mesh.k3s": "agent", "team": "ml"}
+        identity = await Agent(mesh.agent_config("gpu-0", token)).join()
+        node = await mesh.coordinator.nodes.get(identity.node_id)
+        assert dict(node.labels)["mesh.k3s"] == "agent"
+        assert await mesh.coordinator.nodes.bound_labels(identity.node_id) == {"mesh.k3s": "agent", "team": "ml"}
+    finally:
+        await mesh.close()
+
+
+@pytest.mark.parametrize("label, rule", [("mesh.k3s", "expected key=value"),
+                                         ("mesh.k3s=a b", "a label key is [prefix/]name"),
+                                         ("-bad=x", "a label key is [prefix/]name")])
+def test_a_bad_publish_label_is_one_line_naming_the_rule(label, rule):
+    r = subprocess.run([sys.executable, "-m", "meshd.main", "--publish-join-token", f"ssm:{REGION}:/mesh/c/join-token",
+                        f"--publish-join-token-label={label}"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("meshd: error: invalid --publish-join-token-label") and rule in last, r.stderr
