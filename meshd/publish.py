@@ -107,7 +107,8 @@ class Publisher:
         self.check_s = self.check_s or min(CHECK_S, max(0.2, (self.ttl_s - self.overlap_s) / 4))
 
     async def current(self) -> TokenRecord | None:
-        """The published token's record if it is this mesh's, known, not revoked and not expired."""
+        """The published token's record if it is this mesh's, known, not revoked, not expired and
+        not longer-lived than the TTL."""
         value = await asyncio.to_thread(self.sink.read)
         if not value:
             return None
@@ -121,7 +122,10 @@ class Publisher:
         if kv is None:
             return None
         rec = TokenRecord.decode(kv.value)
-        return None if rec.revoked or rec.expires_at <= self.clock.wall() else rec
+        left = rec.expires_at - self.clock.wall()
+        # one living longer than the TTL was not published by this configuration (a long-lived token a
+        # setup script stored before, or a shorter TTL now): replaced, not kept until its overlap
+        return None if rec.revoked or left <= 0 or left > self.ttl_s else rec
 
     async def step(self) -> TokenRecord | None:
         """Publish a fresh token if the current one is missing or within the overlap of its expiry;

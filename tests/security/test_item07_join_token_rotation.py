@@ -95,6 +95,13 @@ async def test_meshd_rotates_the_published_token_and_the_old_one_expires_after_t
         third, _ = _param(ssm_url, name)
         assert third not in (first, second)
         await Agent(mesh.agent_config("warm-4", third)).join()
+        # a 30-day token stored there before (as sky/mesh-setup.sh once did) is replaced at the next check
+        _, old = await mesh.coordinator.admission.create(ttl_s=30 * 24 * int(HOUR), max_uses=0)
+        boto3.client("ssm", region_name=REGION, endpoint_url=ssm_url).put_parameter(
+            Name=name, Value=old, Type="SecureString", Overwrite=True)
+        new = await mesh.coordinator.publisher.step()
+        assert new is not None and new.expires_at - clock.wall() == 24 * HOUR
+        assert _param(ssm_url, name)[0].startswith(new.id + ".")
     finally:
         await mesh.close()
 
