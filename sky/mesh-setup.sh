@@ -4,8 +4,8 @@
 #
 #   bash sky/mesh-setup.sh package       install meshd, meshagent and meshctl into /opt/mesh
 #   bash sky/mesh-setup.sh agent NAME    join the mesh as node NAME (a systemd service, also a K3s agent)
-#   bash sky/mesh-setup.sh coordinator   main node: K3s server, meshd (mirroring into K3s), its own agent,
-#                                        join parameters
+#   bash sky/mesh-setup.sh coordinator   main node: K3s server, meshd (mirroring into K3s and publishing
+#                                        the join token), its own agent, join parameters
 #
 # Join parameters: MESH_COORDINATOR and MESH_JOIN_TOKEN when set, else read
 # from SSM Parameter Store in $MESH_REGION under /mesh/$MESH_NAME/ with the
@@ -29,12 +29,21 @@ is_name "$MESH_NAME" || die "invalid MESH_NAME '$MESH_NAME': $NAME_RULE"
 PREFIX=/opt/mesh
 SSM_PATH="/mesh/$MESH_NAME"
 
-ssm_get() {  # parameter name -> value on stdout
+ssm_get() {  # parameter name [seconds to wait for it to appear, polling every 2 s] -> value on stdout
   "$PREFIX/bin/python" -c '
-import sys, boto3
-region, name = sys.argv[1:3]
-print(boto3.client("ssm", region_name=region).get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
-' "$MESH_REGION" "$SSM_PATH/$1"
+import sys, time, boto3
+region, name, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ssm = boto3.client("ssm", region_name=region)
+deadline = time.monotonic() + wait
+while True:
+    try:
+        print(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+        break
+    except ssm.exceptions.ParameterNotFound:
+        if time.monotonic() >= deadline:
+            sys.exit(f"parameter {name} not found in {region}")
+        time.sleep(2)
+' "$MESH_REGION" "$SSM_PATH/$1" "${2:-0}"
 }
 
 ssm_put() {  # parameter name, type; the value comes on stdin
@@ -88,8 +97,10 @@ agent() {
   fi
   local token=${MESH_JOIN_TOKEN:-}
   if [ -z "$token" ] && ! sudo find /var/lib/meshagent -mindepth 1 -print -quit 2>/dev/null | grep -q .; then
-    token=$(ssm_get join-token) \
-      || die "MESH_JOIN_TOKEN is not set and $SSM_PATH/join-token could not be read from SSM in $MESH_REGION"
+    # meshd on the main node publishes it (and replaces it before it expires); wait for its first one
+    token=$(ssm_get join-token 120) \
+      || die "MESH_JOIN_TOKEN is not set and $SSM_PATH/join-token could not be read from SSM in $MESH_REGION" \
+             "within 120 s (meshd on the main node publishes it)"
   fi
   export MESH_JOIN_TOKEN=$token
   # --k3s: the node joins the main node's K3s as an agent, with the token meshd hands it over mTLS.
@@ -141,15 +152,17 @@ coordinator() {
     --daemon-arg="--advertise=$addr" \
     --daemon-arg=--kubernetes=/etc/rancher/k3s/k3s.yaml \
     --daemon-arg="--k3s-server-url=https://$addr:6443" \
-    --daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token "${extra[@]}"
-  # One multi-use token for the fleet, refreshed on every setup run.
+    --daemon-arg=--k3s-token-file=/etc/mesh/k3s-agent-token \
+    --daemon-arg="--publish-join-token=ssm:$MESH_REGION:$SSM_PATH/join-token" \
+    --daemon-arg=--publish-join-token-label=mesh.k3s=agent "${extra[@]}"
+  # The fleet's join token: meshd keeps a short-lived one (24 h, unlimited uses) in $SSM_PATH/join-token
+  # with the instance role and replaces it before it expires; its label lets the nodes it admits fetch
+  # the K3s agent token (meshd refuses it to others). This node's own agent joins with a one-use token.
   local token
-  # The label lets the nodes it admits fetch the K3s agent token (meshd refuses it to others).
-  token=$(sudo meshctl token create --ttl "${MESH_TOKEN_TTL:-30d}" --uses 0 --label mesh.k3s=agent \
-            --description "SkyPilot VMs" --output json | jq -er .secret)
+  token=$(sudo meshctl token create --ttl 10m --uses 1 --description "the main node's agent" \
+            --output json | jq -er .secret)
   echo "$addr:7443" | ssm_put meshd-address String
   if [ -n "$public" ]; then echo "$public:7443" | ssm_put meshd-public-address String; fi
-  echo "$token" | ssm_put join-token SecureString
   MESH_K3S=0 MESH_COORDINATOR="$addr:7443" MESH_JOIN_TOKEN="$token" agent main  # the K3s server is here
 }
 

@@ -9,9 +9,10 @@ NAT), `nvidia-smi` on the two VMs with GPUs, and a file system of its own
 
 - the main node (lab role "hub"): `bash sky/mesh-setup.sh coordinator`, as
   sky/main.yaml runs it: meshd through `meshctl install coordinator` and the
-  unit in systemd/, a fleet token, the join parameters into SSM Parameter
-  Store (a moto server inside the hub's namespace stands in for AWS), and
-  the main node's own agent;
+  unit in systemd/, meshd's address into SSM Parameter Store (a moto server
+  inside the hub's namespace stands in for AWS; meshd publishes the join
+  token there, reaching it as the systemctl stand-in passes the AWS
+  variables through), and the main node's own agent;
 - every other VM: `bash sky/mesh-setup.sh agent NAME` with MESH_COORDINATOR
   and MESH_JOIN_TOKEN in the environment, as a VM outside the SSM region
   gets them: `meshctl install agent` writes the unit and its environment
@@ -220,13 +221,27 @@ class LabDaemons:
         self._after_coordinator()
 
     def _after_coordinator(self) -> None:
-        self.token = self.ssm_get("/mesh/lab/join-token")
+        self.token = self.ssm_get("/mesh/lab/join-token", wait_s=60)  # meshd publishes it
         self.ready["hub"] = self._read_ready("hub")
 
-    def ssm_get(self, name: str) -> str:
+    def ssm_get(self, name: str, wait_s: float = 0) -> str:
+        """A parameter's value in the hub's moto SSM (waiting up to `wait_s` for it to be written)."""
         return self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
-            "import sys, boto3; print(boto3.client('ssm').get_parameter(Name=sys.argv[1], "
-            "WithDecryption=True)['Parameter']['Value'])"), name], AWS_ENV).stdout.strip()
+            "import sys, time, boto3; ssm = boto3.client('ssm'); end = time.monotonic() + float(sys.argv[2])\n"
+            "while True:\n"
+            "    try: print(ssm.get_parameter(Name=sys.argv[1], WithDecryption=True)['Parameter']['Value']); break\n"
+            "    except ssm.exceptions.ParameterNotFound:\n"
+            "        if time.monotonic() > end: raise\n"
+            "        time.sleep(0.5)"), name, str(wait_s)], AWS_ENV).stdout.strip()
+
+    def ssm_delete(self, name: str) -> None:
+        self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import sys, boto3; boto3.client('ssm').delete_parameter(Name=sys.argv[1])"), name], AWS_ENV)
+
+    def ssm_description(self, name: str) -> str:
+        return self.vm_run("hub", ["/opt/mesh/bin/python", "-c", (
+            "import sys, boto3; print(boto3.client('ssm').describe_parameters(ParameterFilters=[{'Key': 'Name', "
+            "'Values': [sys.argv[1]]}])['Parameters'][0].get('Description', ''))"), name], AWS_ENV).stdout.strip()
 
     def vm_popen(self, role: str, command: list[str], env: dict[str, str] | None = None, vm: str | None = None,
                  **kw) -> subprocess.Popen:

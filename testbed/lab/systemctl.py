@@ -8,6 +8,8 @@ system PATH, stdout and stderr to /var/log/mesh-lab/<unit>.log, and, for
 `Type=notify`, waits for READY=1 on a NOTIFY_SOCKET within TimeoutStartSec
 (a start that fails or times out exits 1, printing the log's last lines, as
 `systemctl start` and the journal would). `stop` sends SIGTERM and waits.
+The caller's AWS_* variables pass through to the unit, standing in for the
+instance role and AWS's network (the lab's moto server).
 Every call is recorded in /var/log/mesh-lab/systemctl.log.
 """
 
@@ -79,6 +81,10 @@ def start(unit: str) -> int:
         return 5
     u = parse_unit(path.read_text())
     env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # AWS_* from the caller's environment: on EC2 a unit reaches AWS with the instance role over AWS's
+    # network, which no unit file names; in the lab the AWS variables the VM was given (the hub's moto
+    # server and its test credentials) stand in for both, e.g. for meshd's --publish-join-token.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})
     for ef in u.get("EnvironmentFile", []):
         optional = ef.startswith("-")
         p = Path(ef.lstrip("-"))

@@ -6,8 +6,8 @@ stand-ins are apt-get, pip, K3s (its API server on the main node is the
 Kubernetes double), vLLM (a server answering /health and /v1/models) and
 LiveBench (testbed/lab/standins.py). The path, in order:
 
-1. sky/main.yaml on the hub: K3s' API server, meshd mirroring into it, the
-   join parameters in SSM (the hub's moto server);
+1. sky/main.yaml on the hub: K3s' API server, meshd mirroring into it and
+   publishing the join token in SSM (the hub's moto server), meshd's address;
 2. sky/model-server.yaml as `qwen-coder` in a regional AWS VPC (parameters
    from SSM): its agent joins K3s, its name is a Service + EndpointSlice once
    vLLM answers /health;
@@ -21,12 +21,15 @@ LiveBench (testbed/lab/standins.py). The path, in order:
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import time
 
 import pytest
 
+from meshcore.jointoken import PUBLISHED_BY_MESHD
+from meshd.publish import DEFAULT_TTL_S
 from testbed.lab.daemons import LabDaemons, query
 from tests.meshfix import wait_for
 
@@ -63,12 +66,43 @@ def test_main_yaml_starts_meshd_mirroring_into_k3s_and_stores_the_join_parameter
     assert "main" in r.stdout  # run: meshctl status, meshctl nodes
     assert sky.ssm_get("/mesh/lab/meshd-address") == "10.4.0.10:7443"
     assert sky.ssm_get("/mesh/lab/meshd-public-address") == "198.18.0.4:7443"
-    assert sky.token
+    # The join token in SSM is the short-lived one meshd published (not one the setup stored), labelled
+    # so the nodes it admits may fetch the K3s agent token; the main node's agent joined with a one-use one.
+    assert sky.ssm_description("/mesh/lab/join-token").startswith(PUBLISHED_BY_MESHD)
+    rec = published_token(sky)
+    assert lifetime(rec) == DEFAULT_TTL_S
+    assert rec["labels"] == {"mesh.k3s": "agent"} and rec["max_uses"] == 0
+    own = [t for t in tokens(sky) if t.get("description") == "the main node's agent"]
+    assert len(own) == 1 and own[0]["max_uses"] == 1 and own[0]["uses"] == 1
+    assert lifetime(own[0]) == 600
+
+
+def lifetime(token: dict) -> float:
+    """Seconds from a token's creation to its expiry (meshctl's JSON has them in RFC 3339)."""
+    at = [dt.datetime.fromisoformat(token[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at")]
+    return (at[1] - at[0]).total_seconds()
+
+
+def tokens(sky) -> list[dict]:
+    return json.loads(sky.meshctl("token", "list", "-o", "json").stdout).get("tokens", [])
+
+
+def published_token(sky) -> dict:
+    token = sky.ssm_get("/mesh/lab/join-token")
+    return next(t for t in tokens(sky) if token.startswith(t["id"] + "."))
 
 
 def test_model_server_yaml_joins_k3s_and_its_name_becomes_a_kubernetes_service(sky):
+    # A VM that comes up before meshd has (re)published the token waits for it: the parameter is gone
+    # (as before meshd's first publication); meshd's next check (within a minute) publishes a new one.
+    sky.ssm_delete("/mesh/lab/join-token")
     server = sky.run_template("ra", "sky/model-server.yaml", "qwen-coder", run="background")
     ok(server)
+    # setup read the join token meshd published in SSM and joined with it
+    rec = published_token(sky)
+    assert not sky.token.startswith(rec["id"] + ".") and rec["uses"] >= 1 and rec["labels"] == {"mesh.k3s": "agent"}
+    assert sky.ssm_description("/mesh/lab/join-token").startswith(PUBLISHED_BY_MESHD)
+    assert json.loads(sky.node_file("ra").read_text())["name"] == "qwen-coder"
     svc = wait_for(lambda: sky.kube_get("/api/v1/namespaces/default/services/qwen-coder"), 30,
                    "qwen-coder in K3s")
     assert [p["port"] for p in svc["spec"]["ports"]] == [8000]
