@@ -62,10 +62,12 @@ GOSSIP_MAX_PAYLOAD = 1024
 #: one sealed push-pull frame on TCP: the full member list and catalog (1,000 nodes
 #: with typical facts and 2,000 services take about 1 MiB)
 GOSSIP_MAX_STREAM_BYTES = 4 * MiB
-#: inbound push-pull connections at once, and from one peer address: unauthenticated
-#: bytes buffered by the agent stay under GOSSIP_TCP_CONNECTIONS x GOSSIP_MAX_STREAM_BYTES
+#: inbound push-pull connections at once, and from one peer address
 GOSSIP_TCP_CONNECTIONS = 4
 GOSSIP_TCP_CONNECTIONS_PER_PEER = 2
+#: unauthenticated bytes all inbound frames may hold at once: a frame whose declared length
+#: does not fit what is left is refused before one byte of it is read
+GOSSIP_TCP_PREAUTH_BYTES = 2 * GOSSIP_MAX_STREAM_BYTES
 #: an inbound connection must send its 4-byte length within this many seconds...
 GOSSIP_TCP_HEADER_DEADLINE_S = 1.0
 #: ... and the whole frame within this many (then it is authenticated or dropped)

@@ -121,6 +121,7 @@ class GossipNode:
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbound: dict[str, int] = {}  # open inbound push-pull connections per peer address
+        self._preauth = 0  # bytes inbound frames hold before their key check (limits.GOSSIP_TCP_PREAUTH_BYTES)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -336,7 +337,19 @@ class GossipNode:
                     if self._swim is not None:
                         self._swim.stats.tcp_refused += 1
                     raise
-                data = await _read_frame(reader, head)
+                n = _LEN.unpack(head)[0]
+                if n > MAX_STREAM:
+                    raise ValueError(f"push-pull frame of {n} bytes exceeds {MAX_STREAM}")
+                if self._preauth + n > limits.GOSSIP_TCP_PREAUTH_BYTES:  # others hold the budget: not now
+                    if self._swim is not None:
+                        self._swim.stats.tcp_refused += 1
+                    raise Unavailable(f"{n} unauthenticated bytes would pass the budget of "
+                                      f"{limits.GOSSIP_TCP_PREAUTH_BYTES}")
+                self._preauth += n
+                try:
+                    data = await _read_exactly(reader, n)
+                finally:
+                    self._preauth -= n
                 reply = self.swim.receive_stream(data, (peer[0], peer[1]), self._now())
                 if reply is not None:
                     writer.write(_LEN.pack(len(reply)) + reply)
@@ -350,6 +363,20 @@ class GossipNode:
         finally:
             writer.close()
             self._flush()
+
+
+async def _read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    """n bytes read in chunks into one buffer (readexactly holds them twice at its end)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        chunk = await reader.read(min(65536, n - got))
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(view[:got]), n)
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    view.release()
+    return buf  # bytes-like: the frame is only decrypted and parsed
 
 
 async def _read_frame(reader: asyncio.StreamReader, head: bytes | None = None) -> bytes:

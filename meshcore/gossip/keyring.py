@@ -119,12 +119,13 @@ class Keyring:
             raise PeerError(f"sealed gossip packet of {len(data)} bytes is shorter than the {OVERHEAD}-byte envelope")
         if data[0] != VERSION_AESGCM:
             raise PeerError(f"gossip packet version {data[0]} refused: this node requires encryption (version 1)")
-        head = data[:5]
+        head = bytes(data[:5])
         aead = self._keys.get(head[1:5])
         if aead is None:
             raise PeerError(f"gossip packet sealed with unknown key {head[1:5].hex()}")
+        view = memoryview(data)  # no copy of a large push-pull frame before it is authenticated
         try:
-            return aead.decrypt(data[5:17], data[17:], head)
+            return aead.decrypt(view[5:17], view[17:], head)
         except InvalidTag:
             raise PeerError("gossip packet failed authentication (wrong key or tampered)") from None
 
