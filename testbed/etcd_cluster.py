@@ -154,15 +154,26 @@ class EtcdCluster:
             m.proc = subprocess.Popen(self._args(m, state), stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
 
-    def start(self, timeout: float = 20.0) -> EtcdCluster:
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> EtcdCluster:
+        """Start every member; a port another process took between `free_port()` and etcd's bind
+        (the one race of picking ports this way) means new ports and a fresh start, `attempts` times."""
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            for i in range(self.size):
-                self.start_member(i)
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(attempts):
+            try:
+                for i in range(self.size):
+                    self.start_member(i)
+                self.wait_ready(timeout)
+                return self
+            except RuntimeError as e:
+                self.stop()
+                if "address already in use" not in str(e) or attempt == attempts - 1:
+                    raise
+                for m in self.members:  # a new cluster on new ports: nothing of the failed start is kept
+                    shutil.rmtree(m.data_dir, ignore_errors=True)
+                    m.client_port, m.peer_port, m.proc = free_port(), free_port(), None
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 20.0, members: list[int] | None = None) -> None:
