@@ -14,25 +14,8 @@ from meshcore.errors import FailedPrecondition, InvalidArgument
 from meshd.store import snapshot
 from meshd.store.sqlite import SQLiteStore
 from meshd.storeid import KEY as STORE_KEY
-from tests.conftest import require_netns
-from testbed.etcd_cluster import EtcdCluster
 from testbed.localmesh import BIN, _wait_ready
-
-
-@pytest.fixture(scope="module")
-def etcd_server(tmp_path_factory):
-    require_netns("etcd")
-    cluster = EtcdCluster(1, tmp_path_factory.mktemp("etcd"), heartbeat_ms=50, election_ms=250)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def etcd_store(cluster: EtcdCluster, prefix: str):
-    from meshd.store.etcd import EtcdConfig, EtcdStore
-    return EtcdStore(EtcdConfig(endpoints=tuple(cluster.endpoints), prefix=prefix))
+from tests.integration.test_store import etcd_server, etcd_store  # noqa: F401  (one etcd fixture for both)
 
 
 async def a_mesh(store, n: int = 250, store_id: str = "0123456789abcdef") -> None:
