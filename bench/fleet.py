@@ -7,11 +7,12 @@ for the fleet (AGENTS_PER_PROCESS each: one Python process cannot drive
 measured. Every agent:
 
 1. joins (its own key and CSR, the CA checked against the token's pin, Join
-   over TLS; the identity kept in memory) and renews its lease every 5 s from
-   then on, as an agent does, while the rest of the fleet is still joining;
+   over TLS; the identity kept in memory) and renews its lease from then on
+   as an agent does (every third of the TTL meshd grants, which grows with
+   the fleet: meshd.leases), while the rest of the fleet is still joining;
 2. once every agent of the fleet has joined, arrives: opens both watch
    streams (services, nodes; batch mode) at ARRIVALS_PER_S fleet-wide;
-3. renews every 5 s (lease TTL 15 s), exposes a service now and then (the
+3. renews, exposes a service now and then (the
    catalog changes CHANGES_PER_S times a second fleet-wide, every change to
    every stream) and sometimes lists the catalog.
 
@@ -22,7 +23,7 @@ Figures: the latency of every Renew, Expose and ListServices during a
 measurement window that opens 5 s after every stream is synced (or the sync
 timed out); the time from the first arrival until every stream holds the
 whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
-every agent renews every 5 s on a 15 s lease); join latencies and failures.
+every agent renews three times per lease); join latencies and failures.
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ import grpc
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
 from meshagent.identity import Identity, fetch_pinned_ca
-from meshagent.uplink import channel_options, mtls_channel
+from meshagent.uplink import FIRST_RENEW_S, RETRY_RENEW_S, channel_options, mtls_channel, renew_interval
 from meshcore import pki
 from meshcore.jointoken import parse_token
 
 ARRIVALS_PER_S = 50.0  # agents opening their watch streams per second, fleet-wide
 CHANGES_PER_S = 2.0  # catalog changes per second, fleet-wide
-RENEW_EVERY_S = 5.0
 JOIN_CONCURRENCY = 16  # joins in flight per load process
 JOIN_TIMEOUT_S = 60.0
 JOIN_PHASE_LIMIT_S = 300.0  # agents not joined by then are failures (they never arrive)
@@ -96,17 +96,20 @@ class Slice:
         self.late = False  # the join phase hit its limit
         self.all_joined = asyncio.Event()
         self.channels: list[grpc.aio.Channel] = []
+        self.lease_ttl_s = 0  # the TTL meshd granted in the last renewal answer
 
-    async def timed(self, call) -> None:
+    async def timed(self, call):
+        """The call's answer (None if it failed), its latency and failure counted while measuring."""
         t0 = time.perf_counter()
         try:
-            await call
+            resp = await call
         except grpc.aio.AioRpcError:
             if self.measuring:
                 self.errors += 1
-            return
+            return None
         if self.measuring:
             self.latencies.append((time.perf_counter() - t0) * 1000)
+        return resp
 
     async def watch(self, stream) -> None:
         try:
@@ -164,17 +167,26 @@ class Slice:
             await asyncio.gather(renewing, *watchers, return_exceptions=True)
 
     async def renew(self, i: int, rng: random.Random, adm, cat) -> None:
-        await asyncio.sleep(rng.random() * RENEW_EVERY_S)  # spread, as real agents are
+        """Renew as the agent does: every third of the TTL meshd granted last (less a little at
+        random); the first renewal comes within FIRST_RENEW_S of the join."""
+        interval = FIRST_RENEW_S
+        await asyncio.sleep(rng.random() * interval)
         changes = 0
         while not self.stop.is_set():
-            await self.timed(adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=RPC_TIMEOUT_S))
-            if self.go.is_set() and rng.random() < CHANGES_PER_S * RENEW_EVERY_S / self.n:
+            resp = await self.timed(adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()),
+                                              timeout=RPC_TIMEOUT_S))
+            if resp is not None:
+                self.lease_ttl_s = resp.lease_ttl_s
+                interval = renew_interval(resp.lease_ttl_s)
+            else:
+                interval = min(interval, RETRY_RENEW_S)
+            if self.go.is_set() and rng.random() < CHANGES_PER_S * interval / self.n:
                 changes += 1
                 await self.timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
                     name=f"load-{i}-{changes % 3}", port=8000 + changes % 3)), timeout=RPC_TIMEOUT_S))
             if self.go.is_set() and rng.random() < 0.02:
                 await self.timed(cat.ListServices(catalog_pb2.ListServicesRequest(), timeout=RPC_TIMEOUT_S))
-            await asyncio.sleep(RENEW_EVERY_S)
+            await asyncio.sleep(interval)
 
 
 def _say(obj: dict) -> None:
@@ -217,7 +229,7 @@ async def worker() -> None:
     await asyncio.sleep(spec["load_s"])
     s.measuring = False
     _say({"latencies": s.latencies, "errors": s.errors, "unreachable": sorted(s.unreachable),
-          "synced": s.synced})
+          "synced": s.synced, "lease_ttl_s": s.lease_ttl_s})
     await _line()  # "stop"
     s.stop.set()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -284,7 +296,8 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "join_ms": [x for j in joined for x in j["join_ms"]],
             "join_failures": sum(j["join_failures"] for j in joined),
             "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
-            "rss_mb": rss_mb, "processes": len(procs)}
+            "rss_mb": rss_mb, "processes": len(procs),
+            "lease_ttl_s": max(r["lease_ttl_s"] for r in results)}
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
 """Node leases: which nodes are alive, and what happens to those that are not.
 
-A node renews its lease every third of `lease_ttl_s`. Liveness is kept in
-memory, as etcd keeps lease deadlines: a renewal is not a disk write. A node
-whose lease is not renewed within `lease_ttl_s` is marked UNREACHABLE (one
-write); after a further `grace_s` its services leave the catalog, so no stale
-name resolves. When it renews again it is READY, and its agent re-asserts its
-services. After a meshd restart (or a change of leader) every node gets a
-fresh lease period.
+A node renews its lease every third of the TTL meshd grants it (in every
+Join and Renew answer). Liveness is kept in memory, as etcd keeps lease
+deadlines: a renewal is not a disk write. A node whose lease is not renewed
+within its TTL is marked UNREACHABLE (one write); after a further `grace_s`
+its services leave the catalog, so no stale name resolves. When it renews
+again it is READY, and its agent re-asserts its services. After a meshd
+restart (or a change of leader) every node gets a fresh lease period.
+
+The TTL granted grows with the fleet, as Nomad scales its heartbeat TTL:
+`lease_ttl_s`, or long enough that the fleet's renewals stay within
+`max_renewals_per_s` (3 × nodes / rate, in steps of 5 s), whichever is longer.
+A 5,000-node fleet then renews 100 times a second rather than 1,000, and meshd
+notices a silent node within minutes; the agents' gossip, not the lease,
+takes a crashed node's names out of DNS within seconds. A TTL once granted
+stays in force for its length after a smaller one replaces it, so a fleet
+that shrinks never expires the leases of nodes told the longer one.
 
 Every duration here is on the injected clock's monotonic time, so neither
 NTP nor an operator stepping the wall clock expires (or prolongs) a lease.
@@ -40,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +63,8 @@ from meshd.store.base import Store
 log = logging.getLogger("meshd.leases")
 
 HEARTBEATS = "/heartbeats/"
+#: a scaled TTL moves in steps of this many seconds (not at every join)
+TTL_STEP_S = 5.0
 
 
 @dataclass
@@ -69,6 +81,17 @@ class LeaseConfig:
     keep_revisions: int = 10_000
     #: seconds between compactions of a shared store
     compact_every_s: float = 300.0
+    #: renewals a second the fleet may send: beyond lease_ttl_s * rate / 3 nodes the TTL grows (0: fixed TTL)
+    max_renewals_per_s: float = 100.0
+
+    def ttl_for(self, nodes: int) -> float:
+        """The lease TTL to grant in a fleet of `nodes` renewing nodes."""
+        if self.max_renewals_per_s <= 0:
+            return self.lease_ttl_s
+        needed = 3 * nodes / self.max_renewals_per_s
+        if needed <= self.lease_ttl_s:
+            return self.lease_ttl_s
+        return float(math.ceil(needed / TTL_STEP_S) * TTL_STEP_S)
 
     @property
     def digest_every_s(self) -> float:
@@ -88,6 +111,27 @@ class Liveness:
         self._beats: dict[str, int] = {}  # digest key -> its revision last counted
         self._pending: set[str] = set()  # nodes renewed here since the last digest
         self._flushed_at = clock.monotonic()
+        self.ttl = self.config.lease_ttl_s  # granted now
+        metrics.LEASE_TTL.set(self.ttl)
+        self._earlier: list[tuple[float, float]] = []  # (monotonic time replaced, TTL) of TTLs granted before
+
+    def scale(self, nodes: int) -> float:
+        """Grant the TTL for a fleet of `nodes` renewing nodes from now on; returns it."""
+        ttl = self.config.ttl_for(nodes)
+        if ttl != self.ttl:
+            log.info("lease TTL %.0f s for %d nodes (at most %.0f renewals a second)", ttl, nodes,
+                     self.config.max_renewals_per_s)
+            self._earlier.append((self.clock.monotonic(), self.ttl))
+            self.ttl = ttl
+            metrics.LEASE_TTL.set(ttl)
+        return ttl
+
+    def ttl_in_force(self) -> float:
+        """The longest TTL a node may still be counting on: the one granted now, or an earlier,
+        longer one for as long as a node told it just before it was replaced may rely on it."""
+        now = self.clock.monotonic()
+        self._earlier = [(at, ttl) for at, ttl in self._earlier if now - at <= ttl]
+        return max([self.ttl, *(ttl for _, ttl in self._earlier)])
 
     async def renewed(self, node_id: str) -> None:
         """A renewal (or the join) of `node_id`, received now by this replica."""
@@ -142,7 +186,7 @@ class Liveness:
     def overdue(self, nodes: list[types_pb2.Node]) -> tuple[list[types_pb2.Node], list[types_pb2.Node]]:
         """(READY nodes whose lease expired, UNREACHABLE or LEFT nodes past the grace period)."""
         now = self.clock.monotonic()
-        ttl, grace = self.config.lease_ttl_s, self.config.grace_s
+        ttl, grace = self.ttl_in_force(), self.config.grace_s
         expired, gone = [], []
         for n in nodes:
             age = now - self.last_seen.setdefault(n.id, now)  # unknown (after a restart): a fresh lease
@@ -161,8 +205,13 @@ class Liveness:
 
     def all_renewed_since(self, t: float) -> bool:
         """Every live node (renewed within its lease) has renewed since monotonic time `t`."""
-        now, ttl = self.clock.monotonic(), self.config.lease_ttl_s
+        now, ttl = self.clock.monotonic(), self.ttl_in_force()
         return all(seen >= t for seen in self.last_seen.values() if now - seen <= ttl)
+
+
+def renewing(nodes: list[types_pb2.Node]) -> int:
+    """Nodes that renew a lease: every one that has not left."""
+    return sum(1 for n in nodes if n.state != types_pb2.NODE_STATE_LEFT)
 
 
 class LeaseLoop:
@@ -205,6 +254,7 @@ class LeaseLoop:
         await self.liveness.load_heartbeats()
         # read and decoded once per store revision, not every tick (the list is shared: read only)
         nodes = await self.nodes.current()
+        self.liveness.scale(renewing(nodes))
         expired, gone = self.liveness.overdue(nodes)
         for n in expired:
             log.warning("node %s (%s) missed its lease: unreachable", n.name, n.id)
@@ -238,6 +288,7 @@ class LeaseLoop:
                 log.info("catalog signing keys: %s", changed)
             await self.compact(rev)
         else:  # the leader rotates keys: follow what it wrote
+            self.liveness.scale(renewing(await self.nodes.current()))
             await self.gossip.refresh()
         await self.store.expire_leases()
 

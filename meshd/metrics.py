@@ -27,6 +27,7 @@ REVISION = Gauge("mesh_store_revision", "Current store revision")
 WATCH_STREAMS = Gauge("mesh_watch_streams", "Open watch streams", ["kind"])
 LEASE_HOLD_SECONDS = Counter("mesh_lease_hold_seconds",
                              "Seconds every lease was held because meshd itself ran behind (its lease loop late)")
+LEASE_TTL = Gauge("mesh_lease_ttl_seconds", "Lease TTL meshd grants now (grows with the fleet: --max-renewals-per-s)")
 LEASE_EXPIRIES = Counter("mesh_lease_expiries", "Nodes marked unreachable after their lease expired")
 COMPACTED = Gauge("mesh_store_compacted_revision", "Revision the leader last compacted the store's history to")
 COMPACTIONS = Counter("mesh_store_compactions", "Compactions of the store's history by the leader")

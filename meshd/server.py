@@ -95,6 +95,8 @@ class MeshdConfig:
     endpoint_ranges: tuple[str, ...] = ()
     #: a node must renew within this many seconds or it is marked unreachable
     lease_ttl_s: float = 15.0
+    #: renewals a second the fleet may send: a larger fleet gets a longer lease TTL (0: always lease_ttl_s)
+    max_renewals_per_s: float = 100.0
     #: an unreachable node's services leave the catalog after this many more seconds
     grace_s: float = 30.0
     #: extra names/addresses for meshd's server certificate
@@ -162,7 +164,8 @@ class Coordinator:
         self.catalog = Catalog(self.store)
         # a lone meshd on SQLite sees every renewal itself; replicas on etcd share them
         self.liveness = Liveness(self.store, LeaseConfig(config.lease_ttl_s, config.grace_s,
-                                                         shared=not isinstance(self.store, SQLiteStore)), clock)
+                                                         shared=not isinstance(self.store, SQLiteStore),
+                                                         max_renewals_per_s=config.max_renewals_per_s), clock)
         rules = ClaimRules(vpc_ranges=tuple(config.vpc_ranges), overlay_pool=config.overlay_pool,
                            endpoint_ranges=tuple(config.endpoint_ranges))
         rules.nets("vpc"), rules.nets("endpoint")  # a bad range is a start-up error, not a join error
@@ -202,7 +205,7 @@ class Coordinator:
 
     def _add_servicers(self, server: grpc.aio.Server) -> list[str]:
         self._admission_servicer = AdmissionServicer(
-            self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, self.config.lease_ttl_s,
+            self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, lambda: self.liveness.ttl,
             self.k3s_join, self.admin_certs)
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
         slots = WatchSlots()

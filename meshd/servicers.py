@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
@@ -122,7 +123,7 @@ def admin_cert_pb(rec: AdminCertRecord) -> admission_pb2.AdminCert:
 
 class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
     def __init__(self, admission: Admission, nodes: Nodes, catalog: Catalog, gossip: GossipKeys, callers: Callers,
-                 ca: pki.CertificateAuthority, lease_ttl_s: float,
+                 ca: pki.CertificateAuthority, lease_ttl: Callable[[], float],
                  k3s_join: Callable[[], tuple[str, str] | None], admin_certs: AdminCerts) -> None:
         self.admission = admission
         self.nodes = nodes
@@ -130,7 +131,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         self.gossip = gossip
         self.callers = callers
         self.ca = ca
-        self.lease_ttl_s = lease_ttl_s
+        self.lease_ttl = lease_ttl  # the TTL granted now (meshd.leases: grows with the fleet)
         self.k3s_join = k3s_join
         self.admin_certs = admin_certs
         self._resigned_epoch: dict[str, tuple[str, int]] = {}  # node id -> epoch of the records last sent
@@ -157,7 +158,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
             raise
         metrics.JOINS.labels("ok").inc()
         return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode(),
-                                          lease_ttl_s=int(self.lease_ttl_s), gossip=self.gossip.config(),
+                                          lease_ttl_s=math.ceil(self.lease_ttl()), gossip=self.gossip.config(),
                                           observed_address=observed(context))
 
     async def Renew(self, request, context):
@@ -165,7 +166,7 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         # a new certificate first: a refused CSR renews nothing
         cert = self.nodes.renew_certificate(node_id, request.csr_pem) if request.csr_pem else b""
         node = await self.nodes.renew(node_id, request.node)
-        return admission_pb2.RenewResponse(node=node, lease_ttl_s=int(self.lease_ttl_s),
+        return admission_pb2.RenewResponse(node=node, lease_ttl_s=math.ceil(self.lease_ttl()),
                                            gossip=self.gossip.config(), observed_address=observed(context),
                                            certificate_pem=cert.decode(), records=await self._resigned(node_id))
 

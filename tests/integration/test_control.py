@@ -216,6 +216,27 @@ async def test_lease_expiry_marks_unreachable_then_removes_services(tmp_path):
         await m.close()
 
 
+async def test_meshd_grants_a_longer_lease_as_the_fleet_grows_and_agents_renew_by_it(tmp_path):
+    # 3 nodes renewing every third of the TTL at most 0.5 times a second: 18 s, granted as 20
+    m = await Mesh(tmp_path, lease_ttl_s=10, max_renewals_per_s=0.5).start()
+    try:
+        a = await m.agent("a")
+        renew = admission_pb2.RenewRequest(node=types_pb2.Node())
+        assert (await a.admission_stub.Renew(renew)).lease_ttl_s == 10  # one node: the configured TTL
+        await m.agent("b")
+        await m.agent("c")
+        await m.coordinator.leases.tick()
+        assert (await a.admission_stub.Renew(renew)).lease_ttl_s == 20
+        assert (await m.agent("d")).identity.name == "d"
+        await m.coordinator.leases.tick()
+        assert (await a.admission_stub.Renew(renew)).lease_ttl_s == 25  # 4 nodes: 24 s
+        # nobody's lease expired on the way
+        listed = (await m.nodes().ListNodes(nodes_pb2.ListNodesRequest())).nodes
+        assert {n.name: n.state for n in listed} == dict.fromkeys("abcd", types_pb2.NODE_STATE_READY)
+    finally:
+        await m.close()
+
+
 async def test_agent_started_while_meshd_is_down_joins_when_it_comes_up(tmp_path, caplog, monkeypatch):
     import meshagent.uplink
     attempts = []

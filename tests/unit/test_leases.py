@@ -110,3 +110,31 @@ async def test_meshd_running_behind_holds_leases_instead_of_expiring_them():
     assert live.overdue([node("n1")]) == ([], [])
     clock.advance(10.5)  # a node that stays silent once meshd runs again still expires
     assert live.overdue([node("n1")]) == ([node("n1")], [])
+
+
+def test_the_lease_ttl_grows_with_the_fleet_so_renewals_stay_within_the_rate():
+    cfg = LeaseConfig(lease_ttl_s=15, max_renewals_per_s=100)
+    assert cfg.ttl_for(0) == cfg.ttl_for(500) == 15  # 500 nodes renewing every 5 s: 100 a second
+    assert cfg.ttl_for(501) == 20  # in steps of 5 s, not at every join
+    assert cfg.ttl_for(1_000) == 30
+    assert cfg.ttl_for(5_000) == 150
+    for n in (1, 700, 1_000, 3_333, 5_000, 20_000):
+        assert n / (cfg.ttl_for(n) / 3) <= 100  # agents renew every third of the TTL
+    assert LeaseConfig(lease_ttl_s=15, max_renewals_per_s=0).ttl_for(5_000) == 15
+
+
+async def test_a_ttl_granted_before_stays_in_force_for_its_length_when_the_fleet_shrinks():
+    clock = ManualClock()
+    live = Liveness(store=None, config=LeaseConfig(lease_ttl_s=15, grace_s=30, max_renewals_per_s=100), clock=clock)
+    assert live.scale(5_000) == 150
+    await live.renewed("n1")  # told 150 s: renews again within 50 s
+    clock.advance(10)
+    assert live.scale(10) == 15  # most of the fleet left
+    clock.advance(40)
+    assert live.overdue([node("n1")]) == ([], [])  # n1 still counts on 150 s
+    await live.renewed("n1")  # ...and now hears 15 s
+    clock.advance(16)
+    assert live.overdue([node("n1")]) == ([], [])  # the 150 s granted before is in force until 160
+    clock.advance(150 - 56 + 1)  # past 150 s after the smaller TTL replaced it
+    assert live.ttl_in_force() == 15
+    assert live.overdue([node("n1")]) == ([node("n1")], [])
