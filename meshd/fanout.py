@@ -7,6 +7,14 @@ revision, or the n-th batch of the set as of a revision), so each is encoded
 (and, for catalog records, signed) once and the bytes handed to every stream;
 gRPC sends them as they are (`passthrough`). The current set is likewise read
 and decoded once per store revision (`Snapshots`), not once per stream.
+
+Streams that start at different revisions (a fleet booting: every join is a
+new revision) send different batches of mostly the same objects, so a batch is
+put together from its objects' own encodings (`Encoded` again, keyed by the
+object's version): a protobuf message is the concatenation of its fields, and
+a repeated field's entries may come in any number of runs, so
+`header + entry + entry + ...` is the batch message, and each object is
+encoded (and signed) once per version however many batches carry it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,14 @@ from typing import Any
 
 #: encoded events kept: enough for every stream of a large fleet to catch up on a burst
 LIMIT = 16384
+#: encoded batch entries kept (one per object version): a large fleet's nodes and services
+ENTRIES = 65536
+
+
+def batch(header: bytes, entries: list[bytes | None]) -> bytes:
+    """A batch message: its other fields (`header`, encoded) followed by its entries, each an
+    encoded message holding one entry of the repeated field(s) (None: left out)."""
+    return header + b"".join(e for e in entries if e is not None)
 
 
 def passthrough(message_cls) -> Callable[[Any], bytes]:
@@ -39,13 +55,14 @@ class Encoded:
         self.misses = 0
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> bytes | None:
-        """The encoding of the event `key`; `build()` makes the message the first time (None: skip it)."""
+        """The encoding of the event `key`; `build()` makes the message (or its bytes) the first
+        time (None: skip it)."""
         try:
             data = self._bytes[key]
         except KeyError:
             self.misses += 1
             message = build()
-            data = None if message is None else message.SerializeToString()
+            data = message if message is None or isinstance(message, bytes) else message.SerializeToString()
             self._bytes[key] = data
             if len(self._bytes) > self.limit:
                 self._bytes.popitem(last=False)

@@ -25,7 +25,7 @@ from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd import catalog as catalog_mod
 from meshd import nodes as nodes_mod
 from meshd.catalog import Catalog
-from meshd.fanout import Encoded, Snapshots
+from meshd.fanout import ENTRIES, Encoded, Snapshots, batch
 from meshd.gossipkeys import GossipKeys
 from meshd.nodes import Nodes
 from meshd.tunnels import Tunnels
@@ -246,6 +246,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.sync_errors = sync_errors
         # each event encoded and signed once for all streams; the current set read once per revision
         self.encoded = Encoded()
+        self.entries = Encoded(ENTRIES)  # each object's encoding as a batch entry
         self.snapshots = Snapshots(catalog.store, catalog_mod.PREFIX, catalog_mod.decode)
 
     async def Expose(self, request, context):
@@ -280,11 +281,16 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             log.error("catalog record %r at revision %d left out of watch streams: %s", svc.name, rev, e)
             return None
 
-    def _batch_event(self, items: list, rev: int) -> catalog_pb2.ServiceEvent:
-        signed = [(s, self._signed(s, r, False)) for s, r in items]
-        signed = [(s, rec) for s, rec in signed if rec is not None]
-        return catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev, services=[s for s, _ in signed],
-                                        records=[rec for _, rec in signed])
+    def _batch_event(self, store: str, items: list, rev: int, epoch) -> bytes:
+        """A PUT of part of the current set: each service with its signed record, each encoded
+        and signed once per version (and signing epoch), whichever batches carry it."""
+        return batch(catalog_pb2.ServiceEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev).SerializeToString(),
+                     [self.entries.get((store, s.name, r, epoch), lambda s=s, r=r: self._entry(s, r))
+                      for s, r in items])
+
+    def _entry(self, svc: types_pb2.Service, rev: int) -> catalog_pb2.ServiceEvent | None:
+        record = self._signed(svc, rev, False)
+        return None if record is None else catalog_pb2.ServiceEvent(services=[svc], records=[record])
 
     def _change_event(self, kind: str, svc: types_pb2.Service, rev: int) -> catalog_pb2.ServiceEvent | None:
         record = self._signed(svc, rev, kind == "delete")
@@ -308,7 +314,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     if kind == "batch":
                         index += 1
                         data = self.encoded.get((store, "batch", reset_rev, index, rev, len(svc), epoch),
-                                                lambda: self._batch_event(svc, rev))
+                                                lambda: self._batch_event(store, svc, rev, epoch))
                         if data is not None:
                             yield data
                         continue
@@ -340,7 +346,14 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         self.store_name = store_name
         self.overlay_pool = overlay_pool
         self.encoded = Encoded()
+        self.entries = Encoded(ENTRIES)  # each object's encoding as a batch entry
         self.snapshots = nodes.snapshots
+
+    def _batch_event(self, store: str, items: list, rev: int) -> bytes:
+        """A PUT of part of the current set, each node encoded once per version."""
+        return batch(nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev).SerializeToString(),
+                     [self.entries.get((store, n.id, r), lambda n=n: nodes_pb2.NodeEvent(nodes=[n]))
+                      for n, r in items])
 
     async def ListNodes(self, request, context):
         await self.callers.any_member(context)
@@ -400,8 +413,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                     if kind == "batch":
                         index += 1
                         yield self.encoded.get((store, "batch", reset_rev, index, rev, len(node)),
-                                               lambda: nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=rev,
-                                                                           nodes=[n for n, _ in node]))
+                                               lambda: self._batch_event(store, node, rev))
                         continue
                     if kind in ("reset", "synced"):
                         yield nodes_pb2.NodeEvent(type=EVENT[kind], revision=rev, store=store)

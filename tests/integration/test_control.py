@@ -317,6 +317,35 @@ async def test_batched_watch_sends_the_current_set_in_few_events(mesh):
     await until(lambda: len(a.catalog.services.items) == 300)  # the agent's own (batched) copy
 
 
+async def test_watchers_starting_at_different_revisions_get_the_whole_set_each_record_with_its_service(mesh):
+    """Batches are put together from each object's own encoding (meshd.fanout.batch): what a
+    watcher decodes is the set as a listing shows it, records paired with their services."""
+    from meshcore.gossip.codec import _read_record, _Reader
+    a = await mesh.agent("sets")
+    sets = []
+    for i in range(300):
+        await a.catalog_stub.Expose(svc(f"s{i:03d}", 1000 + i))
+        if i in (100, 299):  # a watcher starting here, and one after 199 more changes
+            got_services, got_nodes = [], []
+            async for ev in mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True)):
+                for s, rec in zip(ev.services, ev.records, strict=True):
+                    assert _read_record(_Reader(rec)).key.endswith(s.name)
+                got_services += ev.services
+                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                    break
+            async for ev in mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True)):
+                got_nodes += ev.nodes
+                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                    break
+            sets.append((got_services, got_nodes))
+    listed = (await mesh.catalog().ListServices(catalog_pb2.ListServicesRequest())).services
+    nodes = (await mesh.nodes().ListNodes(nodes_pb2.ListNodesRequest())).nodes
+    assert [s.name for s in sets[0][0]] == [f"s{i:03d}" for i in range(101)]
+    assert sorted(sets[1][0], key=lambda s: s.name) == sorted(listed, key=lambda s: s.name)
+    assert [(n.id, n.revision) for n in sets[0][1]] == [(n.id, n.revision) for n in sets[1][1]] == \
+        [(n.id, n.revision) for n in nodes]
+
+
 async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_renewals(mesh):
     rev = await mesh.coordinator.store.revision()
     code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
