@@ -147,6 +147,11 @@ class SQLiteStore(Store):
     async def revision(self) -> int:
         return self._revision
 
+    async def changes(self, prefix: str, after: int) -> tuple[list[Event], int]:
+        """The changes under `prefix` after revision `after` and the revision they bring the
+        caller's copy to (Compacted if the history no longer reaches back that far)."""
+        return await self._read(self._history, prefix, after)
+
     # -- writes ---------------------------------------------------------------
     def _apply(self, rev: int, ops: Sequence[Op]) -> list[Event]:
         db = self._db
