@@ -147,3 +147,27 @@ async def test_a_full_pool_is_refused_for_good_not_retried(tmp_path):
         assert await m.coordinator.store.get(NAMES + "one-too-many") is None
     finally:
         await m.close()
+
+
+async def test_the_fleet_benchs_simulated_agents_honour_the_pushback_too(small):
+    """bench/fleet.py's join decides with the agent's own meshagent.pushback.retry_after."""
+    from bench.fleet import join_in_memory
+
+    token = await small.token(uses=100)
+    refusals_before = metrics.JOINS_THROTTLED._value.get()
+
+    async def gate() -> None:
+        if metrics.JOINS_THROTTLED._value.get() == refusals_before:
+            await until(lambda: metrics.JOINS_THROTTLED._value.get() > refusals_before, timeout=30)
+    hold_joins(small, gate)
+    waits: list[float] = []
+    slot = asyncio.Semaphore(20)
+
+    async def one(i: int):
+        async with slot:
+            return await join_in_memory(small.join_address, small.address, token, f"sim-{i:02d}", slot,
+                                        throttled=waits.append)
+    identities = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(12))), 120)
+    assert len({i.node_id for i in identities}) == 12
+    assert waits and len(waits) == metrics.JOINS_THROTTLED._value.get() - refusals_before
+    assert all(PUSHBACK_MIN_MS / 1000 <= w for w in waits)
