@@ -7,9 +7,11 @@ for the fleet (AGENTS_PER_PROCESS each: one Python process cannot drive
 measured. Every agent:
 
 1. joins (its own key and CSR, the CA checked against the token's pin, Join
-   over TLS; the identity kept in memory) and renews its lease from then on
-   as an agent does (every third of the TTL meshd grants, which grows with
-   the fleet: meshd.leases), while the rest of the fleet is still joining;
+   over TLS; the identity kept in memory; a join meshd refuses for load is
+   tried again after the wait meshd suggests, as the agent does) and renews
+   its lease from then on as an agent does (every third of the TTL meshd
+   grants, which grows with the fleet: meshd.leases), while the rest of the
+   fleet is still joining;
 2. once every agent of the fleet has joined, arrives: opens both watch
    streams (services, nodes; batch mode) at ARRIVALS_PER_S fleet-wide;
 3. renews, exposes a service now and then (the
@@ -23,7 +25,9 @@ Figures: the latency of every Renew, Expose and ListServices during a
 measurement window that opens 5 s after every stream is synced (or the sync
 timed out); the time from the first arrival until every stream holds the
 whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
-every agent renews three times per lease); join latencies and failures.
+every agent renews three times per lease); join latencies (from the first
+try, suggested waits included), failures (never joined within the phase limit)
+and throttled joins (refusals for load that were tried again), apart.
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ from collections.abc import Callable
 import grpc
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
+from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
-from meshagent.uplink import FIRST_RENEW_S, RETRY_RENEW_S, channel_options, mtls_channel, renew_interval
+from meshagent.pushback import retry_after
+from meshagent.uplink import FIRST_RENEW_S, JITTER, RETRY_RENEW_S, channel_options, mtls_channel, renew_interval
 from meshcore import pki
+from meshcore.backoff import Backoff
 from meshcore.jointoken import parse_token
 
 ARRIVALS_PER_S = 50.0  # agents opening their watch streams per second, fleet-wide
@@ -54,20 +61,42 @@ RPC_TIMEOUT_S = 30.0
 AGENTS_PER_PROCESS = 1000
 
 
-async def join_in_memory(join_address: str, coordinator: str, token: str, name: str) -> Identity:
+async def join_in_memory(join_address: str, coordinator: str, token: str, name: str,
+                         slot: asyncio.Semaphore | None = None, rng: random.Random | None = None,
+                         throttled: Callable[[float], None] = lambda wait_s: None) -> Identity:
     """A simulated agent's join, as meshagent's uplink does it, with the identity kept in memory: a
     real agent writes it to its own disk, and thousands of fsyncs in one load process would stall
-    every other agent there (late renewals that would be the load generator's, not meshd's)."""
+    every other agent there (late renewals that would be the load generator's, not meshd's).
+    A join meshd refuses for load is tried again after the wait it suggests, decided by the agent's
+    own `meshagent.pushback.retry_after` (`throttled(wait_s)` is told each time). `slot`, held by
+    the caller, is let go while waiting."""
     host, port = join_address.rsplit(":", 1)
     _, _, pin = parse_token(token)
+    backoff = Backoff(AgentConfig.backoff_min_s, AgentConfig.backoff_max_s, JITTER, rng or random.Random())
     ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, int(port), pin)
     key = pki.new_key()
     csr = pki.make_csr(key, name)
+    request = admission_pb2.JoinRequest(token=token, node=types_pb2.Node(name=name, hostname=name),
+                                        csr_pem=csr.decode())
     async with grpc.aio.secure_channel(join_address, grpc.ssl_channel_credentials(ca_pem),
                                        options=channel_options()) as ch:
-        resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
-            admission_pb2.JoinRequest(token=token, node=types_pb2.Node(name=name, hostname=name),
-                                      csr_pem=csr.decode()), timeout=JOIN_TIMEOUT_S)
+        stub = admission_pb2_grpc.AdmissionServiceStub(ch)
+        while True:  # bounded by the join phase's limit, which cancels agents still joining
+            try:
+                resp = await stub.Join(request, timeout=JOIN_TIMEOUT_S)
+                break
+            except grpc.aio.AioRpcError as e:
+                wait = retry_after(e, backoff)
+                if wait is None:
+                    raise
+                throttled(wait)
+                if slot is not None:
+                    slot.release()
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    if slot is not None:
+                        await slot.acquire()
     return Identity(resp.node.id, resp.node.name, resp.node.mesh_address, coordinator, pki.key_pem(key),
                     resp.certificate_pem.encode(), resp.ca_pem.encode())
 
@@ -91,6 +120,8 @@ class Slice:
         self.join_ms: list[float] = []
         self.ids: list[str] = []  # node ids of the agents that joined
         self.join_failures = 0
+        self.join_throttled = 0  # joins meshd refused for load, each tried again after its suggested wait
+        self.agents_throttled = 0  # agents refused for load at least once
         self.joined = 0
         self.joined_ids: set[int] = set()  # joined, or refused (done either way)
         self.late = False  # the join phase hit its limit
@@ -134,10 +165,19 @@ class Slice:
     async def agent(self, i: int, sem: asyncio.Semaphore) -> None:
         coords, joins = self.spec["coordinators"], self.spec["join_addresses"]
         target = i % len(coords)
+        refused = 0
+
+        def throttled(_wait_s: float) -> None:
+            nonlocal refused
+            refused += 1
+            self.join_throttled += 1
+            if refused == 1:
+                self.agents_throttled += 1
         async with sem:
             t0 = time.perf_counter()
             try:
-                ident = await join_in_memory(joins[target], coords[target], self.spec["token"], f"sim-{i:05d}")
+                ident = await join_in_memory(joins[target], coords[target], self.spec["token"], f"sim-{i:05d}",
+                                             sem, random.Random(i), throttled)
             except Exception:  # refused or timed out: counted; this agent never arrives
                 self.join_failures += 1
                 self._joined_one(i)
@@ -213,7 +253,7 @@ async def worker() -> None:
                 s.join_failures += 1
         s.late = True
     _say({"joined": len(s.join_ms), "join_failures": s.join_failures, "join_ms": s.join_ms, "late": s.late,
-          "ids": s.ids})
+          "ids": s.ids, "join_throttled": s.join_throttled, "agents_throttled": s.agents_throttled})
     cmd = (await _line()).split()  # "go <epoch>"
     s.arrive_at = float(cmd[1])
     s.go.set()
@@ -295,6 +335,9 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "synced_fraction": sum(s["synced"] for s in synced) / (2 * n),
             "join_ms": [x for j in joined for x in j["join_ms"]],
             "join_failures": sum(j["join_failures"] for j in joined),
+            # refusals for load, each followed by the suggested wait and another try: not failures
+            "join_throttled": sum(j["join_throttled"] for j in joined),
+            "agents_throttled": sum(j["agents_throttled"] for j in joined),
             "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
             "rss_mb": rss_mb, "processes": len(procs),
             "lease_ttl_s": max(r["lease_ttl_s"] for r in results)}

@@ -4,7 +4,13 @@ Join: with no identity on disk, the agent fetches meshd's CA (checked against
 the pin in the join token) from the join listener, sends a CSR and its facts,
 and keeps the certificate it gets back. While meshd is unreachable it retries
 with capped, jittered backoff; a refusal that retrying cannot change (bad
-token, bad facts) is raised at once.
+token, bad facts) is raised at once. A join meshd refuses for load
+(RESOURCE_EXHAUSTED: too many joins already wait) is tried again after the
+wait meshd suggests in its `grpc-retry-pushback-ms` trailer (capped and
+jittered, meshagent/pushback.py), said once at INFO. Every wait is capped
+(backoff_max_s, or PUSHBACK_CAP_S for a suggested one) and every attempt has a
+deadline; attempts go on until meshd admits or refuses the node, as a VM that
+boots before meshd waits for it.
 
 After join, one mTLS channel carries everything:
 - two watch streams (services, nodes) feed the catalog copy (`view.Catalog`).
@@ -41,6 +47,7 @@ from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_
 from meshagent import metrics
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
+from meshagent.pushback import pushback_trailer, retry_after
 from meshagent.view import Catalog
 from meshcore import pki
 from meshcore.backoff import Backoff
@@ -96,6 +103,7 @@ class Uplink:
         self.connected = False
         self.last_contact = 0.0  # wall clock: shown by `meshctl status`
         self.reconnects = 0
+        self.join_throttled = 0  # joins meshd refused for load (RESOURCE_EXHAUSTED with a suggested wait)
         self.left = False  # after a spot notice: no renewals, no re-asserting services
         self.channel: grpc.aio.Channel | None = None
         self.identity: Identity | None = None
@@ -127,11 +135,13 @@ class Uplink:
         host, port = self.config.join_target()
         backoff = self._backoff()
         warned = False
+        ca_pem = key = csr = None
         while True:
             try:
-                ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, port, pin)
-                key = pki.new_key()
-                csr = pki.make_csr(key, self.config.name)
+                if ca_pem is None:  # once: a retry after meshd pushed back costs it one call, not three
+                    ca_pem = await asyncio.to_thread(fetch_pinned_ca, host, port, pin)
+                    key = pki.new_key()
+                    csr = pki.make_csr(key, self.config.name)
                 creds = grpc.ssl_channel_credentials(ca_pem)
                 async with grpc.aio.secure_channel(f"{host}:{port}", creds, options=channel_options()) as ch:
                     resp = await admission_pb2_grpc.AdmissionServiceStub(ch).Join(
@@ -140,7 +150,15 @@ class Uplink:
                 self.on_observed(resp.observed_address)
                 break
             except (Unavailable, grpc.aio.AioRpcError) as e:
-                if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL:
+                wait = retry_after(e, backoff) if isinstance(e, grpc.aio.AioRpcError) else None
+                if wait is not None and pushback_trailer(e) is not None:  # meshd pushes back: not a failure
+                    self.join_throttled += 1
+                    if self.join_throttled == 1:
+                        log.info("meshd is busy admitting other nodes: retrying in %.1f s (and again as long "
+                                 "as meshd asks)", wait)
+                    await asyncio.sleep(wait)
+                    continue
+                if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL and wait is None:
                     raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
                 if not warned:
                     if isinstance(e, Unavailable) or e.code() == grpc.StatusCode.UNAVAILABLE:
@@ -149,7 +167,7 @@ class Uplink:
                     else:
                         log.warning("join attempt failed (%s: %s); retrying", e.code().name, e.details())
                     warned = True
-                await asyncio.sleep(backoff.next())
+                await asyncio.sleep(wait if wait is not None else backoff.next())
         ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,
                          pki.key_pem(key), resp.certificate_pem.encode(), resp.ca_pem.encode())
         ident.save(state_dir)

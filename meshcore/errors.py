@@ -56,7 +56,16 @@ class Unavailable(MeshError):
 
 
 class ResourceExhausted(MeshError):
+    """Too much of something: the request may succeed later, or once something is freed.
+    `retry_pushback_ms`, when set, is the wait the refusing side suggests before a retry: the
+    interceptor sends it as the standard `grpc-retry-pushback-ms` trailer (RETRY_PUSHBACK_KEY); a
+    negative value says "do not retry", as in gRPC's retry design."""
+
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_pushback_ms: int | None = None, **details: str) -> None:
+        super().__init__(message, **details)
+        self.retry_pushback_ms = retry_pushback_ms
 
 
 class Conflict(MeshError):
@@ -73,6 +82,10 @@ class StateError(MeshError):
 
 class ConfigError(InvalidArgument):
     """A configuration file or option breaks a rule."""
+
+
+#: the gRPC trailer carrying the suggested wait before a retry, in milliseconds (gRPC proposal A6)
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class PeerError(Exception):

@@ -81,7 +81,9 @@ class AddressPool:
                 cursor_cmp = Compare(CURSOR, "mod", "=", cur.mod_revision) if cur else absent(CURSOR)
                 return Allocation(ip, [absent(PREFIX + ip), cursor_cmp],
                                   [Put(PREFIX + ip, node_id.encode()), Put(CURSOR, str(idx + 1).encode())])
-        raise ResourceExhausted(f"overlay pool {self.network} is full: remove nodes or configure a larger --overlay-pool")
+        # retrying soon cannot help: a negative suggested wait tells agents not to retry
+        raise ResourceExhausted(f"overlay pool {self.network} is full: remove nodes or configure a larger --overlay-pool",
+                                retry_pushback_ms=-1)
 
     @staticmethod
     def release(address: str) -> Op:

@@ -30,7 +30,7 @@ import grpc
 from cryptography import x509
 
 from meshcore import limits, pki
-from meshcore.errors import InvalidArgument, MeshError, PermissionDenied, Unauthenticated
+from meshcore.errors import RETRY_PUSHBACK_KEY, InvalidArgument, MeshError, PermissionDenied, Unauthenticated
 from meshcore.logs import new_request_id, request_id
 from meshd import metrics
 
@@ -131,7 +131,8 @@ async def _not_revoked(serial: str) -> bool:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps MeshError to its gRPC status (message = the rule broken), bounds every request's
+    """Maps MeshError to its gRPC status (message = the rule broken; a suggested wait before a
+    retry as the `grpc-retry-pushback-ms` trailer), bounds every request's
     size per method, refuses revoked admin certificates (`revoked(serial)`), and records RPC
     metrics."""
 
@@ -164,7 +165,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     return await inner(request, context)
                 except MeshError as e:
                     code = e.code
-                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                    await _abort(context, e)
                 except Exception:
                     code = "INTERNAL" if code == "OK" else code
                     raise
@@ -188,7 +189,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         yield item
                 except MeshError as e:
                     code = e.code
-                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                    await _abort(context, e)
                 finally:
                     metrics.RPCS.labels(method, _code(context, code)).inc()
 
@@ -206,13 +207,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await inner_b(request_iterator, context)
                 except MeshError as e:
                     code = e.code
-                    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e))
+                    await _abort(context, e)
                 finally:
                     metrics.RPCS.labels(method, _code(context, code)).inc()
 
             return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
                                                          response_serializer=handler.response_serializer)
         return handler
+
+
+async def _abort(context, e: MeshError) -> None:
+    """End the RPC with the error's status and message; a suggested wait before a retry
+    (ResourceExhausted.retry_pushback_ms) goes in the standard `grpc-retry-pushback-ms` trailer."""
+    pushback = getattr(e, "retry_pushback_ms", None)
+    trailers = ((RETRY_PUSHBACK_KEY, str(int(pushback))),) if pushback is not None else ()
+    await context.abort(getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN), str(e), trailers)
 
 
 def _code(context, fallback: str) -> str:

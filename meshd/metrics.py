@@ -18,7 +18,9 @@ from prometheus_client.registry import Collector
 RPCS = Counter("mesh_rpc_requests", "RPCs handled, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram("mesh_rpc_duration_seconds", "RPC latency by method", ["method"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
-JOINS = Counter("mesh_joins", "Join attempts by result", ["result"])
+JOINS = Counter("mesh_joins", "Join attempts by result (ok, throttled, or the refusal's status code)", ["result"])
+JOINS_THROTTLED = Counter("mesh_joins_throttled",
+                          "Joins refused at once because --max-pending-joins joins were already waiting")
 ADMIN_SOCKET_REFUSED = Counter("mesh_admin_socket_refused",
                                "Connections to the admin socket refused by their peer credentials (not root)")
 CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")

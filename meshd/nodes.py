@@ -11,7 +11,6 @@ shown with a node.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import ipaddress
@@ -30,6 +29,7 @@ from meshd.admission import Admission
 from meshd import claims
 from meshd.catalog import watch_prefix
 from meshd.fanout import Snapshots
+from meshd.joinqueue import MAX_PENDING_JOINS, JoinQueue
 from meshd.claims import ClaimRules
 from meshd.leases import HEARTBEATS, Liveness
 from meshd.store.base import Delete, KeyValue, Put, Store, absent, unchanged
@@ -111,7 +111,7 @@ def decode(kv: KeyValue) -> types_pb2.Node:
 class Nodes:
     def __init__(self, store: Store, admission: Admission, addresses: AddressPool, ca: pki.CertificateAuthority,
                  liveness: Liveness, clock: Clock = SYSTEM, rules: ClaimRules | None = None,
-                 cert_ttl_s: float = 90 * 24 * 3600.0) -> None:
+                 cert_ttl_s: float = 90 * 24 * 3600.0, max_pending_joins: int = MAX_PENDING_JOINS) -> None:
         self.store = store
         self.cert_ttl_s = cert_ttl_s
         self.admission = admission
@@ -120,9 +120,8 @@ class Nodes:
         self.liveness = liveness
         self.clock = clock
         self.rules = rules or ClaimRules(overlay_pool=str(addresses.network))
-        # Joins on one replica take turns: they would all race for the same address cursor.
-        # The store's compare-and-swap still guards against other replicas.
-        self._joining = asyncio.Lock()
+        # Joins on one replica take turns, and only so many wait (meshd.joinqueue).
+        self.join_queue = JoinQueue(max_pending_joins, clock)
         # the current node list, read once per store revision (the lease loop, joins, new watch streams)
         self.snapshots = Snapshots(store, PREFIX, decode)
         self._decoded: dict[tuple[str, int], types_pb2.Node] = {}  # (key, revision) -> node, for watchers
@@ -178,9 +177,10 @@ class Nodes:
 
     # -- join -----------------------------------------------------------------
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:
-        """Admit a node: one transaction consumes a token use, claims the name and an address."""
+        """Admit a node: one transaction consumes a token use, claims the name and an address.
+        Refused at once (ResourceExhausted, with a suggested wait) when too many joins wait."""
         check_facts(facts)
-        async with self._joining:
+        async with self.join_queue.turn():
             return await self._join(token, facts, csr_pem)
 
     async def _join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:

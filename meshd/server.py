@@ -52,6 +52,7 @@ from meshd.auth import Callers, ErrorInterceptor
 from meshd.catalog import Catalog
 from meshd.claims import DEFAULT_VPC_RANGES, ClaimRules
 from meshd.gossipkeys import CATALOG_KEY_OVERLAP_S, CATALOG_KEY_ROTATE_S, CATALOG_RECORD_TTL_S, GossipKeys
+from meshd.joinqueue import MAX_PENDING_JOINS
 from meshd.leases import LeaseConfig, LeaseLoop, Liveness
 from meshd.mirrors import Mirrors
 from meshd.nodes import Nodes
@@ -93,6 +94,9 @@ class MeshdConfig:
     vpc_ranges: tuple[str, ...] = DEFAULT_VPC_RANGES
     #: extra ranges accepted as public endpoints besides public unicast (a lab's own "internet")
     endpoint_ranges: tuple[str, ...] = ()
+    #: joins that may wait for their turn; one more is refused at once with a suggested wait
+    #: (RESOURCE_EXHAUSTED and the grpc-retry-pushback-ms trailer); 0: no bound
+    max_pending_joins: int = MAX_PENDING_JOINS
     #: a node must renew within this many seconds or it is marked unreachable
     lease_ttl_s: float = 15.0
     #: renewals a second the fleet may send: a larger fleet gets a longer lease TTL (0: always lease_ttl_s)
@@ -170,7 +174,7 @@ class Coordinator:
                            endpoint_ranges=tuple(config.endpoint_ranges))
         rules.nets("vpc"), rules.nets("endpoint")  # a bad range is a start-up error, not a join error
         self.nodes = Nodes(self.store, self.admission, self.addresses, self.ca, self.liveness, clock, rules,
-                           cert_ttl_s=config.node_cert_ttl_s)
+                           cert_ttl_s=config.node_cert_ttl_s, max_pending_joins=config.max_pending_joins)
         self.admin_certs = AdminCerts(self.store, self.ca, clock)
         self.gossip = GossipKeys(self.store, clock, config.catalog_key_rotate_s, config.catalog_key_overlap_s,
                                  config.catalog_record_ttl_s)

@@ -154,7 +154,9 @@ class AdmissionServicer(admission_pb2_grpc.AdmissionServiceServicer):
         try:
             node, cert = await self.nodes.join(request.token, request.node, request.csr_pem)
         except Exception as e:
-            metrics.JOINS.labels(getattr(e, "code", "INTERNAL").lower()).inc()
+            # a refusal for load (it carries a suggested wait) is not a refusal of this node
+            throttled = getattr(e, "retry_pushback_ms", None) is not None and e.retry_pushback_ms >= 0
+            metrics.JOINS.labels("throttled" if throttled else getattr(e, "code", "INTERNAL").lower()).inc()
             raise
         metrics.JOINS.labels("ok").inc()
         return admission_pb2.JoinResponse(node=node, certificate_pem=cert.decode(), ca_pem=self.ca.pem.decode(),
