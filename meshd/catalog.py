@@ -210,13 +210,17 @@ class Catalog:
             await self.store.txn([], ops)
         return mine
 
-    def watch(self, from_revision: int, snapshot=None) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
-        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot)
+    def watch(self, from_revision: int, snapshot=None,
+              chunk: int = 0) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
+        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot, chunk=chunk)
 
 
 async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
-                       snapshot=None, grouped: bool = False) -> AsyncIterator[tuple]:
+                       snapshot=None, grouped: bool = False, chunk: int = 0) -> AsyncIterator[tuple]:
     """Yield ("put" | "delete" | "reset" | "synced", object or None, revision).
+
+    With `chunk`, the current set after "reset" comes as ("batch", [(object, revision), ...],
+    highest revision) of up to `chunk` objects each, not one "put" per object.
 
     With `grouped`, the changes after the current set (or the resumed history) come as the
     store hands them over instead, one ("changes", [(kind, object, revision), ...], last
@@ -254,8 +258,13 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         kvs, rev = await store.range(prefix)
         items = [(decode_fn(kv), kv.mod_revision) for kv in kvs]
     yield ("reset", None, rev)
-    for obj, mod_revision in items:
-        yield ("put", obj, mod_revision)
+    if chunk:
+        for i in range(0, len(items), chunk):
+            part = items[i:i + chunk]
+            yield ("batch", part, max(r for _, r in part))
+    else:
+        for obj, mod_revision in items:
+            yield ("put", obj, mod_revision)
     yield ("synced", None, rev)
     async for batch in store.watch(prefix, rev):
         if grouped:

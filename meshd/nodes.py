@@ -159,12 +159,12 @@ class Nodes:
         items, _ = await self.snapshots.get()
         return [n for n, _ in items]
 
-    def watch(self, from_revision: int, snapshot=None,
-              grouped: bool = False) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
+    def watch(self, from_revision: int, snapshot=None, grouped: bool = False,
+              chunk: int = 0) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
         """Changes to the nodes (meshd.catalog.watch_prefix); `grouped` streams share each decoded
         change (read only), so a change is decoded once, not once per watcher."""
         return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared if grouped else decode,
-                            snapshot, grouped)
+                            snapshot, grouped, chunk)
 
     def _decode_shared(self, kv: KeyValue) -> types_pb2.Node:
         key = (kv.key, kv.mod_revision)

@@ -44,7 +44,9 @@ NODE_EVENTS_EVERY_S = 0.25
 
 async def batched(events, batch: bool):
     """Pass (kind, obj, revision) through; with `batch`, the PUTs between RESET and SYNCED
-    come out as lists of up to BATCH objects: ("batch", [(obj, rev), ...], revision)."""
+    come out as lists of up to BATCH objects: ("batch", [(obj, rev), ...], revision). (The
+    current set comes chunked already when the watch was asked for chunks; the PUTs left are
+    a resumed history's.)"""
     pending: list = []
     in_reset = False
     async for kind, obj, rev in events:
@@ -308,7 +310,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 store = self.store_token()
                 start = resume_point(request, store)
                 reset_rev, index = 0, 0
-                events = self.catalog.watch(start, self.snapshots.get)
+                events = self.catalog.watch(start, self.snapshots.get, chunk=BATCH if request.batch else 0)
                 async for kind, svc, rev in batched(events, request.batch):
                     if kind == "reset":
                         reset_rev, index = rev, 0
@@ -393,7 +395,8 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                 reset_rev, index = 0, 0
                 # live changes come grouped (what waited for this stream since it last sent) when the
                 # caller takes batches: one message per run, each node once, as it is now
-                events = self.nodes.watch(start, self.snapshots.get, grouped=request.batch)
+                events = self.nodes.watch(start, self.snapshots.get, grouped=request.batch,
+                                          chunk=BATCH if request.batch else 0)
                 async for kind, node, rev in batched(events, request.batch):
                     if kind == "reset":
                         reset_rev, index = rev, 0
