@@ -47,7 +47,7 @@ from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
 from meshagent.pushback import retry_after
-from meshagent.uplink import FIRST_RENEW_S, JITTER, RETRY_RENEW_S, channel_options, mtls_channel, renew_interval
+from meshagent.uplink import FIRST_RENEW_S, JITTER, RenewSchedule, channel_options, mtls_channel
 from meshcore import pki
 from meshcore.backoff import Backoff
 from meshcore.jointoken import parse_token
@@ -209,7 +209,7 @@ class Slice:
     async def renew(self, i: int, rng: random.Random, adm, cat) -> None:
         """Renew as the agent does: every third of the TTL meshd granted last (less a little at
         random); the first renewal comes within FIRST_RENEW_S of the join."""
-        interval = FIRST_RENEW_S
+        interval, schedule = FIRST_RENEW_S, RenewSchedule()
         await asyncio.sleep(rng.random() * interval)
         changes = 0
         while not self.stop.is_set():
@@ -217,9 +217,9 @@ class Slice:
                                               timeout=RPC_TIMEOUT_S))
             if resp is not None:
                 self.lease_ttl_s = resp.lease_ttl_s
-                interval = renew_interval(resp.lease_ttl_s)
+                interval = schedule.renewed(resp.lease_ttl_s)
             else:
-                interval = min(interval, RETRY_RENEW_S)
+                interval = schedule.failed()
             if self.go.is_set() and rng.random() < CHANGES_PER_S * interval / self.n:
                 changes += 1
                 await self.timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(

@@ -75,6 +75,30 @@ def renew_interval(lease_ttl_s: float) -> float:
     return max(0.2, lease_ttl_s / 3 * random.uniform(0.8, 1.0))
 
 
+class RenewSchedule:
+    """The seconds until the next renewal: `renew_interval` of the TTL last granted after a
+    renewal; after a failed one, a retry from RETRY_RENEW_S doubling (with jitter) up to a
+    sixth of that TTL, so that a fleet whose coordinator is overloaded backs off instead of
+    renewing every 2 s, yet tries at least twice more before its lease runs out."""
+
+    def __init__(self, lease_ttl_s: float = 3 * FIRST_RENEW_S) -> None:
+        self.lease_ttl_s = 0.0
+        self.retry = self._retry(lease_ttl_s)
+
+    def _retry(self, lease_ttl_s: float) -> Backoff:
+        self.lease_ttl_s = lease_ttl_s
+        return Backoff(RETRY_RENEW_S, max(RETRY_RENEW_S, lease_ttl_s / 6))
+
+    def renewed(self, lease_ttl_s: float) -> float:
+        if lease_ttl_s != self.lease_ttl_s:
+            self.retry = self._retry(lease_ttl_s)
+        self.retry.reset()
+        return renew_interval(lease_ttl_s)
+
+    def failed(self) -> float:
+        return self.retry.next()
+
+
 def channel_options() -> list[tuple[str, object]]:
     return [("grpc.ssl_target_name_override", pki.SERVER_NAME),
             ("grpc.keepalive_time_ms", 15000), ("grpc.keepalive_timeout_ms", 5000),
@@ -256,13 +280,13 @@ class Uplink:
     # -- the lease ------------------------------------------------------------------------
     async def renew(self) -> None:
         """Renew the lease every third of its TTL until the node leaves."""
-        interval = FIRST_RENEW_S
+        interval, schedule = FIRST_RENEW_S, RenewSchedule()
         while not self.left:
             try:
                 key, csr = self._new_key_if_due()
                 resp = await self.admission_stub.Renew(admission_pb2.RenewRequest(node=self._facts(), csr_pem=csr),
                                                        timeout=RPC_TIMEOUT_S)
-                interval = renew_interval(resp.lease_ttl_s)
+                interval = schedule.renewed(resp.lease_ttl_s)
                 self.last_contact = self.clock.wall()
                 self.on_observed(resp.observed_address)
                 if key is not None and resp.certificate_pem:
@@ -270,7 +294,7 @@ class Uplink:
                 await self.on_renewed(resp)
             except grpc.aio.AioRpcError as e:
                 log.debug("renew failed: %s", e.code().name)
-                interval = min(interval, RETRY_RENEW_S)
+                interval = schedule.failed()
             await asyncio.sleep(interval)
 
     def _new_key_if_due(self) -> tuple[object | None, str]:
