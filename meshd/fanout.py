@@ -80,10 +80,11 @@ class Snapshots:
     revision, read once per revision.
 
     Streams that start while nothing changed share one read; the objects are shared, so
-    callers must not change them. A store that can list its changes since a revision
-    (`changes`, the SQLite store) is asked only for those, and only they are decoded: each
-    join into a 5,000-node fleet then costs one small history read, not a read and decode of
-    every node; otherwise (or when the history was compacted) the whole prefix is read again."""
+    callers must not change them. The store is asked only for the changes since the copy's
+    revision (`changes`: SQLite from its history, etcd the keys written since and the names
+    of all, to notice deletions), and only they are decoded: each join into a
+    5,000-node fleet then costs one small read, not a read and decode of every node. When the
+    history no longer reaches back, the whole prefix is read again."""
 
     def __init__(self, store, prefix: str, decode_fn) -> None:
         self.store = store
@@ -101,7 +102,7 @@ class Snapshots:
         changes = getattr(self.store, "changes", None)
         if self._rev >= 0 and changes is not None:
             try:
-                events, rev = await changes(self.prefix, self._rev)
+                events, rev, keys = await changes(self.prefix, self._rev)
             except Compacted:
                 pass
             else:
@@ -114,6 +115,9 @@ class Snapshots:
                     if e.kv.key not in self._by_key:
                         bisect.insort(self._keys, e.kv.key)
                     self._by_key[e.kv.key] = (self.decode_fn(e.kv), e.kv.mod_revision)
+                if keys is not None and len(keys) != len(self._keys):  # deletions the store does not list
+                    self._keys = [k for k in self._keys if k in keys]
+                    self._by_key = {k: self._by_key[k] for k in self._keys}
                 # a new list each revision: streams still sending an older one keep it as it was
                 self._rev, self._items = rev, [self._by_key[k] for k in self._keys]
                 return self._items, rev

@@ -174,6 +174,34 @@ class EtcdStore(Store):
                 continue
         raise Unavailable(f"range {prefix!r}: history was compacted during every attempt to read it")
 
+    async def changes(self, prefix: str, after: int) -> tuple[list[Event], int, set[str]]:
+        """The keys under `prefix` written after revision `after`, each as a PUT of its current
+        value; the revision read at; and every key the prefix holds then. Deletions are not
+        listed (etcd's current state has no trace of them): a key missing from the set is gone.
+        The current keys, filtered by mod revision, not the history: compaction does not matter."""
+        start, end = self._keys.span(prefix)
+        for _ in range(3):  # a compaction of the revision read at restarts; bounded
+            try:
+                rev = (await self._range(f"changes {prefix!r}", self._pb.RangeRequest(
+                    key=start, range_end=end, count_only=True))).header.revision
+                written = await self._pages(f"changes {prefix!r}", start, end, rev, min_mod_revision=after + 1)
+                keys = await self._pages(f"keys {prefix!r}", start, end, rev, keys_only=True)
+                return [Event("put", kv, kv.mod_revision) for kv in written], rev, {kv.key for kv in keys}
+            except HistoryCompacted:
+                continue
+        raise Unavailable(f"changes under {prefix!r}: history was compacted during every attempt to read them")
+
+    async def _pages(self, what: str, start: bytes, end: bytes, rev: int, **filters) -> list[KeyValue]:
+        out: list[KeyValue] = []
+        key = start
+        while True:  # bounded: every page advances past its last key
+            resp = await self._range(what, self._pb.RangeRequest(key=key, range_end=end, limit=self.config.page_size,
+                                                                revision=rev, **filters))
+            out.extend(self._keys.kv(m) for m in resp.kvs)
+            if not resp.more or not resp.kvs:
+                return out
+            key = resp.kvs[-1].key + b"\0"
+
     async def revision(self) -> int:
         resp = await self._range("revision", self._pb.RangeRequest(key=self._keys.namespace, count_only=True))
         return resp.header.revision

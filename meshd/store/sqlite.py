@@ -147,10 +147,12 @@ class SQLiteStore(Store):
     async def revision(self) -> int:
         return self._revision
 
-    async def changes(self, prefix: str, after: int) -> tuple[list[Event], int]:
-        """The changes under `prefix` after revision `after` and the revision they bring the
-        caller's copy to (Compacted if the history no longer reaches back that far)."""
-        return await self._read(self._history, prefix, after)
+    async def changes(self, prefix: str, after: int) -> tuple[list[Event], int, None]:
+        """The changes under `prefix` after revision `after` (deletions included), the revision
+        they bring the caller's copy to, and None: no list of keys needed to check the copy
+        (Compacted if the history no longer reaches back that far)."""
+        events, rev = await self._read(self._history, prefix, after)
+        return events, rev, None
 
     # -- writes ---------------------------------------------------------------
     def _apply(self, rev: int, ops: Sequence[Op]) -> list[Event]:

@@ -418,3 +418,29 @@ async def test_sqlite_reads_see_each_acknowledged_write(sqlite_store):
         kvs, at = await sqlite_store.range("/r/")
         assert kv.value == str(i).encode() and kv.mod_revision == rev
         assert len(kvs) == i + 1 and at == rev == await sqlite_store.revision()
+
+
+async def test_a_snapshot_caught_up_from_the_changes_equals_a_fresh_read(store):
+    """meshd.fanout.Snapshots reads only what changed since its copy (`changes`), deletions
+    included, also a deletion and a new key between two reads."""
+    from meshd.fanout import Snapshots
+
+    def decode(kv):
+        return kv.value.decode()
+    for k in ("b", "d", "f", "h"):
+        await store.put(f"/snap/{k}", k.encode())
+    snaps = Snapshots(store, "/snap/", decode)
+    await snaps.get()
+    await store.put("/snap/a", b"a")
+    await store.put("/snap/d", b"d2")
+    await store.delete("/snap/f")
+    await store.put("/other/x", b"not ours")
+    items, rev = await snaps.get()
+    assert (items, rev) == await Snapshots(store, "/snap/", decode).get()
+    assert [v for v, _ in items] == ["a", "b", "d2", "h"]
+    await store.delete("/snap/h")  # one gone, one new: the same count
+    await store.put("/snap/c", b"c")
+    items, rev = await snaps.get()
+    assert (items, rev) == await Snapshots(store, "/snap/", decode).get()
+    assert [v for v, _ in items] == ["a", "b", "c", "d2"]
+    assert (snaps.reads, snaps.catch_ups) == (1, 2)
