@@ -85,6 +85,12 @@ WATCH_QUEUE_BATCHES = 256
 #: admin socket (root on the main node) gets more
 WATCHES_PER_CALLER = 8
 WATCHES_PER_LOCAL_CALLER = 128
+#: watch streams sending their initial set at once (a fleet arriving: each is the whole
+#: node list); the rest wait their turn, so renewals and joins keep being served
+WATCH_SYNCS_AT_ONCE = 32
+#: seconds a stream keeps its turn at most: one that reads slowly (or never) goes on
+#: without it rather than hold back everyone else's
+WATCH_SYNC_TURN_S = 5.0
 
 # -- tunnels (meshd; `meshctl proxy` with an admin certificate) ------------------
 #: bytes of the TCP stream in one Tunnel message, either way; with its envelope it

@@ -27,6 +27,9 @@ CATALOG_SERVICES = Gauge("mesh_catalog_services", "Services in the catalog")
 NODES = Gauge("mesh_nodes", "Nodes by state", ["state"])
 REVISION = Gauge("mesh_store_revision", "Current store revision")
 WATCH_STREAMS = Gauge("mesh_watch_streams", "Open watch streams", ["kind"])
+WATCH_SYNCS_WAITING = Gauge("mesh_watch_syncs_waiting", "Watch streams waiting for their turn to send the initial set")
+WATCH_SYNC_TURNS_EXPIRED = Counter("mesh_watch_sync_turns_expired",
+                                   "Watch streams whose initial set outlasted their turn (slow or stalled readers)")
 LEASE_HOLD_SECONDS = Counter("mesh_lease_hold_seconds",
                              "Seconds every lease was held because meshd itself ran behind (its lease loop late)")
 LEASE_TTL = Gauge("mesh_lease_ttl_seconds", "Lease TTL meshd grants now (grows with the fleet: --max-renewals-per-s)")

@@ -91,10 +91,37 @@ log = logging.getLogger("meshd")
 
 class WatchSlots:
     """Open watch streams per caller, bounded (meshcore.limits.WATCHES_PER_CALLER): one
-    member cannot hold meshd's memory with streams it never reads."""
+    member cannot hold meshd's memory with streams it never reads. And turns for sending
+    the initial set (`sync_turn`): at most WATCH_SYNCS_AT_ONCE streams at once, each for at
+    most WATCH_SYNC_TURN_S."""
 
-    def __init__(self) -> None:
+    def __init__(self, syncs_at_once: int | None = None, turn_s: float | None = None) -> None:
         self._open: dict[str, int] = {}
+        self._syncing = asyncio.Semaphore(syncs_at_once or limits.WATCH_SYNCS_AT_ONCE)
+        self.turn_s = turn_s or limits.WATCH_SYNC_TURN_S
+
+    async def sync_turn(self) -> Callable[[], None]:
+        """Wait for a turn to send the initial set; returns its release (call it once the set
+        is sent; calling it again does nothing). A turn ends by itself after `turn_s`."""
+        metrics.WATCH_SYNCS_WAITING.inc()
+        try:
+            await self._syncing.acquire()
+        finally:
+            metrics.WATCH_SYNCS_WAITING.dec()
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                timer.cancel()
+                self._syncing.release()
+
+        def expire() -> None:
+            metrics.WATCH_SYNC_TURNS_EXPIRED.inc()
+            release()
+        timer = asyncio.get_running_loop().call_later(self.turn_s, expire)
+        return release
 
     @contextlib.contextmanager
     def hold(self, caller: Caller):
@@ -306,12 +333,16 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         caller = await self.callers.any_member(context)
         with self.slots.hold(caller):
             metrics.WATCH_STREAMS.labels("services").inc()
+            done = None
             try:
                 store = self.store_token()
                 start = resume_point(request, store)
                 reset_rev, index = 0, 0
+                done = await self.slots.sync_turn()
                 events = self.catalog.watch(start, self.snapshots.get, chunk=BATCH if request.batch else 0)
                 async for kind, svc, rev in batched(events, request.batch):
+                    if kind == "synced":
+                        done()
                     if kind == "reset":
                         reset_rev, index = rev, 0
                     epoch = self.gossip.epoch()  # records signed with another key or expiry are new bytes
@@ -333,6 +364,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     if data is not None:
                         yield data
             finally:
+                if done is not None:
+                    done()
                 metrics.WATCH_STREAMS.labels("services").dec()
 
 
@@ -389,15 +422,19 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         caller = await self.callers.any_member(context)
         with self.slots.hold(caller):
             metrics.WATCH_STREAMS.labels("nodes").inc()
+            done = None
             try:
                 store = self.store_token()
                 start = resume_point(request, store)
                 reset_rev, index = 0, 0
+                done = await self.slots.sync_turn()
                 # live changes come grouped (what waited for this stream since it last sent) when the
                 # caller takes batches: one message per run, each node once, as it is now
                 events = self.nodes.watch(start, self.snapshots.get, grouped=request.batch,
                                           chunk=BATCH if request.batch else 0)
                 async for kind, node, rev in batched(events, request.batch):
+                    if kind == "synced":
+                        done()
                     if kind == "reset":
                         reset_rev, index = rev, 0
                     if kind == "changes":
@@ -430,6 +467,8 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                     yield self.encoded.get(key, lambda: nodes_pb2.NodeEvent(type=EVENT[kind], node=node,
                                                                            revision=rev))
             finally:
+                if done is not None:
+                    done()
                 metrics.WATCH_STREAMS.labels("nodes").dec()
 
     async def Status(self, request, context):

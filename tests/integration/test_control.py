@@ -346,6 +346,32 @@ async def test_watchers_starting_at_different_revisions_get_the_whole_set_each_r
         [(n.id, n.revision) for n in nodes]
 
 
+async def test_watch_streams_take_turns_sending_the_initial_set_and_all_sync(tmp_path, monkeypatch):
+    from meshcore import limits
+    monkeypatch.setattr(limits, "WATCH_SYNCS_AT_ONCE", 1)
+    m = await Mesh(tmp_path).start()
+    try:
+        a = await m.agent("turns")
+        for i in range(20):
+            await a.catalog_stub.Expose(svc(f"t{i:02d}", 2000 + i))
+
+        async def synced(stream) -> int:
+            got = 0
+            async for ev in stream:
+                many = ev.services if hasattr(ev, "services") else ev.nodes
+                got += len(many) + ev.HasField("service" if hasattr(ev, "services") else "node")
+                if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+                    return got
+        streams = [m.catalog().WatchServices(types_pb2.WatchRequest(batch=True)) for _ in range(6)] + \
+                  [m.nodes().WatchNodes(types_pb2.WatchRequest()) for _ in range(6)]
+        counts = await asyncio.wait_for(asyncio.gather(*(synced(s) for s in streams)), 30)
+        assert counts == [20] * 6 + [1] * 6  # one turn at a time, each released once its set was sent
+        for s in streams:
+            s.cancel()
+    finally:
+        await m.close()
+
+
 async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_renewals(mesh):
     rev = await mesh.coordinator.store.revision()
     code, details = await code_of(mesh.admission().CreateToken(admission_pb2.CreateTokenRequest(
