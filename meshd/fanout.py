@@ -99,10 +99,9 @@ class Snapshots:
         self.catch_ups = 0  # reads of the changes alone
 
     async def _read(self) -> tuple[list, int]:
-        changes = getattr(self.store, "changes", None)
-        if self._rev >= 0 and changes is not None:
+        if self._rev >= 0:
             try:
-                events, rev, keys = await changes(self.prefix, self._rev)
+                events, rev, keys = await self.store.changes(self.prefix, self._rev)
             except Compacted:
                 pass
             else:

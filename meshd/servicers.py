@@ -35,35 +35,11 @@ K3S_LABEL = "mesh.k3s"
 
 EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
          "reset": types_pb2.EVENT_TYPE_RESET, "synced": types_pb2.EVENT_TYPE_SYNCED}
-#: objects per batched PUT while sending the current set (WatchRequest.batch)
+#: objects per PUT while sending the current set (WatchRequest.batch)
 BATCH = 256
 #: a node watch stream (batch mode) sends live changes at most this often: the first change after
 #: a quiet spell at once, those that follow it within this time together (each node once)
 NODE_EVENTS_EVERY_S = 0.25
-
-
-async def batched(events, batch: bool):
-    """Pass (kind, obj, revision) through; with `batch`, the PUTs between RESET and SYNCED
-    come out as lists of up to BATCH objects: ("batch", [(obj, rev), ...], revision). (The
-    current set comes chunked already when the watch was asked for chunks; the PUTs left are
-    a resumed history's.)"""
-    pending: list = []
-    in_reset = False
-    async for kind, obj, rev in events:
-        if batch and kind == "reset":
-            in_reset = True
-        elif in_reset and kind == "put":
-            pending.append((obj, rev))
-            if len(pending) >= BATCH:
-                yield "batch", pending, max(r for _, r in pending)
-                pending = []
-            continue
-        elif in_reset and kind == "synced":
-            if pending:
-                yield "batch", pending, max(r for _, r in pending)
-                pending = []
-            in_reset = False
-        yield kind, obj, rev
 
 
 def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]]:
@@ -340,7 +316,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 reset_rev, index = 0, 0
                 done = await self.slots.sync_turn()
                 events = self.catalog.watch(start, self.snapshots.get, chunk=BATCH if request.batch else 0)
-                async for kind, svc, rev in batched(events, request.batch):
+                async for kind, svc, rev in events:
                     if kind == "synced":
                         done()
                     if kind == "reset":
@@ -432,7 +408,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                 # caller takes batches: one message per run, each node once, as it is now
                 events = self.nodes.watch(start, self.snapshots.get, grouped=request.batch,
                                           chunk=BATCH if request.batch else 0)
-                async for kind, node, rev in batched(events, request.batch):
+                async for kind, node, rev in events:
                     if kind == "synced":
                         done()
                     if kind == "reset":

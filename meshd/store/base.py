@@ -169,6 +169,13 @@ class Store(abc.ABC):
         Raises Compacted (at the first iteration) if `from_revision` is older than the history."""
 
     @abc.abstractmethod
+    async def changes(self, prefix: str, after: int) -> tuple[list[Event], int, set[str] | None]:
+        """What changed under `prefix` after revision `after`, to bring a copy up to date: the
+        events, the revision they bring it to, and either None (the events list deletions too)
+        or every key the prefix holds then (deletions are the copy's keys missing from it).
+        May raise Compacted."""
+
+    @abc.abstractmethod
     async def compact(self, revision: int) -> None: ...
 
     @abc.abstractmethod
