@@ -158,18 +158,8 @@ class EtcdStore(Store):
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         start, end = self._keys.span(prefix)
         for _ in range(3):  # a compaction between pages restarts the read; bounded
-            out: list[KeyValue] = []
-            rev = 0
-            key = start
             try:
-                while True:  # bounded: every page advances past its last key
-                    resp = await self._range(f"range {prefix!r}", self._pb.RangeRequest(
-                        key=key, range_end=end, limit=self.config.page_size, revision=rev))
-                    rev = rev or resp.header.revision
-                    out.extend(self._keys.kv(m) for m in resp.kvs)
-                    if not resp.more or not resp.kvs:
-                        return out, rev
-                    key = resp.kvs[-1].key + b"\0"
+                return await self._pages(f"range {prefix!r}", start, end)
             except HistoryCompacted:
                 continue
         raise Unavailable(f"range {prefix!r}: history was compacted during every attempt to read it")
@@ -182,24 +172,26 @@ class EtcdStore(Store):
         start, end = self._keys.span(prefix)
         for _ in range(3):  # a compaction of the revision read at restarts; bounded
             try:
-                rev = (await self._range(f"changes {prefix!r}", self._pb.RangeRequest(
-                    key=start, range_end=end, count_only=True))).header.revision
-                written = await self._pages(f"changes {prefix!r}", start, end, rev, min_mod_revision=after + 1)
-                keys = await self._pages(f"keys {prefix!r}", start, end, rev, keys_only=True)
+                written, rev = await self._pages(f"changes {prefix!r}", start, end, min_mod_revision=after + 1)
+                keys, _ = await self._pages(f"keys {prefix!r}", start, end, rev, keys_only=True)
                 return [Event("put", kv, kv.mod_revision) for kv in written], rev, {kv.key for kv in keys}
             except HistoryCompacted:
                 continue
         raise Unavailable(f"changes under {prefix!r}: history was compacted during every attempt to read them")
 
-    async def _pages(self, what: str, start: bytes, end: bytes, rev: int, **filters) -> list[KeyValue]:
+    async def _pages(self, what: str, start: bytes, end: bytes, rev: int = 0,
+                     **filters) -> tuple[list[KeyValue], int]:
+        """Every key in [start, end) at revision `rev` (0: the newest, as of the first page), page
+        by page, with the RangeRequest `filters`; and the revision read at."""
         out: list[KeyValue] = []
         key = start
         while True:  # bounded: every page advances past its last key
             resp = await self._range(what, self._pb.RangeRequest(key=key, range_end=end, limit=self.config.page_size,
                                                                 revision=rev, **filters))
+            rev = rev or resp.header.revision
             out.extend(self._keys.kv(m) for m in resp.kvs)
             if not resp.more or not resp.kvs:
-                return out
+                return out, rev
             key = resp.kvs[-1].key + b"\0"
 
     async def revision(self) -> int:

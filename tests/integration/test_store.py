@@ -444,3 +444,22 @@ async def test_a_snapshot_caught_up_from_the_changes_equals_a_fresh_read(store):
     assert (items, rev) == await Snapshots(store, "/snap/", decode).get()
     assert [v for v, _ in items] == ["a", "b", "c", "d2"]
     assert (snaps.reads, snaps.catch_ups) == (1, 2)
+
+
+async def test_etcd_reads_page_by_page_at_one_revision(etcd_server):
+    """range and changes read a prefix larger than a page in pages, all at one revision."""
+    import dataclasses
+    store = etcd_store(etcd_server)
+    store.config = dataclasses.replace(store.config, page_size=2)
+    try:
+        first = await store.put("/p/a", b"1")
+        for k in "bcde":
+            await store.put(f"/p/{k}", b"1")
+        kvs, rev = await store.range("/p/")
+        assert [kv.key for kv in kvs] == ["/p/a", "/p/b", "/p/c", "/p/d", "/p/e"] and rev == await store.revision()
+        await store.delete("/p/b")
+        events, rev, keys = await store.changes("/p/", first)
+        assert [e.kv.key for e in events] == ["/p/c", "/p/d", "/p/e"] and rev == await store.revision()
+        assert keys == {"/p/a", "/p/c", "/p/d", "/p/e"}
+    finally:
+        await store.close()
