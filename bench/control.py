@@ -78,6 +78,39 @@ def _serf_rss_mb() -> float | None:
     return value
 
 
+#: The runtime an agent cannot do without, and nothing of ours: uvloop, a gRPC server on a unix
+#: socket (the local API) with a client holding a stream open to it (the watch), AES-GCM (gossip)
+#: and a UDP socket, idle. Prints its RSS in MB.
+_FLOOR = """
+import asyncio, os, re, tempfile, uvloop, grpc
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+async def main():
+    sock = "unix:" + os.path.join(tempfile.mkdtemp(), "s")
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port(sock)
+    await server.start()
+    stub = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(sock))
+    for _ in range(20):
+        await stub.Check(health_pb2.HealthCheckRequest())
+    watch = stub.Watch(health_pb2.HealthCheckRequest())
+    await watch.read()
+    AESGCM(AESGCM.generate_key(128)).encrypt(os.urandom(12), bytes(1000), None)
+    await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    await asyncio.sleep(2)
+    print(int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024)
+uvloop.run(main())
+"""
+
+
+def _runtime_floor_mb() -> float:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _FLOOR], capture_output=True, text=True, timeout=60, check=True)
+    return round(float(out.stdout.strip().splitlines()[-1]), 1)
+
+
 def _config(mesh: LocalMesh, root: Path, name: str, token: str) -> AgentConfig:
     return AgentConfig(state_dir=root / name, coordinator=mesh.coordinator, join_address=mesh.join_address,
                        token=token, name=name, socket=str(root / f"{name}.sock"), dns="", metrics="", imds="",
@@ -144,6 +177,9 @@ def bench_expose_to_resolvable() -> list[dict]:
             record(B, "agent_rss_mb", max(agent_rss), "MB", goal=55, agents_sampled=len(agent_rss),
                    statistic="max over sampled idle agents", measured_at="2 s after the last agent started",
                    agent_flags="--metrics '' --wireguard '' --imds '' --no-gpus (metrics off: no prometheus_client)",
+                   runtime_floor_mb=_runtime_floor_mb(),
+                   runtime_floor="the same Python with uvloop, a gRPC server on a unix socket and a client "
+                                 "stream to it, AES-GCM and a UDP socket, none of the agent's code, idle",
                    anchor={"name": "serf agent RSS, same run (idle, 1 node)", "value": _serf_rss_mb()}
                    if _serf_rss_mb() is not None else
                    {"name": "Serf agent RSS (FACTS.md)", "value": 14, "measured": False,

@@ -11,7 +11,6 @@ Consul does with a new check.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ TIMEOUT_S = 2.0
 def probe(svc: types_pb2.Service, address: str, timeout: float = TIMEOUT_S) -> bool:
     """One check, blocking (run it in a thread)."""
     kind = svc.health.WhichOneof("kind")
+    import http.client  # here: an agent without HTTP checks never loads it
     try:
         if kind == "http_path":
             conn = http.client.HTTPConnection(address, svc.port, timeout=timeout)

@@ -13,7 +13,6 @@ import json
 import platform
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from meshcore import __version__
 from meshcore.errors import ConfigError
@@ -46,7 +45,9 @@ def build_info(component: str) -> None:
     _build_info_done.add(component)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Exporter:
+    """The answers; mixed into http.server's request handler when serving starts (a daemon
+    with metrics off never imports http.server)."""
     http_sd: HttpSd | None = None
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -79,8 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve_metrics(addr: str, http_sd: HttpSd | None = None) -> int:
     """Start the exporter thread; returns the bound port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     host, port = split_hostport(addr, "metrics address")
-    handler = type("Handler", (_Handler,), {"http_sd": staticmethod(http_sd) if http_sd else None})
+    handler = type("Handler", (_Exporter, BaseHTTPRequestHandler),
+                   {"http_sd": staticmethod(http_sd) if http_sd else None})
     server_class = ThreadingHTTPServer
     if ":" in host:
         import socket

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 #: No metadata document we read is anywhere near this; a larger answer is refused.
@@ -19,7 +17,11 @@ Fetch = Callable[[str, str, dict[str, str]], tuple[int, bytes]]
 
 
 def http_fetcher(endpoint: str, timeout_s: float) -> Fetch:
-    """Blocking HTTP against `endpoint`, never through a proxy, each request within `timeout_s`."""
+    """Blocking HTTP against `endpoint`, never through a proxy, each request within `timeout_s`.
+    (urllib is imported here: an agent that reads no metadata service never loads it.)"""
+    import urllib.error
+    import urllib.request
+
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     base = endpoint.rstrip("/")
 
