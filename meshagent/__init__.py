@@ -1,0 +1,3 @@
+"""meshagent: the daemon on every VM."""
+
+import meshcore  # noqa: F401  (first: the environment gRPC reads when it loads)

@@ -20,6 +20,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 sys.path.insert(0, str(ROOT))
+import meshcore  # noqa: E402,F401  (before anything loads grpc: its fork handlers stay off, as in the daemons)
 
 
 def pytest_asyncio_loop_factories(config, item):
