@@ -11,6 +11,8 @@ SKY_STAMP := $(SKY_VENV)/.installed
 APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 etcd-server etcd-client nebula iperf3 systemd jq dnsmasq-base dnsperf prometheus libfaketime serf $(if $(wildcard /usr/bin/kubectl),,kubernetes-client)
 BENCH ?= all
 PYTEST_ARGS ?=
+# test files run in parallel, each whole in one worker (its module fixtures: one lab per file)
+TEST_WORKERS ?= 2
 
 .PHONY: setup apt demo demo-lab test bench proto lab-up lab-down clean
 
@@ -46,7 +48,7 @@ demo-lab: setup
 	$(PY) -m testbed.lab.demo
 
 test: setup
-	MESH_REQUIRE_NETNS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	MESH_REQUIRE_NETNS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench $(BENCH)
