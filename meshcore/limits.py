@@ -91,6 +91,12 @@ WATCH_SYNCS_AT_ONCE = 32
 #: seconds a stream keeps its turn at most: one that reads slowly (or never) goes on
 #: without it rather than hold back everyone else's
 WATCH_SYNC_TURN_S = 5.0
+#: watch messages being written at once, fleet-wide: a change that goes to every stream
+#: goes out in turns, so a renewal that arrives meanwhile waits for a few sends, not for
+#: thousands
+WATCH_SENDS_AT_ONCE = 64
+#: seconds one write keeps its turn at most (a reader that stopped reading holds none longer)
+WATCH_SEND_TURN_S = 2.0
 
 # -- tunnels (meshd; `meshctl proxy` with an admin certificate) ------------------
 #: bytes of the TCP stream in one Tunnel message, either way; with its envelope it

@@ -33,6 +33,7 @@ from meshcore.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
 )
 from meshcore.names import check_name, check_port, check_service_name
+from meshd.fanout import Decoded
 from meshd.store.base import Compacted, Delete, Event, KeyValue, Put, Store, absent, unchanged
 
 PREFIX = "/services/"
@@ -88,6 +89,7 @@ def check_record_size(svc: types_pb2.Service) -> None:
 class Catalog:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._decode_shared = Decoded(decode)
 
     async def expose(self, node: types_pb2.Node, svc: types_pb2.Service) -> types_pb2.Service:
         check_name(svc.name, "service name")
@@ -212,7 +214,9 @@ class Catalog:
 
     def watch(self, from_revision: int, snapshot=None,
               chunk: int = 0) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
-        return watch_prefix(self.store, PREFIX, from_revision, decode, snapshot, chunk=chunk)
+        """Changes to the catalog (watch_prefix); each change is decoded once for every watcher
+        (the objects are shared: read only)."""
+        return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared, snapshot, chunk=chunk)
 
 
 async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,

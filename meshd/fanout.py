@@ -48,6 +48,25 @@ def passthrough(message_cls) -> Callable[[Any], bytes]:
     return serialize
 
 
+class Decoded:
+    """A decoder that decodes each stored version once, however many watch streams receive it
+    (a change goes to every stream of the fleet); the objects are shared: read them only."""
+
+    def __init__(self, decode_fn: Callable[[Any], Any], limit: int = 4096) -> None:
+        self.decode_fn = decode_fn
+        self.limit = limit
+        self._objs: OrderedDict[tuple[str, int], Any] = OrderedDict()
+
+    def __call__(self, kv) -> Any:
+        key = (kv.key, kv.mod_revision)
+        obj = self._objs.get(key)
+        if obj is None:
+            obj = self._objs[key] = self.decode_fn(kv)
+            if len(self._objs) > self.limit:
+                self._objs.popitem(last=False)
+        return obj
+
+
 class Encoded:
     """Bounded map from an event's identity to its encoding (least recently used goes first)."""
 

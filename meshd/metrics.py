@@ -30,6 +30,8 @@ WATCH_STREAMS = Gauge("mesh_watch_streams", "Open watch streams", ["kind"])
 WATCH_SYNCS_WAITING = Gauge("mesh_watch_syncs_waiting", "Watch streams waiting for their turn to send the initial set")
 WATCH_SYNC_TURNS_EXPIRED = Counter("mesh_watch_sync_turns_expired",
                                    "Watch streams whose initial set outlasted their turn (slow or stalled readers)")
+WATCH_SEND_TURNS_EXPIRED = Counter("mesh_watch_send_turns_expired",
+                                   "Watch messages whose write outlasted its turn (slow or stalled readers)")
 LEASE_HOLD_SECONDS = Counter("mesh_lease_hold_seconds",
                              "Seconds every lease was held because meshd itself ran behind (its lease loop late)")
 LEASE_TTL = Gauge("mesh_lease_ttl_seconds", "Lease TTL meshd grants now (grows with the fleet: --max-renewals-per-s)")

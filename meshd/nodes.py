@@ -28,7 +28,7 @@ from meshd.addresses import AddressPool
 from meshd.admission import Admission
 from meshd import claims
 from meshd.catalog import watch_prefix
-from meshd.fanout import Snapshots
+from meshd.fanout import Decoded, Snapshots
 from meshd.joinqueue import MAX_PENDING_JOINS, JoinQueue
 from meshd.claims import ClaimRules
 from meshd.leases import HEARTBEATS, Liveness
@@ -124,7 +124,7 @@ class Nodes:
         self.join_queue = JoinQueue(max_pending_joins, clock)
         # the current node list, read once per store revision (the lease loop, joins, new watch streams)
         self.snapshots = Snapshots(store, PREFIX, decode)
-        self._decoded: dict[tuple[str, int], types_pb2.Node] = {}  # (key, revision) -> node, for watchers
+        self._decode_shared = Decoded(decode)  # for watchers: each change decoded once
 
     # -- reads ----------------------------------------------------------------
     def _live(self, node: types_pb2.Node) -> types_pb2.Node:
@@ -165,15 +165,6 @@ class Nodes:
         change (read only), so a change is decoded once, not once per watcher."""
         return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared if grouped else decode,
                             snapshot, grouped, chunk)
-
-    def _decode_shared(self, kv: KeyValue) -> types_pb2.Node:
-        key = (kv.key, kv.mod_revision)
-        node = self._decoded.get(key)
-        if node is None:
-            node = self._decoded[key] = decode(kv)
-            if len(self._decoded) > 4096:
-                self._decoded.pop(next(iter(self._decoded)))
-        return node
 
     # -- join -----------------------------------------------------------------
     async def join(self, token: str, facts: types_pb2.Node, csr_pem: str) -> tuple[types_pb2.Node, bytes]:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
 from meshcore import __version__, limits, pki
@@ -65,16 +65,41 @@ async def _pace() -> None:
 log = logging.getLogger("meshd")
 
 
+def _turn(sem: asyncio.Semaphore, turn_s: float, expired) -> Callable[[], None]:
+    """A turn of `sem` (already acquired): its release, which also comes by itself after
+    `turn_s` (counted in `expired`)."""
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            timer.cancel()
+            sem.release()
+
+    def expire() -> None:
+        expired.inc()
+        release()
+    timer = asyncio.get_running_loop().call_later(turn_s, expire)
+    return release
+
+
 class WatchSlots:
     """Open watch streams per caller, bounded (meshcore.limits.WATCHES_PER_CALLER): one
-    member cannot hold meshd's memory with streams it never reads. And turns for sending
-    the initial set (`sync_turn`): at most WATCH_SYNCS_AT_ONCE streams at once, each for at
-    most WATCH_SYNC_TURN_S."""
+    member cannot hold meshd's memory with streams it never reads. And turns: for sending
+    the initial set (`sync_turn`: at most WATCH_SYNCS_AT_ONCE streams at once, each for at
+    most WATCH_SYNC_TURN_S), and for writing any message (`send_turn`: WATCH_SENDS_AT_ONCE,
+    WATCH_SEND_TURN_S each). A change goes to every stream at once; without turns every
+    stream would write it in the same pass of the event loop and a renewal arriving
+    meanwhile would wait for all of them."""
 
-    def __init__(self, syncs_at_once: int | None = None, turn_s: float | None = None) -> None:
+    def __init__(self, syncs_at_once: int | None = None, turn_s: float | None = None,
+                 sends_at_once: int | None = None, send_turn_s: float | None = None) -> None:
         self._open: dict[str, int] = {}
         self._syncing = asyncio.Semaphore(syncs_at_once or limits.WATCH_SYNCS_AT_ONCE)
         self.turn_s = turn_s or limits.WATCH_SYNC_TURN_S
+        self._sending = asyncio.Semaphore(sends_at_once or limits.WATCH_SENDS_AT_ONCE)
+        self.send_turn_s = send_turn_s or limits.WATCH_SEND_TURN_S
 
     async def sync_turn(self) -> Callable[[], None]:
         """Wait for a turn to send the initial set; returns its release (call it once the set
@@ -84,20 +109,22 @@ class WatchSlots:
             await self._syncing.acquire()
         finally:
             metrics.WATCH_SYNCS_WAITING.dec()
-        done = False
+        return _turn(self._syncing, self.turn_s, metrics.WATCH_SYNC_TURNS_EXPIRED)
 
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                timer.cancel()
-                self._syncing.release()
+    async def send_turn(self) -> Callable[[], None]:
+        """Wait for a turn to write one message; returns its release, as `sync_turn`."""
+        await self._sending.acquire()
+        return _turn(self._sending, self.send_turn_s, metrics.WATCH_SEND_TURNS_EXPIRED)
 
-        def expire() -> None:
-            metrics.WATCH_SYNC_TURNS_EXPIRED.inc()
-            release()
-        timer = asyncio.get_running_loop().call_later(self.turn_s, expire)
-        return release
+    async def paced(self, messages) -> AsyncIterator:
+        """A watch stream's messages, each written in a send turn."""
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                release = await self.send_turn()
+                try:
+                    yield message  # gRPC writes it before asking for the next
+                finally:
+                    release()
 
     @contextlib.contextmanager
     def hold(self, caller: Caller):
@@ -306,6 +333,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return catalog_pb2.ServiceEvent(type=EVENT[kind], service=svc, revision=rev, record=record)
 
     async def WatchServices(self, request, context):
+        async for message in self.slots.paced(self._watch_services(request, context)):
+            yield message
+
+    async def _watch_services(self, request, context):
         caller = await self.callers.any_member(context)
         with self.slots.hold(caller):
             metrics.WATCH_STREAMS.labels("services").inc()
@@ -395,6 +426,10 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
         return nodes_pb2.RemoveNodeResponse(node=node)
 
     async def WatchNodes(self, request, context):
+        async for message in self.slots.paced(self._watch_nodes(request, context)):
+            yield message
+
+    async def _watch_nodes(self, request, context):
         caller = await self.callers.any_member(context)
         with self.slots.hold(caller):
             metrics.WATCH_STREAMS.labels("nodes").inc()

@@ -42,3 +42,23 @@ def test_a_batch_put_together_from_entries_is_the_message_encoded_at_once():
     header = nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=9).SerializeToString()
     got = nodes_pb2.NodeEvent.FromString(batch(header, [entries[0], None, *entries[1:]]))
     assert got == nodes_pb2.NodeEvent(type=types_pb2.EVENT_TYPE_PUT, revision=9, nodes=nodes)
+
+
+async def test_a_change_is_decoded_once_for_every_catalog_watcher(tmp_path):
+    from meshd.catalog import PREFIX, Catalog
+    store = SQLiteStore(tmp_path / "db")
+    try:
+        catalog = Catalog(store)
+        watchers = [catalog.watch(0) for _ in range(3)]
+        for w in watchers:  # reset and synced (an empty catalog)
+            assert [(await anext(w))[0] for _ in range(2)] == ["reset", "synced"]
+        svc = types_pb2.Service(name="web", port=8000, node_id="n1")
+        await store.put(PREFIX + "web", svc.SerializeToString())
+        got = [await anext(w) for w in watchers]
+        assert [(kind, obj.name, obj.port) for kind, obj, _ in got] == [("put", "web", 8000)] * 3
+        assert got[0][1] is got[1][1] is got[2][1]  # one decode, shared (read only)
+        assert got[0][1].revision == got[0][2] == await store.revision()
+        for w in watchers:
+            await w.aclose()
+    finally:
+        await store.close()

@@ -1,4 +1,5 @@
-"""Turns for sending a watch stream's initial set: bounded, and never held for long."""
+"""Turns for sending a watch stream's initial set, and for writing each message: bounded, and
+never held for long."""
 
 from __future__ import annotations
 
@@ -38,3 +39,58 @@ async def test_a_turn_held_too_long_ends_by_itself_so_a_stalled_reader_holds_no_
     assert not waiting.done()
     nxt()
     (await asyncio.wait_for(waiting, 5))()
+
+
+async def test_messages_of_many_streams_are_written_a_few_at_a_time_and_each_stream_keeps_its_order():
+    """A change reaches every stream at once; gRPC writes what a stream yields, then asks for the
+    next. With turns, at most `sends_at_once` messages are being written at any moment, and
+    something else scheduled meanwhile (a renewal) runs before the last stream's write."""
+    slots = WatchSlots(sends_at_once=3, send_turn_s=60)
+    writing, most, order = 0, 0, []
+
+    async def stream(k: int):
+        async def messages():
+            for i in range(4):
+                yield (k, i)
+        async for message in slots.paced(messages()):  # as gRPC consumes a response stream
+            nonlocal writing, most
+            writing += 1
+            most = max(most, writing)
+            await asyncio.sleep(0.001)  # the write
+            writing -= 1
+            order.append(message)
+
+    async def renewal():
+        order.append("renewal")
+
+    streams = [asyncio.ensure_future(stream(k)) for k in range(30)]
+    await asyncio.sleep(0)  # every stream is under way
+    renewed = asyncio.ensure_future(renewal())
+    await asyncio.wait_for(asyncio.gather(*streams, renewed), 10)
+    assert most == 3
+    assert order.index("renewal") < len(order) - 30  # not behind every stream's messages
+    for k in range(30):
+        assert [m for m in order if m != "renewal" and m[0] == k] == [(k, i) for i in range(4)]
+
+
+async def test_a_write_that_outlasts_its_turn_lets_the_others_go_on_and_a_closed_stream_gives_its_turn_back():
+    slots = WatchSlots(sends_at_once=1, send_turn_s=0.2)
+    expired = metrics.WATCH_SEND_TURNS_EXPIRED._value.get()
+    closed = []
+
+    async def messages(name: str):
+        try:
+            for i in range(3):
+                yield (name, i)
+        finally:
+            closed.append(name)
+
+    stalled = slots.paced(messages("stalled"))
+    assert await anext(stalled) == ("stalled", 0)  # its write never completes: the turn ends by itself
+    other = slots.paced(messages("other"))
+    assert await asyncio.wait_for(anext(other), 5) == ("other", 0)
+    assert metrics.WATCH_SEND_TURNS_EXPIRED._value.get() == expired + 1
+    await other.aclose()  # the client went away mid-stream: the turn and the source are closed
+    assert closed == ["other"]
+    await stalled.aclose()
+    assert await asyncio.wait_for(anext(slots.paced(messages("third"))), 5) == ("third", 0)
