@@ -21,7 +21,9 @@ measured. Every agent:
 Agent i talks to replica i % len(coordinators) (its joins and its mTLS
 channel), as agents behind a balancer spread over the replicas.
 
-Figures: the latency of every Renew, Expose and ListServices during a
+Figures: the latency of the probe's renewals (PROBE_AGENTS agents of the fleet in a
+process of their own, renewing PROBE_RPCS_PER_S times a second in all), and apart the
+latency of every Renew, Expose and ListServices of the load processes, during a
 measurement window that opens 5 s after every stream is synced (or the sync
 timed out, SYNC_TIMEOUT_S after the last arrival); the time from the first
 arrival until every stream holds the whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
@@ -59,6 +61,11 @@ JOIN_TIMEOUT_S = 60.0
 JOIN_PHASE_LIMIT_S = 300.0  # agents not joined by then are failures (they never arrive)
 RPC_TIMEOUT_S = 30.0
 AGENTS_PER_PROCESS = 1000
+#: agents of the fleet in a process of their own that, while measuring, also renew at PROBE_RPCS_PER_S
+#: in all: a client whose event loop is idle, as every real agent's is (one per VM), so its
+#: latencies are meshd's (and the machine's), not those of a load process driving 1,000 agents
+PROBE_AGENTS = 10
+PROBE_RPCS_PER_S = 20.0
 
 
 def arrival_span_s(n: int) -> float:
@@ -133,6 +140,9 @@ class Slice:
         self.all_joined = asyncio.Event()
         self.channels: list[grpc.aio.Channel] = []
         self.lease_ttl_s = 0  # the TTL meshd granted in the last renewal answer
+        self.renewers: list = []  # each joined agent's AdmissionService stub
+        self.probe_latencies: list[float] = []
+        self.probe_errors = 0
 
     async def timed(self, call):
         """The call's answer (None if it failed), its latency and failure counted while measuring."""
@@ -193,6 +203,7 @@ class Slice:
         ch = mtls_channel(coords[target], ident)
         self.channels.append(ch)
         adm = admission_pb2_grpc.AdmissionServiceStub(ch)
+        self.renewers.append(adm)
         cat = catalog_pb2_grpc.CatalogServiceStub(ch)
         nodes = nodes_pb2_grpc.NodeServiceStub(ch)
         rng = random.Random(i)
@@ -243,6 +254,24 @@ async def _line() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
 
 
+async def probe(s: Slice, rate: float) -> None:
+    """Renewals at `rate` a second, round the slice's agents, each timed on its own (one in
+    flight at a time per agent; a late answer delays only that agent's next probe)."""
+    async def one(k: int, adm) -> None:
+        await asyncio.sleep(k / rate)
+        period = len(s.renewers) / rate
+        while s.measuring:
+            t0 = time.perf_counter()
+            try:
+                await adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                s.probe_errors += 1
+            else:
+                s.probe_latencies.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(max(0.0, t0 + period - time.perf_counter()))
+    await asyncio.gather(*(one(k, adm) for k, adm in enumerate(s.renewers)))
+
+
 async def worker() -> None:
     """One load process: a slice of the fleet, driven step by step over stdin/stdout."""
     spec = json.loads(await _line())
@@ -272,9 +301,13 @@ async def worker() -> None:
     _say({"sync_s": sync_s, "synced": s.synced})
     await _line()  # "measure"
     s.measuring = True
+    probing = asyncio.create_task(probe(s, spec["probe_rate"])) if spec.get("probe_rate") else None
     await asyncio.sleep(spec["load_s"])
     s.measuring = False
-    _say({"latencies": s.latencies, "errors": s.errors, "unreachable": sorted(s.unreachable),
+    if probing is not None:
+        await probing
+    _say({"latencies": s.latencies, "errors": s.errors, "probe_latencies": s.probe_latencies,
+          "probe_errors": s.probe_errors, "unreachable": sorted(s.unreachable),
           "synced": s.synced, "lease_ttl_s": s.lease_ttl_s})
     await _line()  # "stop"
     s.stop.set()
@@ -298,11 +331,14 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
     try:
-        for first in range(0, n, AGENTS_PER_PROCESS):
+        # the probe's agents are the fleet's last ones; the load processes take the rest
+        load = n - PROBE_AGENTS
+        slices = [(first, min(AGENTS_PER_PROCESS, load - first), 0.0) for first in range(0, load, AGENTS_PER_PROCESS)]
+        for first, count, rate in slices + [(load, PROBE_AGENTS, PROBE_RPCS_PER_S)]:
             p = subprocess.Popen([sys.executable, "-m", "bench.fleet"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=env)
             procs.append(p)
-            p.stdin.write(json.dumps({"n": n, "first": first, "count": min(AGENTS_PER_PROCESS, n - first),
+            p.stdin.write(json.dumps({"n": n, "first": first, "count": count, "probe_rate": rate,
                                       "coordinators": coordinators, "join_addresses": join_addresses,
                                       "token": token, "sync_timeout_s": sync_timeout_s, "load_s": load_s,
                                       "join_phase_limit_s": JOIN_PHASE_LIMIT_S}) + "\n")
@@ -334,6 +370,8 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
     syncs = [s["sync_s"] for s in synced]
     return {"latencies": [x for r in results for x in r["latencies"]],
             "errors": sum(r["errors"] for r in results),
+            "probe_latencies": [x for r in results for x in r["probe_latencies"]],
+            "probe_errors": sum(r["probe_errors"] for r in results),
             # nodes of this fleet's agents only: a join cut off by the join phase's limit may have
             # got through without its agent ever renewing
             "unreachable": len({u for r in results for u in r["unreachable"]} & {i for j in joined for i in j["ids"]}),
@@ -345,7 +383,7 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "join_throttled": sum(j["join_throttled"] for j in joined),
             "agents_throttled": sum(j["agents_throttled"] for j in joined),
             "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
-            "rss_mb": rss_mb, "processes": len(procs),
+            "rss_mb": rss_mb, "processes": len(procs) - 1,  # load processes (the probe's apart)
             "lease_ttl_s": max(r["lease_ttl_s"] for r in results)}
 
 
