@@ -10,6 +10,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection ch
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
+import gc
 import socket
 import sys
 from pathlib import Path
@@ -198,7 +199,6 @@ def _collect_less_often() -> None:
     few thousand allocations; collecting the youngest generation every 20,000 allocations
     instead of 700 lets it die young instead of being promoted, and promotions are what
     bring on the next full collection."""
-    import gc
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
@@ -208,7 +208,6 @@ async def run(config: MeshdConfig) -> None:
 
     async def start() -> dict[str, object]:
         await coordinator.start()
-        import gc
         gc.freeze()  # what start-up made lives as long as the process: out of every later walk
         return dict(coordinator.ports)
     await daemon.serve("meshd", start, coordinator.stop)
