@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC core logs connection churn at INFO
-# The daemons fork only to exec (ip, wg, wireguard-go, k3s): gRPC's fork handlers would run in the
-# child between fork and exec and can abort it ("Check failed: next_worker->state == KICKED").
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
 import logging
