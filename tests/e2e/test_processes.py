@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -119,8 +120,23 @@ def test_admin_certificate_and_the_scheduler_example(local_mesh, tmp_path):
     assert [line.split()[2] for line in lines[1:]] == ["reset", "put", "synced"] and "llm" in lines[2]
 
 
-def test_keys_rotate_from_the_cli(local_mesh):
-    out = json.loads(local_mesh.meshctl("keys", "rotate", "-o", "json").stdout)
-    assert out["stage"] == "installing" and len(out["key_id"]) == 8
-    r = local_mesh.meshctl("keys", "rotate", check=False)  # one rotation at a time
-    assert r.returncode != 0 and "already under way" in r.stderr
+def test_keys_rotate_from_the_cli(tmp_path):
+    """One rotation at a time. A rotation moves on once every live node has renewed since it
+    began (in an empty mesh at once), so a node that is live but not renewing (stopped, with a
+    60 s lease) holds it at its first stage while the second `keys rotate` is refused."""
+    from testbed.localmesh import LocalMesh
+    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=60, grace_s=60)
+    mesh.root.mkdir()
+    try:
+        mesh.start_meshd()
+        agent = mesh.start_agent("vm-a", mesh.token())
+        os.killpg(agent.popen.pid, signal.SIGSTOP)
+        try:
+            out = json.loads(mesh.meshctl("keys", "rotate", "-o", "json").stdout)
+            assert out["stage"] == "installing" and len(out["key_id"]) == 8
+            r = mesh.meshctl("keys", "rotate", check=False)
+            assert r.returncode != 0 and "already under way" in r.stderr
+        finally:
+            os.killpg(agent.popen.pid, signal.SIGCONT)
+    finally:
+        mesh.close()
