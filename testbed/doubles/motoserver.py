@@ -1,9 +1,10 @@
 """A moto server on 127.0.0.1:0, for the AWS tests and benchmarks.
 
 `moto_server()` starts one in a process of its own (moto and the boto3 calls
-it answers then run on two cores, not by turns under one interpreter lock), sets fake credentials (and no profile, no
-instance metadata lookup, no config files) so every request stays on
-loopback, and puts the environment back as it was when it stops.
+it answers then run on two cores, not by turns under one interpreter lock),
+sets fake credentials (and no profile, no instance metadata lookup, no config
+files) so every request stays on loopback, and puts the environment back as
+it was when it stops.
 """
 
 from __future__ import annotations
