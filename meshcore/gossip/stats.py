@@ -21,6 +21,7 @@ class GossipStats:
     nacks_received: int = 0
     suspicions: int = 0
     suspicions_confirmed: int = 0
+    suspicions_restarted: int = 0  # a suspect accused again at a newer incarnation: a new timer
     refutations: int = 0
     members_declared_dead: int = 0
     false_positives: int = 0

@@ -616,9 +616,15 @@ class Swim:
         m = self._members.get(s.node)
         if m is None or newer(m.incarnation, s.incarnation) or m.state in (State.DEAD, State.LEFT):
             return
-        if m.state == State.SUSPECT:
-            sus = self._suspicions.get(s.node)
-            m.incarnation = newest(m.incarnation, s.incarnation)
+        sus = self._suspicions.get(s.node)
+        if m.state == State.SUSPECT and newer(s.incarnation, m.incarnation):
+            # A suspicion of a newer incarnation than the one we suspect: the member refuted
+            # ours (its ALIVE missed us) and has been accused again. A new episode: the old
+            # timer and its confirmations count for nothing, or the new claims would confirm
+            # a suspicion that started before the member last answered.
+            self._suspicions.pop(s.node, None)
+            self.stats.suspicions_restarted += 1
+        elif m.state == State.SUSPECT:
             # Only the first k independent confirmations change anything (and
             # are re-gossiped); more would flood the mesh after every crash.
             if sus is not None and s.sender not in sus.confirmers and len(sus.confirmers) - 1 < sus.k:
@@ -628,6 +634,7 @@ class Swim:
                     len(sus.confirmers) - 1, sus.k, 0.0, sus.lo, sus.hi)
                 self._broadcast(f"m:{s.node}", s, now)
             return
+        again = m.state == State.SUSPECT
         m.incarnation = s.incarnation
         m.state = State.SUSPECT
         m.state_change = now
@@ -640,7 +647,8 @@ class Swim:
         self.stats.suspicions += 1
         self._broadcast(f"m:{s.node}", s, now)
         self._next_gossip = now  # news of a failure goes out at once, not at our next gossip phase
-        self._events.append(MemberEvent("suspect", replace(m)))
+        if not again:
+            self._events.append(MemberEvent("suspect", replace(m)))
         if s.sender != self.id and self.rng.random() < CONFIRM_PROBES * (k + 1) / n:
             self._probe_first = s.node
 

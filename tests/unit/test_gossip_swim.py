@@ -78,6 +78,26 @@ def test_refutes_a_suspicion_about_itself():
     check_invariants(s)
 
 
+def test_an_accusation_of_a_newer_incarnation_starts_a_new_suspicion():
+    """We suspect n2 at incarnation 0 and miss its refutation (incarnation 1). Claims that
+    incarnation 1 is suspect are a new episode: its timer starts when they arrive. Were they
+    counted as confirmations of our old suspicion, its floor would run from before n2 last
+    answered, and a member frozen for less than the floor would be declared dead."""
+    s = make(peers=20)
+    s.receive(Peer("n3").packet(Suspect(0, "n2", "n3")), addr(3), 1.0)
+    lo = max(lan().suspicion_min_timeout, lan().suspicion_mult * 1.3222 * lan().probe_interval)
+    later = 1.0 + lo - 0.5  # n2 refuted meanwhile (we missed it) and is suspected again
+    for i in (4, 5, 6, 7):
+        s.receive(Peer(f"n{i}").packet(Suspect(1, "n2", f"n{i}")), addr(i), later)
+    sus = s._suspicions["n2"]
+    assert (sus.start, s.member("n2").incarnation) == (later, 1)
+    assert sus.deadline == pytest.approx(later + lo, abs=0.01)
+    assert s.stats.suspicions_restarted == 1
+    run(s, 1.0 + lo + 0.5)  # where the old episode would have ended
+    assert s.member("n2").state == State.SUSPECT
+    assert [e.kind for e in s.events() if isinstance(e, MemberEvent) and e.member.node == "n2"] == ["suspect"]
+
+
 def test_stale_incarnation_is_ignored():
     s = make(peers=1)
     p = Peer("n2")
@@ -102,7 +122,8 @@ def test_suspicion_shrinks_with_confirmations_then_declares_dead():
     assert lan().suspicion_confirmations == 3
     s.receive(Peer("n6").packet(Suspect(0, "n2", "n6")), addr(6), 1.4)
     lo = s._suspicions["n2"].deadline
-    floor = max(lan().suspicion_min_timeout, lan().suspicion_mult * 1.3222)  # mult*log10(21)*1s, at least the floor
+    # mult * log10(21) * probe interval, at least the floor
+    floor = max(lan().suspicion_min_timeout, lan().suspicion_mult * 1.3222 * lan().probe_interval)
     assert hi > mid > mid2 > lo == pytest.approx(1.0 + floor, abs=0.01)
     s.receive(Peer("n7").packet(Suspect(0, "n2", "n7")), addr(7), 1.5)  # past k: changes nothing
     assert s._suspicions["n2"].deadline == lo
@@ -332,7 +353,7 @@ def test_each_interval_every_member_is_probed_by_exactly_one_peer():
     # The slot a probe is sent in is the same on every member's own clock.
     a, b = members[0], members[5]
     t_a = a._probe_time(wall_slot)  # a's monotonic time of the slot
-    assert b._probe_slot(t_a + (a._slot_base - b._slot_base) * 1.0 + (a._slot_frac - b._slot_frac)
+    assert b._probe_slot(t_a + (a._slot_base - b._slot_base) * lan().probe_interval + (a._slot_frac - b._slot_frac)
                          + b._probe_phase - a._probe_phase) == wall_slot
 
 
