@@ -2,7 +2,8 @@
 run of real gossip nodes on loopback UDP.
 
 Simulated (tests/sim, seeded, LAN profile: memberlist's LAN timings but for a
-shorter suspicion minimum with more confirmations, see meshcore/gossip/profiles.py):
+shorter probe interval (0.7 s, not 1 s) and a shorter suspicion minimum with
+more confirmations, see meshcore/gossip/profiles.py):
 - convergence_9999_s_n1000: one catalog record published on one of 1,000
   members until 99.99% of them hold it (no loss). Anchor: Serf's published
   simulation, 2.2 s.
