@@ -146,6 +146,12 @@ class EtcdCluster:
                 "--log-level", "warn", "--logger", "zap",
                 *(["--quota-backend-bytes", str(self.quota_backend_bytes)] if self.quota_backend_bytes else [])]
 
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start_member(self, i: int, state: str = "new") -> None:
         m = self.members[i]
         if m.alive:

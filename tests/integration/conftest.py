@@ -13,9 +13,5 @@ from testbed.etcd_cluster import EtcdCluster
 def cluster(tmp_path):
     """Three real etcd members on loopback with fast elections; stopped after the test."""
     require_netns("etcd")
-    c = EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300)
-    c.start()
-    try:
+    with EtcdCluster(3, tmp_path / "etcd", heartbeat_ms=50, election_ms=300) as c:
         yield c
-    finally:
-        c.stop()

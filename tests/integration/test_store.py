@@ -34,23 +34,15 @@ from testbed.etcd_cluster import EtcdCluster
 def etcd_server(tmp_path_factory):
     require_netns("etcd")
     # short raft timings: quick start, and a 1 s minimum lease TTL for the expiry test
-    cluster = EtcdCluster(1, tmp_path_factory.mktemp("etcd"), heartbeat_ms=50, election_ms=250)
-    cluster.start()
-    try:
+    with EtcdCluster(1, tmp_path_factory.mktemp("etcd"), heartbeat_ms=50, election_ms=250) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
 def etcd_tls_server(tmp_path_factory):
     require_netns("etcd")
-    cluster = EtcdCluster(1, tmp_path_factory.mktemp("etcd-tls"), heartbeat_ms=50, election_ms=250, tls=True)
-    cluster.start()
-    try:
+    with EtcdCluster(1, tmp_path_factory.mktemp("etcd-tls"), heartbeat_ms=50, election_ms=250, tls=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def etcd_store(cluster: EtcdCluster, prefix: str | None = None):

@@ -46,12 +46,8 @@ from tests.infra.conftest import (  # noqa: F401
 @pytest.fixture(scope="module")
 def etcd_tls(tmp_path_factory):
     require_netns("etcd")
-    c = EtcdCluster(3, tmp_path_factory.mktemp("etcd-tls"), heartbeat_ms=50, election_ms=300, tls=True)
-    c.start()
-    try:
+    with EtcdCluster(3, tmp_path_factory.mktemp("etcd-tls"), heartbeat_ms=50, election_ms=300, tls=True) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")
