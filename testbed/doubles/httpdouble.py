@@ -23,6 +23,7 @@ import json
 import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -255,3 +256,49 @@ class HTTPDouble:
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up or fails the TLS handshake is the test's business, not stderr's
+
+
+class AWSError(Exception):
+    """An AWS error reply: `kind` becomes `__type`, as the service names it."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+class JSON11Double(HTTPDouble):
+    """An AWS service on the JSON 1.1 protocol: POST / with `X-Amz-Target: <TARGET_PREFIX><Operation>`
+    and a JSON body, answered by the subclass's `_op_<Operation>`; errors come back as 400 with
+    `{"__type": kind, <MESSAGE_KEY>: message}`, a malformed request as BAD_REQUEST. `operate`
+    calls one operation under the double's lock (a subclass logs and passes what its operations
+    take)."""
+
+    TARGET_PREFIX = ""
+    MESSAGE_KEY = "message"  # services differ: "Message" in some, "message" in others
+    BAD_REQUEST = "ValidationException"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def operate(self, op: str, handler: Any, req: Request, body: dict[str, Any]) -> dict[str, Any]:
+        return handler(body)
+
+    def route(self, req: Request) -> Reply:
+        target = req.headers.get("x-amz-target", "")
+        try:
+            if not target.startswith(self.TARGET_PREFIX):
+                raise AWSError("UnknownOperationException", f"unknown target {target!r}")
+            op = target[len(self.TARGET_PREFIX):]
+            handler = getattr(self, "_op_" + op, None)
+            if handler is None:
+                raise AWSError("UnknownOperationException", f"operation {op} is not implemented")
+            body = json.loads(req.body or b"{}")
+            with self._lock:
+                status, payload = 200, self.operate(op, handler, req, body)
+        except AWSError as e:
+            status, payload = 400, {"__type": e.kind, self.MESSAGE_KEY: e.message}
+        except (ValueError, KeyError, TypeError) as e:
+            status, payload = 400, {"__type": self.BAD_REQUEST, self.MESSAGE_KEY: f"bad request: {e}"}
+        return Reply(status, payload, {"Content-Type": "application/x-amz-json-1.1",
+                                       "x-amzn-RequestId": str(uuid.uuid4())})

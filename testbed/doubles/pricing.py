@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import uuid
 from typing import Any
 
-from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import AWSError, JSON11Double, Request
 
 TARGET_PREFIX = "AWSPriceListService."
 FILTER_TYPES = ("TERM_MATCH", "EQUALS", "CONTAINS", "ANY_OF", "NONE_OF")
@@ -54,21 +53,18 @@ REGION_FACTOR = {"us-east-1": 1.0, "us-east-2": 1.0, "us-west-2": 1.0, "us-west-
                  "eu-central-1": 1.2, "ap-south-1": 1.06, "ap-northeast-1": 1.3}
 
 
-class _Error(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.message = kind, message
-
-
-class PricingDouble(HTTPDouble):
+class PricingDouble(JSON11Double):
     """State and control: `set_price` adds or changes the Linux/Shared/Used product of a type in a region."""
+
+    TARGET_PREFIX = TARGET_PREFIX
+    MESSAGE_KEY = "Message"
+    BAD_REQUEST = "InvalidParameterException"
 
     def __init__(self, seed: bool = True) -> None:
         super().__init__()
         self.products: list[dict[str, Any]] = []
         self.operations: list[tuple[str, dict[str, Any]]] = []  # (operation, request body)
         self._tokens: dict[str, int] = {}
-        self._lock = threading.Lock()
         if seed:
             for region, factor in REGION_FACTOR.items():
                 for itype, usd in SEED.items():
@@ -84,47 +80,31 @@ class PricingDouble(HTTPDouble):
                                           ("Linux", "Shared", "UnusedCapacityReservation", 1.0)):
             self.products.append(_product(instance_type, region, os_, tenancy, cap, usd_per_hour * factor))
 
-    def route(self, req: Request) -> Reply:
-        target = req.headers.get("x-amz-target", "")
-        try:
-            if not target.startswith(TARGET_PREFIX):
-                raise _Error("UnknownOperationException", f"unknown target {target!r}")
-            op = target[len(TARGET_PREFIX):]
-            handler = getattr(self, "_op_" + op, None)
-            if handler is None:
-                raise _Error("UnknownOperationException", f"operation {op} is not implemented")
-            body = json.loads(req.body or b"{}")
-            with self._lock:
-                self.operations.append((op, body))
-                status, payload = 200, handler(body)
-        except _Error as e:
-            status, payload = 400, {"__type": e.kind, "Message": e.message}
-        except (ValueError, KeyError, TypeError) as e:
-            status, payload = 400, {"__type": "InvalidParameterException", "Message": f"bad request: {e}"}
-        return Reply(status, payload, {"Content-Type": "application/x-amz-json-1.1",
-                                       "x-amzn-RequestId": str(uuid.uuid4())})
+    def operate(self, op: str, handler, req: Request, body: dict[str, Any]) -> dict[str, Any]:
+        self.operations.append((op, body))
+        return handler(body)
 
     # operations ------------------------------------------------------------
     def _op_GetProducts(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         service = body.get("ServiceCode")
         if not service:
-            raise _Error("InvalidParameterException", "ServiceCode is required")
+            raise AWSError("InvalidParameterException", "ServiceCode is required")
         if service not in SERVICES:
-            raise _Error("NotFoundException", f"Service Code {service} not found")
+            raise AWSError("NotFoundException", f"Service Code {service} not found")
         filters = body.get("Filters") or []
         for f in filters:
             if f.get("Type") not in FILTER_TYPES:
-                raise _Error("InvalidParameterException",
+                raise AWSError("InvalidParameterException",
                              f"Invalid filter type {f.get('Type')!r}: valid types are {', '.join(FILTER_TYPES)}")
             if not f.get("Field") or "Value" not in f:
-                raise _Error("InvalidParameterException", "A filter needs Field and Value")
+                raise AWSError("InvalidParameterException", "A filter needs Field and Value")
         size = int(body.get("MaxResults", 100))
         if not 1 <= size <= 100:
-            raise _Error("InvalidParameterException", "MaxResults must be between 1 and 100")
+            raise AWSError("InvalidParameterException", "MaxResults must be between 1 and 100")
         start = 0
         if body.get("NextToken"):
             if body["NextToken"] not in self._tokens:
-                raise _Error("InvalidNextTokenException", "The NextToken is not valid")
+                raise AWSError("InvalidNextTokenException", "The NextToken is not valid")
             start = self._tokens.pop(body["NextToken"])
         found = [p for p in self.products if p["serviceCode"] == service and all(_match(p, f) for f in filters)]
         out: dict[str, Any] = {"FormatVersion": "aws_v1",

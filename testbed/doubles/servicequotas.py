@@ -21,14 +21,12 @@ by endpoint. Served by testbed/doubles/httpdouble.py (127.0.0.1, port 0).
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
 import uuid
 from typing import Any
 
-from testbed.doubles.httpdouble import HTTPDouble, Reply, Request
+from testbed.doubles.httpdouble import AWSError, JSON11Double, Request
 
 TARGET_PREFIX = "ServiceQuotasV20190624."
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/servicequotas/aws4_request")
@@ -45,14 +43,11 @@ NAMES = {
 }
 
 
-class _Error(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.message = kind, message
-
-
-class ServiceQuotasDouble(HTTPDouble):
+class ServiceQuotasDouble(JSON11Double):
     """State and control. `default` is the value of every known code not set per region."""
+
+    TARGET_PREFIX = TARGET_PREFIX
+    BAD_REQUEST = "IllegalArgumentException"
 
     def __init__(self, default: float = 0.0, account: str = "123456789012") -> None:
         super().__init__()
@@ -62,7 +57,6 @@ class ServiceQuotasDouble(HTTPDouble):
         self.requests: list[dict[str, Any]] = []
         self.refusals: dict[tuple[str, str], tuple[str, str]] = {}
         self.operations: list[tuple[str, str]] = []  # (region, operation)
-        self._lock = threading.Lock()
 
     # control ---------------------------------------------------------------
     def set(self, region: str, code: str, value: float) -> None:
@@ -80,31 +74,16 @@ class ServiceQuotasDouble(HTTPDouble):
                 if status == "APPROVED":
                     self.values[(r["_region"], r["QuotaCode"])] = r["DesiredValue"]
 
-    def route(self, req: Request) -> Reply:
-        target = req.headers.get("x-amz-target", "")
-        m = _SCOPE.search(req.headers.get("authorization", ""))
+    def operate(self, op: str, handler, req: Request, body: dict[str, Any]) -> dict[str, Any]:
+        m = _SCOPE.search(req.headers.get("authorization", ""))  # the region the request was signed for
         region = m.group(1) if m else "us-east-1"
-        try:
-            if not target.startswith(TARGET_PREFIX):
-                raise _Error("UnknownOperationException", f"unknown target {target!r}")
-            op = target[len(TARGET_PREFIX):]
-            handler = getattr(self, "_op_" + op, None)
-            if handler is None:
-                raise _Error("UnknownOperationException", f"operation {op} is not implemented")
-            with self._lock:
-                self.operations.append((region, op))
-                status, payload = 200, handler(region, json.loads(req.body or b"{}"))
-        except _Error as e:
-            status, payload = 400, {"__type": e.kind, "message": e.message}
-        except (ValueError, KeyError) as e:
-            status, payload = 400, {"__type": "IllegalArgumentException", "message": f"bad request: {e}"}
-        return Reply(status, payload, {"Content-Type": "application/x-amz-json-1.1",
-                                       "x-amzn-RequestId": str(uuid.uuid4())})
+        self.operations.append((region, op))
+        return handler(region, body)
 
     # operations ------------------------------------------------------------
     def _quota(self, region: str, service: str, code: str) -> dict[str, Any]:
         if service != "ec2" or code not in NAMES:
-            raise _Error("NoSuchResourceException",
+            raise AWSError("NoSuchResourceException",
                          f"The request failed because the specified quota {code} does not exist.")
         return {"ServiceCode": service, "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
                 "QuotaArn": f"arn:aws:servicequotas:{region}:{self.account}:{service}/{code}",
@@ -123,12 +102,12 @@ class ServiceQuotasDouble(HTTPDouble):
         service, code, desired = body["ServiceCode"], body["QuotaCode"], float(body["DesiredValue"])
         quota = self._quota(region, service, code)
         if (region, code) in self.refusals:
-            raise _Error(*self.refusals[(region, code)])
+            raise AWSError(*self.refusals[(region, code)])
         if any(r["_region"] == region and r["QuotaCode"] == code and r["Status"] in ("PENDING", "CASE_OPENED")
                for r in self.requests):
-            raise _Error("ResourceAlreadyExistsException", "A request for this quota is already pending.")
+            raise AWSError("ResourceAlreadyExistsException", "A request for this quota is already pending.")
         if desired <= quota["Value"]:
-            raise _Error("IllegalArgumentException", "The desired value must be greater than the current value.")
+            raise AWSError("IllegalArgumentException", "The desired value must be greater than the current value.")
         now = time.time()
         req = {"Id": uuid.uuid4().hex, "CaseId": "", "ServiceCode": service, "ServiceName": quota["ServiceName"],
                "QuotaCode": code, "QuotaName": quota["QuotaName"], "DesiredValue": desired, "Status": "PENDING",
