@@ -16,6 +16,11 @@ more confirmations, see meshcore/gossip/profiles.py):
 - bytes_per_node_s_n1000: bytes each member sends per second (encrypted, steady
   state, no news).
 
+Real processes, nothing crashing: false_positives_real_freezes_n20, 20
+meshagent processes on loopback for 2 minutes, two of them frozen (SIGSTOP)
+for 2-4 s at random as in the simulated run; members declared dead, summed
+from every agent's `meshctl status -o json`. Goal 0.
+
 Real sockets (GossipNode on 127.0.0.1): crash_to_record_removal_s_n20, crash
 of one of 20 nodes until its catalog record has left every other node's view
 (what the agent's DNS serves from).
@@ -255,6 +260,62 @@ def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[floa
     return samples, failures
 
 
+FREEZE_WINDOW_S = 120.0  # real agents freezing at random, as the simulator's false-positive run does
+
+
+def _real_freezes(n: int = 20, window_s: float = FREEZE_WINDOW_S, seed: int = 5) -> dict:
+    """Real meshagent processes (LAN profile) on loopback, nothing crashing: every 5 s each of two
+    agents freezes (SIGSTOP) with probability 0.3 for 2-4 s, as in the simulator. Afterwards each
+    agent's own counters (`meshctl status -o json`, what an operator reads) say how many members it
+    declared dead: every one is a false positive."""
+    import json
+    import signal
+
+    from testbed.localmesh import LocalMesh
+    rng = random.Random(seed)
+    freezes: list[float] = []
+    with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
+        mesh.start_meshd()
+        token = mesh.token(uses=0)
+        names = [f"z{i:02d}" for i in range(n)]
+        for name in names:
+            mesh.start_agent(name, token)
+        time.sleep(3)  # full membership everywhere
+        frozen = rng.sample(names, 2)
+        stopped: set[int] = set()
+        try:
+            end = time.monotonic() + window_s
+            while time.monotonic() < end:  # bounded: window_s
+                step = time.monotonic() + 5.0
+                plan = sorted((rng.uniform(2.0, 4.0), mesh.agents[x].popen.pid) for x in frozen if rng.random() < 0.3)
+                t0 = time.monotonic()
+                for secs, pid in plan:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.add(pid)
+                for secs, pid in plan:
+                    time.sleep(max(0.0, t0 + secs - time.monotonic()))
+                    os.kill(pid, signal.SIGCONT)
+                    stopped.discard(pid)
+                    freezes.append(secs)
+                time.sleep(max(0.0, step - time.monotonic()))
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(8)  # a suspicion still running when the window closed ends either way
+        totals: dict[str, int] = {}
+        for name in names:
+            counters = json.loads(mesh.meshctl("status", "-o", "json", agent=name).stdout).get("counters", {})
+            for k in ("gossip_members_declared_dead", "gossip_suspicions", "gossip_refutations",
+                      "gossip_stalls_detected"):
+                totals[k] = totals.get(k, 0) + int(counters.get(k, 0))
+    return record(BENCH, "false_positives_real_freezes_n20", totals.get("gossip_members_declared_dead", 0), "count",
+                  goal=0, agents=n, profile="lan", transport="udp loopback", window_s=window_s, seed=seed,
+                  frozen_agents=2, freezes=len(freezes), freeze_s_max=round(max(freezes, default=0.0), 3),
+                  suspicions=totals.get("gossip_suspicions", 0), refutations=totals.get("gossip_refutations", 0),
+                  stalls_detected=totals.get("gossip_stalls_detected", 0),
+                  how="SIGSTOP/SIGCONT; members declared dead summed over every agent's `meshctl status -o json`")
+
+
 def _serf_crash(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int, list[dict]]:
     """Real serf agents on loopback (LAN profile): crash -> every live agent lists it failed."""
     from testbed.serf import SerfCluster
@@ -306,6 +367,7 @@ def run() -> list[dict]:
     records.append(_convergence_loss10())
     records.append(_detection_n100())
     records.append(_false_positives())
+    records.append(_real_freezes())
     records.append(_udp_record())
     records += _side_by_side(20)
     records += _side_by_side(50)

@@ -140,3 +140,41 @@ def test_keys_rotate_from_the_cli(tmp_path):
             os.killpg(agent.popen.pid, signal.SIGCONT)
     finally:
         mesh.close()
+
+
+def test_an_agent_frozen_for_less_than_the_suspicion_floor_is_not_declared_dead(tmp_path):
+    """A stop-the-world pause or a stalled VM is not a crash. An agent stopped (SIGSTOP) for 3 s,
+    under the LAN profile's 4 s suspicion floor, is suspected by its peers and refutes once it
+    runs again: no peer declares it dead (their own counters, as `meshctl status` shows them)
+    and its name still resolves everywhere."""
+    from meshcore.gossip.profiles import lan
+    from testbed.localmesh import LocalMesh
+    assert lan().suspicion_min_timeout > 3.0
+    mesh = LocalMesh(tmp_path / "mesh", lease_ttl_s=120, grace_s=120)
+    mesh.root.mkdir()
+    try:
+        mesh.start_meshd()
+        token = mesh.token(uses=0)
+        names = [f"vm-{i}" for i in range(5)]
+        for name in names:
+            mesh.start_agent(name, token)
+        mesh.meshctl("expose", "--port", "8000", "--name", "paused", agent="vm-0")
+        assert wait_for(lambda: all(resolve("paused.mesh", mesh.dns(x)) for x in names), timeout=30)
+        time.sleep(2)  # full membership everywhere
+
+        def counters(name: str) -> dict:
+            return json.loads(mesh.meshctl("status", "-o", "json", agent=name).stdout)["counters"]
+        pid = mesh.agents["vm-0"].popen.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(3.0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(6)  # past the floor of any suspicion the freeze started
+        peers = [counters(x) for x in names[1:]]
+        assert sum(int(c.get("gossip_suspicions", 0)) for c in peers) >= 1, "the freeze went unnoticed"
+        assert [int(c.get("gossip_members_declared_dead", 0)) for c in peers] == [0] * 4
+        assert int(counters("vm-0").get("gossip_refutations", 0)) >= 1
+        assert all(resolve("paused.mesh", mesh.dns(x)) for x in names[1:])
+    finally:
+        mesh.close()
