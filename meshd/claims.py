@@ -15,8 +15,10 @@ node; a key decides who may send as it), so meshd believes none it can check:
 - labels set on the join token are binding: a node may add labels, never
   change or drop those.
 
-`check` is pure: the node, the other nodes, the token's labels and the rules
-in; a `Refused` naming the fact out. The servicers call it and map the error.
+`check` is pure: the node, the other nodes (or who holds the unique facts,
+`Holders`, which meshd keeps with its node snapshot), the token's labels and
+the rules in; a `Refused` naming the fact out. The servicers call it and map
+the error.
 """
 
 from __future__ import annotations
@@ -105,16 +107,71 @@ def check_public(node: types_pb2.Node, rules: ClaimRules) -> None:
         raise Refused(f"refused public address {node.public_address}: an endpoint must be a public unicast address")
 
 
-def check_unique(node: types_pb2.Node, others: Iterable[types_pb2.Node]) -> None:
-    for o in others:
-        if o.id == node.id:
-            continue
-        if node.wireguard_public_key and o.wireguard_public_key == node.wireguard_public_key:
+def _held(node: types_pb2.Node) -> list[tuple[str, str]]:
+    """The facts a node holds alone: its WireGuard key, its mesh address, an AWS node's private address."""
+    out = []
+    if node.wireguard_public_key:
+        out.append(("wg", node.wireguard_public_key))
+    if node.mesh_address:
+        out.append(("routed", node.mesh_address))
+    if node.cloud == "aws" and node.private_address:
+        out.append(("aws", node.private_address))
+    return out
+
+
+class Holders:
+    """Which nodes hold each fact that must be unique, kept change by change (`change`, from the
+    node snapshots), so a join into a 5,000-node mesh looks its claims up instead of scanning
+    every node. `Holders.of(nodes)` builds one from a list."""
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, str], dict[str, types_pb2.Node]] = {}
+
+    @classmethod
+    def of(cls, nodes: Iterable[types_pb2.Node]) -> Holders:
+        h = cls()
+        h.reset(nodes)
+        return h
+
+    def reset(self, nodes: Iterable[types_pb2.Node]) -> None:
+        self._by.clear()
+        for n in nodes:
+            self.change(None, n)
+
+    def change(self, old: types_pb2.Node | None, new: types_pb2.Node | None) -> None:
+        if old is not None:
+            for fact in _held(old):
+                holders = self._by.get(fact)
+                if holders is not None:
+                    holders.pop(old.id, None)
+                    if not holders:
+                        del self._by[fact]
+        if new is not None:
+            for fact in _held(new):
+                self._by.setdefault(fact, {})[new.id] = new
+
+    def other(self, kind: str, value: str, node_id: str) -> types_pb2.Node | None:
+        """A node other than `node_id` holding the fact, if any."""
+        for holder_id, holder in self._by.get((kind, value), {}).items():
+            if holder_id != node_id:
+                return holder
+        return None
+
+
+def check_unique(node: types_pb2.Node, holders: Holders | Iterable[types_pb2.Node]) -> None:
+    if not isinstance(holders, Holders):
+        holders = Holders.of(holders)
+    if node.wireguard_public_key:
+        o = holders.other("wg", node.wireguard_public_key, node.id)
+        if o is not None:
             raise Refused(f"refused WireGuard public key: it belongs to node {o.name}")
-        # Peers route a node's mesh address (an AWS node's is its private one), so no node may
-        # claim another's; private addresses elsewhere (two home LANs) may repeat.
-        if node.private_address and (node.private_address == o.mesh_address or
-                                     (node.cloud == o.cloud == "aws" and node.private_address == o.private_address)):
+    # Peers route a node's mesh address (an AWS node's is its private one), so no node may
+    # claim another's; private addresses elsewhere (two home LANs) may repeat.
+    if node.private_address:
+        o = holders.other("routed", node.private_address, node.id)
+        if o is None and node.cloud == "aws":
+            o = holders.other("aws", node.private_address, node.id)
+        if o is not None:
             raise Refused(f"refused private address {node.private_address}: it belongs to node {o.name}")
 
 
@@ -126,11 +183,11 @@ def check_token_labels(labels: Mapping[str, str], token_labels: Mapping[str, str
                           "labels from the token are binding")
 
 
-def check(node: types_pb2.Node, others: Iterable[types_pb2.Node], rules: ClaimRules,
+def check(node: types_pb2.Node, holders: Holders | Iterable[types_pb2.Node], rules: ClaimRules,
           token_labels: Mapping[str, str] | None = None) -> None:
     """Raise Refused naming the first claim that fails."""
     check_private(node, rules)
     check_public(node, rules)
-    check_unique(node, others)
+    check_unique(node, holders)
     if token_labels:
         check_token_labels(node.labels, token_labels)

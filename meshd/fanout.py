@@ -103,12 +103,16 @@ class Snapshots:
     revision (`changes`: SQLite from its history, etcd the keys written since and the names
     of all, to notice deletions), and only they are decoded: each join into a
     5,000-node fleet then costs one small read, not a read and decode of every node. When the
-    history no longer reaches back, the whole prefix is read again."""
+    history no longer reaches back, the whole prefix is read again.
 
-    def __init__(self, store, prefix: str, decode_fn) -> None:
+    `index` (optional) follows the copy change by change: `reset(objects)` after a whole
+    read, `change(old, new)` for each object that changed (None for absent)."""
+
+    def __init__(self, store, prefix: str, decode_fn, index=None) -> None:
         self.store = store
         self.prefix = prefix
         self.decode_fn = decode_fn
+        self.index = index
         self._rev = -1
         self._items: list = []
         self._by_key: dict[str, tuple] = {}  # key -> (decoded object, mod revision)
@@ -126,14 +130,21 @@ class Snapshots:
             else:
                 self.catch_ups += 1
                 for e in events:
+                    old = self._by_key.get(e.kv.key)
                     if e.type == "delete":
-                        if self._by_key.pop(e.kv.key, None) is not None:
+                        if old is not None:
+                            del self._by_key[e.kv.key]
                             del self._keys[bisect.bisect_left(self._keys, e.kv.key)]
+                            self._changed(old[0], None)
                         continue
-                    if e.kv.key not in self._by_key:
+                    if old is None:
                         bisect.insort(self._keys, e.kv.key)
-                    self._by_key[e.kv.key] = (self.decode_fn(e.kv), e.kv.mod_revision)
+                    self._by_key[e.kv.key] = new = (self.decode_fn(e.kv), e.kv.mod_revision)
+                    self._changed(old[0] if old is not None else None, new[0])
                 if keys is not None and len(keys) != len(self._keys):  # deletions the store does not list
+                    for k in self._keys:
+                        if k not in keys:
+                            self._changed(self._by_key[k][0], None)
                     self._keys = [k for k in self._keys if k in keys]
                     self._by_key = {k: self._by_key[k] for k in self._keys}
                 # a new list each revision: streams still sending an older one keep it as it was
@@ -145,7 +156,13 @@ class Snapshots:
         self._by_key = {kv.key: item for kv, item in zip(kvs, items)}
         self._keys = [kv.key for kv in kvs]
         self._rev, self._items = rev, items
+        if self.index is not None:
+            self.index.reset(obj for obj, _ in items)
         return items, rev
+
+    def _changed(self, old, new) -> None:
+        if self.index is not None:
+            self.index.change(old, new)
 
     async def get(self) -> tuple[list, int]:
         if self._rev >= 0 and await self.store.revision() == self._rev:

@@ -123,7 +123,9 @@ class Nodes:
         # Joins on one replica take turns, and only so many wait (meshd.joinqueue).
         self.join_queue = JoinQueue(max_pending_joins, clock)
         # the current node list, read once per store revision (the lease loop, joins, new watch streams)
-        self.snapshots = Snapshots(store, PREFIX, decode)
+        # ...and who holds each fact that must be unique, kept with it (claims at join and renewal)
+        self.holders = claims.Holders()
+        self.snapshots = Snapshots(store, PREFIX, decode, index=self.holders)
         self._decode_shared = Decoded(decode)  # for watchers: each change decoded once
 
     # -- reads ----------------------------------------------------------------
@@ -159,6 +161,11 @@ class Nodes:
         items, _ = await self.snapshots.get()
         return [n for n, _ in items]
 
+    async def claimed(self) -> claims.Holders:
+        """Who holds each unique fact as of the store's current revision."""
+        await self.snapshots.get()
+        return self.holders
+
     def watch(self, from_revision: int, snapshot=None, grouped: bool = False,
               chunk: int = 0) -> AsyncIterator[tuple[str, types_pb2.Node | None, int]]:
         """Changes to the nodes (meshd.catalog.watch_prefix); `grouped` streams share each decoded
@@ -184,7 +191,7 @@ class Nodes:
             # Labels from the token bind the node: it may add labels, never change these.
             claims.check_token_labels({**tok.labels, **facts.labels}, tok.labels)
             check_labels({**facts.labels, **tok.labels}, "node label")
-            claims.check(facts, await self.current(), self.rules)
+            claims.check(facts, await self.claimed(), self.rules)
             node_id = "n" + secrets.token_hex(8)
             fixed = facts.private_address if facts.cloud == "aws" and facts.private_address else None
             alloc = await self.addresses.plan(node_id, fixed)
@@ -261,7 +268,7 @@ class Nodes:
         if (wanted.public_address, wanted.wireguard_public_key) != (current.public_address,
                                                                     current.wireguard_public_key):
             claims.check_public(wanted, self.rules)
-            claims.check_unique(wanted, await self.current())
+            claims.check_unique(wanted, await self.claimed())
         return await self._update(node_id, lambda n: n.CopyFrom(_with_revision(wanted, n.revision)))
 
     async def bound_labels(self, node_id: str) -> dict[str, str]:

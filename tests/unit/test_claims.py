@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.v1 import types_pb2
-from meshd.claims import ClaimRules, Refused, check
+from meshd.claims import ClaimRules, Holders, Refused, check
 
 RULES = ClaimRules(endpoint_ranges=("198.18.0.0/15",))
 KEY_A, KEY_B = "A" * 43 + "=", "B" * 43 + "="
@@ -78,3 +78,19 @@ def test_any_accepted_public_endpoint_is_public_or_allowed(ip):
         assert not ip.is_global or ip.is_multicast
     else:
         assert ip.is_global or ip in __import__("ipaddress").ip_network("198.18.0.0/15")
+
+
+def test_holders_follow_changes():
+    """meshd keeps who holds each unique fact change by change: a key or address a node gave up,
+    or a removed node's, is free at once; one still held is refused."""
+    holder = aws(name="holder", private="10.4.1.21", wireguard_public_key=KEY_A)
+    holders = Holders.of([holder])
+    with pytest.raises(Refused, match="belongs to node holder"):
+        check(aws(wireguard_public_key=KEY_A), holders, RULES)
+    moved = aws(name="holder", private="10.4.1.22", wireguard_public_key=KEY_B)
+    holders.change(holder, moved)
+    check(aws(private="10.4.1.21", wireguard_public_key=KEY_A), holders, RULES)
+    with pytest.raises(Refused, match="private address 10.4.1.22: it belongs to node holder"):
+        check(aws(private="10.4.1.22"), holders, RULES)
+    holders.change(moved, None)
+    check(aws(private="10.4.1.22", wireguard_public_key=KEY_B), holders, RULES)

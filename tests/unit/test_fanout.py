@@ -11,12 +11,30 @@ def decode(kv) -> str:
     return kv.value.decode()
 
 
+class SetIndex:
+    """An index that holds the current objects (as meshd.claims.Holders does, by fact)."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.changes = 0
+
+    def reset(self, objects) -> None:
+        self.values = set(objects)
+
+    def change(self, old, new) -> None:
+        self.changes += 1
+        self.values.discard(old)
+        if new is not None:
+            self.values.add(new)
+
+
 async def test_a_snapshot_catches_up_from_the_history_and_equals_a_fresh_read(tmp_path):
     store = SQLiteStore(tmp_path / "db")
     try:
         for k in ("b", "d", "f"):
             await store.put(f"/x/{k}", k.encode())
-        snaps = Snapshots(store, "/x/", decode)
+        index = SetIndex()
+        snaps = Snapshots(store, "/x/", decode, index=index)
         first, _ = await snaps.get()
         await store.put("/x/a", b"a")  # new, before every other key
         await store.put("/x/d", b"d2")  # changed
@@ -28,10 +46,12 @@ async def test_a_snapshot_catches_up_from_the_history_and_equals_a_fresh_read(tm
         assert [v for v, _ in items] == ["a", "b", "d2"]
         assert [v for v, _ in first] == ["b", "d", "f"]  # a list handed out before is left as it was
         assert (snaps.reads, snaps.catch_ups) == (1, 1)
+        assert index.values == {"a", "b", "d2"} and index.changes == 3  # followed change by change
         await store.put("/x/c", b"c")
         await store.compact(await store.revision())
         items, _ = await snaps.get()  # the history no longer reaches back: read in full
         assert [v for v, _ in items] == ["a", "b", "c", "d2"] and snaps.reads == 2
+        assert index.values == {"a", "b", "c", "d2"}
     finally:
         await store.close()
 
