@@ -39,15 +39,22 @@ Real processes, side by side in the same run (CRASH_ROUNDS crashes each, medians
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
 import time
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from bench.common import record
 from meshcore.gossip.messages import Record
 from meshcore.gossip.profiles import lan, suspicion_timeout
 from testbed.sim.simulator import SimNetwork, Simulation
+
+if TYPE_CHECKING:
+    from testbed.localmesh import LocalMesh
 
 BENCH = "gossip"
 
@@ -212,6 +219,20 @@ def _udp_record() -> dict:
 CRASH_ROUNDS = 3  # crashes per N, for us and for Serf alike; medians reported
 
 
+@contextlib.contextmanager
+def _agents(n: int, prefix: str) -> Iterator[tuple[LocalMesh, list[str]]]:
+    """meshd and n meshagent processes on loopback, named prefix00, prefix01, ... meshd's lease
+    is long (120 s), so that only gossip can take a name away in the time measured."""
+    from testbed.localmesh import LocalMesh
+    with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
+        mesh.start_meshd()
+        token = mesh.token(uses=0)
+        names = [f"{prefix}{i:02d}" for i in range(n)]
+        for name in names:
+            mesh.start_agent(name, token)
+        yield mesh, names
+
+
 def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int]:
     """Real meshagent processes (LAN profile): SIGKILL one agent; seconds until its service has left
     every other agent's DNS. `rounds` crashes of different agents in one mesh; (samples, failures).
@@ -219,15 +240,10 @@ def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[floa
     meshd's lease is set long (120 s) so that only gossip can take the name away in time."""
     import signal
 
-    from testbed.localmesh import LocalMesh, resolve, still_resolving
+    from testbed.localmesh import resolve, still_resolving
     rng = random.Random(n)
     samples, failures = [], 0
-    with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
-        mesh.start_meshd()
-        token = mesh.token(uses=0)
-        names = [f"g{i:02d}" for i in range(n)]
-        for name in names:
-            mesh.start_agent(name, token)
+    with _agents(n, "g") as (mesh, names):
         victims = rng.sample(names, rounds)
         for r, victim in enumerate(victims):
             svc = f"doomed{r}"
@@ -271,15 +287,9 @@ def _real_freezes(n: int = 20, window_s: float = FREEZE_WINDOW_S, seed: int = 5)
     import json
     import signal
 
-    from testbed.localmesh import LocalMesh
     rng = random.Random(seed)
     freezes: list[float] = []
-    with LocalMesh(lease_ttl_s=120, grace_s=120) as mesh:
-        mesh.start_meshd()
-        token = mesh.token(uses=0)
-        names = [f"z{i:02d}" for i in range(n)]
-        for name in names:
-            mesh.start_agent(name, token)
+    with _agents(n, "z") as (mesh, names):
         time.sleep(3)  # full membership everywhere
         frozen = rng.sample(names, 2)
         stopped: set[int] = set()
