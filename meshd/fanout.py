@@ -48,50 +48,56 @@ def passthrough(message_cls) -> Callable[[Any], bytes]:
     return serialize
 
 
+class Memo:
+    """Bounded map from a key to what `build()` made for it the first time (least recently used
+    goes first)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        try:
+            value = self._items[key]
+        except KeyError:
+            self.misses += 1
+            value = self._items[key] = build()
+            if len(self._items) > self.limit:
+                self._items.popitem(last=False)
+            return value
+        self.hits += 1
+        self._items.move_to_end(key)
+        return value
+
+
 class Decoded:
     """A decoder that decodes each stored version once, however many watch streams receive it
     (a change goes to every stream of the fleet); the objects are shared: read them only."""
 
     def __init__(self, decode_fn: Callable[[Any], Any], limit: int = 4096) -> None:
         self.decode_fn = decode_fn
-        self.limit = limit
-        self._objs: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        self._memo = Memo(limit)
 
     def __call__(self, kv) -> Any:
-        key = (kv.key, kv.mod_revision)
-        obj = self._objs.get(key)
-        if obj is None:
-            obj = self._objs[key] = self.decode_fn(kv)
-            if len(self._objs) > self.limit:
-                self._objs.popitem(last=False)
-        return obj
+        return self._memo.get((kv.key, kv.mod_revision), lambda: self.decode_fn(kv))
 
 
-class Encoded:
+class Encoded(Memo):
     """Bounded map from an event's identity to its encoding (least recently used goes first)."""
 
     def __init__(self, limit: int = LIMIT) -> None:
-        self.limit = limit
-        self._bytes: OrderedDict[Hashable, bytes | None] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(limit)
 
     def get(self, key: Hashable, build: Callable[[], Any]) -> bytes | None:
         """The encoding of the event `key`; `build()` makes the message (or its bytes) the first
         time (None: skip it)."""
-        try:
-            data = self._bytes[key]
-        except KeyError:
-            self.misses += 1
-            message = build()
-            data = message if message is None or isinstance(message, bytes) else message.SerializeToString()
-            self._bytes[key] = data
-            if len(self._bytes) > self.limit:
-                self._bytes.popitem(last=False)
-            return data
-        self.hits += 1
-        self._bytes.move_to_end(key)
-        return data
+        return super().get(key, lambda: _encode(build()))
+
+
+def _encode(message: Any) -> bytes | None:
+    return message if message is None or isinstance(message, bytes) else message.SerializeToString()
 
 
 class Snapshots:
