@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from mesh.v1 import types_pb2
 from meshcore import limits
 from meshcore.errors import (
-    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+    AlreadyExists, Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
 )
 from meshcore.names import check_name, check_port, check_service_name
 from meshd.fanout import Decoded
@@ -173,23 +173,26 @@ class Catalog:
                             holder=held.node_name)
 
     async def unexpose(self, name: str, node_id: str | None) -> types_pb2.Service:
-        """Remove a service; `node_id` None means an admin (may remove any)."""
+        """Remove a service; `node_id` None means an admin (may remove any). A change to it meanwhile
+        (its owner reporting its health) is read again and checked again, not an error."""
         check_name(name, "service name")
-        kv = await self.store.get(PREFIX + name)
-        if kv is None:
-            kept = await self.store.get(RESERVED + name)
-            if kept is not None and node_id is None:  # an admin releases a name kept for a job
-                await self.store.txn([unchanged(kept)], [Delete(kept.key)])
-                k = json.loads(kept.value)
-                return types_pb2.Service(name=name, node_name=str(k.get("node", "")))
-            raise NotFound(f"service {name!r} not found")
-        svc = decode(kv)
-        if node_id is not None and svc.node_id != node_id:
-            raise PermissionDenied(f"service {name!r} belongs to node {svc.node_name!r}: a node can only unexpose its own services")
-        res = await self.store.txn([unchanged(kv)], [Delete(kv.key)])
-        if not res.succeeded:
-            raise NotFound(f"service {name!r} changed concurrently; retry")
-        return svc
+        for _ in range(8):
+            kv = await self.store.get(PREFIX + name)
+            if kv is None:
+                kept = await self.store.get(RESERVED + name)
+                if kept is not None and node_id is None:  # an admin releases a name kept for a job
+                    await self.store.txn([unchanged(kept)], [Delete(kept.key)])
+                    k = json.loads(kept.value)
+                    return types_pb2.Service(name=name, node_name=str(k.get("node", "")))
+                raise NotFound(f"service {name!r} not found")
+            svc = decode(kv)
+            if node_id is not None and svc.node_id != node_id:
+                raise PermissionDenied(f"service {name!r} belongs to node {svc.node_name!r}: "
+                                       f"a node can only unexpose its own services")
+            res = await self.store.txn([unchanged(kv)], [Delete(kv.key)])
+            if res.succeeded:
+                return svc
+        raise Conflict(f"service {name!r} changed during each of 8 attempts to remove it; retry")
 
     async def get(self, name: str) -> types_pb2.Service | None:
         kv = await self.store.get(PREFIX + name)
