@@ -225,6 +225,13 @@ def _agents_records(n: int, out: dict, suffix: str = "", **extra) -> list[dict]:
                    failures=0 if out["sync_s"] is not None else 1, **info),
             record(B, f"meshd_watch_streams_synced_fraction_{name}", synced, "ratio", better="higher", goal=1.0,
                    **info),
+            # a catalog change reaching every agent: from its Expose being sent until the last services
+            # stream of the fleet received it; changes that never reached every stream are failures
+            record(B, f"meshd_change_to_every_stream_p99_ms_{name}",
+                   percentile(out["delivery_ms"], 99) if out["delivery_ms"] else None, "ms",
+                   p50_ms=percentile(out["delivery_ms"], 50) if out["delivery_ms"] else None,
+                   changes=len(out["delivery_ms"]) + out["undelivered"], failures=out["undelivered"],
+                   grace_s=fleet.DELIVERY_GRACE_S, seconds=LOAD_SECONDS, **info),
             # joins while the fleet already in the mesh renews (JOIN_CONCURRENCY per load process)
             record(B, f"meshd_join_p99_ms_{name}", percentile(out["join_ms"], 99) if out["join_ms"] else None, "ms",
                    joins=len(out["join_ms"]), failures=out["join_failures"],

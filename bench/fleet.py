@@ -25,7 +25,10 @@ Figures: the latency of the probe's renewals (PROBE_AGENTS agents of the fleet i
 process of their own, renewing PROBE_RPCS_PER_S times a second in all), and apart the
 latency of every Renew, Expose and ListServices of the load processes, during a
 measurement window that opens 5 s after every stream is synced (or the sync
-timed out, SYNC_TIMEOUT_S after the last arrival); the time from the first
+timed out, SYNC_TIMEOUT_S after the last arrival); for each catalog change made
+in the window, the time from its Expose being sent until every services stream of
+the fleet received it (failures apart: not everywhere DELIVERY_GRACE_S after the
+window); the time from the first
 arrival until every stream holds the whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
 every agent renews three times per lease); join latencies (from the first
 try, suggested waits included), failures (never joined within the phase limit)
@@ -66,6 +69,9 @@ AGENTS_PER_PROCESS = 1000
 #: latencies are meshd's (and the machine's), not those of a load process driving 1,000 agents
 PROBE_AGENTS = 10
 PROBE_RPCS_PER_S = 20.0
+#: after the measurement window, how long a change made in it may still take to reach every
+#: stream before it counts as undelivered
+DELIVERY_GRACE_S = 5.0
 
 
 def arrival_span_s(n: int) -> float:
@@ -143,6 +149,10 @@ class Slice:
         self.renewers: list = []  # each joined agent's AdmissionService stub
         self.probe_latencies: list[float] = []
         self.probe_errors = 0
+        self.service_streams = 0  # services streams of this slice holding the whole set
+        self.exposed: list[tuple[int, float]] = []  # (revision, wall time the Expose was sent) while measuring
+        self.receipts: dict[int, list] = {}  # revision of a live change -> [streams, first, last wall time]
+        self.newest = 0  # the newest revision any services stream of the slice received
 
     async def timed(self, call):
         """The call's answer (None if it failed), its latency and failure counted while measuring."""
@@ -157,15 +167,23 @@ class Slice:
             self.latencies.append((time.perf_counter() - t0) * 1000)
         return resp
 
-    async def watch(self, stream) -> None:
+    async def watch(self, stream, services: bool) -> None:
         try:
             async for ev in stream:
+                if services and ev.type == types_pb2.EVENT_TYPE_PUT and ev.HasField("service"):  # a live change
+                    now = time.time()
+                    r = self.receipts.setdefault(ev.revision, [0, now, now])
+                    r[0] += 1
+                    r[2] = now
+                if services:
+                    self.newest = max(self.newest, ev.revision)
                 if ev.type == types_pb2.EVENT_TYPE_PUT and hasattr(ev, "nodes"):
                     for node in list(ev.nodes) + ([ev.node] if ev.HasField("node") else []):
                         if node.state == types_pb2.NODE_STATE_UNREACHABLE:
                             self.unreachable.add(node.id)
                 if ev.type == types_pb2.EVENT_TYPE_SYNCED:
                     self.synced += 1
+                    self.service_streams += services
                     if self.synced == 2 * (self.count - self.join_failures):
                         self.all_synced.set()
         except grpc.aio.AioRpcError:
@@ -214,7 +232,7 @@ class Slice:
             await asyncio.sleep(max(0.0, self.arrive_at + i / ARRIVALS_PER_S - time.time()))
             streams = [cat.WatchServices(types_pb2.WatchRequest(batch=True)),
                        nodes.WatchNodes(types_pb2.WatchRequest(batch=True))]
-            watchers = [asyncio.create_task(self.watch(s)) for s in streams]
+            watchers = [asyncio.create_task(self.watch(s, k == 0)) for k, s in enumerate(streams)]
             await self.stop.wait()
         finally:
             renewing.cancel()
@@ -238,8 +256,13 @@ class Slice:
                 interval = schedule.failed()
             if self.go.is_set() and rng.random() < CHANGES_PER_S * interval / self.n:
                 changes += 1
-                await self.timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
+                sent, newest = time.time(), self.newest
+                resp = await self.timed(cat.Expose(catalog_pb2.ExposeRequest(service=types_pb2.Service(
                     name=f"load-{i}-{changes % 3}", port=8000 + changes % 3)), timeout=RPC_TIMEOUT_S))
+                # a change is newer than anything received before it was sent; the same service
+                # exposed again changes nothing and answers with its old revision
+                if resp is not None and self.measuring and resp.service.revision > newest:
+                    self.exposed.append((resp.service.revision, sent))
             if self.go.is_set() and rng.random() < 0.02:
                 await self.timed(cat.ListServices(catalog_pb2.ListServicesRequest(), timeout=RPC_TIMEOUT_S))
             await asyncio.sleep(interval)
@@ -306,14 +329,40 @@ async def worker() -> None:
     s.measuring = False
     if probing is not None:
         await probing
+    await asyncio.sleep(DELIVERY_GRACE_S)  # the window's last changes on their way to every stream
     _say({"latencies": s.latencies, "errors": s.errors, "probe_latencies": s.probe_latencies,
           "probe_errors": s.probe_errors, "unreachable": sorted(s.unreachable),
-          "synced": s.synced, "lease_ttl_s": s.lease_ttl_s})
+          "synced": s.synced, "lease_ttl_s": s.lease_ttl_s, "exposed": s.exposed,
+          "receipts": s.receipts, "service_streams": s.service_streams})
     await _line()  # "stop"
     s.stop.set()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     for ch in s.channels:
         await ch.close()
+
+
+def change_delivery(results: list[dict]) -> tuple[list[float], int]:
+    """From the load processes' reports: for each catalog change made in the measurement window,
+    the time from its Expose being sent until the last services stream of the fleet received it
+    (ms); and the changes that had not reached every stream DELIVERY_GRACE_S after the window
+    (failures, not latencies). An Expose that changed nothing (the same service again) has no
+    event of its own and is left out: its revision was received before it was sent."""
+    streams = sum(r["service_streams"] for r in results)
+    seen: dict[int, list] = {}
+    for r in results:
+        for rev, (count, first, last) in r["receipts"].items():
+            m = seen.setdefault(int(rev), [0, first, last])
+            m[0], m[1], m[2] = m[0] + count, min(m[1], first), max(m[2], last)
+    delivery, undelivered = [], 0
+    for rev, sent in (e for r in results for e in r["exposed"]):
+        got = seen.get(rev)
+        if got is not None and got[1] < sent:
+            continue  # an earlier change's revision: this Expose changed nothing
+        if got is None or got[0] < streams:
+            undelivered += 1
+        else:
+            delivery.append((got[2] - sent) * 1000)
+    return delivery, undelivered
 
 
 def _read(p: subprocess.Popen) -> dict:
@@ -368,6 +417,7 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
                 p.kill()
                 p.wait()
     syncs = [s["sync_s"] for s in synced]
+    delivery_ms, undelivered = change_delivery(results)
     return {"latencies": [x for r in results for x in r["latencies"]],
             "errors": sum(r["errors"] for r in results),
             "probe_latencies": [x for r in results for x in r["probe_latencies"]],
@@ -383,6 +433,7 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "join_throttled": sum(j["join_throttled"] for j in joined),
             "agents_throttled": sum(j["agents_throttled"] for j in joined),
             "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
+            "delivery_ms": delivery_ms, "undelivered": undelivered,
             "rss_mb": rss_mb, "processes": len(procs) - 1,  # load processes (the probe's apart)
             "lease_ttl_s": max(r["lease_ttl_s"] for r in results)}
 
