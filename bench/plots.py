@@ -22,6 +22,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, name: str) -> Path:
+    """Lay out, write bench/out/<name>.png and let the figure go."""
+    fig.tight_layout()
+    path = OUT / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def control() -> list[Path]:
     recs = _records("control")
     counts = sorted({int(m.split("_")[-2]) for m in recs if m.startswith("meshd_rpc_p99_ms_") and
@@ -40,11 +49,7 @@ def control() -> list[Path]:
     b.axhline(300, color="grey", ls="--", label="goal at 1,000 agents (300 MB)")
     b.set(xlabel="simulated agents", ylabel="MB", title="meshd RSS vs agents")
     b.legend()
-    fig.tight_layout()
-    path = OUT / "control_meshd_scale.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, "control_meshd_scale")]
 
 
 def gossip() -> list[Path]:
@@ -72,11 +77,7 @@ def gossip() -> list[Path]:
     ax.set_xticks([x + width / 2 for x in xs], [f"n={n}" for n in ns])
     ax.set(ylabel="seconds (median, min-max bars)", title="Crash detection, same run")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = OUT / "gossip_crash_vs_serf.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path] + _convergence(recs)
+    return [_save(plt, fig, "gossip_crash_vs_serf")] + _convergence(recs)
 
 
 def _convergence(recs: dict[str, dict]) -> list[Path]:
@@ -95,11 +96,7 @@ def _convergence(recs: dict[str, dict]) -> list[Path]:
     ax.set(xlabel="seconds after the record is published", ylabel="% of members holding it",
            title="Gossip convergence, 1,000 members")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = OUT / "gossip_convergence.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, "gossip_convergence")]
 
 
 def dataplane() -> list[Path]:
@@ -120,11 +117,7 @@ def dataplane() -> list[Path]:
            color=["grey", "tab:blue", "tab:green", "tab:purple"][:len(peers)])
     ax.set_xticks(range(len(peers)), [label for label, _ in peers])
     ax.set(ylabel="Mbit/s (median, min-max bars)", yscale="log", title="TCP throughput, same rounds")
-    fig.tight_layout()
-    path = OUT / "dataplane_throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [_save(plt, fig, "dataplane_throughput")]
 
 
 PLOTS = {"control": control, "gossip": gossip, "dataplane": dataplane}

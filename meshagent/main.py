@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from meshcore import __version__, daemon, logs
+from meshcore import daemon, logs
 from meshcore.errors import InvalidArgument
 from meshcore.jointoken import ARGV_REFUSED, read_token_file
 from meshcore.names import parse_labels
@@ -59,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--private-address", default="")
     o.add_argument("--public-address", default="")
     p.add_argument("--label", action="append", default=[], help="key=value (repeatable), e.g. gpu.model=L4")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="text (default) or json: one line per event, with the node and request ids")
-    p.add_argument("--version", action="version", version=f"meshagent {__version__}")
+    daemon.add_common_arguments(p, "meshagent")
     return p
 
 

@@ -8,13 +8,22 @@ start-up (bad state, bad config) is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from meshcore import sdnotify
+from meshcore import __version__, sdnotify
 from meshcore.errors import MeshError
+
+
+def add_common_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    """The flags every daemon takes: --log-level, --log-format (see meshcore.logs) and --version."""
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text (default) or json: one line per event, with the node and request ids")
+    p.add_argument("--version", action="version", version=f"{name} {__version__}")
 
 
 async def serve(name: str, start: Callable[[], Awaitable[dict[str, object]]],

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from meshcore import __version__, daemon, logs
+from meshcore import daemon, logs
 from meshcore.errors import MeshError
 from meshcore.names import check_labels, parse_labels
 from meshd.server import Coordinator, MeshdConfig
@@ -131,10 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mirror the catalog into Kubernetes Services (a kubeconfig path, or in-cluster)")
     p.add_argument("--kubernetes-context", default="", help="context in the kubeconfig (default: its current-context)")
     p.add_argument("--kubernetes-namespace", default="default", help="namespace of the Services (default: default)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="text (default) or json: one line per event, with the node and request ids")
-    p.add_argument("--version", action="version", version=f"meshd {__version__}")
+    daemon.add_common_arguments(p, "meshd")
     return p
 
 

@@ -16,14 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
 from meshcore import __version__, limits, pki
 from meshcore.errors import (
-    FailedPrecondition, InvalidArgument, MeshError, PermissionDenied, ResourceExhausted, Unauthenticated,
+    FailedPrecondition, MeshError, PermissionDenied, ResourceExhausted, Unauthenticated,
 )
 from meshd import metrics
 from meshd.admincerts import AdminCertRecord, AdminCerts
 from meshd.admission import Admission, TokenRecord
 from meshd.auth import Caller, Callers, caller_of, require_admin
 from meshd import catalog as catalog_mod
-from meshd import nodes as nodes_mod
 from meshd.catalog import Catalog
 from meshd.fanout import ENTRIES, Encoded, Snapshots, batch
 from meshd.gossipkeys import GossipKeys
