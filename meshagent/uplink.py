@@ -47,7 +47,7 @@ from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_
 from meshagent import metrics
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
-from meshagent.pushback import pushback_trailer, retry_after
+from meshagent.pushback import join_retry
 from meshagent.view import Catalog
 from meshcore import pki
 from meshcore.backoff import Backoff
@@ -58,9 +58,6 @@ from meshcore.jointoken import parse_token
 log = logging.getLogger("meshagent")
 
 # Codes after which retrying the same request cannot help.
-FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
-         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND,
-         grpc.StatusCode.RESOURCE_EXHAUSTED}
 # Jitter of the reconnect backoff: each delay is spread over [0.5, 1.5) of its base,
 # so agents reconnecting after the same outage do not stampede.
 JITTER = 0.5
@@ -174,16 +171,17 @@ class Uplink:
                 self.on_observed(resp.observed_address)
                 break
             except (Unavailable, grpc.aio.AioRpcError) as e:
-                wait = retry_after(e, backoff) if isinstance(e, grpc.aio.AioRpcError) else None
-                if wait is not None and pushback_trailer(e) is not None:  # meshd pushes back: not a failure
+                decided = join_retry(e, backoff) if isinstance(e, grpc.aio.AioRpcError) else (backoff.next(), False)
+                if decided is None:
+                    raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
+                wait, pushed = decided
+                if pushed:  # meshd pushes back: not a failure
                     self.join_throttled += 1
                     if self.join_throttled == 1:
                         log.info("meshd is busy admitting other nodes: retrying in %.1f s (and again as long "
                                  "as meshd asks)", wait)
                     await asyncio.sleep(wait)
                     continue
-                if isinstance(e, grpc.aio.AioRpcError) and e.code() in FATAL and wait is None:
-                    raise from_code(e.code().name, f"join refused by meshd: {e.details()}") from None
                 if not warned:
                     if isinstance(e, Unavailable) or e.code() == grpc.StatusCode.UNAVAILABLE:
                         log.warning("meshd at %s:%d is unreachable (%s); retrying until it answers", host, port,
@@ -191,7 +189,7 @@ class Uplink:
                     else:
                         log.warning("join attempt failed (%s: %s); retrying", e.code().name, e.details())
                     warned = True
-                await asyncio.sleep(wait if wait is not None else backoff.next())
+                await asyncio.sleep(wait)
         ident = Identity(resp.node.id, resp.node.name, resp.node.mesh_address, self.config.coordinator,
                          pki.key_pem(key), resp.certificate_pem.encode(), resp.ca_pem.encode())
         ident.save(state_dir)
