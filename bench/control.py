@@ -234,7 +234,8 @@ def _agents_records(n: int, out: dict, suffix: str = "", **extra) -> list[dict]:
                    grace_s=fleet.DELIVERY_GRACE_S, seconds=LOAD_SECONDS, **info),
             # joins while the fleet already in the mesh renews (JOIN_CONCURRENCY per load process)
             record(B, f"meshd_join_p99_ms_{name}", percentile(out["join_ms"], 99) if out["join_ms"] else None, "ms",
-                   joins=len(out["join_ms"]), failures=out["join_failures"],
+                   joins=len(out["join_ms"]), failures=out["join_failures"], failure_reasons=out["join_errors"],
+                   retried=out["join_retries"],
                    throttled=out["join_throttled"], agents_throttled=out["agents_throttled"],
                    join_phase_s=round(out["join_phase_s"], 1), join_phase_cut_at_s=fleet.JOIN_PHASE_LIMIT_S
                    if out["join_phase_cut"] else None, **info)]

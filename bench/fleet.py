@@ -27,17 +27,19 @@ latency of every Renew, Expose and ListServices of the load processes, during a
 measurement window that opens 5 s after every stream is synced (or the sync
 timed out, SYNC_TIMEOUT_S after the last arrival); for each catalog change made
 in the window, the time from its Expose being sent until every services stream of
-the fleet received it (failures apart: not everywhere DELIVERY_GRACE_S after the
-window); the time from the first
+the fleet that held the whole set when the window opened received it (failures
+apart: not everywhere DELIVERY_GRACE_S after the window); the time from the first
 arrival until every stream holds the whole set; distinct nodes any stream saw UNREACHABLE (any is meshd's doing:
 every agent renews three times per lease); join latencies (from the first
 try, suggested waits included), failures (never joined within the phase limit)
-and throttled joins (refusals for load that were tried again), apart.
+and throttled joins (refusals for load that were tried again), apart; the most
+frequent reasons joins failed, and those of joins the agent tries again (as it does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -51,7 +53,7 @@ import grpc
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2_grpc, types_pb2
 from meshagent.config import AgentConfig
 from meshagent.identity import Identity, fetch_pinned_ca
-from meshagent.pushback import retry_after
+from meshagent.pushback import join_retry
 from meshagent.uplink import FIRST_RENEW_S, JITTER, RenewSchedule, channel_options, mtls_channel
 from meshcore import pki
 from meshcore.backoff import Backoff
@@ -81,13 +83,15 @@ def arrival_span_s(n: int) -> float:
 
 async def join_in_memory(join_address: str, coordinator: str, token: str, name: str,
                          slot: asyncio.Semaphore | None = None, rng: random.Random | None = None,
-                         throttled: Callable[[float], None] = lambda wait_s: None) -> Identity:
+                         throttled: Callable[[float], None] = lambda wait_s: None,
+                         retried: Callable[[str], None] = lambda why: None) -> Identity:
     """A simulated agent's join, as meshagent's uplink does it, with the identity kept in memory: a
     real agent writes it to its own disk, and thousands of fsyncs in one load process would stall
     every other agent there (late renewals that would be the load generator's, not meshd's).
-    A join meshd refuses for load is tried again after the wait it suggests, decided by the agent's
-    own `meshagent.pushback.retry_after` (`throttled(wait_s)` is told each time). `slot`, held by
-    the caller, is let go while waiting."""
+    A failed join is answered as the agent answers it (`meshagent.pushback.join_retry`): a join
+    meshd refuses for load is tried again after the wait it suggests (`throttled(wait_s)` is told
+    each time), one that failed otherwise but not for good (lost its races with concurrent joins)
+    after the agent's backoff (`retried(why)`). `slot`, held by the caller, is let go while waiting."""
     host, port = join_address.rsplit(":", 1)
     _, _, pin = parse_token(token)
     backoff = Backoff(AgentConfig.backoff_min_s, AgentConfig.backoff_max_s, JITTER, rng or random.Random())
@@ -104,10 +108,14 @@ async def join_in_memory(join_address: str, coordinator: str, token: str, name: 
                 resp = await stub.Join(request, timeout=JOIN_TIMEOUT_S)
                 break
             except grpc.aio.AioRpcError as e:
-                wait = retry_after(e, backoff)
-                if wait is None:
+                decided = join_retry(e, backoff)
+                if decided is None:
                     raise
-                throttled(wait)
+                wait, pushed = decided
+                if pushed:
+                    throttled(wait)
+                else:
+                    retried(f"{e.code().name}: {e.details()}")
                 if slot is not None:
                     slot.release()
                 try:
@@ -138,6 +146,8 @@ class Slice:
         self.join_ms: list[float] = []
         self.ids: list[str] = []  # node ids of the agents that joined
         self.join_failures = 0
+        self.join_errors: collections.Counter[str] = collections.Counter()  # why joins failed
+        self.join_retries: collections.Counter[str] = collections.Counter()  # joins tried again, and why
         self.join_throttled = 0  # joins meshd refused for load, each tried again after its suggested wait
         self.agents_throttled = 0  # agents refused for load at least once
         self.joined = 0
@@ -149,7 +159,8 @@ class Slice:
         self.renewers: list = []  # each joined agent's AdmissionService stub
         self.probe_latencies: list[float] = []
         self.probe_errors = 0
-        self.service_streams = 0  # services streams of this slice holding the whole set
+        self.opened = False  # the measurement window has opened
+        self.service_streams = 0  # services streams of this slice that held the whole set when it opened
         self.exposed: list[tuple[int, float]] = []  # (revision, wall time the Expose was sent) while measuring
         self.receipts: dict[int, list] = {}  # revision of a live change -> [streams, first, last wall time]
         self.newest = 0  # the newest revision any services stream of the slice received
@@ -168,9 +179,10 @@ class Slice:
         return resp
 
     async def watch(self, stream, services: bool) -> None:
+        counted = False  # a services stream that held the whole set before the window opened
         try:
             async for ev in stream:
-                if services and ev.type == types_pb2.EVENT_TYPE_PUT and ev.HasField("service"):  # a live change
+                if counted and ev.type == types_pb2.EVENT_TYPE_PUT and ev.HasField("service"):  # a live change
                     now = time.time()
                     r = self.receipts.setdefault(ev.revision, [0, now, now])
                     r[0] += 1
@@ -183,7 +195,9 @@ class Slice:
                             self.unreachable.add(node.id)
                 if ev.type == types_pb2.EVENT_TYPE_SYNCED:
                     self.synced += 1
-                    self.service_streams += services
+                    if services and not self.opened:
+                        counted = True
+                        self.service_streams += 1
                     if self.synced == 2 * (self.count - self.join_failures):
                         self.all_synced.set()
         except grpc.aio.AioRpcError:
@@ -206,13 +220,18 @@ class Slice:
             self.join_throttled += 1
             if refused == 1:
                 self.agents_throttled += 1
+
+        def retried(why: str) -> None:
+            self.join_retries[why[:160]] += 1
         async with sem:
             t0 = time.perf_counter()
             try:
                 ident = await join_in_memory(joins[target], coords[target], self.spec["token"], f"sim-{i:05d}",
-                                             sem, random.Random(i), throttled)
-            except Exception:  # refused or timed out: counted; this agent never arrives
+                                             sem, random.Random(i), throttled, retried)
+            except Exception as e:  # refused or timed out: counted; this agent never arrives
                 self.join_failures += 1
+                why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+                self.join_errors[why[:160]] += 1
                 self._joined_one(i)
                 return
             self.join_ms.append((time.perf_counter() - t0) * 1000)
@@ -310,7 +329,8 @@ async def worker() -> None:
                 s.join_failures += 1
         s.late = True
     _say({"joined": len(s.join_ms), "join_failures": s.join_failures, "join_ms": s.join_ms, "late": s.late,
-          "ids": s.ids, "join_throttled": s.join_throttled, "agents_throttled": s.agents_throttled})
+          "ids": s.ids, "join_throttled": s.join_throttled, "agents_throttled": s.agents_throttled,
+          "join_errors": s.join_errors, "join_retries": s.join_retries})
     cmd = (await _line()).split()  # "go <epoch>"
     s.arrive_at = float(cmd[1])
     s.go.set()
@@ -323,7 +343,7 @@ async def worker() -> None:
         sync_s = None
     _say({"sync_s": sync_s, "synced": s.synced})
     await _line()  # "measure"
-    s.measuring = True
+    s.measuring = s.opened = True
     probing = asyncio.create_task(probe(s, spec["probe_rate"])) if spec.get("probe_rate") else None
     await asyncio.sleep(spec["load_s"])
     s.measuring = False
@@ -344,7 +364,8 @@ async def worker() -> None:
 def change_delivery(results: list[dict]) -> tuple[list[float], int]:
     """From the load processes' reports: for each catalog change made in the measurement window,
     the time from its Expose being sent until the last services stream of the fleet received it
-    (ms); and the changes that had not reached every stream DELIVERY_GRACE_S after the window
+    (ms; the streams that held the whole set when the window opened: one still syncing gets the
+    change in its set); and the changes that had not reached every stream DELIVERY_GRACE_S after the window
     (failures, not latencies). An Expose that changed nothing (the same service again) has no
     event of its own and is left out: its revision was received before it was sent."""
     streams = sum(r["service_streams"] for r in results)
@@ -363,6 +384,11 @@ def change_delivery(results: list[dict]) -> tuple[list[float], int]:
         else:
             delivery.append((got[2] - sent) * 1000)
     return delivery, undelivered
+
+
+def _most_common(counts, k: int = 5) -> dict[str, int]:
+    """The k most frequent reasons over the load processes' counts of them."""
+    return dict(sum((collections.Counter(c) for c in counts), collections.Counter()).most_common(k))
 
 
 def _read(p: subprocess.Popen) -> dict:
@@ -429,6 +455,10 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "synced_fraction": sum(s["synced"] for s in synced) / (2 * n),
             "join_ms": [x for j in joined for x in j["join_ms"]],
             "join_failures": sum(j["join_failures"] for j in joined),
+            "join_errors": _most_common(j["join_errors"] for j in joined),
+            # joins that failed not for good (lost their races with concurrent joins) and were tried
+            # again after the agent's backoff, as the agent does: not failures
+            "join_retries": _most_common(j["join_retries"] for j in joined),
             # refusals for load, each followed by the suggested wait and another try: not failures
             "join_throttled": sum(j["join_throttled"] for j in joined),
             "agents_throttled": sum(j["agents_throttled"] for j in joined),

@@ -171,3 +171,34 @@ async def test_the_fleet_benchs_simulated_agents_honour_the_pushback_too(small):
     assert len({i.node_id for i in identities}) == 12
     assert waits and len(waits) == metrics.JOINS_THROTTLED._value.get() - refusals_before
     assert all(PUSHBACK_MIN_MS / 1000 <= w for w in waits)
+
+
+async def test_a_join_that_lost_its_races_is_tried_again_by_the_agent_and_by_the_fleet_bench(small):
+    """meshd answers ABORTED when a join loses too many races with concurrent joins (meshd/nodes.py):
+    not for good. The agent tries again after its backoff, and so do the fleet bench's simulated
+    agents, which decide with the same meshagent.pushback.join_retry."""
+    from bench.fleet import join_in_memory
+    from meshcore.errors import Conflict
+
+    lost: list[str] = []
+    budget = [1]  # joins still to lose
+    nodes = small.coordinator.nodes
+    real = nodes._join
+
+    async def loses_first(*args):
+        if budget[0]:
+            budget[0] -= 1
+            lost.append("lost")
+            raise Conflict("join lost too many races with concurrent joins; retry")
+        return await real(*args)
+    nodes._join = loses_first
+    token = await small.token(uses=10)
+    agent = Agent(small.agent_config("racer", token))
+    ident = await asyncio.wait_for(agent.join(), 60)
+    assert ident.name == "racer" and lost == ["lost"] and agent.uplink.join_throttled == 0
+    retried: list[str] = []
+    budget[0] = 1
+    sim = await asyncio.wait_for(join_in_memory(small.join_address, small.address, token, "sim-racer",
+                                                retried=retried.append), 60)
+    assert sim.name == "sim-racer" and len(lost) == 2
+    assert retried == ["ABORTED: join lost too many races with concurrent joins; retry"]
