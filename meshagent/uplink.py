@@ -57,7 +57,6 @@ from meshcore.jointoken import parse_token
 
 log = logging.getLogger("meshagent")
 
-# Codes after which retrying the same request cannot help.
 # Jitter of the reconnect backoff: each delay is spread over [0.5, 1.5) of its base,
 # so agents reconnecting after the same outage do not stampede.
 JITTER = 0.5

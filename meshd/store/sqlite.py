@@ -8,12 +8,12 @@ fsync, so a renewal's read never queues behind the writes of a burst of
 joins. A read of one key (get) runs on the event loop's thread, on a third
 connection: a primary-key lookup takes microseconds, while a trip to a thread
 of a busy process waits for the interpreter lock at each step (with 1,000
-agents, 150 to 220 of the ~2,400 renewals of 20 s waited over 5 ms for their
-read, up to 50 ms; read on the loop, none of them took 10 ms in all). It never
-waits for a lock there: a busy database (SQLite's WAL recovery, rare) sends
-it to the reading thread. The current revision is kept in memory (this process is the only
-writer: meshd holds the file's lock), so asking for it costs no trip to a
-thread at all.
+agents, 130 and 177 of the ~2,400 renewals of 20 s, in two runs, took over
+10 ms in meshd, up to 68 ms, nearly all of it waiting for their reads; read
+on the loop, none did). It never waits for a lock there: a busy database
+(SQLite's WAL recovery, rare) sends it to the reading thread. The current
+revision is kept in memory (this process is the only writer: meshd holds the
+file's lock), so asking for it costs no trip to a thread at all.
 `synchronous=FULL`: a write is acknowledged only once it is on disk, so
 nothing acknowledged is lost when meshd is killed, or the machine loses power.
 
