@@ -81,6 +81,12 @@ def arrival_span_s(n: int) -> float:
     return (n - 1) / ARRIVALS_PER_S
 
 
+def _reason(e: BaseException) -> str:
+    """Why a join failed, as one bounded line: the gRPC status and its message."""
+    why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+    return why[:160]
+
+
 async def join_in_memory(join_address: str, coordinator: str, token: str, name: str,
                          slot: asyncio.Semaphore | None = None, rng: random.Random | None = None,
                          throttled: Callable[[float], None] = lambda wait_s: None,
@@ -115,7 +121,7 @@ async def join_in_memory(join_address: str, coordinator: str, token: str, name: 
                 if pushed:
                     throttled(wait)
                 else:
-                    retried(f"{e.code().name}: {e.details()}")
+                    retried(_reason(e))
                 if slot is not None:
                     slot.release()
                 try:
@@ -222,7 +228,7 @@ class Slice:
                 self.agents_throttled += 1
 
         def retried(why: str) -> None:
-            self.join_retries[why[:160]] += 1
+            self.join_retries[why] += 1
         async with sem:
             t0 = time.perf_counter()
             try:
@@ -230,8 +236,7 @@ class Slice:
                                              sem, random.Random(i), throttled, retried)
             except Exception as e:  # refused or timed out: counted; this agent never arrives
                 self.join_failures += 1
-                why = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else repr(e)
-                self.join_errors[why[:160]] += 1
+                self.join_errors[_reason(e)] += 1
                 self._joined_one(i)
                 return
             self.join_ms.append((time.perf_counter() - t0) * 1000)

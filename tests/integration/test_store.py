@@ -457,7 +457,6 @@ async def test_etcd_reads_page_by_page_at_one_revision(etcd_server):
         await store.close()
 
 
-
 async def test_sqlite_get_reads_on_the_loop_and_a_busy_database_on_the_reading_thread(tmp_path):
     """A read of one key runs on the event loop's thread with a connection of its own that never
     waits for a lock; if SQLite answers busy there (WAL recovery, which cannot be staged from
