@@ -188,11 +188,12 @@ class Slice:
         counted = False  # a services stream that held the whole set before the window opened
         try:
             async for ev in stream:
-                if counted and ev.type == types_pb2.EVENT_TYPE_PUT and ev.HasField("service"):  # a live change
+                if counted and ev.type == types_pb2.EVENT_TYPE_PUT:  # live changes: one, or what waited
                     now = time.time()
-                    r = self.receipts.setdefault(ev.revision, [0, now, now])
-                    r[0] += 1
-                    r[2] = now
+                    for rev in [ev.revision] if ev.HasField("service") else [s.revision for s in ev.services]:
+                        r = self.receipts.setdefault(rev, [0, now, now])
+                        r[0] += 1
+                        r[2] = now
                 if services:
                     self.newest = max(self.newest, ev.revision)
                 if ev.type == types_pb2.EVENT_TYPE_PUT and hasattr(ev, "nodes"):

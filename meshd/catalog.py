@@ -215,11 +215,11 @@ class Catalog:
             await self.store.txn([], ops)
         return mine
 
-    def watch(self, from_revision: int, snapshot=None,
+    def watch(self, from_revision: int, snapshot=None, grouped: bool = False,
               chunk: int = 0) -> AsyncIterator[tuple[str, types_pb2.Service | None, int]]:
         """Changes to the catalog (watch_prefix); each change is decoded once for every watcher
         (the objects are shared: read only)."""
-        return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared, snapshot, chunk=chunk)
+        return watch_prefix(self.store, PREFIX, from_revision, self._decode_shared, snapshot, grouped, chunk)
 
 
 async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,

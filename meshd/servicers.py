@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, nodes_pb2_grpc, types_pb2
 from meshcore import __version__, limits, pki
@@ -321,9 +321,31 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                      [self.entries.get((store, s.name, r, epoch), lambda s=s, r=r: self._entry(s, r))
                       for s, r in items])
 
-    def _entry(self, svc: types_pb2.Service, rev: int) -> catalog_pb2.ServiceEvent | None:
-        record = self._signed(svc, rev, False)
+    def _entry(self, svc: types_pb2.Service, rev: int, deleted: bool = False) -> catalog_pb2.ServiceEvent | None:
+        record = self._signed(svc, rev, deleted)
         return None if record is None else catalog_pb2.ServiceEvent(services=[svc], records=[record])
+
+    def _runs(self, store: str, changes: list, epoch) -> Iterator[bytes | None]:
+        """Grouped live changes as messages: each run of one kind (each service once, as it is now)
+        in messages of at most BATCH services; a change alone is the message an ungrouped stream
+        sends. A run's bytes are shared by every stream that got the same changes: the store's
+        events from its first revision to its last under the prefix, all of one kind."""
+        for kind, objs, first, last in runs(changes, lambda s: s.name):
+            if len(objs) == 1:
+                only = objs[0]
+                yield self.encoded.get((store, kind, only.revision, only.name, epoch),
+                                       lambda: self._change_event(kind, only, only.revision))
+                continue
+            deleted = kind == "delete"
+            for i in range(0, len(objs), BATCH):
+                part = objs[i:i + BATCH]
+                header = catalog_pb2.ServiceEvent(type=EVENT[kind], revision=part[-1].revision)
+                yield self.encoded.get(
+                    (store, "run", kind, first, last, len(objs), i, epoch),
+                    lambda: batch(header.SerializeToString(),
+                                  [self.entries.get((store, "delete", s.name, s.revision, epoch) if deleted else
+                                                    (store, s.name, s.revision, epoch),  # as in a set's batches
+                                                    lambda s=s: self._entry(s, s.revision, deleted)) for s in part]))
 
     def _change_event(self, kind: str, svc: types_pb2.Service, rev: int) -> catalog_pb2.ServiceEvent | None:
         record = self._signed(svc, rev, kind == "delete")
@@ -345,13 +367,21 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 start = resume_point(request, store)
                 reset_rev, index = 0, 0
                 done = await self.slots.sync_turn()
-                events = self.catalog.watch(start, self.snapshots.get, chunk=BATCH if request.batch else 0)
+                # live changes come grouped (what waited for this stream since it last sent) when the
+                # caller takes batches: a stream that fell behind a busy meshd catches up in one message
+                events = self.catalog.watch(start, self.snapshots.get, grouped=request.batch,
+                                            chunk=BATCH if request.batch else 0)
                 async for kind, svc, rev in events:
                     if kind == "synced":
                         done()
                     if kind == "reset":
                         reset_rev, index = rev, 0
                     epoch = self.gossip.epoch()  # records signed with another key or expiry are new bytes
+                    if kind == "changes":
+                        for data in self._runs(store, svc, epoch):
+                            if data is not None:
+                                yield data
+                        continue
                     if kind == "batch":
                         index += 1
                         data = self.encoded.get((store, "batch", reset_rev, index, rev, len(svc), epoch),

@@ -432,3 +432,47 @@ async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_on
     assert grouped.type == types_pb2.EVENT_TYPE_PUT and not grouped.HasField("node")
     assert [(n.name, n.drained, n.revision) for n in grouped.nodes] == [("two", True, revs[0]), ("one", False, revs[3])]
     assert grouped.revision == revs[3]
+
+
+async def test_a_batch_service_watcher_behind_gets_what_waited_grouped_each_with_its_record(mesh, monkeypatch):
+    """A services stream whose writes waited (meshd busy) sends the changes that waited as runs
+    of one kind, each service once as it is now, each with its signed record; the agent's copy
+    follows them."""
+    from meshcore.gossip.codec import _read_record, _Reader
+    from meshd import servicers
+    plain, gate, waiting = servicers.WatchSlots.send_turn, asyncio.Event(), asyncio.Event()
+
+    async def send_turn(self):  # once the gate is shut, the next write waits until it opens
+        if not gate.is_set():
+            waiting.set()
+            await gate.wait()
+        return await plain(self)
+    gate.set()
+    monkeypatch.setattr(servicers.WatchSlots, "send_turn", send_turn)
+    a = await mesh.agent("grouped")
+    events = mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True)).__aiter__()
+    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
+        pass
+    gate.clear()
+    first = (await a.catalog_stub.Expose(svc("alone", 7000))).service.revision
+    await asyncio.wait_for(waiting.wait(), 10)  # its write waits for a turn; what follows waits behind it
+    for name, port in (("b", 7001), ("c", 7002), ("b", 7003)):
+        await a.catalog_stub.Expose(svc(name, port))
+    for name in ("b", "c"):
+        await a.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name=name))
+    last = await mesh.coordinator.store.revision()
+    gate.set()
+    got = [await asyncio.wait_for(anext(events), 10) for _ in range(3)]
+    shapes = []
+    for ev in got:
+        services = [ev.service] if ev.HasField("service") else list(ev.services)
+        records = [ev.record] if ev.HasField("service") else list(ev.records)
+        decoded = [_read_record(_Reader(r)) for r in records]
+        assert [r.key.rsplit("/", 1)[-1] for r in decoded] == [s.name for s in services]
+        assert {r.deleted for r in decoded} == {ev.type == types_pb2.EVENT_TYPE_DELETE}
+        shapes.append((types_pb2.EventType.Name(ev.type), ev.HasField("service"), [(s.name, s.port) for s in services]))
+    assert shapes == [("EVENT_TYPE_PUT", True, [("alone", 7000)]),
+                      ("EVENT_TYPE_PUT", False, [("c", 7002), ("b", 7003)]),
+                      ("EVENT_TYPE_DELETE", False, [("b", 7003), ("c", 7002)])]
+    assert got[0].revision == first and got[2].revision == last
+    await until(lambda: set(a.catalog.services.items) == {"alone"})
