@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-renewals-per-s", type=float, default=d.max_renewals_per_s, metavar="RATE",
                    help=f"lease renewals a second the fleet may send; a larger fleet is granted a longer lease "
                         f"TTL (3 x nodes / RATE; 0: always --lease-ttl; default {d.max_renewals_per_s:.0f})")
+    p.add_argument("--max-watch-messages-per-s", type=float, default=d.max_watch_messages_per_s, metavar="RATE",
+                   help=f"live-change messages a second the node streams, and the services streams, of the fleet "
+                        f"are sent: with more streams each pauses longer after it sent and the changes meanwhile go "
+                        f"out together (streams / RATE seconds; 0: no bound; default {d.max_watch_messages_per_s:.0f})")
     p.add_argument("--grace", type=float, default=d.grace_s, help=f"seconds an unreachable node keeps its services (default {d.grace_s})")
     p.add_argument("--max-pending-joins", type=int, default=d.max_pending_joins, metavar="N",
                    help=f"joins that may wait for their turn (joins run one at a time); one more is refused at "
@@ -162,6 +166,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
         p.error("--catalog-key-overlap must be positive and shorter than --catalog-key-rotate")
     if a.max_renewals_per_s < 0:
         p.error("--max-renewals-per-s must be 0 (a fixed lease TTL) or more")
+    if a.max_watch_messages_per_s < 0:
+        p.error("--max-watch-messages-per-s must be 0 (no bound) or more")
     if a.max_pending_joins < 0:
         p.error(f"--max-pending-joins must be 0 (no bound) or more, not {a.max_pending_joins}")
     if a.catalog_record_ttl < 3:
@@ -171,7 +177,8 @@ def parse_args(argv: list[str]) -> MeshdConfig:
                        etcd_cert=a.etcd_cert,
                        etcd_key=a.etcd_key, overlay_pool=a.overlay_pool,
                        vpc_ranges=tuple(a.vpc_range or d.vpc_ranges), endpoint_ranges=tuple(a.allow_endpoint_range), lease_ttl_s=a.lease_ttl,
-                       max_renewals_per_s=a.max_renewals_per_s, max_pending_joins=a.max_pending_joins, grace_s=a.grace,
+                       max_renewals_per_s=a.max_renewals_per_s, max_watch_messages_per_s=a.max_watch_messages_per_s,
+                       max_pending_joins=a.max_pending_joins, grace_s=a.grace,
                        advertise=a.advertise, k3s_server_url=a.k3s_server_url,
                        k3s_token_file=a.k3s_token_file, node_cert_ttl_s=a.node_cert_ttl,
                        bootstrap_token_file=a.bootstrap_token_file, bootstrap_token_ttl_s=a.bootstrap_token_ttl,

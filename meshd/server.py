@@ -101,6 +101,10 @@ class MeshdConfig:
     lease_ttl_s: float = 15.0
     #: renewals a second the fleet may send: a larger fleet gets a longer lease TTL (0: always lease_ttl_s)
     max_renewals_per_s: float = 100.0
+    #: live-change messages a second each kind of watch stream (nodes, services) is sent, fleet-wide:
+    #: with more streams, each pauses longer after it sent and what changes meanwhile goes out
+    #: together (0: no bound)
+    max_watch_messages_per_s: float = limits.WATCH_LIVE_MESSAGES_PER_S
     #: an unreachable node's services leave the catalog after this many more seconds
     grace_s: float = 30.0
     #: extra names/addresses for meshd's server certificate
@@ -212,7 +216,7 @@ class Coordinator:
             self.admission, self.nodes, self.catalog, self.gossip, self.callers, self.ca, lambda: self.liveness.ttl,
             self.k3s_join, self.admin_certs)
         admission_pb2_grpc.add_AdmissionServiceServicer_to_server(self._admission_servicer, server)
-        slots = WatchSlots()
+        self.watch_slots = slots = WatchSlots(live_messages_per_s=self.config.max_watch_messages_per_s)
         # The watch methods send events encoded once for all streams (meshd.fanout): their serializer
         # passes those bytes through.
         _add_with_passthrough(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(

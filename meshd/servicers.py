@@ -37,7 +37,8 @@ EVENT = {"put": types_pb2.EVENT_TYPE_PUT, "delete": types_pb2.EVENT_TYPE_DELETE,
 #: objects per PUT while sending the current set (WatchRequest.batch)
 BATCH = 256
 #: a node watch stream (batch mode) sends live changes at most this often: the first change after
-#: a quiet spell at once, those that follow it within this time together (each node once)
+#: a quiet spell at once, those that follow it within this time together (each node once); longer
+#: with many streams (WatchSlots.pause)
 NODE_EVENTS_EVERY_S = 0.25
 
 
@@ -56,9 +57,9 @@ def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]
     return [(kind, list(objs.values()), first, last) for kind, objs, first, last in out]
 
 
-async def _pace() -> None:
-    """The pause of a node watch stream after it sent live changes."""
-    await asyncio.sleep(NODE_EVENTS_EVERY_S)
+async def _pace(seconds: float) -> None:
+    """A watch stream's pause after it sent live changes (WatchSlots.pause)."""
+    await asyncio.sleep(seconds)
 
 
 log = logging.getLogger("meshd")
@@ -90,11 +91,17 @@ class WatchSlots:
     most WATCH_SYNC_TURN_S), and for writing any message (`send_turn`: WATCH_SENDS_AT_ONCE,
     WATCH_SEND_TURN_S each). A change goes to every stream at once; without turns every
     stream would write it in the same pass of the event loop and a renewal arriving
-    meanwhile would wait for all of them."""
+    meanwhile would wait for all of them. And pauses (`pause`): the more streams of a kind are
+    open, the longer each waits after it sent live changes, so that a fleet's streams are sent
+    a bounded number of messages a second however often things change."""
 
     def __init__(self, syncs_at_once: int | None = None, turn_s: float | None = None,
-                 sends_at_once: int | None = None, send_turn_s: float | None = None) -> None:
+                 sends_at_once: int | None = None, send_turn_s: float | None = None,
+                 live_messages_per_s: float | None = None) -> None:
         self._open: dict[str, int] = {}
+        self.streams = {"nodes": 0, "services": 0}  # streams open, by kind
+        self.live_messages_per_s = limits.WATCH_LIVE_MESSAGES_PER_S if live_messages_per_s is None \
+            else live_messages_per_s
         self._syncing = asyncio.Semaphore(syncs_at_once or limits.WATCH_SYNCS_AT_ONCE)
         self.turn_s = turn_s or limits.WATCH_SYNC_TURN_S
         self._sending = asyncio.Semaphore(sends_at_once or limits.WATCH_SENDS_AT_ONCE)
@@ -114,6 +121,26 @@ class WatchSlots:
         """Wait for a turn to write one message; returns its release, as `sync_turn`."""
         await self._sending.acquire()
         return _turn(self._sending, self.send_turn_s, metrics.WATCH_SEND_TURNS_EXPIRED)
+
+    def pause(self, kind: str, floor: float = 0.0) -> float:
+        """Seconds a batch watch stream of `kind` waits after it sent live changes: `floor`, or
+        longer when the streams of its kind open would otherwise be sent more than
+        `live_messages_per_s` messages a second between them (0: no bound). Every change goes to
+        every stream; what changes during the pause goes out together, each object once."""
+        if self.live_messages_per_s <= 0:
+            return floor
+        return max(floor, self.streams[kind] / self.live_messages_per_s)
+
+    @contextlib.contextmanager
+    def stream(self, kind: str):
+        """Count a stream of `kind` while it is open."""
+        self.streams[kind] += 1
+        metrics.WATCH_STREAMS.labels(kind).inc()
+        try:
+            yield
+        finally:
+            self.streams[kind] -= 1
+            metrics.WATCH_STREAMS.labels(kind).dec()
 
     async def paced(self, messages) -> AsyncIterator:
         """A watch stream's messages, each written in a send turn."""
@@ -359,8 +386,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     async def _watch_services(self, request, context):
         caller = await self.callers.any_member(context)
-        with self.slots.hold(caller):
-            metrics.WATCH_STREAMS.labels("services").inc()
+        with self.slots.hold(caller), self.slots.stream("services"):
             done = None
             try:
                 store = self.store_token()
@@ -381,6 +407,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                         for data in self._runs(store, svc, epoch):
                             if data is not None:
                                 yield data
+                        await _pace(self.slots.pause("services"))  # what changes meanwhile goes out together
                         continue
                     if kind == "batch":
                         index += 1
@@ -402,7 +429,6 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             finally:
                 if done is not None:
                     done()
-                metrics.WATCH_STREAMS.labels("services").dec()
 
 
 class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
@@ -460,8 +486,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
 
     async def _watch_nodes(self, request, context):
         caller = await self.callers.any_member(context)
-        with self.slots.hold(caller):
-            metrics.WATCH_STREAMS.labels("nodes").inc()
+        with self.slots.hold(caller), self.slots.stream("nodes"):
             done = None
             try:
                 store = self.store_token()
@@ -490,7 +515,7 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                                                                                    revision=last))
                         # what changes meanwhile waits, and goes out as one message: a fleet joining at
                         # 50 nodes a second costs each stream a few messages a second, not 50
-                        await _pace()
+                        await _pace(self.slots.pause("nodes", NODE_EVENTS_EVERY_S))
                         continue
                     if kind == "batch":
                         index += 1
@@ -509,7 +534,6 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
             finally:
                 if done is not None:
                     done()
-                metrics.WATCH_STREAMS.labels("nodes").dec()
 
     async def Status(self, request, context):
         caller = caller_of(context)

@@ -403,9 +403,9 @@ async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_on
     armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
     plain = servicers._pace
 
-    async def pace() -> None:  # once armed, a stream's pause lasts until the changes below are all made
+    async def pace(seconds: float) -> None:  # once armed, a stream's pause lasts until the changes below are made
         if not armed.is_set():
-            return await plain()
+            return await plain(seconds)
         paused.set()
         await release.wait()
     monkeypatch.setattr(servicers, "_pace", pace)
@@ -476,3 +476,47 @@ async def test_a_batch_service_watcher_behind_gets_what_waited_grouped_each_with
                       ("EVENT_TYPE_DELETE", False, [("b", 7003), ("c", 7002)])]
     assert got[0].revision == first and got[2].revision == last
     await until(lambda: set(a.catalog.services.items) == {"alone"})
+
+
+async def test_watch_streams_pause_longer_as_more_are_open_so_the_fleet_is_sent_a_bounded_rate(tmp_path, monkeypatch):
+    """After it sent live changes, a batch watch stream pauses long enough that the open streams
+    of its kind are sent at most --max-watch-messages-per-s messages a second between them."""
+    from meshd import servicers
+    pauses: dict[str, list[float]] = {"nodes": [], "services": []}
+    plain = servicers.WatchSlots.pause
+
+    def pause(self, kind: str, floor: float = 0.0) -> float:
+        pauses[kind].append(plain(self, kind, floor))
+        return pauses[kind][-1]
+
+    async def pace(seconds: float) -> None:  # the pause is recorded, not taken
+        pass
+    monkeypatch.setattr(servicers.WatchSlots, "pause", pause)
+    monkeypatch.setattr(servicers, "_pace", pace)
+    m = await Mesh(tmp_path, max_watch_messages_per_s=4).start()
+    try:
+        one = await m.agent("one")
+        two = await m.agent("two")  # each agent keeps a node stream and a services stream
+        streams = [m.nodes().WatchNodes(types_pb2.WatchRequest(batch=True)) for _ in range(2)]
+        streams += [m.catalog().WatchServices(types_pb2.WatchRequest(batch=True)) for _ in range(2)]
+        for stream in streams:
+            events = stream.__aiter__()
+            while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
+                pass
+        pauses["nodes"].clear(), pauses["services"].clear()
+        await m.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name="two", drain=True))
+        await one.catalog_stub.Expose(svc("paced", 7000))
+        await until(lambda: len(pauses["nodes"]) >= 4 and len(pauses["services"]) >= 4)
+        assert set(pauses["nodes"]) == set(pauses["services"]) == {1.0}  # 4 streams, 4 messages a second
+        for stream in streams:
+            stream.cancel()
+        await until(lambda: m.coordinator.watch_slots.streams == {"nodes": 2, "services": 2})
+        pauses["nodes"].clear(), pauses["services"].clear()
+        await m.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name="two", drain=False))
+        await one.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name="paced"))
+        await until(lambda: len(pauses["nodes"]) >= 2 and len(pauses["services"]) >= 2)
+        assert set(pauses["nodes"]) == set(pauses["services"]) == {0.5}  # the agents' own streams
+        await until(lambda: "paced" not in two.catalog.services.items
+                    and [n.drained for n in one.catalog.nodes.items.values() if n.name == "two"] == [False])
+    finally:
+        await m.close()

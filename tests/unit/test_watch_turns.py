@@ -1,10 +1,17 @@
 """Turns for sending a watch stream's initial set, and for writing each message: bounded, and
-never held for long."""
+never held for long; and the pause after live changes, which grows with the streams open."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 
+import pytest
+
+from meshcore import limits
 from meshd import metrics
 from meshd.servicers import WatchSlots
 
@@ -94,3 +101,34 @@ async def test_a_write_that_outlasts_its_turn_lets_the_others_go_on_and_a_closed
     assert closed == ["other"]
     await stalled.aclose()
     assert await asyncio.wait_for(anext(slots.paced(messages("third"))), 5) == ("third", 0)
+
+
+def test_a_stream_pauses_by_the_streams_of_its_kind_open_and_the_rate_with_a_floor():
+    slots = WatchSlots(live_messages_per_s=4000)
+    assert slots.pause("nodes", 0.25) == 0.25 and slots.pause("services") == 0  # none open
+    with contextlib.ExitStack() as open_streams:
+        open_streams.enter_context(slots.stream("services"))
+        assert slots.pause("services") == 1 / 4000 and slots.pause("nodes", 0.25) == 0.25
+        for _ in range(5000):
+            open_streams.enter_context(slots.stream("nodes"))
+        assert slots.pause("nodes", 0.25) == 1.25 and slots.pause("services") == 1 / 4000
+    assert slots.pause("nodes", 0.25) == 0.25 and slots.pause("services") == 0  # closed streams count no more
+    assert WatchSlots(live_messages_per_s=0).pause("services") == 0  # no bound
+    assert WatchSlots(live_messages_per_s=0).pause("nodes", 0.25) == 0.25
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_a_bad_max_watch_messages_per_s_is_one_line_naming_the_rule(value):
+    r = subprocess.run([sys.executable, "-m", "meshd.main", f"--max-watch-messages-per-s={value}"],
+                       capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--max-watch-messages-per-s" in errors[0], r.stderr
+    if value == "-1":
+        assert "must be 0 (no bound) or more" in errors[0]
+
+
+def test_max_watch_messages_per_s_reaches_the_config(tmp_path):
+    from meshd.main import parse_args
+    assert parse_args(["--state-dir", str(tmp_path)]).max_watch_messages_per_s == limits.WATCH_LIVE_MESSAGES_PER_S
+    assert parse_args(["--state-dir", str(tmp_path), "--max-watch-messages-per-s", "0"]).max_watch_messages_per_s == 0
