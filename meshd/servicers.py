@@ -44,8 +44,9 @@ NODE_EVENTS_EVERY_S = 0.25
 
 def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]]:
     """Changes (kind, object, revision) as runs of one kind, each object once per run with its
-    last change: [(kind, objects, first revision, last revision), ...]. A node that flapped
-    three times while its watcher was behind is sent once, as it is now."""
+    last change, in the order of those changes: [(kind, objects, first revision, last
+    revision), ...]. A node that flapped three times while its watcher was behind is sent once,
+    as it is now."""
     out: list[list] = []
     for kind, obj, rev in changes:
         if not out or out[-1][0] != kind:
@@ -55,6 +56,14 @@ def runs(changes: list[tuple], key: Callable) -> list[tuple[str, list, int, int]
         run[1][key(obj)] = obj
         run[3] = rev
     return [(kind, list(objs.values()), first, last) for kind, objs, first, last in out]
+
+
+def chunks(objs: list) -> list[list]:
+    """A run's objects (in the order of their last change, as `runs` lists them) in messages of
+    at most BATCH, each message's revision its last object's: an agent applies each message's
+    objects as of their own revisions and resumes after the highest, so one cut off between two
+    messages misses none of the rest."""
+    return [objs[i:i + BATCH] for i in range(0, len(objs), BATCH)]
 
 
 async def _pace(seconds: float) -> None:
@@ -364,8 +373,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                                        lambda: self._change_event(kind, only, only.revision))
                 continue
             deleted = kind == "delete"
-            for i in range(0, len(objs), BATCH):
-                part = objs[i:i + BATCH]
+            for i, part in enumerate(chunks(objs)):
                 header = catalog_pb2.ServiceEvent(type=EVENT[kind], revision=part[-1].revision)
                 yield self.encoded.get(
                     (store, "run", kind, first, last, len(objs), i, epoch),
@@ -509,10 +517,11 @@ class NodeServicer(nodes_pb2_grpc.NodeServiceServicer):
                                 yield self.encoded.get((store, run_kind, only.revision, only.id),
                                                        lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], node=only,
                                                                                    revision=only.revision))
-                            else:
-                                yield self.encoded.get((store, "run", run_kind, first, last, len(objs)),
-                                                       lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], nodes=objs,
-                                                                                   revision=last))
+                                continue
+                            for i, part in enumerate(chunks(objs)):
+                                yield self.encoded.get((store, "run", run_kind, first, last, len(objs), i),
+                                                       lambda: nodes_pb2.NodeEvent(type=EVENT[run_kind], nodes=part,
+                                                                                   revision=part[-1].revision))
                         # what changes meanwhile waits, and goes out as one message: a fleet joining at
                         # 50 nodes a second costs each stream a few messages a second, not 50
                         await _pace(self.slots.pause("nodes", NODE_EVENTS_EVERY_S))

@@ -520,3 +520,52 @@ async def test_watch_streams_pause_longer_as_more_are_open_so_the_fleet_is_sent_
                     and [n.drained for n in one.catalog.nodes.items.values() if n.name == "two"] == [False])
     finally:
         await m.close()
+
+
+async def test_a_grouped_run_longer_than_a_batch_comes_in_order_and_a_cut_stream_resumes_missing_nothing(
+        mesh, monkeypatch):
+    """What waited for a batch node watcher goes out in messages of at most BATCH nodes, in the
+    order of their last change, each message's revision its last node's: a watcher cut off after
+    the first resumes from that revision and gets the rest."""
+    from meshd import servicers
+    monkeypatch.setattr(servicers, "BATCH", 1)
+    armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    plain = servicers._pace
+
+    async def pace(seconds: float) -> None:  # once armed, a stream's pause lasts until the changes below are made
+        if not armed.is_set():
+            return await plain(seconds)
+        paused.set()
+        await release.wait()
+    monkeypatch.setattr(servicers, "_pace", pace)
+    await mesh.agent("one")
+    await mesh.agent("two")
+    stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
+    events = stream.__aiter__()
+    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
+        pass
+
+    async def drain(name: str, on: bool) -> int:
+        resp = await mesh.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name=name, drain=on))
+        return resp.node.revision
+
+    armed.set()
+    await drain("one", True)  # sent at once, alone; the stream then pauses
+    assert (await asyncio.wait_for(anext(events), 30)).node.name == "one"
+    await asyncio.wait_for(paused.wait(), 30)
+    revs = [await drain("one", False), await drain("two", True), await drain("one", True)]
+    release.set()
+    parts = [await asyncio.wait_for(anext(events), 30) for _ in range(2)]
+    stream.cancel()
+    assert [[(n.name, n.drained, n.revision) for n in p.nodes] for p in parts] == \
+        [[("two", True, revs[1])], [("one", True, revs[2])]]
+    assert [p.revision for p in parts] == [revs[1], revs[2]]
+    # cut off after the first message: resuming from its revision brings the rest
+    resumed = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True, from_revision=parts[0].revision))
+    got = []
+    async for ev in resumed:
+        got += [(n.name, n.drained) for n in ev.nodes] or ([(ev.node.name, ev.node.drained)] if ev.HasField("node") else [])
+        if ev.type == types_pb2.EVENT_TYPE_SYNCED or len(got) >= 1:
+            break
+    resumed.cancel()
+    assert got == [("one", True)]
