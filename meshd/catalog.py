@@ -24,6 +24,8 @@ left with a stale or partial copy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -229,9 +231,9 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
     With `chunk`, the current set after "reset" comes as ("batch", [(object, revision), ...],
     highest revision) of up to `chunk` objects each, not one "put" per object.
 
-    With `grouped`, the changes after the current set (or the resumed history) come as the
-    store hands them over instead, one ("changes", [(kind, object, revision), ...], last
-    revision) per batch: a watcher that fell behind gets what waited for it at once.
+    With `grouped`, the changes after the current set (or the resumed history) come as
+    ("changes", [(kind, object, revision), ...], last revision): everything the store has
+    handed over by the time the watcher asks again, at once (see _gathered).
 
     Resuming after `from_revision` replays exactly what was missed, then
     "synced". From 0, a compacted revision, or one ahead of the store (the
@@ -247,17 +249,17 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         except Compacted:
             await stream.aclose()
         else:
+            if grouped:
+                async for item in _gathered(stream, first, decode_fn, from_revision, history=True):
+                    yield item
+                return
             batch, last = first, from_revision
             while True:
                 if not batch:
                     yield ("synced", None, last)
-                elif grouped:
-                    last = batch[-1].revision
-                    yield ("changes", _changes(decode_fn, batch), last)
-                else:
-                    for e in batch:
-                        last = e.revision
-                        yield (e.type, _decoded(decode_fn, e), e.revision)
+                for e in batch:
+                    last = e.revision
+                    yield (e.type, _decoded(decode_fn, e), e.revision)
                 batch = await anext(stream)
     if snapshot is not None:
         items, rev = await snapshot()
@@ -273,13 +275,65 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         for obj, mod_revision in items:
             yield ("put", obj, mod_revision)
     yield ("synced", None, rev)
+    if grouped:
+        async for item in _gathered(store.watch(prefix, rev), None, decode_fn, rev, history=False):
+            yield item
+        return
     async for batch in store.watch(prefix, rev):
-        if grouped:
-            if batch:
-                yield ("changes", _changes(decode_fn, batch), batch[-1].revision)
-            continue
         for e in batch:
             yield (e.type, _decoded(decode_fn, e), e.revision)
+
+
+async def _gathered(stream: AsyncIterator[list[Event]], first: list[Event] | None, decode_fn, last: int,
+                    history: bool) -> AsyncIterator[tuple]:
+    """A store watch's batches as ("changes", ...) groups, read by a task of their own: whatever
+    arrived while the watcher was sending or pausing (meshd.servicers.WatchSlots.pause) goes out
+    as one group, however the store hands it over (SQLite joins what waits in a watcher's queue;
+    etcd sends a revision at a time, and a resumed history comes a revision at a time from
+    both). At most WATCH_QUEUE_BATCHES batches wait here; past that the store's own bound for a
+    watcher that does not read applies. With `history`, the empty batch that ends the history
+    is ("synced", None, revision)."""
+    waiting: asyncio.Queue = asyncio.Queue(limits.WATCH_QUEUE_BATCHES)
+
+    async def read() -> None:
+        try:
+            if first is not None:
+                await waiting.put(first)
+            async for batch in stream:
+                await waiting.put(batch)
+            await waiting.put(StopAsyncIteration())
+        except Exception as e:  # noqa: BLE001 (handed to the watcher, which raises it)
+            await waiting.put(e)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            items = [await waiting.get()]
+            while not waiting.empty():
+                items.append(waiting.get_nowait())
+            events: list[Event] = []
+            for item in items:
+                if isinstance(item, BaseException) or (history and not item):
+                    if events:
+                        yield ("changes", _changes(decode_fn, events), last)
+                        events = []
+                    if isinstance(item, StopAsyncIteration):
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    history = False
+                    yield ("synced", None, last)
+                    continue
+                if item:
+                    events += item
+                    last = item[-1].revision
+            if events:
+                yield ("changes", _changes(decode_fn, events), last)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await stream.aclose()
 
 
 def _changes(decode_fn, batch: list[Event]) -> list[tuple]:

@@ -569,3 +569,21 @@ async def test_a_grouped_run_longer_than_a_batch_comes_in_order_and_a_cut_stream
             break
     resumed.cancel()
     assert got == [("one", True)]
+
+
+async def test_a_batch_watcher_resuming_gets_the_history_it_missed_as_one_group_then_synced(mesh):
+    """A resumed history comes from the store a revision at a time; a batch watcher gets it as
+    one group (runs of one kind, each service once as it is now), not one message per revision
+    each followed by its pause."""
+    a = await mesh.agent()
+    listed = await mesh.catalog().ListServices(catalog_pb2.ListServicesRequest())
+    for name, port in (("one", 7001), ("two", 7002), ("one", 7003), ("three", 7004)):
+        await a.catalog_stub.Expose(svc(name, port))
+    stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True, from_revision=listed.revision))
+    got = []
+    async for ev in stream:
+        got.append((types_pb2.EventType.Name(ev.type), [(s.name, s.port) for s in ev.services]))
+        if ev.type == types_pb2.EVENT_TYPE_SYNCED:
+            break
+    stream.cancel()
+    assert got == [("EVENT_TYPE_PUT", [("two", 7002), ("one", 7003), ("three", 7004)]), ("EVENT_TYPE_SYNCED", [])]
