@@ -231,9 +231,9 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
     With `chunk`, the current set after "reset" comes as ("batch", [(object, revision), ...],
     highest revision) of up to `chunk` objects each, not one "put" per object.
 
-    With `grouped`, the changes after the current set (or the resumed history) come as
-    ("changes", [(kind, object, revision), ...], last revision): everything the store has
-    handed over by the time the watcher asks again, at once (see _gathered).
+    With `grouped`, the changes after the current set come as ("changes", [(kind, object,
+    revision), ...], last revision): everything the store has handed over by the time the
+    watcher asks again, at once (see _read_ahead); a resumed history comes as one such group.
 
     Resuming after `from_revision` replays exactly what was missed, then
     "synced". From 0, a compacted revision, or one ahead of the store (the
@@ -242,6 +242,7 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
     shares the current set's read between streams; its objects must not be changed."""
     if from_revision > await store.revision():
         from_revision = 0
+    live = None
     if from_revision > 0:
         stream = store.watch(prefix, from_revision)
         try:
@@ -249,58 +250,67 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         except Compacted:
             await stream.aclose()
         else:
-            if grouped:
-                async for item in _gathered(stream, first, decode_fn, from_revision, history=True):
-                    yield item
-                return
-            batch, last = first, from_revision
-            while True:
-                if not batch:
-                    yield ("synced", None, last)
-                for e in batch:
-                    last = e.revision
-                    yield (e.type, _decoded(decode_fn, e), e.revision)
-                batch = await anext(stream)
-    if snapshot is not None:
-        items, rev = await snapshot()
-    else:
-        kvs, rev = await store.range(prefix)
-        items = [(decode_fn(kv), kv.mod_revision) for kv in kvs]
-    yield ("reset", None, rev)
-    if chunk:
-        for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
-            yield ("batch", part, max(r for _, r in part))
-    else:
-        for obj, mod_revision in items:
-            yield ("put", obj, mod_revision)
-    yield ("synced", None, rev)
-    if grouped:
-        async for item in _gathered(store.watch(prefix, rev), None, decode_fn, rev, history=False):
+            if grouped:  # the history, up to the empty batch that ends it, as one group
+                events, batch = [], first
+                while batch:
+                    events += batch
+                    batch = await anext(stream)
+                last = events[-1].revision if events else from_revision
+                if events:
+                    yield ("changes", _changes(decode_fn, events), last)
+                yield ("synced", None, last)
+                live = stream
+            else:
+                batch, last = first, from_revision
+                while True:
+                    if not batch:
+                        yield ("synced", None, last)
+                    for e in batch:
+                        last = e.revision
+                        yield (e.type, _decoded(decode_fn, e), e.revision)
+                    batch = await anext(stream)
+    if live is None:
+        if snapshot is not None:
+            items, rev = await snapshot()
+        else:
+            kvs, rev = await store.range(prefix)
+            items = [(decode_fn(kv), kv.mod_revision) for kv in kvs]
+        yield ("reset", None, rev)
+        if chunk:
+            for i in range(0, len(items), chunk):
+                part = items[i:i + chunk]
+                yield ("batch", part, max(r for _, r in part))
+        else:
+            for obj, mod_revision in items:
+                yield ("put", obj, mod_revision)
+        yield ("synced", None, rev)
+        live = store.watch(prefix, rev)
+    if grouped and not store.joins_waiting:
+        async for item in _read_ahead(live, decode_fn):
             yield item
         return
-    async for batch in store.watch(prefix, rev):
+    async for batch in live:
+        if grouped:
+            if batch:
+                yield ("changes", _changes(decode_fn, batch), batch[-1].revision)
+            continue
         for e in batch:
             yield (e.type, _decoded(decode_fn, e), e.revision)
 
 
-async def _gathered(stream: AsyncIterator[list[Event]], first: list[Event] | None, decode_fn, last: int,
-                    history: bool) -> AsyncIterator[tuple]:
-    """A store watch's batches as ("changes", ...) groups, read by a task of their own: whatever
-    arrived while the watcher was sending or pausing (meshd.servicers.WatchSlots.pause) goes out
-    as one group, however the store hands it over (SQLite joins what waits in a watcher's queue;
-    etcd sends a revision at a time, and a resumed history comes a revision at a time from
-    both). At most WATCH_QUEUE_BATCHES batches wait here; past that the store's own bound for a
-    watcher that does not read applies. With `history`, the empty batch that ends the history
-    is ("synced", None, revision)."""
+async def _read_ahead(stream: AsyncIterator[list[Event]], decode_fn) -> AsyncIterator[tuple]:
+    """A store watch's live batches as ("changes", ...) groups, for a store that hands over a
+    revision at a time (etcd; SQLite's watch joins what waited for a slow reader itself): a task
+    of the stream's own reads ahead into a queue (at most WATCH_QUEUE_BATCHES batches; past that
+    the store's own bound for a watcher that does not read applies), and whatever arrived while
+    the watcher was sending or pausing (meshd.servicers.WatchSlots.pause) goes out as one group."""
     waiting: asyncio.Queue = asyncio.Queue(limits.WATCH_QUEUE_BATCHES)
 
     async def read() -> None:
         try:
-            if first is not None:
-                await waiting.put(first)
             async for batch in stream:
-                await waiting.put(batch)
+                if batch:
+                    await waiting.put(batch)
             await waiting.put(StopAsyncIteration())
         except Exception as e:  # noqa: BLE001 (handed to the watcher, which raises it)
             await waiting.put(e)
@@ -311,24 +321,14 @@ async def _gathered(stream: AsyncIterator[list[Event]], first: list[Event] | Non
             items = [await waiting.get()]
             while not waiting.empty():
                 items.append(waiting.get_nowait())
-            events: list[Event] = []
-            for item in items:
-                if isinstance(item, BaseException) or (history and not item):
-                    if events:
-                        yield ("changes", _changes(decode_fn, events), last)
-                        events = []
-                    if isinstance(item, StopAsyncIteration):
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    history = False
-                    yield ("synced", None, last)
-                    continue
-                if item:
-                    events += item
-                    last = item[-1].revision
+            end = items[-1] if isinstance(items[-1], BaseException) else None
+            events = [e for batch in (items[:-1] if end else items) for e in batch]
             if events:
-                yield ("changes", _changes(decode_fn, events), last)
+                yield ("changes", _changes(decode_fn, events), events[-1].revision)
+            if isinstance(end, StopAsyncIteration):
+                return
+            if end is not None:
+                raise end
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -162,6 +162,10 @@ class Store(abc.ABC):
         """Revoke expired leases where the backend leaves that to its owner (SQLite); etcd does it itself."""
         return 0
 
+    #: whether `watch` hands a reader that fell behind what waited for it as one batch (SQLite);
+    #: False: one revision at a time, however far behind (etcd)
+    joins_waiting: bool = False
+
     @abc.abstractmethod
     def watch(self, prefix: str, from_revision: int) -> AsyncIterator[list[Event]]:
         """Batches of events after `from_revision`: history, one empty batch, then live.

@@ -80,6 +80,8 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
 
 
 class SQLiteStore(Store):
+    joins_waiting = True  # a watcher's queue is taken whole (watch)
+
     def __init__(self, path: Path | str, clock: Clock = SYSTEM, retain: int = 10_000) -> None:
         self.path = Path(path)
         self.describe = f"sqlite:{self.path}"
@@ -329,18 +331,11 @@ class SQLiteStore(Store):
                 while item is not None and not q.empty():  # a watcher behind gets what waits as one batch
                     more = q.get_nowait()
                     item = None if more is None else item + more
-                if item is None:  # we lagged: our queue was dropped; the history has it all
+                if item is None:  # we lagged: our queue was dropped; the history has it all, as one batch
                     history, _ = await self._read(self._history, prefix, last)
-                    batch = []
-                    for e in history:  # one batch per revision
-                        if batch and e.revision != batch[0].revision:
-                            last = batch[0].revision
-                            yield batch
-                            batch = []
-                        batch.append(e)
-                    if batch:
-                        last = batch[0].revision
-                        yield batch
+                    if history:
+                        last = history[-1].revision
+                        yield history
                     continue
                 fresh = [e for e in item if e.revision > last]
                 if fresh:
