@@ -104,8 +104,9 @@ WATCH_SEND_TURN_S = 2.0
 #: streams / rate seconds (meshd.servicers.WatchSlots.pause: 25 ms at 50 streams, 0.5 s at
 #: 1,000, 2.5 s at 5,000) and what changes meanwhile goes out together. At 5,000 simulated
 #: agents (a change every half second, a node arriving every 20 ms) a renewal's p99 was
-#: 565 ms with only node streams paced (0.25 s), 225 ms at 4,000 and 37 ms at 2,000; a
-#: change reached every stream in 2.7 s, 1.6 s and 2.6 s (p99). The cost is in smaller
+#: 565 ms with only node streams paced (0.25 s), 225 ms at 4,000 and 37 ms at 2,000 (in
+#: later runs at 2,000 from 114 to 422 ms as the machine's load moved); a change reached
+#: every stream in 2.7 s, 1.6 s and 2.6 s (p99). The cost is in smaller
 #: fleets that keep up anyway: at 1,000 agents a change reached every stream in 202 ms
 #: (p99) with only node streams paced, 338 ms at 4,000 and 671 ms at 2,000
 WATCH_LIVE_MESSAGES_PER_S = 2000
