@@ -144,6 +144,33 @@ async def eventually(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: f
     return pred()
 
 
+class HeldPauses:
+    """Batch watch streams' pauses after live changes (meshd.servicers._pace), as they are until
+    `armed` is set; from then on a pause sets `paused` and lasts until `release` is set, so a
+    test can make changes while a stream waits."""
+
+    def __init__(self, monkeypatch) -> None:
+        from meshd import servicers
+        self.armed, self.paused, self.release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        plain = servicers._pace
+
+        async def pace(seconds: float) -> None:
+            if not self.armed.is_set():
+                return await plain(seconds)
+            self.paused.set()
+            await self.release.wait()
+        monkeypatch.setattr(servicers, "_pace", pace)
+
+
+async def synced(stream):
+    """The events of a watch stream, read past its SYNCED."""
+    from mesh.v1 import types_pb2
+    events = stream.__aiter__()
+    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
+        pass
+    return events
+
+
 def wait_for(fn, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
     """Call fn() until it returns something true (returned); bounded in time, for tests outside asyncio."""
     import time

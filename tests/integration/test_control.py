@@ -12,7 +12,7 @@ from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_
 from meshagent.agent import Agent, channel_options
 from meshcore import pki
 from meshcore.errors import InvalidArgument, Unauthenticated
-from tests.meshfix import Mesh, manual_clock, mesh, until  # noqa: F401  (fixture)
+from tests.meshfix import HeldPauses, Mesh, manual_clock, mesh, synced, until  # noqa: F401  (fixture)
 
 
 def svc(name: str, port: int = 8000, **kw) -> catalog_pb2.ExposeRequest:
@@ -398,35 +398,26 @@ async def test_labels_follow_the_kubernetes_label_syntax_for_tokens_joins_and_re
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "Kubernetes label syntax" in details
 
 
-async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_once(mesh, monkeypatch):
-    from meshd import servicers
-    armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    plain = servicers._pace
+async def drain(mesh: Mesh, name: str, on: bool) -> int:
+    """Drain (or undrain) a node through meshd's admin socket; the revision of the change."""
+    resp = await mesh.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name=name, drain=on))
+    return resp.node.revision
 
-    async def pace(seconds: float) -> None:  # once armed, a stream's pause lasts until the changes below are made
-        if not armed.is_set():
-            return await plain(seconds)
-        paused.set()
-        await release.wait()
-    monkeypatch.setattr(servicers, "_pace", pace)
+
+async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_once(mesh, monkeypatch):
+    pauses = HeldPauses(monkeypatch)
     await mesh.agent("one")
     await mesh.agent("two")
     stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
-    events = stream.__aiter__()
-    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
-        pass
-
-    async def drain(name: str, on: bool) -> int:
-        resp = await mesh.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name=name, drain=on))
-        return resp.node.revision
-
-    armed.set()
-    await drain("one", True)  # the first change after a quiet spell: sent at once, alone
+    events = await synced(stream)
+    pauses.armed.set()
+    await drain(mesh, "one", True)  # the first change after a quiet spell: sent at once, alone
     first = await asyncio.wait_for(anext(events), 30)
     assert first.node.name == "one" and first.node.drained and not first.nodes
-    await asyncio.wait_for(paused.wait(), 30)
-    revs = [await drain("two", True), await drain("one", False), await drain("one", True), await drain("one", False)]
-    release.set()
+    await asyncio.wait_for(pauses.paused.wait(), 30)
+    revs = [await drain(mesh, "two", True), await drain(mesh, "one", False), await drain(mesh, "one", True),
+            await drain(mesh, "one", False)]
+    pauses.release.set()
     grouped = await asyncio.wait_for(anext(events), 30)
     stream.cancel()
     assert grouped.type == types_pb2.EVENT_TYPE_PUT and not grouped.HasField("node")
@@ -450,9 +441,7 @@ async def test_a_batch_service_watcher_behind_gets_what_waited_grouped_each_with
     gate.set()
     monkeypatch.setattr(servicers.WatchSlots, "send_turn", send_turn)
     a = await mesh.agent("grouped")
-    events = mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True)).__aiter__()
-    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
-        pass
+    events = await synced(mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True)))
     gate.clear()
     first = (await a.catalog_stub.Expose(svc("alone", 7000))).service.revision
     await asyncio.wait_for(waiting.wait(), 10)  # its write waits for a turn; what follows waits behind it
@@ -500,11 +489,9 @@ async def test_watch_streams_pause_longer_as_more_are_open_so_the_fleet_is_sent_
         streams = [m.nodes().WatchNodes(types_pb2.WatchRequest(batch=True)) for _ in range(2)]
         streams += [m.catalog().WatchServices(types_pb2.WatchRequest(batch=True)) for _ in range(2)]
         for stream in streams:
-            events = stream.__aiter__()
-            while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
-                pass
+            await synced(stream)
         pauses["nodes"].clear(), pauses["services"].clear()
-        await m.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name="two", drain=True))
+        await drain(m, "two", True)
         await one.catalog_stub.Expose(svc("paced", 7000))
         await until(lambda: len(pauses["nodes"]) >= 4 and len(pauses["services"]) >= 4)
         assert set(pauses["nodes"]) == set(pauses["services"]) == {1.0}  # 4 streams, 4 messages a second
@@ -512,7 +499,7 @@ async def test_watch_streams_pause_longer_as_more_are_open_so_the_fleet_is_sent_
             stream.cancel()
         await until(lambda: m.coordinator.watch_slots.streams == {"nodes": 2, "services": 2})
         pauses["nodes"].clear(), pauses["services"].clear()
-        await m.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name="two", drain=False))
+        await drain(m, "two", False)
         await one.catalog_stub.Unexpose(catalog_pb2.UnexposeRequest(name="paced"))
         await until(lambda: len(pauses["nodes"]) >= 2 and len(pauses["services"]) >= 2)
         assert set(pauses["nodes"]) == set(pauses["services"]) == {0.5}  # the agents' own streams
@@ -529,32 +516,17 @@ async def test_a_grouped_run_longer_than_a_batch_comes_in_order_and_a_cut_stream
     the first resumes from that revision and gets the rest."""
     from meshd import servicers
     monkeypatch.setattr(servicers, "BATCH", 1)
-    armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    plain = servicers._pace
-
-    async def pace(seconds: float) -> None:  # once armed, a stream's pause lasts until the changes below are made
-        if not armed.is_set():
-            return await plain(seconds)
-        paused.set()
-        await release.wait()
-    monkeypatch.setattr(servicers, "_pace", pace)
+    pauses = HeldPauses(monkeypatch)
     await mesh.agent("one")
     await mesh.agent("two")
     stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
-    events = stream.__aiter__()
-    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
-        pass
-
-    async def drain(name: str, on: bool) -> int:
-        resp = await mesh.nodes().DrainNode(nodes_pb2.DrainNodeRequest(id_or_name=name, drain=on))
-        return resp.node.revision
-
-    armed.set()
-    await drain("one", True)  # sent at once, alone; the stream then pauses
+    events = await synced(stream)
+    pauses.armed.set()
+    await drain(mesh, "one", True)  # sent at once, alone; the stream then pauses
     assert (await asyncio.wait_for(anext(events), 30)).node.name == "one"
-    await asyncio.wait_for(paused.wait(), 30)
-    revs = [await drain("one", False), await drain("two", True), await drain("one", True)]
-    release.set()
+    await asyncio.wait_for(pauses.paused.wait(), 30)
+    revs = [await drain(mesh, "one", False), await drain(mesh, "two", True), await drain(mesh, "one", True)]
+    pauses.release.set()
     parts = [await asyncio.wait_for(anext(events), 30) for _ in range(2)]
     stream.cancel()
     assert [[(n.name, n.drained, n.revision) for n in p.nodes] for p in parts] == \

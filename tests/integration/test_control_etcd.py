@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from mesh.v1 import catalog_pb2, types_pb2
-from tests.meshfix import Mesh, until
+from tests.meshfix import HeldPauses, Mesh, synced, until
 
 pytestmark = pytest.mark.slow
 
@@ -92,29 +92,18 @@ async def test_two_replicas_share_renewals_so_the_leader_never_expires_a_live_no
 async def test_a_paused_batch_watcher_on_etcd_gets_what_changed_meanwhile_as_one_message(mesh_on_etcd, monkeypatch):
     """etcd hands a watcher one revision at a time; what arrives while a batch stream pauses
     after sending still goes out together."""
-    from meshd import servicers
     mesh = mesh_on_etcd
-    armed, paused, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    plain = servicers._pace
-
-    async def pace(seconds: float) -> None:  # once armed, a pause lasts until the changes below are made
-        if not armed.is_set():
-            return await plain(seconds)
-        paused.set()
-        await release.wait()
-    monkeypatch.setattr(servicers, "_pace", pace)
+    pauses = HeldPauses(monkeypatch)
     a = await mesh.agent("writer")
     stream = mesh.catalog().WatchServices(types_pb2.WatchRequest(batch=True))
-    events = stream.__aiter__()
-    while (await asyncio.wait_for(anext(events), 10)).type != types_pb2.EVENT_TYPE_SYNCED:
-        pass
-    armed.set()
+    events = await synced(stream)
+    pauses.armed.set()
     await a.catalog_stub.Expose(svc("first", 7000))
     assert (await asyncio.wait_for(anext(events), 10)).service.name == "first"  # at once, alone
-    await asyncio.wait_for(paused.wait(), 10)
+    await asyncio.wait_for(pauses.paused.wait(), 10)
     for name, port in (("b", 7001), ("c", 7002), ("b", 7003)):
         await a.catalog_stub.Expose(svc(name, port))
-    release.set()
+    pauses.release.set()
     grouped = await asyncio.wait_for(anext(events), 10)
     stream.cancel()
     assert [(s.name, s.port) for s in grouped.services] == [("c", 7002), ("b", 7003)]
