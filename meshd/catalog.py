@@ -258,6 +258,7 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
                 last = events[-1].revision if events else from_revision
                 if events:
                     yield ("changes", _changes(decode_fn, events), last)
+                del events, batch, first  # held for the stream's life otherwise
                 yield ("synced", None, last)
                 live = stream
             else:
@@ -283,6 +284,9 @@ async def watch_prefix(store: Store, prefix: str, from_revision: int, decode_fn,
         else:
             for obj, mod_revision in items:
                 yield ("put", obj, mod_revision)
+        # the set is sent: a stream lives as long as its agent, and would otherwise keep the list
+        # of the revision it started at (a fleet joining makes a new one at every join)
+        items = part = kvs = None
         yield ("synced", None, rev)
         live = store.watch(prefix, rev)
     if grouped and not store.joins_waiting:

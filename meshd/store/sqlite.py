@@ -326,6 +326,7 @@ class SQLiteStore(Store):
             if batch:
                 yield batch
             yield []  # caught up
+            history = batch = None  # not kept while the watcher waits (a stream lives as long as its agent)
             while True:
                 item = await q.get()
                 while item is not None and not q.empty():  # a watcher behind gets what waits as one batch
@@ -336,6 +337,7 @@ class SQLiteStore(Store):
                     if history:
                         last = history[-1].revision
                         yield history
+                    history = None
                     continue
                 fresh = [e for e in item if e.revision > last]
                 if fresh:

@@ -82,3 +82,36 @@ async def test_a_change_is_decoded_once_for_every_catalog_watcher(tmp_path):
             await w.aclose()
     finally:
         await store.close()
+
+
+async def test_a_stream_past_the_set_keeps_no_reference_to_the_set_it_sent(tmp_path):
+    """A stream lives as long as its agent; the list of the set as of the revision it started at
+    (a new one at each revision while a fleet joins) must not live as long."""
+    import asyncio
+    import gc
+    from types import SimpleNamespace
+
+    from meshd.catalog import watch_prefix
+
+    def obj(kv):  # a live change's object gets its revision set, as a protobuf message does
+        return SimpleNamespace(value=kv.value)
+    store = SQLiteStore(tmp_path / "db")
+    try:
+        for k in "abcde":
+            await store.put(f"/x/{k}", k.encode())
+        snaps = Snapshots(store, "/x/", obj)
+        items, _ = await snaps.get()
+        for grouped in (False, True):
+            w = watch_prefix(store, "/x/", 0, obj, snaps.get, grouped=grouped, chunk=2)
+            kinds = [(await anext(w))[0] for _ in range(5)]
+            assert kinds == ["reset", "batch", "batch", "batch", "synced"]
+            waiting = asyncio.ensure_future(anext(w))  # suspended inside, waiting for a live change
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            assert w not in gc.get_referrers(items)
+            await store.put("/x/f", b"f")
+            got = await asyncio.wait_for(waiting, 5)
+            assert got[0] in ("put", "changes")
+            await w.aclose()
+    finally:
+        await store.close()
