@@ -145,21 +145,21 @@ async def eventually(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: f
 
 
 class HeldPauses:
-    """Batch watch streams' pauses after live changes (meshd.servicers._pace), as they are until
-    `armed` is set; from then on a pause sets `paused` and lasts until `release` is set, so a
-    test can make changes while a stream waits."""
+    """Batch watch streams' pauses after live changes (meshd.servicers.WatchSlots.wait), as they
+    are until `armed` is set; from then on a pause sets `paused` and lasts until `release` is
+    set, so a test can make changes while a stream waits."""
 
     def __init__(self, monkeypatch) -> None:
         from meshd import servicers
         self.armed, self.paused, self.release = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        plain = servicers._pace
+        plain = servicers.WatchSlots.wait
 
-        async def pace(seconds: float) -> None:
+        async def wait(slots, seconds: float) -> None:
             if not self.armed.is_set():
-                return await plain(seconds)
+                return await plain(slots, seconds)
             self.paused.set()
             await self.release.wait()
-        monkeypatch.setattr(servicers, "_pace", pace)
+        monkeypatch.setattr(servicers.WatchSlots, "wait", wait)
 
 
 async def synced(stream):

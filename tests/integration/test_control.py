@@ -478,10 +478,10 @@ async def test_watch_streams_pause_longer_as_more_are_open_so_the_fleet_is_sent_
         pauses[kind].append(plain(self, kind, floor))
         return pauses[kind][-1]
 
-    async def pace(seconds: float) -> None:  # the pause is recorded, not taken
+    async def wait(self, seconds: float) -> None:  # the pause is recorded, not taken
         pass
     monkeypatch.setattr(servicers.WatchSlots, "pause", pause)
-    monkeypatch.setattr(servicers, "_pace", pace)
+    monkeypatch.setattr(servicers.WatchSlots, "wait", wait)
     m = await Mesh(tmp_path, max_watch_messages_per_s=4).start()
     try:
         one = await m.agent("one")

@@ -117,6 +117,32 @@ def test_a_stream_pauses_by_the_streams_of_its_kind_open_and_the_rate_with_a_flo
     assert WatchSlots(live_messages_per_s=0).pause("nodes", 0.25) == 0.25
 
 
+async def test_pauses_end_when_asked_and_those_ending_together_share_one_timer():
+    slots = WatchSlots()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    pauses = [slots.wait(0.2) for _ in range(50)]
+    assert len(slots._waking) <= 2  # 50 paused streams, one timer (two if the clock crossed a grain)
+    assert not any(p.done() for p in pauses)
+    await asyncio.wait_for(asyncio.gather(*pauses), 5)
+    assert loop.time() - start >= 0.2  # never shorter than asked (longer by under a grain, and the loop's lag)
+    assert slots._waking == {}  # nothing left behind
+    assert slots.wait(0).done()  # no pause: no wait at all
+
+
+async def test_a_stream_that_ends_while_paused_leaves_the_others_pausing_with_it_alone():
+    slots = WatchSlots()
+
+    async def stream(seconds: float) -> str:
+        await slots.wait(seconds)
+        return "sent"
+    streams = [asyncio.ensure_future(stream(0.2)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    streams[0].cancel()  # its agent went away: the pause it shared is not cancelled for the rest
+    done = await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 5)
+    assert isinstance(done[0], asyncio.CancelledError) and done[1:] == ["sent", "sent"]
+
+
 @pytest.mark.parametrize("value", ["-1", "x"])
 def test_a_bad_max_watch_messages_per_s_is_one_line_naming_the_rule(value):
     r = subprocess.run([sys.executable, "-m", "meshd.main", f"--max-watch-messages-per-s={value}"],
