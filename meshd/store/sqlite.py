@@ -229,8 +229,13 @@ class SQLiteStore(Store):
     def _publish(self, events: list[Event]) -> None:
         if not events:
             return
+        # one list per prefix, shared by its watchers (they only read it): a watcher that pauses
+        # holds what waits for it, and a fleet's streams are thousands of watchers of one prefix
+        by_prefix: dict[str, list[Event]] = {}
         for prefix, q in list(self._subs):
-            mine = [e for e in events if e.kv.key.startswith(prefix)]
+            mine = by_prefix.get(prefix)
+            if mine is None:
+                mine = by_prefix[prefix] = [e for e in events if e.kv.key.startswith(prefix)]
             if mine:
                 try:
                     q.put_nowait(mine)
