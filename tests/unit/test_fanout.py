@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from types import SimpleNamespace
+
 from mesh.v1 import nodes_pb2, types_pb2
 from meshd.fanout import Snapshots, batch
 from meshd.store.sqlite import SQLiteStore
@@ -87,10 +91,6 @@ async def test_a_change_is_decoded_once_for_every_catalog_watcher(tmp_path):
 async def test_a_stream_past_the_set_keeps_no_reference_to_the_set_it_sent(tmp_path):
     """A stream lives as long as its agent; the list of the set as of the revision it started at
     (a new one at each revision while a fleet joins) must not live as long."""
-    import asyncio
-    import gc
-    from types import SimpleNamespace
-
     from meshd.catalog import watch_prefix
 
     def obj(kv):  # a live change's object gets its revision set, as a protobuf message does
