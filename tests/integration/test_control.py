@@ -404,13 +404,20 @@ async def drain(mesh: Mesh, name: str, on: bool) -> int:
     return resp.node.revision
 
 
-async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_once(mesh, monkeypatch):
+async def held_node_watch(mesh: Mesh, monkeypatch):
+    """Agents "one" and "two", and a batch node stream read past SYNCED whose pauses after live
+    changes are held from now on (HeldPauses, armed); returns the pauses, the stream and its events."""
     pauses = HeldPauses(monkeypatch)
     await mesh.agent("one")
     await mesh.agent("two")
     stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
     events = await synced(stream)
     pauses.armed.set()
+    return pauses, stream, events
+
+
+async def test_a_batch_node_watcher_gets_what_waited_as_one_message_each_node_once(mesh, monkeypatch):
+    pauses, stream, events = await held_node_watch(mesh, monkeypatch)
     await drain(mesh, "one", True)  # the first change after a quiet spell: sent at once, alone
     first = await asyncio.wait_for(anext(events), 30)
     assert first.node.name == "one" and first.node.drained and not first.nodes
@@ -516,12 +523,7 @@ async def test_a_grouped_run_longer_than_a_batch_comes_in_order_and_a_cut_stream
     the first resumes from that revision and gets the rest."""
     from meshd import servicers
     monkeypatch.setattr(servicers, "BATCH", 1)
-    pauses = HeldPauses(monkeypatch)
-    await mesh.agent("one")
-    await mesh.agent("two")
-    stream = mesh.nodes().WatchNodes(types_pb2.WatchRequest(batch=True))
-    events = await synced(stream)
-    pauses.armed.set()
+    pauses, stream, events = await held_node_watch(mesh, monkeypatch)
     await drain(mesh, "one", True)  # sent at once, alone; the stream then pauses
     assert (await asyncio.wait_for(anext(events), 30)).node.name == "one"
     await asyncio.wait_for(pauses.paused.wait(), 30)
