@@ -16,7 +16,9 @@
   every stream); p99 latency of the RPCs they make (Renew, Expose,
   ListServices), lease expiries, the time until every stream holds the whole
   set, and meshd's RSS.
-- idle meshagent RSS.
+- idle meshagent RSS, beside the runtime floor (the libraries it needs, none
+  of its code) and where the largest agent's RSS is: anonymous memory against
+  the pages of mapped files, and the largest files.
 """
 
 from __future__ import annotations
@@ -52,6 +54,29 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_breakdown(pid: int, top: int = 6) -> dict:
+    """Where a process's RSS is (/proc/PID/smaps): anonymous memory (the Python heap, the C
+    libraries' allocations, stacks) and the pages of mapped files (the interpreter and native
+    libraries), with the files mapped most (all their resident pages, written ones included)."""
+    by_file: dict[str, int] = {}
+    anon = total = 0
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if not head[0].endswith(":"):  # a mapping: address perms offset dev inode [path]
+            name = head[5] if len(head) > 5 else ""
+        elif head[0] == "Rss:":
+            total += int(head[1])
+            if name.startswith("/"):
+                by_file[Path(name).name] = by_file.get(Path(name).name, 0) + int(head[1])
+        elif head[0] == "Anonymous:":
+            anon += int(head[1])
+    largest = sorted(by_file.items(), key=lambda kv: -kv[1])[:top]
+    return {"rss_mb": round(total / 1024, 1), "anonymous_mb": round(anon / 1024, 1),
+            "file_backed_mb": round((total - anon) / 1024, 1),
+            "largest_files_mb": {f: round(kb / 1024, 1) for f, kb in largest}}
 
 
 _SERF_RSS: list[float | None] = []
@@ -148,6 +173,7 @@ def bench_expose_to_resolvable() -> list[dict]:
             mesh.start_agent(n, token)
         time.sleep(2)  # let every agent settle into its watch streams
         agent_rss = [rss_mb(mesh.agents[n].popen.pid) for n in names[:5]]
+        breakdown = rss_breakdown(mesh.agents[names[agent_rss.index(max(agent_rss))]].popen.pid)
         samples, failures = [], 0
         for k in range(EXPOSES):
             owner, observer = rng.sample(names, 2)
@@ -177,7 +203,7 @@ def bench_expose_to_resolvable() -> list[dict]:
             record(B, "agent_rss_mb", max(agent_rss), "MB", goal=55, agents_sampled=len(agent_rss),
                    statistic="max over sampled idle agents", measured_at="2 s after the last agent started",
                    agent_flags="--metrics '' --wireguard '' --imds '' --no-gpus (metrics off: no prometheus_client)",
-                   runtime_floor_mb=_runtime_floor_mb(),
+                   runtime_floor_mb=_runtime_floor_mb(), breakdown=breakdown,
                    runtime_floor="the same Python with uvloop, a gRPC server on a unix socket and a client "
                                  "stream to it, AES-GCM and a UDP socket, none of the agent's code, idle",
                    anchor={"name": "serf agent RSS, same run (idle, 1 node)", "value": _serf_rss_mb()}
