@@ -148,8 +148,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if node is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no node or service named {target!r} in the mesh")
         if not node.gossip_port:
+            # a node joins before its gossip listener starts and reports the port right after
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"node {node.name} runs no gossip listener to answer a ping")
+                                f"node {node.name} has reported no gossip port to answer a ping: it runs "
+                                "no gossip listener, or joined a moment ago (try again in a few seconds)")
         count = min(max(request.count or 3, 1), MAX_PINGS)
         dp = self._dataplane()
         peer = self._peer(node, dp, await dp.peer_stats() if dp else {})

@@ -36,7 +36,8 @@ async def test_discovered_facts_reach_meshd_and_status_says_where_they_came_from
 async def test_ping_and_peers_without_a_data_plane(mesh):
     a = await mesh.agent("pa")
     b = await mesh.agent("pb")
-    await until(lambda: "pb" in {n.name for n in a.catalog.nodes.items.values()})
+    # pb joins, then starts its gossip listener and reports the port with its first renewal
+    await until(lambda: any(n.name == "pb" and n.gossip_port for n in a.catalog.nodes.items.values()))
     ch, stub = local(a)
     async with ch:
         peers = await stub.ListPeers(agent_pb2.ListPeersRequest())
@@ -49,3 +50,17 @@ async def test_ping_and_peers_without_a_data_plane(mesh):
             raise AssertionError("ping to an unknown name answered")
         except grpc.aio.AioRpcError as e:
             assert e.code() == grpc.StatusCode.NOT_FOUND and "no node or service named 'nobody'" in e.details()
+
+
+async def test_ping_to_a_node_without_a_gossip_port_says_why_it_cannot_answer(mesh):
+    a = await mesh.agent("pa")
+    await mesh.agent("quiet", gossip="")  # no gossip listener: nothing to ping
+    await until(lambda: "quiet" in {n.name for n in a.catalog.nodes.items.values()})
+    ch, stub = local(a)
+    async with ch:
+        try:
+            await stub.Ping(agent_pb2.PingRequest(target="quiet"))
+            raise AssertionError("ping to a node without a gossip listener answered")
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "node quiet has reported no gossip port" in e.details() and "joined a moment ago" in e.details()
