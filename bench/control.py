@@ -62,15 +62,15 @@ def rss_breakdown(pid: int, top: int = 6) -> dict:
     libraries), with the files mapped most (all their resident pages, written ones included)."""
     by_file: dict[str, int] = {}
     anon = total = 0
-    name = ""
+    name = ""  # the file of the mapping the lines are about ("" for anonymous ones and [heap])
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         head = line.split(None, 5)
         if not head[0].endswith(":"):  # a mapping: address perms offset dev inode [path]
-            name = head[5] if len(head) > 5 else ""
+            name = Path(head[5]).name if len(head) > 5 and head[5].startswith("/") else ""
         elif head[0] == "Rss:":
             total += int(head[1])
-            if name.startswith("/"):
-                by_file[Path(name).name] = by_file.get(Path(name).name, 0) + int(head[1])
+            if name:
+                by_file[name] = by_file.get(name, 0) + int(head[1])
         elif head[0] == "Anonymous:":
             anon += int(head[1])
     largest = sorted(by_file.items(), key=lambda kv: -kv[1])[:top]
