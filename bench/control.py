@@ -15,7 +15,11 @@
   streams, while the catalog changes twice a second (every change reaching
   every stream); p99 latency of the RPCs they make (Renew, Expose,
   ListServices), lease expiries, the time until every stream holds the whole
-  set, and meshd's RSS.
+  set, and meshd's RSS. Beside the renewal p99 the agents see, two figures
+  that say where it goes: meshd's own histogram of its Renew handling in the
+  same window (`in_meshd`), and the anchor, an idle gRPC server on the same
+  machine called as often from the same probe process (what an RPC costs on
+  these two cores at that moment, meshd's work apart).
 - idle meshagent RSS, beside the runtime floor (the libraries it needs, none
   of its code) and where the largest agent's RSS is: anonymous memory against
   the pages of mapped files, and the largest files.
@@ -24,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import shutil
@@ -215,7 +220,7 @@ def bench_expose_to_resolvable() -> list[dict]:
 def _agents_records(n: int, out: dict, suffix: str = "", **extra) -> list[dict]:
     """The records of one fleet run (bench.fleet.run_fleet); metric names carry n (and `suffix`)."""
     name = f"{n}_agents{suffix}"
-    probe, probe_errors = out["probe_latencies"], out["probe_errors"]
+    probe, probe_errors, idle = out["probe_latencies"], out["probe_errors"], out["idle_latencies"]
     latencies, errors, synced = out["latencies"], out["errors"] + probe_errors, out["synced_fraction"]
     info = {"agents": n, "load_processes": out["processes"], "lease_ttl_s": out["lease_ttl_s"], **extra}
     # The latency an agent sees: the probe's renewals, from a process whose event loop is idle as
@@ -227,14 +232,19 @@ def _agents_records(n: int, out: dict, suffix: str = "", **extra) -> list[dict]:
                    seconds=LOAD_SECONDS, measured_by=f"probe: {fleet.PROBE_AGENTS} agents of the fleet in a "
                    f"process of their own renewing {fleet.PROBE_RPCS_PER_S:g} times a second in all",
                    probe_p50_ms=percentile(probe, 50) if probe else None,
+                   in_meshd=in_meshd(out["renew_buckets"]),
                    load_clients_p99_ms=percentile(latencies, 99) if latencies else None,
                    load_clients_p50_ms=percentile(latencies, 50) if latencies else None,
                    load_clients_rpcs=len(latencies), load_clients_rpc_errors=out["errors"],
                    changes_per_s=fleet.CHANGES_PER_S, arrivals_per_s=fleet.ARRIVALS_PER_S,
                    synced_fraction=round(synced, 3), failures=probe_errors, machine=MACHINE, **info,
-                   anchor={"name": "K3s server: RPC latency at this agent count (no K3s installable here)",
-                           "value": None, "measured": False,
-                           "source": "K3s sizing docs put ~350 agents on 2 cores; no latency figure published"}),
+                   ratio_vs_anchor=round(percentile(probe, 99) / percentile(idle, 99), 2) if probe and idle else None,
+                   anchor={"name": "gRPC health checks of an idle server, same machine and window, from the "
+                                   "probe's process at the same rate (insecure channels: no TLS)",
+                           "value": percentile(idle, 99) if idle else None, "p50_ms": percentile(idle, 50)
+                           if idle else None, "rpcs": len(idle), "rpc_errors": out["idle_errors"]},
+                   k3s="no K3s installable here; its sizing docs put ~350 agents on 2 cores and publish no "
+                       "latency figure"),
             record(B, f"meshd_lease_expiries_{name}", out["unreachable"], "nodes", goal=0, **info,
                    how="distinct nodes seen UNREACHABLE in the agents' node watch streams (every agent renews "
                        "three times per lease TTL granted, from its join on, so any is meshd's doing)"),
@@ -272,16 +282,60 @@ GOALS = {"1000_agents": {"rpc": 50, "sync": 20, "rss": 300}, "5000_agents": {"rp
 MACHINE = "2 cores shared with other work: figures move with the machine's load (see load_avg)"
 
 
-def _fleet(n: int, coordinators: list[str], joins: list[str], token: str, rss) -> dict:
-    return fleet.run_fleet(n, coordinators, joins, token, SYNC_TIMEOUT_S, LOAD_SECONDS, rss)
+def _fleet(n: int, coordinators: list[str], joins: list[str], token: str, rss, meshds: list[LocalMesh]) -> dict:
+    return fleet.run_fleet(n, coordinators, joins, token, SYNC_TIMEOUT_S, LOAD_SECONDS, rss,
+                           lambda: renew_buckets([m.meshd.ready["metrics"] for m in meshds]))
+
+
+#: meshd's metrics listener in the fleet runs (its own figures beside the probe's)
+METRICS = ("--metrics", "127.0.0.1:0")
+
+
+def renew_buckets(ports: list[str]) -> dict[float, float]:
+    """meshd's `mesh_rpc_duration_seconds` histogram for Renew, summed over replicas: upper
+    bound (s) -> renewals that took at most that long, from its interceptor to the handler's
+    answer (what happens before gRPC hands meshd the call, and after, is not in it)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    out: dict[float, float] = {}
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "mesh_rpc_duration_seconds":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("method") == "Renew":
+                    le = float(sample.labels["le"])
+                    out[le] = out.get(le, 0) + sample.value
+    return out
+
+
+def in_meshd(buckets: dict[float, float]) -> dict:
+    """What meshd's own histogram says of the window's renewals (every agent's, not only the
+    probe's): how many, the bucket their p99 falls in, and how many took over 25 and 50 ms."""
+    if not buckets or not buckets.get(math.inf):
+        return {"renewals": 0}
+    total = buckets[math.inf]
+    bounds = sorted(buckets)
+    p99 = next(le for le in bounds if buckets[le] >= 0.99 * total)
+
+    def over(ms: float) -> int:
+        return int(total - buckets[ms / 1000])
+    return {"renewals": int(total), "p99_at_most_ms": None if p99 == math.inf else p99 * 1000,
+            "over_25_ms": over(25), "over_50_ms": over(50),
+            "measured_by": "meshd's mesh_rpc_duration_seconds{method=\"Renew\"}: from its interceptor to "
+                           "the handler's answer; the time before gRPC hands meshd the call and after "
+                           "is not in it"}
 
 
 def bench_agents(n: int) -> list[dict]:
     """meshd (SQLite) under n simulated agents."""
     with LocalMesh(pool="127.80.0.0/16") as mesh:
-        mesh.start_meshd()
+        mesh.start_meshd(extra=METRICS)
         out = _fleet(n, [mesh.coordinator], [mesh.join_address], mesh.token(uses=0),
-                     lambda: rss_mb(mesh.meshd.popen.pid))
+                     lambda: rss_mb(mesh.meshd.popen.pid), [mesh])
     return _agents_records(n, out, load_avg=round(os.getloadavg()[0], 1))
 
 
@@ -298,15 +352,15 @@ def bench_agents_replicas(n: int, replicas: int) -> list[dict]:
                 store = ("--store", cluster.url + f"/fleet{count}")
                 first = LocalMesh(pool="127.80.0.0/16")
                 meshes.append(first)
-                first.start_meshd(extra=store)
+                first.start_meshd(extra=store + METRICS)
                 for r in range(1, count):  # one mesh CA: the replicas share the first one's state
                     other = LocalMesh(pool="127.80.0.0/16")
                     shutil.copytree(first.root / "meshd", other.root / "meshd",
                                     ignore=shutil.ignore_patterns("*.sock"))
                     meshes.append(other)
-                    other.start_meshd(extra=store)
+                    other.start_meshd(extra=store + METRICS)
                 out = _fleet(n, [m.coordinator for m in meshes], [m.join_address for m in meshes],
-                             first.token(uses=0), lambda: sum(rss_mb(m.meshd.popen.pid) for m in meshes))
+                             first.token(uses=0), lambda: sum(rss_mb(m.meshd.popen.pid) for m in meshes), meshes)
                 suffix = f"_{count}_replicas" if count > 1 else "_1_replica_etcd"
                 records += _agents_records(n, out, suffix, replicas=count, store="etcd (one member)",
                                            load_avg=round(os.getloadavg()[0], 1))

@@ -22,8 +22,9 @@ Agent i talks to replica i % len(coordinators) (its joins and its mTLS
 channel), as agents behind a balancer spread over the replicas.
 
 Figures: the latency of the probe's renewals (PROBE_AGENTS agents of the fleet in a
-process of their own, renewing PROBE_RPCS_PER_S times a second in all), and apart the
-latency of every Renew, Expose and ListServices of the load processes, during a
+process of their own, renewing PROBE_RPCS_PER_S times a second in all) and, from the same
+process at the same rate, of health checks of an idle gRPC server (IDLE_SERVER, the anchor);
+apart, the latency of every Renew, Expose and ListServices of the load processes, during a
 measurement window that opens 5 s after every stream is synced (or the sync
 timed out, SYNC_TIMEOUT_S after the last arrival); for each catalog change made
 in the window, the time from its Expose being sent until every services stream of
@@ -74,6 +75,22 @@ PROBE_RPCS_PER_S = 20.0
 #: after the measurement window, how long a change made in it may still take to reach every
 #: stream before it counts as undelivered
 DELIVERY_GRACE_S = 5.0
+
+
+#: the anchor: a gRPC server with nothing to do (the standard health service), in a process of
+#: its own on the same machine, which the probe process calls as often as it renews and in the
+#: same window: what an RPC costs on this machine at that moment, meshd's work apart
+IDLE_SERVER = """
+import grpc, uvloop
+from grpc_health.v1 import health, health_pb2_grpc
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    await server.start()
+    await server.wait_for_termination()
+uvloop.run(main())
+"""
 
 
 def arrival_span_s(n: int) -> float:
@@ -165,6 +182,8 @@ class Slice:
         self.renewers: list = []  # each joined agent's AdmissionService stub
         self.probe_latencies: list[float] = []
         self.probe_errors = 0
+        self.idle_latencies: list[float] = []  # the probe's calls to the idle server (IDLE_SERVER)
+        self.idle_errors = 0
         self.opened = False  # the measurement window has opened
         self.service_streams = 0  # services streams of this slice that held the whole set when it opened
         self.exposed: list[tuple[int, float]] = []  # (revision, wall time the Expose was sent) while measuring
@@ -302,22 +321,44 @@ async def _line() -> str:
     return (await asyncio.to_thread(sys.stdin.readline)).strip()
 
 
-async def probe(s: Slice, rate: float) -> None:
+async def probe(s: Slice, rate: float, idle_server: str | None = None) -> None:
     """Renewals at `rate` a second, round the slice's agents, each timed on its own (one in
-    flight at a time per agent; a late answer delays only that agent's next probe)."""
-    async def one(k: int, adm) -> None:
+    flight at a time per agent; a late answer delays only that agent's next probe); and as many
+    health checks of `idle_server` (IDLE_SERVER), over a channel of their own per agent, beside."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    period = len(s.renewers) / rate
+
+    async def paced(k: float, call, latencies: list[float]) -> int:
         await asyncio.sleep(k / rate)
-        period = len(s.renewers) / rate
+        errors = 0
         while s.measuring:
             t0 = time.perf_counter()
             try:
-                await adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=RPC_TIMEOUT_S)
+                await call()
             except grpc.aio.AioRpcError:
-                s.probe_errors += 1
+                errors += 1
             else:
-                s.probe_latencies.append((time.perf_counter() - t0) * 1000)
+                latencies.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(max(0.0, t0 + period - time.perf_counter()))
-    await asyncio.gather(*(one(k, adm) for k, adm in enumerate(s.renewers)))
+        return errors
+
+    def renew(adm):
+        return lambda: adm.Renew(admission_pb2.RenewRequest(node=types_pb2.Node()), timeout=RPC_TIMEOUT_S)
+
+    def check(stub):
+        return lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT_S)
+    channels = [grpc.aio.insecure_channel(idle_server) for _ in s.renewers] if idle_server else []
+    try:
+        errors = await asyncio.gather(
+            *(paced(k, renew(adm), s.probe_latencies) for k, adm in enumerate(s.renewers)),
+            # each half-way between two renewals: the probe's calls do not wait for each other
+            *(paced(k + 0.5, check(health_pb2_grpc.HealthStub(ch)), s.idle_latencies)
+              for k, ch in enumerate(channels)))
+    finally:
+        for ch in channels:
+            await ch.close()
+    s.probe_errors += sum(errors[:len(s.renewers)])
+    s.idle_errors += sum(errors[len(s.renewers):])
 
 
 async def worker() -> None:
@@ -350,14 +391,16 @@ async def worker() -> None:
     _say({"sync_s": sync_s, "synced": s.synced})
     await _line()  # "measure"
     s.measuring = s.opened = True
-    probing = asyncio.create_task(probe(s, spec["probe_rate"])) if spec.get("probe_rate") else None
+    probing = asyncio.create_task(probe(s, spec["probe_rate"], spec.get("idle_server"))) \
+        if spec.get("probe_rate") else None
     await asyncio.sleep(spec["load_s"])
     s.measuring = False
     if probing is not None:
         await probing
     await asyncio.sleep(DELIVERY_GRACE_S)  # the window's last changes on their way to every stream
     _say({"latencies": s.latencies, "errors": s.errors, "probe_latencies": s.probe_latencies,
-          "probe_errors": s.probe_errors, "unreachable": sorted(s.unreachable),
+          "probe_errors": s.probe_errors, "idle_latencies": s.idle_latencies, "idle_errors": s.idle_errors,
+          "unreachable": sorted(s.unreachable),
           "synced": s.synced, "lease_ttl_s": s.lease_ttl_s, "exposed": s.exposed,
           "receipts": s.receipts, "service_streams": s.service_streams})
     await _line()  # "stop"
@@ -405,13 +448,32 @@ def _read(p: subprocess.Popen) -> dict:
     return json.loads(line)
 
 
+def _port(p: subprocess.Popen, timeout: float = 30) -> int:
+    """The port the idle server printed (bounded: a server that never says is an error)."""
+    import selectors
+    with selectors.DefaultSelector() as sel:
+        sel.register(p.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise RuntimeError(f"the idle gRPC server printed no port within {timeout:g} s")
+    line = p.stdout.readline().strip()
+    if not line.isdigit():
+        raise RuntimeError(f"the idle gRPC server ended without a port (exit {p.poll()})")
+    return int(line)
+
+
 def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token: str, sync_timeout_s: float,
-              load_s: float, rss: Callable[[], float]) -> dict:
+              load_s: float, rss: Callable[[], float],
+              renew_buckets: Callable[[], dict[float, float]] | None = None) -> dict:
     """n simulated agents over ceil(n / AGENTS_PER_PROCESS) load processes; returns the combined figures
-    (`rss()` is read at the end of the measurement window)."""
+    (`rss()` is read at the end of the measurement window). `renew_buckets()`: meshd's own
+    histogram of its Renew handling (upper bound in seconds -> renewals at most that long, as
+    Prometheus counts them), read as the window opens and once the load processes reported;
+    the difference is returned as "renew_buckets"."""
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    idle = subprocess.Popen([sys.executable, "-c", IDLE_SERVER], stdout=subprocess.PIPE, text=True, env=env)
     try:
+        idle_server = f"127.0.0.1:{_port(idle)}"
         # the probe's agents are the fleet's last ones; the load processes take the rest
         load = n - PROBE_AGENTS
         slices = [(first, min(AGENTS_PER_PROCESS, load - first), 0.0) for first in range(0, load, AGENTS_PER_PROCESS)]
@@ -422,6 +484,7 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             p.stdin.write(json.dumps({"n": n, "first": first, "count": count, "probe_rate": rate,
                                       "coordinators": coordinators, "join_addresses": join_addresses,
                                       "token": token, "sync_timeout_s": sync_timeout_s, "load_s": load_s,
+                                      "idle_server": idle_server if rate else None,
                                       "join_phase_limit_s": JOIN_PHASE_LIMIT_S}) + "\n")
             p.stdin.flush()
         t_join = time.time()
@@ -433,18 +496,20 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             p.stdin.flush()
         synced = [_read(p) for p in procs]
         time.sleep(5)  # renewals spread out again
+        before = renew_buckets() if renew_buckets else {}
         for p in procs:
             p.stdin.write("measure\n")
             p.stdin.flush()
         results = [_read(p) for p in procs]
         rss_mb = rss()
+        after = renew_buckets() if renew_buckets else {}
         for p in procs:
             p.stdin.write("stop\n")
             p.stdin.flush()
         for p in procs:
             p.wait(timeout=60)
     finally:
-        for p in procs:
+        for p in [*procs, idle]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -454,6 +519,8 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "errors": sum(r["errors"] for r in results),
             "probe_latencies": [x for r in results for x in r["probe_latencies"]],
             "probe_errors": sum(r["probe_errors"] for r in results),
+            "idle_latencies": [x for r in results for x in r["idle_latencies"]],
+            "idle_errors": sum(r["idle_errors"] for r in results),
             # nodes of this fleet's agents only: a join cut off by the join phase's limit may have
             # got through without its agent ever renewing
             "unreachable": len({u for r in results for u in r["unreachable"]} & {i for j in joined for i in j["ids"]}),
@@ -470,6 +537,7 @@ def run_fleet(n: int, coordinators: list[str], join_addresses: list[str], token:
             "agents_throttled": sum(j["agents_throttled"] for j in joined),
             "join_phase_s": join_phase_s, "join_phase_cut": any(j["late"] for j in joined),
             "delivery_ms": delivery_ms, "undelivered": undelivered,
+            "renew_buckets": {le: after[le] - before.get(le, 0) for le in after},
             "rss_mb": rss_mb, "processes": len(procs) - 1,  # load processes (the probe's apart)
             "lease_ttl_s": max(r["lease_ttl_s"] for r in results)}
 
