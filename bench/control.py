@@ -43,7 +43,7 @@ from bench.common import percentile, record
 from mesh.v1 import agent_pb2_grpc, catalog_pb2, types_pb2
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from testbed.localmesh import LocalMesh, resolve
+from testbed.localmesh import LocalMesh, resolve, rss_mb
 
 B = "control"
 JOINS = 100
@@ -52,13 +52,6 @@ EXPOSES = 40
 LOAD_SECONDS = 20
 SYNC_TIMEOUT_S = 90
 EXPOSE_TIMEOUT_S = 4.0  # a busy mesh: a service exposed or moved somewhere every half second
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def rss_breakdown(pid: int, top: int = 6) -> dict:

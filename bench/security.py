@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from bench.common import record
+from testbed.localmesh import rss_mb
 
 FUZZ_CASES = 100_000
 WATCHERS = 100
@@ -144,14 +145,6 @@ def fuzz() -> list[dict[str, Any]]:
 
 # -- memory under abuse --------------------------------------------------------------------
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def slow_watchers() -> list[dict[str, Any]]:
     from testbed.localmesh import LocalMesh
 
@@ -162,11 +155,11 @@ def slow_watchers() -> list[dict[str, Any]]:
         for i in range(50):  # a catalog to watch
             mesh.meshctl("expose", "--port", str(1000 + i), "--name", f"s{i}", agent="churn")
         time.sleep(1)
-        before = _rss_mb(pid)
+        before = rss_mb(pid)
         sock = str(mesh.root / "meshd.sock")
         agent_sock = mesh.socket("churn")
         peak = asyncio.run(_watch_and_churn(sock, agent_sock, pid))
-        after = _rss_mb(pid)
+        after = rss_mb(pid)
     ratio = max(peak, after) / before
     return [record("security", "meshd_rss_ratio_slow_watchers", ratio, "ratio", goal=2.0,
                    watchers=WATCHERS, changes=CHURN, rss_before_mb=round(before, 1), rss_peak_mb=round(peak, 1),
@@ -192,9 +185,9 @@ async def _watch_and_churn(admin_sock: str, agent_sock: str, pid: int) -> float:
             svc = types_pb2.Service(name=f"s{i % 50}", port=2000 + i, tags=tags)
             await agent.Expose(catalog_pb2.ExposeRequest(service=svc))
             if i % 200 == 0:
-                peak = max(peak, _rss_mb(pid))
+                peak = max(peak, rss_mb(pid))
     await asyncio.sleep(1)
-    peak = max(peak, _rss_mb(pid))
+    peak = max(peak, rss_mb(pid))
     for c in calls:
         c.cancel()
     for ch in channels:
@@ -215,7 +208,7 @@ def gossip_tcp_flood() -> list[dict[str, Any]]:
         nodes = json.loads(mesh.meshctl("nodes", "-o", "json").stdout)["nodes"]
         port = next(n["gossip_port"] for n in nodes if n["name"] == "target")
         pid = target.popen.pid
-        idle = _rss_mb(pid)
+        idle = rss_mb(pid)
         stop = threading.Event()
         head = struct.pack(">I", limits.GOSSIP_MAX_STREAM_BYTES)
         chunk = b"\0" * 65536
@@ -255,7 +248,7 @@ def gossip_tcp_flood() -> list[dict[str, Any]]:
         peak = idle
         deadline = time.monotonic() + FLOOD_S
         while time.monotonic() < deadline:
-            peak = max(peak, _rss_mb(pid))
+            peak = max(peak, rss_mb(pid))
             time.sleep(0.1)
         stop.set()
         t.join(10)

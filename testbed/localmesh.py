@@ -210,6 +210,15 @@ def still_resolving(name: str, servers: list[tuple[str, int]], timeout: float = 
     return out | set(pending)
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"process {pid} has no resident memory to read (it has ended)")
+
+
 def resolve(name: str, server: tuple[str, int], qtype: str = "A", timeout: float = 2.0) -> list[str]:
     """Ask one DNS server for `name`; the answers' data as text (raises on timeout)."""
     import dnslib

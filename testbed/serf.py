@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from testbed.localmesh import rss_mb
+
 
 def available() -> bool:
     return shutil.which("serf") is not None
@@ -167,9 +169,10 @@ class SerfCluster:
         out = []
         for p in self.procs.values():
             if p.poll() is None:
-                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        out.append(int(line.split()[1]) / 1024)
+                try:
+                    out.append(rss_mb(p.pid))
+                except RuntimeError:  # it ended meanwhile
+                    pass
         return out
 
     def close(self) -> None:

@@ -9,15 +9,8 @@ import threading
 import time
 
 from meshcore import limits
-from testbed.localmesh import resolve
+from testbed.localmesh import resolve, rss_mb
 from tests.meshfix import wait_for
-
-
-def rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def flood(port: int, n: int, stop: threading.Event, slow: bool) -> list[socket.socket]:
