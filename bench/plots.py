@@ -41,7 +41,10 @@ def control() -> list[Path]:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     p99 = [recs[f"meshd_rpc_p99_ms_{n}_agents"]["value"] for n in counts]
     rss = [recs.get(f"meshd_rss_mb_{n}_agents", {}).get("value") for n in counts]
+    idle = [(recs[f"meshd_rpc_p99_ms_{n}_agents"].get("anchor") or {}).get("value") for n in counts]
     a.plot(counts, [v if v is not None else float("nan") for v in p99], "o-", label="meshd RPC p99")
+    a.plot(counts, [v if v is not None else float("nan") for v in idle], "s:", color="tab:green",
+           label="idle gRPC server p99, same machine and window")
     a.axhline(50, color="grey", ls="--", label="goal at 1,000 agents (50 ms)")
     a.set(xlabel="simulated agents", ylabel="ms", yscale="log", title="meshd RPC p99 vs agents")
     a.legend()
