@@ -275,9 +275,11 @@ GOALS = {"1000_agents": {"rpc": 50, "sync": 20, "rss": 300}, "5000_agents": {"rp
 MACHINE = "2 cores shared with other work: figures move with the machine's load (see load_avg)"
 
 
-def _fleet(n: int, coordinators: list[str], joins: list[str], token: str, rss, meshds: list[LocalMesh]) -> dict:
-    return fleet.run_fleet(n, coordinators, joins, token, SYNC_TIMEOUT_S, LOAD_SECONDS, rss,
-                           lambda: renew_buckets([m.meshd.ready["metrics"] for m in meshds]))
+def _fleet(n: int, meshes: list[LocalMesh], token: str) -> dict:
+    """n simulated agents spread over the meshd replicas of `meshes` (RSS: summed over them)."""
+    return fleet.run_fleet(n, [m.coordinator for m in meshes], [m.join_address for m in meshes], token,
+                           SYNC_TIMEOUT_S, LOAD_SECONDS, lambda: sum(rss_mb(m.meshd.popen.pid) for m in meshes),
+                           lambda: renew_buckets([m.meshd.ready["metrics"] for m in meshes]))
 
 
 #: meshd's metrics listener in the fleet runs (its own figures beside the probe's)
@@ -327,8 +329,7 @@ def bench_agents(n: int) -> list[dict]:
     """meshd (SQLite) under n simulated agents."""
     with LocalMesh(pool="127.80.0.0/16") as mesh:
         mesh.start_meshd(extra=METRICS)
-        out = _fleet(n, [mesh.coordinator], [mesh.join_address], mesh.token(uses=0),
-                     lambda: rss_mb(mesh.meshd.popen.pid), [mesh])
+        out = _fleet(n, [mesh], mesh.token(uses=0))
     return _agents_records(n, out, load_avg=round(os.getloadavg()[0], 1))
 
 
@@ -352,8 +353,7 @@ def bench_agents_replicas(n: int, replicas: int) -> list[dict]:
                                     ignore=shutil.ignore_patterns("*.sock"))
                     meshes.append(other)
                     other.start_meshd(extra=store + METRICS)
-                out = _fleet(n, [m.coordinator for m in meshes], [m.join_address for m in meshes],
-                             first.token(uses=0), lambda: sum(rss_mb(m.meshd.popen.pid) for m in meshes), meshes)
+                out = _fleet(n, meshes, first.token(uses=0))
                 suffix = f"_{count}_replicas" if count > 1 else "_1_replica_etcd"
                 records += _agents_records(n, out, suffix, replicas=count, store="etcd (one member)",
                                            load_avg=round(os.getloadavg()[0], 1))
