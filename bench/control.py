@@ -43,7 +43,7 @@ from bench.common import percentile, record
 from mesh.v1 import agent_pb2_grpc, catalog_pb2, types_pb2
 from meshagent.agent import Agent
 from meshagent.config import AgentConfig
-from testbed.localmesh import LocalMesh, resolve, rss_mb
+from testbed.localmesh import LocalMesh, resolve, rss_mb, samples, scrape
 
 B = "control"
 JOINS = 100
@@ -290,20 +290,11 @@ def renew_buckets(ports: list[str]) -> dict[float, float]:
     """meshd's `mesh_rpc_duration_seconds` histogram for Renew, summed over replicas: upper
     bound (s) -> renewals that took at most that long, from its interceptor to the handler's
     answer (what happens before gRPC hands meshd the call, and after, is not in it)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
     out: dict[float, float] = {}
     for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name != "mesh_rpc_duration_seconds":
-                continue
-            for sample in family.samples:
-                if sample.name.endswith("_bucket") and sample.labels.get("method") == "Renew":
-                    le = float(sample.labels["le"])
-                    out[le] = out.get(le, 0) + sample.value
+        for labels, value in samples(scrape(port, timeout=10), "mesh_rpc_duration_seconds_bucket", method="Renew"):
+            le = float(labels["le"])
+            out[le] = out.get(le, 0) + value
     return out
 
 

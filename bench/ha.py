@@ -301,19 +301,15 @@ class _Replica:
 
     def leading(self) -> bool | None:
         """What this replica's /metrics says (mesh_election_is_leader); None when it does not answer."""
-        import urllib.request
+        from testbed.localmesh import samples, scrape
 
         if not self.alive():
             return None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=1) as r:
-                body = r.read().decode()
+            says = samples(scrape(self.ports["metrics"], timeout=1), "mesh_election_is_leader")
         except OSError:
             return None
-        for line in body.splitlines():
-            if line.startswith("mesh_election_is_leader "):
-                return float(line.split()[1]) == 1.0
-        return None
+        return says[0][1] == 1.0 if says else None
 
     def kill(self) -> None:
         self.popen.send_signal(signal.SIGKILL)

@@ -219,6 +219,23 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"process {pid} has no resident memory to read (it has ended)")
 
 
+def scrape(port: int | str, timeout: float = 5.0) -> str:
+    """A daemon's Prometheus text from its --metrics listener on loopback (OSError when it does not answer)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        return r.read().decode()
+
+
+def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """The samples called `name` (as exposed: `_total`, `_bucket` included) whose labels include
+    `labels`, each as (its labels, its value), read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name and labels.items() <= s.labels.items()]
+
+
 def resolve(name: str, server: tuple[str, int], qtype: str = "A", timeout: float = 2.0) -> list[str]:
     """Ask one DNS server for `name`; the answers' data as text (raises on timeout)."""
     import dnslib

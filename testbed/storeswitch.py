@@ -17,15 +17,13 @@ Used by tests/e2e/test_store_switch.py and `python -m bench ha`.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed.etcd_cluster import EtcdCluster
-from testbed.localmesh import BIN, LocalMesh
+from testbed.localmesh import BIN, LocalMesh, samples, scrape
 
 AGENTS = ("alpha", "beta", "gamma")
 
@@ -65,8 +63,7 @@ def tokens(mesh: LocalMesh) -> list[dict]:
 
 def joins_ok(metrics_port: str) -> float:
     """mesh_joins_total{result="ok"} of a meshd (0 when it never admitted one)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(r'^mesh_joins_total\{result="ok"\} (\S+)$', text, re.M))
+    return sum(v for _, v in samples(scrape(metrics_port), "mesh_joins_total", result="ok"))
 
 
 def store_copy(source: str, target: str, state_dir: Path, store_ca: Path, work: Path) -> str:

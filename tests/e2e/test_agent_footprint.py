@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.request
 
 from testbed.etcd_cluster import free_port
+from testbed.localmesh import samples, scrape
 
 PROBE = """
 import os, sys, threading, time
@@ -58,9 +58,10 @@ def test_an_agent_serving_metrics_exports_its_own_values(local_mesh):
     port = free_port()
     mods = idle_modules(local_mesh, "scraped", ["--metrics", f"127.0.0.1:{port}"])
     assert "prometheus_client" in mods
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert "mesh_agent_meshd_connected 1.0" in body
+    body = scrape(port)
+    assert samples(body, "mesh_agent_meshd_connected") == [({}, 1.0)]
     assert "# TYPE mesh_agent_meshd_disconnects_total counter" in body
     assert "# TYPE mesh_agent_loop_failures_total counter" in body
-    assert "mesh_agent_healthy 1.0" in body and "mesh_agent_catalog_revision" in body
-    assert 'mesh_gossip_members{state="alive"}' in body and 'mesh_build_info{component="meshagent"' in body
+    assert samples(body, "mesh_agent_healthy") == [({}, 1.0)] and "mesh_agent_catalog_revision" in body
+    assert samples(body, "mesh_gossip_members", state="alive")
+    assert samples(body, "mesh_build_info", component="meshagent")
