@@ -1,8 +1,8 @@
 """Security benchmarks: decoders facing the network under fuzzing, and memory under abuse.
 
 - `fuzz_cases_total` / `fuzz_failures` per decoder (gossip datagrams and push-pull
-  streams, DNS queries, local API requests, Join requests): hypothesis feeds
-  FUZZ_CASES random inputs to each; a failure is any exception other than the
+  streams, DNS queries, local API requests, Join and Expose requests): hypothesis feeds
+  FUZZ_CASES random inputs to each, FUZZ_WORKERS decoders at once; a failure is any exception other than the
   decoder's declared refusal (PeerError, InvalidArgument, protobuf DecodeError),
   or a DNS answer that breaks the responder's contract. Goal: 0 failures.
 - `meshd_rss_ratio_slow_watchers`: a real meshd process; 100 WatchServices
@@ -110,26 +110,51 @@ def _proto_target(messages, check=None):
     return target
 
 
-def fuzz() -> list[dict[str, Any]]:
-    from mesh.v1 import admission_pb2, agent_pb2, catalog_pb2
+def _local_api_target():
+    from mesh.v1 import agent_pb2, catalog_pb2
+
+    messages = [getattr(agent_pb2, n) for n in dir(agent_pb2) if n.endswith("Request")]
+    return _proto_target(messages + [catalog_pb2.ExposeRequest, catalog_pb2.UnexposeRequest])
+
+
+def _join_target():
+    from mesh.v1 import admission_pb2
     from meshd.auth import check_request_size
-    from meshd.catalog import check_record_size, check_service
     from meshd.nodes import check_facts
 
     def join_check(req) -> None:
         check_request_size("Join", req)
         check_facts(req.node)
+    return _proto_target([admission_pb2.JoinRequest], join_check)
+
+
+def _expose_target():
+    from mesh.v1 import catalog_pb2
+    from meshd.catalog import check_record_size, check_service
 
     def expose_check(req) -> None:
         check_service(req.service)
         check_record_size(req.service)
+    return _proto_target([catalog_pb2.ExposeRequest], expose_check)
 
-    local_api = [getattr(agent_pb2, n) for n in dir(agent_pb2) if n.endswith("Request")]
-    local_api += [catalog_pb2.ExposeRequest, catalog_pb2.UnexposeRequest]
-    results = [_fuzz("gossip", _gossip_target()), _fuzz("dns", _dns_target()),
-               _fuzz("local_api", _proto_target(local_api)),
-               _fuzz("join", _proto_target([admission_pb2.JoinRequest], join_check)),
-               _fuzz("expose", _proto_target([catalog_pb2.ExposeRequest], expose_check))]
+
+#: each decoder facing the network, and how to build its target
+DECODERS = {"gossip": _gossip_target, "dns": _dns_target, "local_api": _local_api_target, "join": _join_target,
+            "expose": _expose_target}
+FUZZ_WORKERS = 2  # decoders fuzzed at once, each in a process of its own (one per core here)
+
+
+def _fuzz_decoder(name: str) -> dict[str, Any]:
+    return _fuzz(name, DECODERS[name]())
+
+
+def fuzz() -> list[dict[str, Any]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawned, not forked: the bench process may hold gRPC's threads from an earlier benchmark
+    with ProcessPoolExecutor(FUZZ_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_fuzz_decoder, DECODERS))
     out = []
     for r in results:
         out.append(record("security", f"fuzz_cases_total_{r['decoder']}", r["cases"], "cases", "higher",
