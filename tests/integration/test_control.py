@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.v1 import admission_pb2, admission_pb2_grpc, catalog_pb2, catalog_pb2_grpc, nodes_pb2, types_pb2
 from meshagent.agent import Agent, channel_options
+from meshagent.identity import fetch_pinned_ca
 from meshcore import pki
 from meshcore.errors import InvalidArgument, Unauthenticated
 from tests.meshfix import HeldPauses, Mesh, manual_clock, mesh, synced, until  # noqa: F401  (fixture)
@@ -561,3 +562,15 @@ async def test_a_batch_watcher_resuming_gets_the_history_it_missed_as_one_group_
             break
     stream.cancel()
     assert got == [("EVENT_TYPE_PUT", [("two", 7002), ("one", 7003), ("three", 7004)]), ("EVENT_TYPE_SYNCED", [])]
+
+
+async def test_the_ca_is_taken_from_the_join_listener_only_when_it_matches_the_tokens_pin(mesh, tmp_path):
+    """The agent reads meshd's chain without verifying it (it has nothing to verify with yet) and
+    keeps the certificate whose SHA-256 is the token's pin: meshd's CA, or nothing."""
+    host, port = mesh.join_address.rsplit(":", 1)
+    ca_pem = mesh.coordinator.ca.pem
+    got = await asyncio.to_thread(fetch_pinned_ca, host, int(port), pki.pin(ca_pem))
+    assert pki.pin(got) == pki.pin(ca_pem)
+    other = pki.CertificateAuthority.load_or_create(tmp_path / "other-ca")
+    with pytest.raises(Unauthenticated, match="not the meshd this token belongs to"):
+        await asyncio.to_thread(fetch_pinned_ca, host, int(port), pki.pin(other.pem))
