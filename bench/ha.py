@@ -206,7 +206,8 @@ async def _churn_db_size(root: Path, nodes: int = 200, replicas: int = 3, hours:
     Per simulated 3 s every replica writes its renewal digest (the node ids it heard from);
     every node exposes and unexposes one service per simulated 10 minutes (a churny fleet); every
     simulated 5 minutes the history is compacted to the leader's window (LeaseConfig.keep_revisions).
-    Writes go to a real etcd member as fast as it takes them; the size is etcd's own dbSize."""
+    Writes go to a real etcd member as fast as it takes them, a step's together; the size is etcd's
+    own dbSize."""
     import json
 
     from meshd.leases import LeaseConfig
@@ -223,18 +224,16 @@ async def _churn_db_size(root: Path, nodes: int = 200, replicas: int = 3, hours:
         service = b"x" * 300  # a typical stored service record
         t0 = time.monotonic()
         for step in range(hours * 3600 // 3):  # one step = 3 simulated seconds
-            for r in range(replicas):
-                await store.put(f"/heartbeats/r{r}", digest)
-                writes += 1
+            # a step's writes are to different keys and go together, as the replicas' would
+            step_writes = [store.put(f"/heartbeats/r{r}", digest) for r in range(replicas)]
             # 200 toggles per 600 s = one every 3 s per 10 nodes
             for k in range(nodes * 3 // 600 or 1):
                 n = (step * (nodes * 3 // 600 or 1) + k) % nodes
                 key = f"/services/svc-{n}"
-                if (step // (600 // 3)) % 2 == 0:
-                    await store.txn([], [Put(key, service)])
-                else:
-                    await store.txn([], [Delete(key)])
-                writes += 1
+                op = Put(key, service) if (step // (600 // 3)) % 2 == 0 else Delete(key)
+                step_writes.append(store.txn([], [op]))
+            await asyncio.gather(*step_writes)
+            writes += len(step_writes)
             if step % 100 == 99:  # every 5 simulated minutes
                 rev = await store.revision()
                 if rev > keep:
