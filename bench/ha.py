@@ -200,14 +200,20 @@ async def _renewal_writes(root: Path, agents: int = 200, replicas: int = 3, seco
                    **params)]
 
 
+#: simulated steps (3 s each) of the churn whose writes are in flight at once: a minute of them, so
+#: that etcd commits many to one fsync; 100 (5 minutes, the compaction interval) is a multiple of it,
+#: and no service key is written twice within it
+STEPS_TOGETHER = 20
+
+
 async def _churn_db_size(root: Path, nodes: int = 200, replicas: int = 3, hours: int = 24) -> list[dict]:
     """The etcd database after a simulated day of a mesh's writes, compacted as the leader does.
 
     Per simulated 3 s every replica writes its renewal digest (the node ids it heard from);
     every node exposes and unexposes one service per simulated 10 minutes (a churny fleet); every
     simulated 5 minutes the history is compacted to the leader's window (LeaseConfig.keep_revisions).
-    Writes go to a real etcd member as fast as it takes them, a step's together; the size is etcd's
-    own dbSize."""
+    Writes go to a real etcd member as fast as it takes them, a simulated minute's (STEPS_TOGETHER)
+    at once; the size is etcd's own dbSize."""
     import json
 
     from meshd.leases import LeaseConfig
@@ -223,18 +229,20 @@ async def _churn_db_size(root: Path, nodes: int = 200, replicas: int = 3, hours:
         digest = json.dumps({f"n{i:04d}": 1 for i in range(nodes)}).encode()
         service = b"x" * 300  # a typical stored service record
         t0 = time.monotonic()
-        for step in range(hours * 3600 // 3):  # one step = 3 simulated seconds
-            # a step's writes are to different keys and go together, as the replicas' would
-            step_writes = [store.put(f"/heartbeats/r{r}", digest) for r in range(replicas)]
-            # 200 toggles per 600 s = one every 3 s per 10 nodes
-            for k in range(nodes * 3 // 600 or 1):
-                n = (step * (nodes * 3 // 600 or 1) + k) % nodes
-                key = f"/services/svc-{n}"
-                op = Put(key, service) if (step // (600 // 3)) % 2 == 0 else Delete(key)
-                step_writes.append(store.txn([], [op]))
-            await asyncio.gather(*step_writes)
-            writes += len(step_writes)
-            if step % 100 == 99:  # every 5 simulated minutes
+        steps = hours * 3600 // 3  # one step = 3 simulated seconds
+        for first in range(0, steps, STEPS_TOGETHER):
+            batch = []
+            for step in range(first, min(first + STEPS_TOGETHER, steps)):
+                batch += [store.put(f"/heartbeats/r{r}", digest) for r in range(replicas)]
+                # 200 toggles per 600 s = one every 3 s per 10 nodes
+                for k in range(nodes * 3 // 600 or 1):
+                    n = (step * (nodes * 3 // 600 or 1) + k) % nodes
+                    key = f"/services/svc-{n}"
+                    op = Put(key, service) if (step // (600 // 3)) % 2 == 0 else Delete(key)
+                    batch.append(store.txn([], [op]))
+            await asyncio.gather(*batch)
+            writes += len(batch)
+            if (first + STEPS_TOGETHER) % 100 == 0:  # every 5 simulated minutes (100 steps)
                 rev = await store.revision()
                 if rev > keep:
                     await store.compact(rev - keep)
