@@ -630,8 +630,16 @@ class Swim:
             if sus is not None and s.sender not in sus.confirmers and len(sus.confirmers) - 1 < sus.k:
                 sus.confirmers.add(s.sender)
                 self.stats.suspicions_confirmed += 1
-                sus.deadline = sus.start + remaining_suspicion(
-                    len(sus.confirmers) - 1, sus.k, 0.0, sus.lo, sus.hi)
+                sus.deadline = max(now, sus.start + remaining_suspicion(
+                    len(sus.confirmers) - 1, sus.k, 0.0, sus.lo, sus.hi))
+                if not sus.checked and now >= sus.deadline - self.p.probe_timeout:
+                    # The confirmation brought the end within a probe timeout, or to now: the
+                    # last chance is now or never. Left as a timer in the past, it would read as
+                    # this process having stalled, and the stall rule would extend the suspicion.
+                    if now < sus.deadline:
+                        self._last_chance(s.node, sus, now)
+                    else:
+                        sus.checked = True
                 self._broadcast(f"m:{s.node}", s, now)
             return
         again = m.state == State.SUSPECT

@@ -136,6 +136,33 @@ def test_suspicion_shrinks_with_confirmations_then_declares_dead():
     check_invariants(s)
 
 
+@pytest.mark.parametrize("past_floor", [0.3, 0.0, -0.1])
+def test_a_confirmation_at_or_past_the_floor_ends_the_suspicion_without_a_false_stall(past_floor):
+    """We heard the suspicion of n2 with two confirmations (a long timer); the third arrives
+    when the floor has (nearly) run, as when the first member to decide gossips its verdict. The
+    suspicion ends then, not a second later: a last chance or deadline moved into the past is
+    not this process stalling (which extends every suspicion by a probe interval)."""
+    s = make(peers=20)
+    for i, t in ((3, 1.0), (4, 1.1), (5, 1.2)):
+        run(s, t)
+        s.receive(Peer(f"n{i}").packet(Suspect(0, "n2", f"n{i}")), addr(i), t)
+    floor = s._suspicions["n2"].lo
+    assert s._suspicions["n2"].deadline > 1.0 + floor + 1
+    when = 1.0 + floor + past_floor
+    run(s, when)  # the harness ticks every timer on time: no stall of ours
+    stalls = s.stats.stalls_detected
+    sent(s)
+    # the third confirmation (an agent reads a peer's verdict as one: membership is authenticated)
+    s.receive(Peer("n6").packet(Suspect(0, "n2", "n6")), addr(6), when)
+    pinged = [m for to, ms in sent(s) if to == addr(2) for m in ms if isinstance(m, Ping)]
+    assert len(pinged) == (1 if past_floor < 0 else 0)  # the last chance, when time is left for it
+    s.receive(Peer("n7").packet(Alive(0, "n7", "vm-7", addr(7))), addr(7), when + 0.01)
+    run(s, max(when, 1.0 + floor) + 0.02)
+    assert s.stats.stalls_detected == stalls
+    assert s.member("n2").state == State.DEAD
+    check_invariants(s)
+
+
 def test_replayed_and_old_epoch_packets_are_dropped():
     s = make(peers=2)
     p = Peer("n2", epoch=10)
