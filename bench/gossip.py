@@ -31,7 +31,9 @@ Real processes, side by side in the same run (CRASH_ROUNDS crashes each, medians
 - crash_to_dns_removal_s_n20 / _n50: meshagent processes on loopback; SIGKILL
   one; until its service name has left every other agent's DNS. Each sweep asks
   every pending agent at once; the sweep that finds none left counts from its
-  start, the rule Serf's side follows.
+  start, the rule Serf's side follows. Each round's phases come from the
+  agents' own log lines (`member NAME is suspect` / `failed`): the first
+  suspicion, the first and last failure verdicts, and the DNS figure.
 - serf_crash_to_failed_s_n20 / _n50: real `serf` agents (Debian package) on
   loopback, LAN profile, started here; SIGKILL one; until every live agent
   lists it as failed. The anchor of the line above; the ratio is
@@ -42,12 +44,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import random
+import re
 import statistics
 import time
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.common import record
@@ -235,16 +240,50 @@ def _agents(n: int, prefix: str) -> Iterator[tuple[LocalMesh, list[str]]]:
         yield mesh, names
 
 
-def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int]:
+#: An agent's log line about a member (meshagent.gossip, text format): its time and what it says.
+_MEMBER_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) meshagent\.gossip INFO .*? member (\S+) "
+                          r"\(.*?\) (is suspect|failed)")
+
+
+def _member_news(log: Path, offset: int, member: str) -> dict[str, float]:
+    """When (wall clock) an agent's log, from byte `offset` on, first said `member` was suspect
+    and that it failed."""
+    seen: dict[str, float] = {}
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            m = _MEMBER_LINE.match(line)
+            if m and m.group(2) == member:
+                what = "suspect" if m.group(3) == "is suspect" else "failed"
+                seen.setdefault(what, dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp())
+    return seen
+
+
+def _phases(mesh: LocalMesh, others: list[str], offsets: dict[str, int], victim: str, killed_at: float,
+            took: float | None) -> dict:
+    """One round's phases in seconds from the kill: the first agent to suspect the victim, the
+    first and last to declare it failed (how many did), and its name gone from every DNS."""
+    news = [_member_news(mesh.agents[o].log, offsets[o], victim) for o in others]
+    sus = [x["suspect"] - killed_at for x in news if "suspect" in x]
+    failed = [x["failed"] - killed_at for x in news if "failed" in x]
+    return {"first_suspect_s": round(min(sus), 3) if sus else None,
+            "first_failed_s": round(min(failed), 3) if failed else None,
+            "last_failed_s": round(max(failed), 3) if failed else None,
+            "agents_failed_it": len(failed), "agents": len(others),
+            "dns_removed_s": round(took, 3) if took is not None else None}
+
+
+def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int, list[dict]]:
     """Real meshagent processes (LAN profile): SIGKILL one agent; seconds until its service has left
-    every other agent's DNS. `rounds` crashes of different agents in one mesh; (samples, failures).
+    every other agent's DNS. `rounds` crashes of different agents in one mesh; (samples, failures,
+    each round's phases from the agents' logs).
 
     meshd's lease is set long (120 s) so that only gossip can take the name away in time."""
     import signal
 
     from testbed.localmesh import resolve, still_resolving
     rng = random.Random(n)
-    samples, failures = [], 0
+    samples, failures, phases = [], 0, []
     with _agents(n, "g") as (mesh, names):
         victims = rng.sample(names, rounds)
         for r, victim in enumerate(victims):
@@ -257,7 +296,8 @@ def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[floa
             if not all(resolve(f"{svc}.mesh", mesh.dns(o)) for o in others):
                 raise RuntimeError(f"setup: {svc} did not resolve on every agent within 30 s")
             time.sleep(3)  # let every agent's gossip settle into full membership
-            t0 = time.monotonic()
+            offsets = {o: mesh.agents[o].log.stat().st_size for o in others}
+            killed_at, t0 = time.time(), time.monotonic()
             mesh.stop(mesh.agents[victim], signal.SIGKILL)
             # Sweeps ask every pending agent at once, and the one that empties the set counts
             # from its start: the same rule as Serf's side (testbed/serf.py, crash_to_all_failed).
@@ -275,7 +315,8 @@ def _crash_to_dns_removal(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[floa
                 failures += 1
             else:
                 samples.append(took)
-    return samples, failures
+            phases.append(_phases(mesh, others, offsets, victim, killed_at, took))
+    return samples, failures, phases
 
 
 FREEZE_WINDOW_S = 120.0  # real agents freezing at random, as the simulator's false-positive run does
@@ -349,7 +390,7 @@ def _serf_crash(n: int, rounds: int = CRASH_ROUNDS) -> tuple[list[float], int, l
 
 def _side_by_side(n: int) -> list[dict]:
     from testbed import serf
-    ours, our_failures = _crash_to_dns_removal(n)
+    ours, our_failures, phases = _crash_to_dns_removal(n)
     ours_v = statistics.median(ours) if ours else None
     recs = []
     if serf.available():
@@ -366,7 +407,7 @@ def _side_by_side(n: int) -> list[dict]:
                   "measured": False, "source": "shared/FACTS.md (serf not installed)"}
     recs.insert(0, record(BENCH, f"crash_to_dns_removal_s_n{n}", ours_v, "s", agents=n, profile="lan",
                           rounds=CRASH_ROUNDS, failures=our_failures, samples=[round(x, 3) for x in ours],
-                          statistic="median", anchor=anchor,
+                          phases=phases, statistic="median", anchor=anchor,
                           goal=round(0.75 * anchor["value"], 3) if anchor["value"] else None))
     ratio = ours_v / anchor["value"] if ours_v is not None and anchor["value"] else None
     recs.append(record(BENCH, f"crash_to_dns_removal_ratio_vs_serf_n{n}", ratio, "ratio", goal=0.75,

@@ -39,9 +39,17 @@ from meshcore.gossip.messages import Record, State
 from meshcore.gossip.profiles import GossipProfile
 from meshcore.gossip.codec import KEY_ID_BYTES
 from meshcore.gossip.records import CatalogVerifier
+from meshcore.gossip.swim import MemberEvent
 
 log = logging.getLogger("meshagent.gossip")
 DOWN = (State.DEAD, State.LEFT)
+# Membership changes as this agent sees them, one line each (as Serf logs its member events):
+# the way to follow a failure across the mesh from the agents' logs. Joins only at debug level
+# (every agent logs every join).
+_MEMBER_LOG = {"join": logging.DEBUG, "suspect": logging.INFO, "alive": logging.INFO,
+               "dead": logging.INFO, "left": logging.INFO}
+_MEMBER_SAYS = {"join": "joined", "suspect": "is suspect (no ack to a probe)", "alive": "is alive again",
+                "dead": "failed (its suspicion ran out): its services leave DNS", "left": "left the mesh"}
 
 
 def save_config(path: Path, cfg: admission_pb2.GossipConfig) -> None:
@@ -114,6 +122,10 @@ class AgentGossip:
         await self.node.stop(leave=leave)
 
     def _event(self, ev) -> None:
+        if isinstance(ev, MemberEvent) and ev.kind in _MEMBER_LOG:
+            m = ev.member
+            log.log(_MEMBER_LOG[ev.kind], "member %s (%s, incarnation %d) %s", m.name, m.node, m.incarnation,
+                    _MEMBER_SAYS[ev.kind])
         for fn in self.listeners:
             fn()
 
