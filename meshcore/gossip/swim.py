@@ -46,9 +46,9 @@ Lifeguard:
   unreachable from k more, and an unconfirmed suspicion lasts the maximum.
 - buddy system: a ping to a suspect carries the suspicion, so the suspect
   learns of it on the direct path and refutes at once.
-- last chance (our addition to the buddy system): one probe timeout before a
-  suspicion expires, the suspector pings the suspect once more with the
-  suspicion attached. A suspect that already refuted but whose ALIVE missed
+- last chance (our addition to the buddy system): two probe timeouts and one
+  probe timeout before a suspicion expires, the suspector pings the suspect
+  once more with the suspicion attached. A suspect that already refuted but whose ALIVE missed
   this member answers the stale accusation by gossiping its current ALIVE
   again (piggybacked on the ack), so one unlucky member under heavy loss
   does not declare a healthy peer dead.
@@ -117,6 +117,9 @@ MAX_STREAM = limits.GOSSIP_MAX_STREAM_BYTES
 # it within one interval, so the k confirmations (or the refutation the buddy
 # ping provokes) come in one interval instead of k.
 CONFIRM_PROBES = 3
+# Last-chance pings before a suspicion ends, one probe timeout apart: at 10% loss one ping or
+# its ack is lost about one time in five, two both about one in twenty-five.
+LAST_CHANCES = 2
 
 
 @dataclass(slots=True)
@@ -159,7 +162,7 @@ class _Suspicion:
     hi: float
     confirmers: set[str]
     deadline: float
-    checked: bool = False  # the last-chance ping was sent
+    chances: int = LAST_CHANCES  # last-chance pings still to send, the last one probe_timeout before the end
 
 
 @dataclass(slots=True)
@@ -295,9 +298,9 @@ class Swim:
         for r in self._relays.values():
             if r.deadline < t:
                 t = r.deadline
-        last_chance = self.p.probe_timeout
+        pt = self.p.probe_timeout
         for s in self._suspicions.values():
-            due = s.deadline if s.checked else s.deadline - last_chance
+            due = s.deadline - s.chances * pt
             if due < t:
                 t = due
         return t
@@ -383,7 +386,7 @@ class Swim:
         for node, sus in list(self._suspicions.items()):
             if now >= sus.deadline:
                 self._suspicion_expired(node, now)
-            elif not sus.checked and now >= sus.deadline - self.p.probe_timeout:
+            elif sus.chances and now >= sus.deadline - sus.chances * self.p.probe_timeout:
                 self._last_chance(node, sus, now)
         if now >= self._next_gossip:
             if self._queue:
@@ -632,14 +635,15 @@ class Swim:
                 self.stats.suspicions_confirmed += 1
                 sus.deadline = max(now, sus.start + remaining_suspicion(
                     len(sus.confirmers) - 1, sus.k, 0.0, sus.lo, sus.hi))
-                if not sus.checked and now >= sus.deadline - self.p.probe_timeout:
-                    # The confirmation brought the end within a probe timeout, or to now: the
-                    # last chance is now or never. Left as a timer in the past, it would read as
-                    # this process having stalled, and the stall rule would extend the suspicion.
+                pt = self.p.probe_timeout
+                if sus.chances and now >= sus.deadline - sus.chances * pt:
+                    # The confirmation brought the end within the last chances, or to now: those
+                    # still in time go now, the rest never. Left as timers in the past, they would
+                    # read as this process having stalled, and the stall rule would extend the
+                    # suspicion.
                     if now < sus.deadline:
                         self._last_chance(s.node, sus, now)
-                    else:
-                        sus.checked = True
+                    sus.chances = min(sus.chances, max(0, math.ceil((sus.deadline - now) / pt) - 1))
                 self._broadcast(f"m:{s.node}", s, now)
             return
         again = m.state == State.SUSPECT
@@ -661,11 +665,11 @@ class Swim:
             self._probe_first = s.node
 
     def _last_chance(self, node: str, sus: _Suspicion, now: float) -> None:
-        # One probe_timeout before declaring a suspect dead, ping it with the
-        # suspicion attached (buddy system). If it is alive and we merely
-        # missed its refutation (one member can, at 10% loss), it answers
-        # with its current ALIVE piggybacked on the ack.
-        sus.checked = True
+        # LAST_CHANCES probe timeouts before declaring a suspect dead, and one
+        # after the other, ping it with the suspicion attached (buddy system).
+        # If it is alive and we merely missed its refutation (one member can,
+        # at 10% loss), it answers with its current ALIVE piggybacked on the ack.
+        sus.chances -= 1
         m = self._members[node]
         self._seq += 1
         self._send(m.addr, [Suspect(m.incarnation, node, self.id), Ping(self._seq, node)], now)
