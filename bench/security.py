@@ -2,9 +2,10 @@
 
 - `fuzz_cases_total` / `fuzz_failures` per decoder (gossip datagrams and push-pull
   streams, DNS queries, local API requests, Join and Expose requests): hypothesis feeds
-  FUZZ_CASES random inputs to each, FUZZ_WORKERS decoders at once; a failure is any exception other than the
-  decoder's declared refusal (PeerError, InvalidArgument, protobuf DecodeError),
-  or a DNS answer that breaks the responder's contract. Goal: 0 failures.
+  FUZZ_CASES random inputs to each (in FUZZ_CHUNKS runs, FUZZ_WORKERS runs at once); a
+  failure is any exception other than the decoder's declared refusal (PeerError,
+  InvalidArgument, protobuf DecodeError), or a DNS answer that breaks the responder's
+  contract. Goal: 0 failures.
 - `meshd_rss_ratio_slow_watchers`: a real meshd process; 100 WatchServices
   clients (own connections, meshd's admin socket) that never read while an
   agent churns the catalog; meshd's RSS after / before. Goal < 2.
@@ -35,13 +36,13 @@ FLOOD_S = 8.0
 
 # -- fuzzing -------------------------------------------------------------------------------
 
-def _fuzz(name: str, target) -> dict[str, Any]:
+def _fuzz(name: str, target, cases: int = FUZZ_CASES) -> dict[str, Any]:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
     counts = {"cases": 0, "failures": 0, "first": ""}
 
-    @settings(max_examples=FUZZ_CASES, deadline=None, database=None, phases=[Phase.generate],
+    @settings(max_examples=cases, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(st.binary(max_size=1600))
     def run(data: bytes) -> None:
@@ -142,10 +143,13 @@ def _expose_target():
 DECODERS = {"gossip": _gossip_target, "dns": _dns_target, "local_api": _local_api_target, "join": _join_target,
             "expose": _expose_target}
 FUZZ_WORKERS = 2  # decoders fuzzed at once, each in a process of its own (one per core here)
+# Each decoder's cases go in FUZZ_CHUNKS runs of their own (hypothesis draws each run's inputs
+# afresh), so that five decoders share two workers evenly instead of one worker taking three.
+FUZZ_CHUNKS = 4
 
 
 def _fuzz_decoder(name: str) -> dict[str, Any]:
-    return _fuzz(name, DECODERS[name]())
+    return _fuzz(name, DECODERS[name](), FUZZ_CASES // FUZZ_CHUNKS)
 
 
 def fuzz() -> list[dict[str, Any]]:
@@ -154,7 +158,13 @@ def fuzz() -> list[dict[str, Any]]:
 
     # spawned, not forked: the bench process may hold gRPC's threads from an earlier benchmark
     with ProcessPoolExecutor(FUZZ_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_fuzz_decoder, DECODERS))
+        chunks = list(pool.map(_fuzz_decoder, [name for name in DECODERS for _ in range(FUZZ_CHUNKS)]))
+    results = []
+    for name in DECODERS:
+        mine = [c for c in chunks if c["decoder"] == name]
+        results.append({"decoder": name, "cases": sum(c["cases"] for c in mine),
+                        "failures": sum(c["failures"] for c in mine),
+                        "first": next((c["first"] for c in mine if c["first"]), "")})
     out = []
     for r in results:
         out.append(record("security", f"fuzz_cases_total_{r['decoder']}", r["cases"], "cases", "higher",
