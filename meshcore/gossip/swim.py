@@ -48,10 +48,10 @@ Lifeguard:
   learns of it on the direct path and refutes at once.
 - last chance (our addition to the buddy system): two probe timeouts and one
   probe timeout before a suspicion expires, the suspector pings the suspect
-  once more with the suspicion attached. A suspect that already refuted but whose ALIVE missed
-  this member answers the stale accusation by gossiping its current ALIVE
-  again (piggybacked on the ack), so one unlucky member under heavy loss
-  does not declare a healthy peer dead.
+  again with the suspicion attached. A suspect that already refuted but whose
+  ALIVE missed this member answers the stale accusation by gossiping its
+  current ALIVE again (piggybacked on the ack), so one unlucky member under
+  heavy loss does not declare a healthy peer dead.
 - stall awareness (our addition): a tick or datagram arriving more than
   `stall_threshold` after a due deadline means this process was frozen; the
   deadlines that fell due during the freeze are extended so queued acks and
