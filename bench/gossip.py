@@ -235,8 +235,7 @@ def _agents(n: int, prefix: str) -> Iterator[tuple[LocalMesh, list[str]]]:
         mesh.start_meshd()
         token = mesh.token(uses=0)
         names = [f"{prefix}{i:02d}" for i in range(n)]
-        for name in names:
-            mesh.start_agent(name, token)
+        mesh.start_agents(names, token)
         yield mesh, names
 
 

@@ -107,9 +107,8 @@ class LocalMesh:
     def socket(self, agent: str) -> str:
         return str(self.root / f"{agent}.sock")
 
-    def start_agent(self, name: str, token: str | None = None, timeout: float = 20,
-                    extra: list[str] = (), program: list[str] | None = None) -> Proc:
-        """`program`: what runs in place of the meshagent script (e.g. python -c with a probe)."""
+    def _spawn_agent(self, name: str, token: str | None, extra: list[str] = (),
+                     program: list[str] | None = None) -> tuple[subprocess.Popen, Path]:
         argv = [*(program or [str(BIN / "meshagent")]), "--state-dir", str(self.root / name), "--coordinator", self.coordinator,
                 "--join-address", self.join_address, "--name", name, "--socket", self.socket(name),
                 "--dns", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--metrics", "", "--gossip", "0.0.0.0:0",
@@ -119,10 +118,26 @@ class LocalMesh:
         env = None
         if token:  # never on the command line (every local user can read it there)
             env = {**self.env, "MESH_JOIN_TOKEN": token}
-        p, log = self._spawn(name, argv, env)
+        return self._spawn(name, argv, env)
+
+    def start_agent(self, name: str, token: str | None = None, timeout: float = 20,
+                    extra: list[str] = (), program: list[str] | None = None) -> Proc:
+        """`program`: what runs in place of the meshagent script (e.g. python -c with a probe)."""
+        p, log = self._spawn_agent(name, token, extra, program)
         proc = Proc(name, p, _wait_ready(p, "meshagent", log, timeout), log)
         self.agents[name] = proc
         return proc
+
+    def start_agents(self, names: list[str], token: str, timeout: float = 60) -> list[Proc]:
+        """Start every agent at once, then wait for each to be ready (within `timeout` in all),
+        as VMs of one launch join together."""
+        spawned = [(name, *self._spawn_agent(name, token)) for name in names]
+        deadline = time.monotonic() + timeout
+        for name, p, log in spawned:  # each registered before waiting, so close() stops them all
+            self.agents[name] = Proc(name, p, {}, log)
+        for name, p, log in spawned:
+            self.agents[name].ready = _wait_ready(p, "meshagent", log, max(1.0, deadline - time.monotonic()))
+        return [self.agents[name] for name in names]
 
     def dns(self, agent: str) -> tuple[str, int]:
         host, port = self.agents[agent].ready["dns"].rsplit(":", 1)
